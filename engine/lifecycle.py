@@ -1,0 +1,268 @@
+"""Lifecycle vocabulary shared by the workflow, the activities and the API.
+
+Everything here is pure and deterministic: the workflow imports it through
+``workflow.unsafe.imports_passed_through()``. The segregation-of-duties rule
+(:func:`decision_refusal`) lives here once, so the API's fast 403 and the
+workflow's Update validator cannot disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.policy import GovernancePolicy, Role
+from engine.spec import ProgressionSpec
+
+WORKFLOW_NAME = "ProgressionWorkflow"
+UPDATE_DECIDE = "decide"
+UPDATE_SUBMIT_EVIDENCE = "submit_evidence"
+UPDATE_WITHDRAW = "withdraw"
+QUERY_STATE = "state"
+
+# Custom search attributes, registered on the embedded dev server at start.
+SEARCH_ATTRIBUTES = {
+    "ModelId": "Keyword",
+    "BusinessIntent": "Keyword",
+    "RiskTier": "Int",
+    "ProgressionStage": "Keyword",
+    "ProgressionStatus": "Keyword",
+}
+
+
+class Status(StrEnum):
+    running = "running"
+    blocked = "blocked"
+    awaiting_approval = "awaiting_approval"
+    changes_requested = "changes_requested"
+    approved = "approved"
+    in_production = "in_production"
+    rejected = "rejected"
+    withdrawn = "withdrawn"
+    retired = "retired"
+
+
+FINAL_STATUSES = frozenset({Status.rejected, Status.withdrawn, Status.retired})
+
+
+class StageStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    blocked = "blocked"
+    awaiting_approval = "awaiting_approval"
+    changes_requested = "changes_requested"
+    passed = "passed"
+    rejected = "rejected"
+    withdrawn = "withdrawn"
+
+
+class DecisionKind(StrEnum):
+    approve = "approve"
+    reject = "reject"
+    request_changes = "request_changes"
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Actor(Model):
+    """The authenticated person behind a request. Built by the API from the token, never from a body."""
+
+    user_id: str
+    username: str
+    display_name: str | None = None
+    roles: list[Role]
+    team: str | None = None
+
+
+class EvidenceRef(Model):
+    name: str
+    sha256: str
+    filename: str | None = None
+    size: int = 0
+    media_type: str = "application/octet-stream"
+    added_by: str | None = None
+    added_at: datetime | None = None
+
+
+class CheckResult(Model):
+    stage: str
+    check_id: str
+    description: str
+    expr: str
+    passed: bool
+    reason: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    evaluator: str = ""
+    evaluated_at: datetime | None = None
+
+
+class DecisionRecord(Model):
+    decision_id: str
+    stage: str
+    decision: DecisionKind
+    actor_id: str
+    actor_username: str
+    role: Role | None = None  # the gate role this person counted under (approve only)
+    comment: str
+    at: datetime
+
+
+class ApprovalProgress(Model):
+    role: Role
+    count: int
+    approved_by: list[str] = Field(default_factory=list)  # user ids, distinct
+    sla: str | None = None
+    due_at: datetime | None = None
+    escalate_to: Role | None = None
+    escalated: bool = False
+
+    @property
+    def satisfied(self) -> bool:
+        return len(self.approved_by) >= self.count
+
+
+class StageState(Model):
+    name: str
+    status: StageStatus = StageStatus.pending
+    action: str | None = None
+    entered_at: datetime | None = None
+    completed_at: datetime | None = None
+    gate_opened_at: datetime | None = None
+    attempt: int = 0  # bumps when new evidence re-runs the stage
+    checks: list[CheckResult] = Field(default_factory=list)
+    approvals: list[ApprovalProgress] = Field(default_factory=list)
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+
+
+class ProgressionState(Model):
+    """The whole state, returned by the ``state`` query and mirrored into the read model."""
+
+    progression_id: str
+    model_id: str
+    model_name: str
+    team: str
+    business_intent: str
+    risk_tier: int
+    version_id: str
+    target: str
+    policy_hash: str
+    status: Status = Status.running
+    current_stage: str | None = None
+    stages: list[StageState]
+    submitted_by: str
+    submitted_by_username: str
+    started_at: datetime
+    updated_at: datetime
+    evidence: dict[str, EvidenceRef] = Field(default_factory=dict)
+    waiting_on: list[Role] = Field(default_factory=list)  # who acts next (roles), empty when nobody
+    next_action: str = ""  # human sentence: what happens next and who does it
+    missing: list[str] = Field(default_factory=list)  # what is missing now, in words
+    deployed_at: datetime | None = None
+    revalidation_due_at: datetime | None = None
+    revalidation_overdue: bool = False
+    revalidations: int = 0
+    seq: int = 0  # bumps on every change; the read model keeps only the newest snapshot
+
+    def stage(self, name: str) -> StageState | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+
+# ---- workflow input / update inputs and results -------------------------------------------
+
+
+class ProgressionInput(Model):
+    spec: ProgressionSpec
+    spec_yaml: str
+    policy: GovernancePolicy
+    policy_hash: str
+    evidence: dict[str, EvidenceRef]
+    submitted_by: Actor
+    # Carried across continue-as-new so the history stays bounded without losing the state.
+    resume_state: ProgressionState | None = None
+
+
+class DecideInput(Model):
+    stage: str
+    decision: DecisionKind
+    comment: str = Field(max_length=10_000)
+    actor: Actor
+    decision_id: str  # unique per request (idempotency key or a fresh uuid), deduplicates retries
+
+
+class DecideResult(Model):
+    accepted: bool
+    decision_id: str
+    state: ProgressionState
+
+
+class EvidenceInput(Model):
+    evidence: dict[str, EvidenceRef]
+    actor: Actor
+    request_id: str
+
+
+class WithdrawInput(Model):
+    reason: str = Field(max_length=10_000)
+    actor: Actor
+    request_id: str
+
+
+class Refusal(Model):
+    code: str
+    message: str
+    http_status: Literal[403, 404, 409]
+
+
+def open_gate_roles(stage: StageState) -> list[Role]:
+    return [a.role for a in stage.approvals if not a.satisfied]
+
+
+def decision_refusal(
+    state: ProgressionState, actor: Actor, stage_name: str, decision: DecisionKind | None = None
+) -> Refusal | None:
+    """Why ``actor`` may not decide on ``stage_name`` now, or ``None`` when they may.
+
+    Order matters: the first failing rule is the one reported.
+    """
+    stage = state.stage(stage_name)
+    if stage is None:
+        return Refusal(code="unknown_stage", http_status=404,
+                       message=f"progression {state.progression_id} has no stage {stage_name!r}")
+    if state.status in FINAL_STATUSES:
+        return Refusal(code="progression_closed", http_status=409,
+                       message=f"progression {state.progression_id} is {state.status.value}")
+    if stage.status != StageStatus.awaiting_approval:
+        return Refusal(code="gate_not_open", http_status=409,
+                       message=f"stage {stage_name!r} is {stage.status.value}, not awaiting approval")
+    gate_roles = {a.role for a in stage.approvals}
+    if not gate_roles.intersection(actor.roles):
+        wanted = " or ".join(sorted(r.value for r in gate_roles))
+        return Refusal(code="not_a_gate_role", http_status=403,
+                       message=f"stage {stage_name!r} is decided by {wanted}; you hold none of these roles")
+    if actor.user_id == state.submitted_by:
+        return Refusal(code="own_submission", http_status=403,
+                       message="you submitted this progression; segregation of duties forbids deciding on it")
+    if actor.team is not None and actor.team == state.team:
+        return Refusal(code="own_team", http_status=403,
+                       message=f"your team {actor.team!r} owns model {state.model_id}; "
+                               "segregation of duties forbids deciding on it")
+    if any(d.actor_id == actor.user_id for d in stage.decisions if d.decision == DecisionKind.approve):
+        return Refusal(code="already_decided", http_status=409,
+                       message=f"you already approved stage {stage_name!r}; one person counts once")
+    if decision == DecisionKind.approve and counting_role(stage, actor) is None:
+        return Refusal(code="quorum_met_for_role", http_status=409,
+                       message=f"the approvals your roles can give on stage {stage_name!r} are already complete")
+    return None
+
+
+def counting_role(stage: StageState, actor: Actor) -> Role | None:
+    """The still-open gate role an approval by ``actor`` counts under (first unsatisfied one they hold)."""
+    for progress in stage.approvals:
+        if progress.role in actor.roles and not progress.satisfied:
+            return progress.role
+    return None

@@ -1,0 +1,125 @@
+"""The governance policy model (one YAML file per business intent under ``policies/``).
+
+``engine.loading`` parses and validates the YAML (with line numbers) and compiles
+every CEL expression; this module is the pure data model that also travels in
+the workflow input, so it must stay deterministic and side-effect free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, field_validator, model_validator
+
+from engine.durations import parse_duration
+from engine.spec import Slug, StrictModel
+
+
+class Role(StrEnum):
+    model_developer = "model_developer"
+    model_validator = "model_validator"
+    model_risk_officer = "model_risk_officer"
+    auditor = "auditor"
+    admin = "admin"
+
+
+# Roles that may sit on an approval gate.
+GATE_ROLES = frozenset({Role.model_validator, Role.model_risk_officer})
+
+StageName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+CheckId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+
+
+def _duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+class CheckDef(StrictModel):
+    id: CheckId
+    description: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    expr: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+
+
+class ApprovalRule(StrictModel):
+    role: Role
+    count: int = Field(default=1, ge=1, le=10)
+    sla: str | None = None
+    escalate_to: Role | None = None
+
+    _check_sla = field_validator("sla")(classmethod(lambda cls, v: _duration(v)))
+
+    @field_validator("role")
+    @classmethod
+    def _gate_role(cls, value: Role) -> Role:
+        if value not in GATE_ROLES:
+            raise ValueError(f"role {value.value!r} cannot approve a gate; use one of {sorted(GATE_ROLES)}")
+        return value
+
+    @property
+    def sla_delta(self) -> timedelta | None:
+        return parse_duration(self.sla) if self.sla else None
+
+
+class StageDef(StrictModel):
+    name: StageName
+    description: str | None = None
+    checks: list[CheckDef] = Field(default_factory=list)
+    approvals: list[ApprovalRule] = Field(default_factory=list)
+    action: Literal["deploy"] | None = None
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> StageDef:
+        ids = [c.id for c in self.checks]
+        dupes = {i for i in ids if ids.count(i) > 1}
+        if dupes:
+            raise ValueError(f"check ids must be unique within a stage: {sorted(dupes)}")
+        roles = [a.role for a in self.approvals]
+        if len(roles) != len(set(roles)):
+            raise ValueError("each role may appear once in a stage's approvals")
+        return self
+
+
+class GovernancePolicy(StrictModel):
+    api_version: Literal["progression/v1"] = Field(alias="apiVersion")
+    kind: Literal["GovernancePolicy"]
+    intent: Slug
+    title: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    risk_tier: int = Field(ge=1, le=3)
+    guidance: list[str] = Field(default_factory=list)
+    stages: list[StageDef] = Field(min_length=1)
+    revalidation: str | None = None
+
+    _check_revalidation = field_validator("revalidation")(classmethod(lambda cls, v: _duration(v)))
+
+    @model_validator(mode="after")
+    def _unique_stages(self) -> GovernancePolicy:
+        names = [s.name for s in self.stages]
+        if len(names) != len(set(names)):
+            raise ValueError("stage names must be unique")
+        return self
+
+    @property
+    def revalidation_delta(self) -> timedelta | None:
+        return parse_duration(self.revalidation) if self.revalidation else None
+
+    def stage(self, name: str) -> StageDef | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    def route_for(self, target: str) -> list[StageDef]:
+        """Stages a spec with this target walks: up to and including the target stage if the policy has it."""
+        names = [s.name for s in self.stages]
+        if target in names:
+            return self.stages[: names.index(target) + 1]
+        return list(self.stages)
+
+
+def policy_hash(policy: GovernancePolicy) -> str:
+    """Content hash of the policy's meaning (not its formatting or comments)."""
+    canonical = json.dumps(policy.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
