@@ -33,6 +33,43 @@ SEARCH_ATTRIBUTES = {
 }
 
 
+class EventType(StrEnum):
+    """Audit event types. Refusals are recorded by the API (a refused Update never enters history)."""
+
+    progression_started = "progression.started"
+    stage_entered = "stage.entered"
+    check_evaluated = "check.evaluated"
+    stage_blocked = "stage.blocked"
+    gate_opened = "gate.opened"
+    decision_received = "decision.received"
+    decision_refused = "decision.refused"
+    gate_escalated = "gate.escalated"
+    changes_requested = "changes.requested"
+    evidence_submitted = "evidence.submitted"
+    stage_passed = "stage.passed"
+    deployment = "deployment.recorded"
+    progression_approved = "progression.approved"
+    progression_in_production = "progression.in_production"
+    progression_rejected = "progression.rejected"
+    progression_withdrawn = "progression.withdrawn"
+    revalidation_due = "revalidation.due"
+    revalidation_completed = "revalidation.completed"
+    notification_sent = "notification.sent"
+    feature_updated = "feature.updated"
+    user_created = "user.created"
+    token_issued = "token.issued"
+    policy_published = "policy.published"
+
+
+class ResolvedFeature(BaseModel):
+    """A spec feature looked up in the feature catalog; ``known`` is False for an unregistered name."""
+
+    name: str
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    known: bool = True
+
+
 class Status(StrEnum):
     running = "running"
     blocked = "blocked"
