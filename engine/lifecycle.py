@@ -147,6 +147,8 @@ class DecisionRecord(Model):
     role: Role | None = None  # the gate role this person counted under (approve only)
     comment: str
     at: datetime
+    # True once new evidence reset the gate's approvals: kept for the record, no longer counted.
+    superseded: bool = False
 
 
 class ApprovalProgress(Model):
@@ -288,7 +290,8 @@ def decision_refusal(
         return Refusal(code="own_team", http_status=403,
                        message=f"your team {actor.team!r} owns model {state.model_id}; "
                                "segregation of duties forbids deciding on it")
-    if any(d.actor_id == actor.user_id for d in stage.decisions if d.decision == DecisionKind.approve):
+    if any(d.actor_id == actor.user_id for d in stage.decisions
+           if d.decision == DecisionKind.approve and not d.superseded):
         return Refusal(code="already_decided", http_status=409,
                        message=f"you already approved stage {stage_name!r}; one person counts once")
     if decision == DecisionKind.approve and counting_role(stage, actor) is None:
