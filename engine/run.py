@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import httpx
 import uvicorn
@@ -79,11 +78,12 @@ async def wait_for_temporal(address: str, namespace: str, timeout: float = 60.0)
 
 async def seed_database(settings: Settings) -> dict[str, str]:
     """Migrate, seed features and demo users. Returns username -> token (kept in the data directory)."""
+    from sqlalchemy import select
+
     from engine.database import upgrade
     from engine.db import User, make_engine, make_sessionmaker
     from engine.features import seed_features
     from engine.identity import create_user, issue_token
-    from sqlalchemy import select
 
     await upgrade(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
@@ -130,7 +130,8 @@ async def submit_examples(base_url: str, tokens: dict[str, str]) -> list[str]:
             response = await http.post(
                 "/api/v1/progressions",
                 files=upload.multipart_files(),
-                headers={"Authorization": f"Bearer {tokens[developer]}", "Idempotency-Key": f"seed-{repo.name}"},
+                headers={"Authorization": f"Bearer {tokens[developer]}",
+                         "Idempotency-Key": f"seed-{repo.name}"},
             )
             body = response.json()
             if response.status_code in (200, 201):
@@ -203,6 +204,7 @@ async def main() -> None:
         tokens = await seed_database(settings)
 
         from api.app import create_app
+
         from engine.worker import run_worker
 
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.api_host,
