@@ -1,0 +1,144 @@
+"""Authorization in one place: the role x action table and the object-level team rule.
+
+Choices (documented for clients):
+- A developer acts on, and sees, only models of their own team. Another team's
+  progression, model or audit trail answers **404** (not 403), so its existence
+  does not leak. Validators, risk officers, auditors and admins read everything.
+- Segregation of duties for decisions is :func:`engine.lifecycle.decision_refusal`,
+  called here for the fast 403 and again by the workflow's Update validator.
+- Fields naming the actor are never read from a body: the actor is always the
+  authenticated user, and request bodies forbid unknown fields (422), so a body
+  carrying ``actor`` or ``submitted_by`` is rejected rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from api.errors import ApiError
+from engine.db import User
+from engine.identity import actor_for, user_roles
+from engine.lifecycle import Actor
+from engine.policy import Role
+
+
+class Action(StrEnum):
+    start_progression = "start_progression"
+    add_evidence = "add_evidence"
+    withdraw = "withdraw"
+    decide = "decide"
+    read_progression = "read_progression"
+    list_progressions = "list_progressions"
+    read_inbox = "read_inbox"
+    read_catalog = "read_catalog"
+    read_policies = "read_policies"
+    dry_run = "dry_run"
+    read_features = "read_features"
+    write_features = "write_features"
+    read_audit = "read_audit"
+    export_audit = "export_audit"
+    verify_audit = "verify_audit"
+    manage_users = "manage_users"
+    read_self = "read_self"
+
+
+A = Action
+_EVERYONE = {A.read_progression, A.list_progressions, A.read_inbox, A.read_catalog, A.read_policies,
+             A.read_features, A.dry_run, A.read_self}
+
+# The single table. Object-level rules (team scoping, segregation of duties) come on top.
+ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
+    Role.model_developer: frozenset(_EVERYONE | {A.start_progression, A.add_evidence, A.withdraw, A.read_audit}),
+    # Validators attach validation reports (evidence) and decide validation gates.
+    Role.model_validator: frozenset(_EVERYONE | {A.add_evidence, A.decide, A.read_audit}),
+    Role.model_risk_officer: frozenset(_EVERYONE | {A.decide, A.read_audit, A.export_audit, A.verify_audit}),
+    Role.auditor: frozenset(_EVERYONE | {A.read_audit, A.export_audit, A.verify_audit}),
+    Role.admin: frozenset(set(Action) - {A.decide}),  # admins decide only if they also hold a gate role
+}
+
+# Roles that see every team's progressions, models and audit events.
+GLOBAL_READERS = frozenset({Role.model_validator, Role.model_risk_officer, Role.auditor, Role.admin})
+# Roles that act on any team's progression (developers act on their own team's only).
+GLOBAL_ACTORS = frozenset({Role.admin, Role.model_validator})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller. Everything about who acts comes from here, never from a body."""
+
+    user: User
+    roles: frozenset[Role] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, user: User) -> Principal:
+        return cls(user=user, roles=frozenset(user_roles(user)))
+
+    @property
+    def id(self) -> str:
+        return self.user.id
+
+    @property
+    def username(self) -> str:
+        return self.user.username
+
+    @property
+    def team(self) -> str | None:
+        return self.user.team
+
+    @property
+    def actor(self) -> Actor:
+        return actor_for(self.user)
+
+    @property
+    def actions(self) -> frozenset[Action]:
+        out: set[Action] = set()
+        for role in self.roles:
+            out |= ROLE_ACTIONS.get(role, frozenset())
+        return frozenset(out)
+
+    @property
+    def reads_all_teams(self) -> bool:
+        return bool(self.roles & GLOBAL_READERS)
+
+
+def allowed(principal: Principal, action: Action) -> bool:
+    return action in principal.actions
+
+
+def require(principal: Principal, action: Action) -> None:
+    if not allowed(principal, action):
+        held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
+        who = sorted(r.value for r, acts in ROLE_ACTIONS.items() if action in acts)
+        raise ApiError(403, "forbidden",
+                       f"your roles ({held}) do not allow {action.value}; it needs one of: {', '.join(who)}",
+                       {"action": action.value, "roles_allowed": who})
+
+
+def can_see_team(principal: Principal, team: str) -> bool:
+    return principal.reads_all_teams or (principal.team is not None and principal.team == team)
+
+
+def visible_team_filter(principal: Principal) -> str | None:
+    """The team a listing is restricted to, or None when the caller reads all teams."""
+    if principal.reads_all_teams:
+        return None
+    return principal.team or "\x00no-team"  # a developer without a team sees nothing
+
+
+def require_visible(principal: Principal, team: str, what: str) -> None:
+    """404 (not 403) for another team's object: its existence does not leak."""
+    if not can_see_team(principal, team):
+        raise ApiError(404, "not_found", f"{what} not found")
+
+
+def require_act_on_team(principal: Principal, action: Action, team: str, what: str) -> None:
+    """Role allows the action AND (acting on any team's objects, or the object belongs to the caller's team)."""
+    require(principal, action)
+    if principal.roles & GLOBAL_ACTORS:
+        return
+    if principal.team != team:
+        raise ApiError(403, "not_your_team",
+                       f"{what} belongs to team {team!r}; you ({principal.username}, team {principal.team!r}) "
+                       f"may {action.value} only for models of your own team",
+                       {"team": team, "your_team": principal.team})

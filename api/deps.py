@@ -1,0 +1,66 @@
+"""FastAPI dependencies: ONE for the database session, ONE for the authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from api.authz import Principal
+from api.errors import Unauthenticated
+from engine.identity import JWTVerifier, TOKEN_PREFIX, authenticate_token, provision_jwt_user
+from engine.loading import PolicyRegistry
+from engine.settings import Settings
+
+
+@dataclass
+class AppState:
+    """What the lifespan built (or the caller injected); stored on ``app.state.progression``."""
+
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    registry: PolicyRegistry
+    temporal: Client
+    engine: AsyncEngine | None = None
+    jwt: JWTVerifier | None = None
+
+
+def app_state(request: Request) -> AppState:
+    return request.app.state.progression  # type: ignore[no-any-return]
+
+
+async def _session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with app_state(request).sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+StateDep = Annotated[AppState, Depends(app_state)]
+
+
+async def _current_user(request: Request, session: SessionDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated()
+    state = app_state(request)
+    user = None
+    if token.startswith(TOKEN_PREFIX):
+        user = await authenticate_token(session, token)
+    elif state.jwt is not None:
+        claims = await state.jwt.verify(token)
+        if claims is not None:
+            user = await provision_jwt_user(session, claims, state.settings)
+    if user is None:
+        raise Unauthenticated("the bearer token is invalid, expired or revoked")
+    principal = Principal.of(user)
+    request.state.principal = principal
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(_current_user)]

@@ -1,0 +1,114 @@
+"""Every error leaves the API as JSON ``{code, message, details}`` with a stable ``code``.
+
+Domain errors (:class:`engine.errors.ProgressionError`) carry their own code and
+status; FastAPI/Starlette errors (404 route, 405, 422 validation) and unexpected
+exceptions are mapped here too. A 500 never leaks a traceback: it logs one and
+answers with a reference id.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.errors import ProgressionError
+
+log = logging.getLogger("progression.api")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ApiError(ProgressionError):
+    """An error raised by the API layer with an explicit HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code=code, details=details)
+        self.status = status
+        self.headers = headers
+
+
+class Unauthenticated(ApiError):
+    def __init__(self, message: str = "a valid bearer token is required") -> None:
+        super().__init__(401, "unauthenticated", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, "request_too_large", f"request body exceeds the limit of {limit} bytes",
+                         {"limit_bytes": limit})
+
+
+_STATUS_CODES = {
+    400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    406: "not_acceptable", 409: "conflict", 413: "request_too_large", 415: "unsupported_media_type",
+    422: "validation_error", 429: "too_many_requests", 503: "unavailable",
+}
+
+
+def error_response(status: int, code: str, message: str, details: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"code": code, "message": message, "details": jsonable_encoder(details)}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _doc(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# OpenAPI documentation of the error answers, merged into each route's ``responses``.
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _doc("Missing, invalid or revoked bearer token (`unauthenticated`)"),
+    403: _doc("The caller's roles, team or segregation of duties forbid this (`forbidden` and specific codes)"),
+    413: _doc("Request body larger than the configured limit (`request_too_large`)"),
+    422: _doc("The request does not validate (`validation_error`, `invalid_spec`, ...)"),
+    500: _doc("Unexpected error (`internal_error`); never includes a traceback"),
+}
+NOT_FOUND = {404: _doc("No such resource, or not visible to the caller (`not_found`)")}
+CONFLICT = {409: _doc("Conflicts with the current state (`progression_exists`, `gate_not_open`, "
+                      "`idempotency_in_flight`, ...)")}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProgressionError)
+    async def _domain(request: Request, exc: ProgressionError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.details, getattr(exc, "headers", None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        if exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"field": ".".join(str(p) for p in err.get("loc", ())), "message": err.get("msg", ""),
+             "type": err.get("type", "")}
+            for err in exc.errors()
+        ]
+        first = details[0] if details else {"field": "", "message": "invalid request"}
+        message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+        return error_response(422, "validation_error", message, details)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        ref = uuid.uuid4().hex[:12]
+        log.exception("unexpected error %s on %s %s", ref, request.method, request.url.path)
+        return error_response(500, "internal_error", f"internal error (reference {ref})", {"reference": ref})

@@ -1,0 +1,258 @@
+"""Identity: users with roles and a team, API tokens, and SSO bearer JWTs.
+
+API tokens are random (``secrets.token_urlsafe(32)`` behind the ``prg_`` prefix),
+shown once and stored only as their SHA-256 hex digest. Looking a token up by its
+digest means a comparison never runs over the secret itself, so timing reveals
+nothing about it. Bearer JWTs from the bank's SSO are verified with PyJWT against a
+JWKS (file or URL) when ``settings.jwt_issuer`` is set; their user is provisioned
+(or updated from the claims) on first sight and marked ``external``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import secrets
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jwt
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from engine.db import ApiToken, User, utcnow
+from engine.errors import Conflict, NotFound, ProgressionError
+from engine.lifecycle import Actor
+from engine.policy import Role
+from engine.settings import Settings
+
+TOKEN_PREFIX = "prg_"
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+TEAM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class InvalidIdentity(ProgressionError):
+    code = "invalid_identity"
+    status = 422
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_roles(roles: Iterable[str | Role]) -> list[Role]:
+    """Roles as the enum, de-duplicated, in a stable order; an unknown role names the valid ones."""
+    out: list[Role] = []
+    for raw in roles:
+        try:
+            role = Role(raw)
+        except ValueError:
+            valid = ", ".join(r.value for r in Role)
+            raise InvalidIdentity(f"unknown role {raw!r}; valid roles: {valid}", details={"role": raw}) from None
+        if role not in out:
+            out.append(role)
+    return out
+
+
+def validate_username(username: str) -> str:
+    if not USERNAME_RE.match(username):
+        raise InvalidIdentity(
+            f"username {username!r} must be 1-128 letters, digits or . _ @ - and start with a letter or digit",
+            details={"field": "username"})
+    return username
+
+
+def validate_team(team: str | None) -> str | None:
+    if team is not None and not TEAM_RE.match(team):
+        raise InvalidIdentity(f"team {team!r} must be a slug (lowercase letters, digits, '-')",
+                              details={"field": "team"})
+    return team
+
+
+def user_roles(user: User) -> list[Role]:
+    return [Role(r) for r in user.roles if r in Role._value2member_map_]
+
+
+def actor_for(user: User) -> Actor:
+    """The workflow's view of a person, always built from the authenticated user (never a body)."""
+    return Actor(user_id=user.id, username=user.username, display_name=user.display_name or None,
+                 roles=user_roles(user), team=user.team)
+
+
+async def get_user(session: AsyncSession, user_id: str) -> User | None:
+    return await session.get(User, user_id)
+
+
+async def get_user_by_username(session: AsyncSession, username: str) -> User | None:
+    return (await session.execute(select(User).where(User.username == username))).scalar_one_or_none()
+
+
+async def create_user(
+    session: AsyncSession,
+    *,
+    username: str,
+    roles: Iterable[str | Role],
+    team: str | None = None,
+    display_name: str = "",
+    token_name: str = "initial",
+) -> tuple[User, str]:
+    """Create a user and their first API token; returns the token in clear (the only time it exists).
+
+    Flushes but does not commit: the caller owns the transaction.
+    """
+    validate_username(username)
+    validate_team(team)
+    parsed = parse_roles(roles)
+    if not parsed:
+        raise InvalidIdentity("a user needs at least one role", details={"field": "roles"})
+    if await get_user_by_username(session, username) is not None:
+        raise Conflict(f"user {username!r} already exists", code="user_exists", details={"username": username})
+    user = User(id=str(uuid.uuid4()), username=username, display_name=display_name or "",
+                team=team, roles=[r.value for r in parsed], active=True, external=False, created_at=utcnow())
+    session.add(user)
+    await session.flush()
+    _, token = await issue_token(session, user, name=token_name)
+    return user, token
+
+
+async def issue_token(session: AsyncSession, user: User, *, name: str = "") -> tuple[ApiToken, str]:
+    """A new API token for ``user``; the clear token is returned once and never stored."""
+    token = new_token()
+    row = ApiToken(id=str(uuid.uuid4()), user_id=user.id, token_hash=hash_token(token),
+                   prefix=token[: len(TOKEN_PREFIX) + 6], name=name[:100], created_at=utcnow())
+    session.add(row)
+    await session.flush()
+    return row, token
+
+
+async def list_tokens(session: AsyncSession, user_id: str) -> list[ApiToken]:
+    rows = await session.execute(select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.created_at))
+    return list(rows.scalars())
+
+
+async def revoke_token(session: AsyncSession, *, user_id: str, token_id: str) -> ApiToken:
+    row = await session.get(ApiToken, token_id)
+    if row is None or row.user_id != user_id:
+        raise NotFound(f"user {user_id} has no token {token_id}", code="token_not_found")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        await session.flush()
+    return row
+
+
+async def authenticate_token(session: AsyncSession, token: str) -> User | None:
+    """The active user owning this unrevoked token, or None. Records when the token was last used."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    row = (await session.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))).scalar_one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    user = await session.get(User, row.user_id)
+    if user is None or not user.active:
+        return None
+    await session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow()))
+    await session.commit()
+    return user
+
+
+# ---- SSO bearer JWTs ---------------------------------------------------------------------------
+
+
+class JWTVerifier:
+    """Verifies bearer JWTs: signature against the JWKS (file or URL), issuer, audience, expiry."""
+
+    ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
+
+    def __init__(self, settings: Settings) -> None:
+        if not settings.jwt_issuer or not settings.jwt_jwks:
+            raise ValueError("PROGRESSION_JWT_ISSUER and PROGRESSION_JWT_JWKS must both be set for SSO tokens")
+        self.settings = settings
+        source = settings.jwt_jwks
+        self._client: jwt.PyJWKClient | None = None
+        self._keyset: jwt.PyJWKSet | None = None
+        if source.startswith(("https://", "http://")):
+            self._client = jwt.PyJWKClient(source, cache_keys=True, lifespan=300, timeout=10)
+        else:
+            self._keyset = jwt.PyJWKSet.from_dict(json.loads(Path(source).read_text()))
+
+    def _key_for(self, token: str) -> Any:
+        if self._client is not None:
+            return self._client.get_signing_key_from_jwt(token).key
+        assert self._keyset is not None
+        kid = jwt.get_unverified_header(token).get("kid")
+        keys = [k for k in self._keyset.keys if kid is None or k.key_id == kid]
+        if not keys:
+            raise jwt.InvalidTokenError(f"no key with kid {kid!r} in the JWKS")
+        return keys[0].key
+
+    def verify_sync(self, token: str) -> dict[str, Any]:
+        key = self._key_for(token)
+        return jwt.decode(
+            token, key, algorithms=self.ALGORITHMS, issuer=self.settings.jwt_issuer,
+            audience=self.settings.jwt_audience,
+            options={"require": ["exp", "iss", "sub"], "verify_aud": self.settings.jwt_audience is not None},
+        )
+
+    async def verify(self, token: str) -> dict[str, Any] | None:
+        """Claims of a valid token, or None. A JWKS URL is fetched off the event loop."""
+        try:
+            if self._client is not None:
+                return await asyncio.to_thread(self.verify_sync, token)
+            return self.verify_sync(token)
+        except (jwt.PyJWTError, ValueError):
+            return None
+
+
+def _claim(claims: dict[str, Any], name: str) -> Any:
+    """A claim by name; dotted names reach into nested objects (e.g. ``realm_access.roles``)."""
+    value: Any = claims
+    for part in name.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+async def provision_jwt_user(session: AsyncSession, claims: dict[str, Any], settings: Settings) -> User | None:
+    """The user for verified SSO claims, created or updated from them (roles and team follow the SSO)."""
+    username = _claim(claims, settings.jwt_username_claim) or claims.get("sub")
+    if not isinstance(username, str) or not USERNAME_RE.match(username):
+        return None
+    raw_roles = _claim(claims, settings.jwt_roles_claim) or []
+    if isinstance(raw_roles, str):
+        raw_roles = raw_roles.split()
+    roles = [r for r in raw_roles if isinstance(r, str) and r in Role._value2member_map_]
+    team = _claim(claims, settings.jwt_team_claim)
+    team = team if isinstance(team, str) and TEAM_RE.match(team) else None
+    display = claims.get("name") if isinstance(claims.get("name"), str) else ""
+    user = await get_user_by_username(session, username)
+    if user is None:
+        user = User(id=str(uuid.uuid4()), username=username, display_name=display[:200], team=team,
+                    roles=roles, active=True, external=True, created_at=utcnow())
+        session.add(user)
+    elif not user.external:
+        # A local account is never taken over by an SSO identity of the same name.
+        return None
+    elif not user.active:
+        return None
+    else:
+        if user.roles != roles or user.team != team or (display and user.display_name != display):
+            user.roles, user.team = roles, team
+            user.display_name = display[:200] or user.display_name
+    try:
+        await session.commit()
+    except IntegrityError:
+        # Two first requests of the same new SSO user raced; the other one created it.
+        await session.rollback()
+        user = await get_user_by_username(session, username)
+        return user if user is not None and user.external and user.active else None
+    return user
