@@ -1,0 +1,567 @@
+"""Safe YAML loading of progression specs, policies and the feature catalog, with precise errors.
+
+Every problem names the file, the field path and the line, e.g.
+``progression.yaml:7: model.business_intent: no policy for intent 'credit-underwritting'
+(did you mean 'credit-underwriting'?)``. Policies compile every CEL expression here, so a
+broken policy is refused when it loads, never in the middle of a running progression.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from yaml.events import AliasEvent, CollectionStartEvent, ScalarEvent
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from engine.errors import InvalidPolicy, InvalidSpec
+from engine.lifecycle import ResolvedFeature
+from engine.policy import GovernancePolicy, policy_hash
+from engine.spec import ProgressionSpec, check_relative_path
+
+MAX_DEPTH = 50
+DEFAULT_MAX_BYTES = 256 * 1024
+POLICY_MAX_BYTES = 1024 * 1024
+FEATURES_FILE = "features.yaml"
+
+FieldPath = tuple[str | int, ...]
+LineMap = dict[FieldPath, int]
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+# ---- problems --------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    file: str
+    line: int | None
+    field: str
+    message: str
+    type: str
+
+    def format(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "field": self.field, "message": self.message,
+                "type": self.type}
+
+
+class YamlProblem(Exception):
+    """Raised by :func:`safe_load_yaml`; carries the line so callers can wrap it in their own error."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.format())
+        self.problem = problem
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    # The first problem in the file is the one a person fixes first.
+    return sorted(problems, key=lambda p: (p.file, p.line is None, p.line or 0))
+
+
+# ---- safe YAML ------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases/anchors and deep nesting while composing nodes.
+
+    The pure-Python composer is used (not CSafeLoader) because the checks hook into
+    ``compose_node``; documents are small (size-capped) so speed does not matter.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # type: ignore[override]
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases are not allowed (*{event.anchor})", event.start_mark)
+        if isinstance(event, ScalarEvent | CollectionStartEvent) and event.anchor is not None:
+            raise yaml.composer.ComposerError(
+                None, None, f"anchors are not allowed (&{event.anchor})", event.start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nesting is deeper than {MAX_DEPTH} levels", event.start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _decode(text: str | bytes, filename: str, max_bytes: int) -> str:
+    raw = text.encode("utf-8", errors="surrogatepass") if isinstance(text, str) else bytes(text)
+    if len(raw) > max_bytes:
+        raise YamlProblem(Problem(filename, None, "", f"document is {len(raw)} bytes; the limit is {max_bytes}",
+                                  "too_large"))
+    if isinstance(text, str):
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+            raise YamlProblem(Problem(filename, None, "", "text contains unpaired surrogates (not valid UTF-8)",
+                                      "invalid_utf8"))
+        return text
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise YamlProblem(Problem(filename, line, "", f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
+                                                      f"{exc.start})", "invalid_utf8")) from None
+
+
+def safe_load_yaml(text: str | bytes, *, filename: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Any, LineMap]:
+    """Parse one YAML document safely; return the data and a map field path -> 1-based line.
+
+    Refuses documents over ``max_bytes`` (before parsing), invalid UTF-8, aliases and anchors
+    (billion laughs), several documents, nesting deeper than :data:`MAX_DEPTH`, non-string
+    mapping keys, merge keys, duplicate keys and tags other than the standard ones.
+    Raises :class:`YamlProblem`.
+    """
+    source = _decode(text, filename, max_bytes)
+    loader = _StrictLoader(source)
+    try:
+        root = loader.get_single_node()
+        lines: LineMap = {}
+        if root is None:
+            return None, lines
+        data = _build(loader, root, (), lines, filename)
+        return data, lines
+    except YamlProblem:
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = int(mark.line) + 1 if mark is not None else None
+        parts = [p for p in (exc.context, exc.problem) if p]
+        message = ": ".join(parts) if parts else "invalid YAML"
+        if "expected a single document" in message:
+            message = "only one YAML document is allowed (found a second '---' document)"
+        raise YamlProblem(Problem(filename, line, "", message, "yaml_syntax")) from None
+    except yaml.YAMLError as exc:  # ReaderError (control characters) has no problem_mark
+        raise YamlProblem(Problem(filename, None, "", str(exc).replace("\n", " "), "yaml_syntax")) from None
+    finally:
+        loader.dispose()
+
+
+def _build(loader: _StrictLoader, node: Node, path: FieldPath, lines: LineMap, filename: str) -> Any:
+    lines.setdefault(path, _line(node))
+    if isinstance(node, ScalarNode):
+        if node.tag.startswith("!") or not node.tag.startswith("tag:yaml.org,2002:"):
+            raise YamlProblem(Problem(filename, _line(node), format_path(path), f"tag {node.tag!r} is not allowed",
+                                      "yaml_tag"))
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            raise YamlProblem(Problem(filename, _line(node), format_path(path), str(exc.problem), "yaml_value")) \
+                from None
+    if isinstance(node, SequenceNode):
+        if node.tag != _SEQ_TAG:
+            raise YamlProblem(Problem(filename, _line(node), format_path(path), f"tag {node.tag!r} is not allowed",
+                                      "yaml_tag"))
+        return [_build(loader, item, (*path, i), lines, filename) for i, item in enumerate(node.value)]
+    if isinstance(node, MappingNode):
+        if node.tag != _MAP_TAG:
+            raise YamlProblem(Problem(filename, _line(node), format_path(path), f"tag {node.tag!r} is not allowed",
+                                      "yaml_tag"))
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.tag != _STR_TAG:
+                shown = key_node.value if isinstance(key_node, ScalarNode) else "a collection"
+                kind = "merge keys (<<) are" if key_node.tag.endswith(":merge") else f"key {shown!r} is not a string;"
+                message = f"{kind} not allowed" if "merge" in kind else f"{kind} quote it"
+                raise YamlProblem(Problem(filename, _line(key_node), format_path(path), message, "yaml_key"))
+            key = str(key_node.value)
+            if key in result:
+                raise YamlProblem(Problem(
+                    filename, _line(key_node), format_path((*path, key)),
+                    f"duplicate key {key!r} (first defined on line {lines[(*path, key)]})", "duplicate_key"))
+            # The key's own line: for a nested mapping the value starts on the next line.
+            lines[(*path, key)] = _line(key_node)
+            result[key] = _build(loader, value_node, (*path, key), lines, filename)
+        return result
+    raise YamlProblem(Problem(filename, _line(node), format_path(path), "unsupported YAML node", "yaml_value"))
+
+
+# ---- pydantic errors -> problems ------------------------------------------------------------
+
+_PATTERN_HINTS = {
+    r"^[a-z0-9][a-z0-9-]{0,62}$": "must be a lowercase slug: letters, digits and hyphens, at most 63 characters",
+    r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$": "must be a version id: letters, digits and . _ + -, at most 63 characters",
+    r"^[A-Za-z_][A-Za-z0-9_]{0,127}$": "must be an identifier: letters, digits and underscores",
+    r"^[a-z][a-z0-9_]{0,63}$": "must be lower_snake_case: lowercase letters, digits and underscores",
+    r"^[a-z][a-z0-9_]{0,62}$": "must be lower_snake_case: lowercase letters, digits and underscores",
+    r"^[a-z][a-z0-9-]{0,62}$": "must be lowercase letters, digits and hyphens",
+}
+
+
+def _lookup_line(lines: LineMap, path: Sequence[str | int]) -> int | None:
+    path = tuple(path)
+    while True:
+        if path in lines:
+            return lines[path]
+        if not path:
+            return None
+        path = path[:-1]
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number",
+            bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _get(data: Any, path: Sequence[str | int]) -> Any:
+    for part in path:
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _pydantic_problems(exc: ValidationError, data: Any, lines: LineMap, filename: str) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        loc: list[str | int] = list(err["loc"])
+        kind = str(err["type"])
+        if "[key]" in loc:  # an invalid key of a dict field: point at the key itself
+            loc = loc[: loc.index("[key]")]
+        line = _lookup_line(lines, loc)
+        message = str(err["msg"])
+        if kind == "extra_forbidden":
+            message = f"unknown key {loc[-1]!r}"
+        elif kind == "missing":
+            line = _lookup_line(lines, loc[:-1])
+            message = "required field is missing"
+        elif kind.startswith("value_error") or kind == "assertion_error":
+            ctx = err.get("ctx") or {}
+            message = str(ctx.get("error", message.removeprefix("Value error, ")))
+        elif kind == "string_pattern_mismatch":
+            pattern = str((err.get("ctx") or {}).get("pattern", ""))
+            message = f"{err['input']!r} {_PATTERN_HINTS.get(pattern, message[0].lower() + message[1:])}"
+        elif kind == "literal_error" or kind == "enum":
+            message = f"{err['input']!r} is not allowed; {message[0].lower() + message[1:]}"
+        else:
+            message = message[0].lower() + message[1:]
+            if kind.endswith("_type") or kind.endswith("_parsing"):
+                message += f" (got {_type_name(err['input'])})"
+        problems.append(Problem(filename, line, format_path(loc), message, kind))
+    return problems
+
+
+def _add_known_keys(problems: list[Problem], model: type[BaseModel], data: Any) -> None:
+    """Name the allowed keys next to an unknown one, with a suggestion when one is close."""
+    for problem in problems:
+        if problem.type != "extra_forbidden":
+            continue
+        allowed = _allowed_keys(model, problem.field)
+        if not allowed:
+            continue
+        key = problem.message.removeprefix("unknown key ").strip("'")
+        close = difflib.get_close_matches(key, allowed, n=1)
+        problem.message += f" (did you mean {close[0]!r}?)" if close else f"; allowed: {', '.join(allowed)}"
+
+
+def _allowed_keys(model: type[BaseModel], dotted: str) -> list[str]:
+    parts = re.split(r"\.|\[\d+\]", dotted)
+    parts = [p for p in parts if p][:-1]
+    current: Any = model
+    for part in parts:
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            return []
+        match = next((f for n, f in fields.items() if part in (n, f.alias)), None)
+        if match is None:
+            return []
+        current = _model_in(match.annotation)
+        if current is None:
+            return []
+    fields = getattr(current, "model_fields", None)
+    if fields is None:
+        return []
+    return [f.alias or n for n, f in fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# ---- progression spec ------------------------------------------------------------------------
+
+
+def _spec_value_problems(problem: Problem, data: Any, lines: LineMap) -> list[Problem]:
+    """The spec's whole-dict validators report on ``evidence``/``features``; point at the entry instead."""
+    if problem.field == "evidence" and problem.type.startswith("value_error") and isinstance(data, Mapping):
+        evidence = data.get("evidence")
+        found: list[Problem] = []
+        if isinstance(evidence, Mapping):
+            for name, value in evidence.items():
+                if not isinstance(value, str):
+                    continue
+                try:
+                    check_relative_path(value)
+                except ValueError as exc:
+                    found.append(Problem(problem.file, _lookup_line(lines, ("evidence", name)),
+                                         f"evidence.{name}", str(exc), "path_outside_repository"))
+        return found or [problem]
+    if problem.field == "features" and problem.type.startswith("value_error") and isinstance(data, Mapping):
+        features = data.get("features")
+        if isinstance(features, list):
+            seen: set[Any] = set()
+            for i, name in enumerate(features):
+                if name in seen:
+                    return [Problem(problem.file, _lookup_line(lines, ("features", i)), f"features[{i}]",
+                                    problem.message, "duplicate_feature")]
+                seen.add(name)
+    return [problem]
+
+
+def load_spec(
+    text: str | bytes,
+    *,
+    filename: str = "progression.yaml",
+    registry: PolicyRegistry | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> ProgressionSpec:
+    """Parse and validate a ``progression.yaml``; raise :class:`InvalidSpec` naming every problem."""
+    try:
+        data, lines = safe_load_yaml(text, filename=filename, max_bytes=max_bytes)
+    except YamlProblem as exc:
+        _raise(InvalidSpec, [exc.problem])
+    if not isinstance(data, Mapping):
+        what = "empty" if data is None else f"{_type_name(data)}, not a mapping"
+        _raise(InvalidSpec, [Problem(filename, 1 if data is None else lines.get(()), "",
+                                     f"the document is {what}; expected a ModelProgression mapping",
+                                     "not_a_mapping")])
+    problems: list[Problem] = []
+    spec: ProgressionSpec | None = None
+    try:
+        spec = ProgressionSpec.model_validate(data)
+    except ValidationError as exc:
+        for problem in _pydantic_problems(exc, data, lines, filename):
+            problems.extend(_spec_value_problems(problem, data, lines))
+        _add_known_keys(problems, ProgressionSpec, data)
+    if registry is not None:
+        intent = _get(data, ("model", "business_intent"))
+        if isinstance(intent, str) and not any(p.field == "model.business_intent" for p in problems) \
+                and registry.get(intent) is None:
+            problems.append(Problem(filename, _lookup_line(lines, ("model", "business_intent")),
+                                    "model.business_intent", registry.unknown_intent_message(intent),
+                                    "unknown_intent"))
+    if problems or spec is None:
+        _raise(InvalidSpec, problems)
+    return spec
+
+
+def _raise(cls: type[InvalidSpec] | type[InvalidPolicy], problems: list[Problem]) -> Any:
+    ordered = _sorted(problems)
+    raise cls(ordered[0].format(), details=[p.as_dict() for p in ordered])
+
+
+# ---- policies --------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedPolicy:
+    policy: GovernancePolicy
+    hash: str
+    path: Path
+    yaml_text: str
+    programs: dict[tuple[str, str], Any] = field(default_factory=dict)  # (stage, check id) -> cel.Program
+
+    @property
+    def intent(self) -> str:
+        return self.policy.intent
+
+
+def _policy_problems(text: str | bytes, filename: str) -> tuple[GovernancePolicy | None, dict[tuple[str, str], Any],
+                                                                  list[Problem]]:
+    from engine import checks  # local: checks imports loading for evidence YAML
+
+    try:
+        data, lines = safe_load_yaml(text, filename=filename, max_bytes=POLICY_MAX_BYTES)
+    except YamlProblem as exc:
+        return None, {}, [exc.problem]
+    if not isinstance(data, Mapping):
+        return None, {}, [Problem(filename, 1, "", "the document is not a GovernancePolicy mapping", "not_a_mapping")]
+    problems: list[Problem] = []
+    try:
+        policy = GovernancePolicy.model_validate(data)
+    except ValidationError as exc:
+        problems = _pydantic_problems(exc, data, lines, filename)
+        _add_known_keys(problems, GovernancePolicy, data)
+        return None, {}, problems
+    programs: dict[tuple[str, str], Any] = {}
+    for si, stage in enumerate(policy.stages):
+        for ci, check in enumerate(stage.checks):
+            where = ("stages", si, "checks", ci)
+            if check.id in checks.BUILTIN_CHECK_IDS:
+                problems.append(Problem(filename, _lookup_line(lines, (*where, "id")), format_path((*where, "id")),
+                                        f"check id {check.id!r} is reserved for the built-in check", "reserved_id"))
+                continue
+            try:
+                programs[(stage.name, check.id)] = checks.compile_checked(check.expr)
+            except checks.ExpressionError as exc:
+                problems.append(Problem(
+                    filename, _lookup_line(lines, (*where, "expr")), format_path((*where, "expr")),
+                    f"stage {stage.name!r} check {check.id!r}: CEL expression does not compile: {exc}",
+                    "cel_compile"))
+        for ai, rule in enumerate(stage.approvals):
+            if rule.escalate_to is not None and rule.sla is None:
+                where = ("stages", si, "approvals", ai, "escalate_to")
+                problems.append(Problem(filename, _lookup_line(lines, where), format_path(where),
+                                        "escalate_to needs an sla to escalate after", "escalation_without_sla"))
+    return policy, programs, problems
+
+
+def load_policy(path: Path) -> LoadedPolicy:
+    """Load, validate and compile one policy file; raise :class:`InvalidPolicy` naming file, line and field."""
+    path = Path(path)
+    raw = path.read_bytes()
+    policy, programs, problems = _policy_problems(raw, path.name)
+    if problems or policy is None:
+        _raise(InvalidPolicy, problems)
+    assert policy is not None
+    return LoadedPolicy(policy=policy, hash=policy_hash(policy), path=path,
+                        yaml_text=raw.decode("utf-8-sig"), programs=programs)
+
+
+def policy_from_text(text: str | bytes, *, filename: str = "policy.yaml") -> LoadedPolicy:
+    """Same as :func:`load_policy` for text that is not on disk (e.g. published through the API)."""
+    policy, programs, problems = _policy_problems(text, filename)
+    if problems or policy is None:
+        _raise(InvalidPolicy, problems)
+    assert policy is not None
+    yaml_text = text.decode("utf-8-sig") if isinstance(text, bytes) else text
+    return LoadedPolicy(policy=policy, hash=policy_hash(policy), path=Path(filename), yaml_text=yaml_text,
+                        programs=programs)
+
+
+class PolicyRegistry:
+    """The active policy per business intent. Every problem surfaces in :meth:`from_dir`, never later."""
+
+    def __init__(self, policies: Iterable[LoadedPolicy] = ()) -> None:
+        self._by_intent: dict[str, LoadedPolicy] = {}
+        for loaded in policies:
+            if loaded.intent in self._by_intent:
+                raise InvalidPolicy(f"{loaded.path.name}: intent: intent {loaded.intent!r} is already defined by "
+                                    f"{self._by_intent[loaded.intent].path.name}")
+            self._by_intent[loaded.intent] = loaded
+
+    @classmethod
+    def from_dir(cls, path: Path) -> PolicyRegistry:
+        path = Path(path)
+        if not path.is_dir():
+            raise InvalidPolicy(f"{path}: policy directory does not exist")
+        problems: list[Problem] = []
+        loaded: dict[str, LoadedPolicy] = {}
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.name != FEATURES_FILE)
+        for file in files:
+            try:
+                one = load_policy(file)
+            except InvalidPolicy as exc:
+                problems.extend(Problem(**d) for d in exc.details or [])
+                continue
+            if one.intent in loaded:
+                _, lines = safe_load_yaml(one.yaml_text, filename=file.name, max_bytes=POLICY_MAX_BYTES)
+                problems.append(Problem(file.name, _lookup_line(lines, ("intent",)), "intent",
+                                        f"intent {one.intent!r} is already defined by {loaded[one.intent].path.name}; "
+                                        "one policy per intent", "duplicate_intent"))
+                continue
+            loaded[one.intent] = one
+        if problems:
+            ordered = problems  # keep file order; each file's problems are already sorted
+            raise InvalidPolicy(ordered[0].format(), details=[p.as_dict() for p in ordered])
+        return cls(loaded.values())
+
+    def get(self, intent: str) -> LoadedPolicy | None:
+        return self._by_intent.get(intent)
+
+    def intents(self) -> list[str]:
+        return sorted(self._by_intent)
+
+    def all(self) -> list[LoadedPolicy]:
+        return [self._by_intent[i] for i in self.intents()]
+
+    def by_hash(self, hash: str) -> LoadedPolicy | None:
+        return next((p for p in self._by_intent.values() if p.hash == hash), None)
+
+    def unknown_intent_message(self, intent: str) -> str:
+        close = difflib.get_close_matches(intent, self.intents(), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known intents: {', '.join(self.intents()) or 'none'}"
+        return f"no policy for intent {intent!r} ({hint})"
+
+
+# ---- feature catalog -------------------------------------------------------------------------
+
+
+class _FeatureEntry(BaseModel):
+    model_config = {"extra": "forbid"}
+    name: str
+    description: str = ""
+    tags: list[str] = []
+
+
+class _FeatureFile(BaseModel):
+    model_config = {"extra": "forbid"}
+    features: list[_FeatureEntry]
+
+
+def load_feature_catalog(path: Path) -> list[ResolvedFeature]:
+    """The seed feature catalog (``policies/features.yaml``); raises :class:`InvalidPolicy` with file/line."""
+    path = Path(path)
+    try:
+        data, lines = safe_load_yaml(path.read_bytes(), filename=path.name, max_bytes=POLICY_MAX_BYTES)
+    except YamlProblem as exc:
+        _raise(InvalidPolicy, [exc.problem])
+    try:
+        parsed = _FeatureFile.model_validate(data)
+    except ValidationError as exc:
+        _raise(InvalidPolicy, _pydantic_problems(exc, data, lines, path.name))
+    names = [f.name for f in parsed.features]
+    dupes = [i for i, n in enumerate(names) if n in names[:i]]
+    if dupes:
+        i = dupes[0]
+        _raise(InvalidPolicy, [Problem(path.name, _lookup_line(lines, ("features", i)), f"features[{i}].name",
+                                       f"feature {names[i]!r} is listed twice", "duplicate_feature")])
+    return [ResolvedFeature(name=f.name, description=f.description, tags=sorted(set(f.tags)), known=True)
+            for f in parsed.features]
+
+
+def resolve_features(names: Iterable[str], catalog: Mapping[str, ResolvedFeature] | Iterable[ResolvedFeature]
+                     ) -> list[ResolvedFeature]:
+    """A spec's feature names looked up in the catalog; unknown names come back with ``known=False``."""
+    index = dict(catalog) if isinstance(catalog, Mapping) else {f.name: f for f in catalog}
+    return [index[n].model_copy() if n in index else ResolvedFeature(name=n, known=False) for n in names]
