@@ -1,0 +1,562 @@
+"""Python SDK over the HTTP API v1: a sync and an async client with the same methods.
+
+Progression state comes back as :class:`engine.lifecycle.ProgressionState`, the
+model the server itself returns, so scripts and the server cannot disagree about
+shapes. Errors raise typed exceptions carrying the API's ``code``, ``message``,
+``details`` and HTTP status; a server that cannot be reached raises
+:class:`ConnectionFailed`.
+
+    from engine.sdk import ProgressionClient
+    with ProgressionClient("http://127.0.0.1:8000", token) as client:
+        state = client.start("examples/retail-credit-scorecard")
+        print(state.status, state.next_action)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.lifecycle import DecisionKind, ProgressionState
+from engine.repo import RepositoryUpload, read_repository
+
+API_PREFIX = "/api/v1"
+T = TypeVar("T")
+
+# ---- errors ----------------------------------------------------------------------------------
+
+
+class ProgressionAPIError(Exception):
+    """An error answer of the API (or no answer at all). ``status`` is 0 when nothing answered."""
+
+    def __init__(self, message: str, *, code: str = "error", details: Any = None, status: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.details = details
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Unauthorized(ProgressionAPIError):
+    """401: missing, invalid, expired or revoked token."""
+
+
+class Forbidden(ProgressionAPIError):
+    """403: the caller's roles, team or segregation of duties forbid the action."""
+
+
+class NotFound(ProgressionAPIError):
+    """404: no such resource, or not visible to the caller."""
+
+
+class ConflictError(ProgressionAPIError):
+    """409: conflicts with the current state (existing progression, gate not open, ...)."""
+
+
+class InvalidInput(ProgressionAPIError):
+    """400, 413 or 422: the request (spec, body, parameters) does not validate."""
+
+
+class ServerError(ProgressionAPIError):
+    """5xx: the server failed; the message carries its reference id."""
+
+
+class ConnectionFailed(ProgressionAPIError):
+    """The API could not be reached (refused, DNS, TLS, timeout)."""
+
+
+_BY_STATUS: dict[int, type[ProgressionAPIError]] = {
+    400: InvalidInput, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: ConflictError,
+    413: InvalidInput, 422: InvalidInput,
+}
+
+
+def error_from_response(response: httpx.Response) -> ProgressionAPIError:
+    """The typed exception for an error answer; a body that is not the API's JSON still gives a message."""
+    status = response.status_code
+    code, message, details = f"http_{status}", "", None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "message" in body:
+        code = str(body.get("code") or code)
+        message = str(body["message"])
+        details = body.get("details")
+    else:
+        text = response.text.strip()
+        message = f"HTTP {status} {response.reason_phrase}" + (f": {text[:500]}" if text else "")
+    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else ProgressionAPIError)
+    return cls(message, code=code, details=details, status=status)
+
+
+def _connection_error(exc: httpx.TransportError, base_url: str) -> ConnectionFailed:
+    kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
+    return ConnectionFailed(f"cannot reach the Progression API at {base_url}: connection {kind} ({exc})",
+                            code="connection_failed", details={"url": base_url})
+
+
+# ---- response models that are not the workflow state -----------------------------------------
+
+
+class _Open(BaseModel):
+    # Tolerant of fields added by newer servers: an SDK must not break when the API grows.
+    model_config = ConfigDict(extra="allow")
+
+
+class ProgressionPage(_Open):
+    items: list[ProgressionState] = Field(default_factory=list)
+    next_cursor: str | None = None
+    total: int | None = None
+
+
+class AuditEvent(_Open):
+    seq: int
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    recorded_at: datetime | None = None
+    actor_id: str | None = None
+    progression_id: str | None = None
+    model_id: str | None = None
+    stage: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    prev_hash: str | None = None
+    hash: str | None = None
+
+
+class AuditPage(_Open):
+    items: list[AuditEvent] = Field(default_factory=list)
+    next_cursor: str | None = None
+
+
+class ChainVerification(_Open):
+    ok: bool
+    events_checked: int = 0
+    head_seq: int = 0
+    head_hash: str = ""
+    first_bad_seq: int | None = None
+    first_bad_event_id: str | None = None
+    problem: str | None = None
+
+
+def _json(response: httpx.Response) -> Any:
+    return response.json()
+
+
+def _state(response: httpx.Response) -> ProgressionState:
+    body = response.json()
+    # Decisions may answer {accepted, decision_id, state}; everything else answers the state itself.
+    if isinstance(body, dict) and "state" in body and "progression_id" not in body:
+        body = body["state"]
+    return ProgressionState.model_validate(body)
+
+
+def _page(response: httpx.Response) -> ProgressionPage:
+    body = response.json()
+    if isinstance(body, list):
+        body = {"items": body}
+    return ProgressionPage.model_validate(body)
+
+
+def _items(response: httpx.Response) -> list[dict[str, Any]]:
+    body = response.json()
+    if isinstance(body, dict) and "items" in body:
+        body = body["items"]
+    return list(body)
+
+
+def _audit_page(response: httpx.Response) -> AuditPage:
+    body = response.json()
+    if isinstance(body, list):
+        body = {"items": body}
+    return AuditPage.model_validate(body)
+
+
+def _verification(response: httpx.Response) -> ChainVerification:
+    return ChainVerification.model_validate(response.json())
+
+
+def _bytes(response: httpx.Response) -> bytes:
+    return response.content
+
+
+# ---- requests, built once and run by either client -------------------------------------------
+
+
+@dataclass
+class _Call(Generic[T]):
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, Any] | None = None
+    json: Any = None
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _pid(progression_id: str) -> str:
+    # '@' is a legal path character; quote everything else that is not.
+    return quote(progression_id, safe="@+")
+
+
+def _clean(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        out[key] = value
+    return out
+
+
+def _idem(key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": key} if key else {}
+
+
+EvidenceFiles = Mapping[str, "str | Path | bytes | tuple[str, bytes]"] | Sequence["str | Path"]
+
+
+def evidence_parts(files: EvidenceFiles) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Multipart ``evidence.<name>`` parts.
+
+    ``files`` is a mapping name -> path | bytes | (filename, bytes), or a list of paths each named
+    by its file stem (``evidence/metrics.json`` -> ``metrics``).
+    """
+    items: list[tuple[str, Any]]
+    if isinstance(files, Mapping):
+        items = list(files.items())
+    else:
+        items = [(Path(p).stem, p) for p in files]
+    parts: list[tuple[str, tuple[str, bytes, str]]] = []
+    for name, value in items:
+        if isinstance(value, bytes):
+            filename, content = name, value
+        elif isinstance(value, tuple):
+            filename, content = value
+        else:
+            path = Path(value)
+            filename, content = path.name, path.read_bytes()
+        parts.append((f"evidence.{name}", (filename, content, "application/octet-stream")))
+    return parts
+
+
+def _upload(source: str | Path | RepositoryUpload) -> RepositoryUpload:
+    return source if isinstance(source, RepositoryUpload) else read_repository(Path(source))
+
+
+class _Calls:
+    """One place that knows every endpoint: path, parameters and how to read the answer."""
+
+    @staticmethod
+    def start(source: str | Path | RepositoryUpload, idempotency_key: str | None) -> _Call[ProgressionState]:
+        return _Call("POST", "/progressions", _state, files=_upload(source).multipart_files(),
+                     headers=_idem(idempotency_key))
+
+    @staticmethod
+    def get(progression_id: str) -> _Call[ProgressionState]:
+        return _Call("GET", f"/progressions/{_pid(progression_id)}", _state)
+
+    @staticmethod
+    def list(filters: Mapping[str, Any]) -> _Call[ProgressionPage]:
+        return _Call("GET", "/progressions", _page, params=_clean(filters))
+
+    @staticmethod
+    def decide(progression_id: str, stage: str, decision: DecisionKind | str, comment: str,
+               idempotency_key: str | None) -> _Call[ProgressionState]:
+        kind = DecisionKind(str(decision).replace("-", "_"))
+        return _Call("POST", f"/progressions/{_pid(progression_id)}/decisions", _state,
+                     json={"stage": stage, "decision": kind.value, "comment": comment},
+                     headers=_idem(idempotency_key))
+
+    @staticmethod
+    def add_evidence(progression_id: str, files: EvidenceFiles, idempotency_key: str | None) -> _Call[ProgressionState]:
+        return _Call("POST", f"/progressions/{_pid(progression_id)}/evidence", _state, files=evidence_parts(files),
+                     headers=_idem(idempotency_key))
+
+    @staticmethod
+    def withdraw(progression_id: str, reason: str, idempotency_key: str | None) -> _Call[ProgressionState]:
+        return _Call("POST", f"/progressions/{_pid(progression_id)}/withdraw", _state, json={"reason": reason},
+                     headers=_idem(idempotency_key))
+
+    @staticmethod
+    def inbox() -> _Call[list[dict[str, Any]]]:
+        return _Call("GET", "/inbox", _items)
+
+    @staticmethod
+    def models(filters: Mapping[str, Any]) -> _Call[list[dict[str, Any]]]:
+        return _Call("GET", "/models", _items, params=_clean(filters))
+
+    @staticmethod
+    def model(model_id: str) -> _Call[dict[str, Any]]:
+        return _Call("GET", f"/models/{quote(model_id, safe='')}", _json)
+
+    @staticmethod
+    def policies() -> _Call[list[dict[str, Any]]]:
+        return _Call("GET", "/policies", _items)
+
+    @staticmethod
+    def policy(intent: str) -> _Call[dict[str, Any]]:
+        return _Call("GET", f"/policies/{quote(intent, safe='')}", _json)
+
+    @staticmethod
+    def dry_run(intent: str, source: str | Path | RepositoryUpload) -> _Call[dict[str, Any]]:
+        return _Call("POST", f"/policies/{quote(intent, safe='')}/dry-run", _json,
+                     files=_upload(source).multipart_files())
+
+    @staticmethod
+    def audit_page(filters: Mapping[str, Any], cursor: str | None, limit: int | None) -> _Call[AuditPage]:
+        params = _clean({**filters, "cursor": cursor, "limit": limit})
+        return _Call("GET", "/audit/events", _audit_page, params=params)
+
+    @staticmethod
+    def audit_export(format: str, filters: Mapping[str, Any]) -> _Call[bytes]:
+        return _Call("GET", "/audit/export", _bytes, params=_clean({**filters, "format": format}))
+
+    @staticmethod
+    def audit_verify() -> _Call[ChainVerification]:
+        return _Call("GET", "/audit/verify", _verification)
+
+
+AuditFormat = Literal["csv", "jsonl"]
+
+
+def _intent_of(source: str | Path | RepositoryUpload) -> str:
+    """The business intent named by the repository's progression.yaml (the server validates the rest)."""
+    import yaml
+
+    upload = _upload(source)
+    try:
+        data = yaml.safe_load(upload.spec_yaml)
+        intent = data["model"]["business_intent"]
+    except (yaml.YAMLError, TypeError, KeyError):
+        intent = None
+    if not isinstance(intent, str) or not intent:
+        raise InvalidInput(f"{upload.root / 'progression.yaml'}: model.business_intent is missing; "
+                           "the route depends on the intent", code="invalid_spec",
+                           details=[{"file": "progression.yaml", "field": "model.business_intent",
+                                     "message": "field required", "line": None}])
+    return intent
+
+
+def _headers(token: str | None, user_agent: str) -> dict[str, str]:
+    headers = {"User-Agent": user_agent, "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+USER_AGENT = "progression-sdk/0.1"
+
+
+# ---- sync client -----------------------------------------------------------------------------
+
+
+class ProgressionClient:
+    """Synchronous client. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url + API_PREFIX, headers=_headers(token, USER_AGENT),
+                                  timeout=timeout, transport=transport)
+
+    def __enter__(self) -> ProgressionClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _run(self, call: _Call[T]) -> T:
+        try:
+            response = self._http.request(call.method, call.path, params=call.params, json=call.json,
+                                          files=call.files, headers=call.headers)
+        except httpx.TransportError as exc:
+            raise _connection_error(exc, self.base_url) from None
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return call.parse(response)
+
+    def start(self, repo_dir: str | Path | RepositoryUpload, *, idempotency_key: str | None = None
+              ) -> ProgressionState:
+        """Upload ``progression.yaml`` and the evidence it names; the new progression's state."""
+        return self._run(_Calls.start(repo_dir, idempotency_key))
+
+    def get(self, progression_id: str) -> ProgressionState:
+        return self._run(_Calls.get(progression_id))
+
+    def list(self, **filters: Any) -> ProgressionPage:
+        """Filters: ``model``, ``intent``, ``stage``, ``status``, ``cursor``, ``limit``."""
+        return self._run(_Calls.list(filters))
+
+    def decide(self, progression_id: str, stage: str, decision: DecisionKind | str, comment: str,
+               idempotency_key: str | None = None) -> ProgressionState:
+        return self._run(_Calls.decide(progression_id, stage, decision, comment, idempotency_key))
+
+    def add_evidence(self, progression_id: str, files: EvidenceFiles, *, idempotency_key: str | None = None
+                     ) -> ProgressionState:
+        return self._run(_Calls.add_evidence(progression_id, files, idempotency_key))
+
+    def withdraw(self, progression_id: str, reason: str, *, idempotency_key: str | None = None) -> ProgressionState:
+        return self._run(_Calls.withdraw(progression_id, reason, idempotency_key))
+
+    def inbox(self) -> list[dict[str, Any]]:
+        return self._run(_Calls.inbox())
+
+    def models(self, **filters: Any) -> list[dict[str, Any]]:
+        return self._run(_Calls.models(filters))
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        return self._run(_Calls.model(model_id))
+
+    def policies(self) -> list[dict[str, Any]]:
+        return self._run(_Calls.policies())
+
+    def policy(self, intent: str) -> dict[str, Any]:
+        return self._run(_Calls.policy(intent))
+
+    def dry_run(self, intent: str | None, repo_dir: str | Path | RepositoryUpload) -> dict[str, Any]:
+        """The route the repository would take now; ``intent=None`` reads it from the spec."""
+        upload = _upload(repo_dir)
+        return self._run(_Calls.dry_run(intent or _intent_of(upload), upload))
+
+    def audit_events(self, *, page_size: int | None = None, **filters: Any) -> Iterator[AuditEvent]:
+        """Every matching event, page after page. Filters: ``progression``, ``model``, ``actor``,
+        ``event_type``, ``since``, ``until``."""
+        cursor: str | None = None
+        while True:
+            page = self._run(_Calls.audit_page(filters, cursor, page_size))
+            yield from page.items
+            if not page.next_cursor or not page.items:
+                return
+            cursor = page.next_cursor
+
+    def audit_export(self, format: AuditFormat = "jsonl", **filters: Any) -> bytes:
+        return self._run(_Calls.audit_export(format, filters))
+
+    def audit_export_to(self, dest: Any, format: AuditFormat = "jsonl", **filters: Any) -> int:
+        """Stream the export into a binary file object; returns the bytes written."""
+        call = _Calls.audit_export(format, filters)
+        written = 0
+        try:
+            with self._http.stream("GET", call.path, params=call.params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from_response(response)
+                for chunk in response.iter_bytes():
+                    dest.write(chunk)
+                    written += len(chunk)
+        except httpx.TransportError as exc:
+            raise _connection_error(exc, self.base_url) from None
+        return written
+
+    def audit_verify(self) -> ChainVerification:
+        return self._run(_Calls.audit_verify())
+
+
+# ---- async client ----------------------------------------------------------------------------
+
+
+class AsyncProgressionClient:
+    """The same methods as :class:`ProgressionClient`, awaitable."""
+
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url + API_PREFIX, headers=_headers(token, USER_AGENT),
+                                       timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> AsyncProgressionClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _run(self, call: _Call[T]) -> T:
+        try:
+            response = await self._http.request(call.method, call.path, params=call.params, json=call.json,
+                                                files=call.files, headers=call.headers)
+        except httpx.TransportError as exc:
+            raise _connection_error(exc, self.base_url) from None
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return call.parse(response)
+
+    async def start(self, repo_dir: str | Path | RepositoryUpload, *, idempotency_key: str | None = None
+                    ) -> ProgressionState:
+        return await self._run(_Calls.start(repo_dir, idempotency_key))
+
+    async def get(self, progression_id: str) -> ProgressionState:
+        return await self._run(_Calls.get(progression_id))
+
+    async def list(self, **filters: Any) -> ProgressionPage:
+        return await self._run(_Calls.list(filters))
+
+    async def decide(self, progression_id: str, stage: str, decision: DecisionKind | str, comment: str,
+                     idempotency_key: str | None = None) -> ProgressionState:
+        return await self._run(_Calls.decide(progression_id, stage, decision, comment, idempotency_key))
+
+    async def add_evidence(self, progression_id: str, files: EvidenceFiles, *, idempotency_key: str | None = None
+                           ) -> ProgressionState:
+        return await self._run(_Calls.add_evidence(progression_id, files, idempotency_key))
+
+    async def withdraw(self, progression_id: str, reason: str, *, idempotency_key: str | None = None
+                       ) -> ProgressionState:
+        return await self._run(_Calls.withdraw(progression_id, reason, idempotency_key))
+
+    async def inbox(self) -> list[dict[str, Any]]:
+        return await self._run(_Calls.inbox())
+
+    async def models(self, **filters: Any) -> list[dict[str, Any]]:
+        return await self._run(_Calls.models(filters))
+
+    async def model(self, model_id: str) -> dict[str, Any]:
+        return await self._run(_Calls.model(model_id))
+
+    async def policies(self) -> list[dict[str, Any]]:
+        return await self._run(_Calls.policies())
+
+    async def policy(self, intent: str) -> dict[str, Any]:
+        return await self._run(_Calls.policy(intent))
+
+    async def dry_run(self, intent: str | None, repo_dir: str | Path | RepositoryUpload) -> dict[str, Any]:
+        upload = _upload(repo_dir)
+        return await self._run(_Calls.dry_run(intent or _intent_of(upload), upload))
+
+    async def audit_events(self, *, page_size: int | None = None, **filters: Any) -> AsyncIterator[AuditEvent]:
+        cursor: str | None = None
+        while True:
+            page = await self._run(_Calls.audit_page(filters, cursor, page_size))
+            for event in page.items:
+                yield event
+            if not page.next_cursor or not page.items:
+                return
+            cursor = page.next_cursor
+
+    async def audit_export(self, format: AuditFormat = "jsonl", **filters: Any) -> bytes:
+        return await self._run(_Calls.audit_export(format, filters))
+
+    async def audit_verify(self) -> ChainVerification:
+        return await self._run(_Calls.audit_verify())
+
+
+def new_idempotency_key() -> str:
+    return str(uuid.uuid4())
