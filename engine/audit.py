@@ -1,0 +1,497 @@
+"""Append-only, hash-chained audit events.
+
+Every event carries ``hash = sha256(prev_hash + canonical(event))`` where ``prev_hash`` is the
+hash of the event before it (``GENESIS_HASH`` for the first), so editing, deleting, inserting or
+moving any row breaks the chain and :func:`verify_chain` names the first bad event.
+
+Sequence numbers are allocated under a lock on the single ``audit_chain_head`` row, which holds
+the last ``seq`` and ``hash``: the chain stays strictly linear and gap-free (a rolled-back append
+rolls back its head update too), so a missing ``seq`` means a deleted event.
+
+Locking: PostgreSQL takes ``SELECT ... FOR UPDATE`` on the head row. SQLite has no row locks;
+there the append first issues a no-op ``UPDATE`` of the head row. The SQLite driver only opens
+its transaction at the first write, so that UPDATE acquires the database write lock (waiting up
+to ``busy_timeout``) *before* the head is read: the read is current and the append can never
+fail with "database is locked" on lock upgrade or collide on ``seq``.
+
+The head row is the chain's anchor inside the database; someone able to rewrite the whole tail
+and the head consistently is detected only by comparing ``head_hash`` with a copy kept elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from engine.db import AuditChainHead, AuditEvent, utcnow
+
+GENESIS_HASH = "0" * 64
+CHAIN_HEAD_ID = 1
+
+_EVENT_FIELDS = ("event_id", "event_type", "occurred_at", "actor_id", "progression_id", "model_id", "stage")
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC. A naive datetime is taken to be UTC already (SQLite stores no offset)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _iso(value: datetime) -> str:
+    # Fixed width with microseconds, so the same instant always gives the same bytes.
+    return _utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def normalize_payload(payload: Any) -> dict[str, Any]:
+    """The payload as it will read back from the JSON column (datetimes, enums, models made JSON)."""
+    data = json.loads(json.dumps(payload, default=to_jsonable_python, allow_nan=False))
+    if not isinstance(data, dict):
+        raise TypeError("audit payload must be a JSON object")
+    return data
+
+
+def canonical_event(
+    *,
+    event_id: str,
+    event_type: str,
+    occurred_at: datetime,
+    actor_id: str | None,
+    progression_id: str | None,
+    model_id: str | None,
+    stage: str | None,
+    payload: dict[str, Any],
+) -> bytes:
+    """Compact, sorted-key JSON of the hashed fields (``seq``, ``recorded_at`` are not hashed)."""
+    return json.dumps(
+        {
+            "event_id": event_id,
+            "event_type": str(event_type),
+            "occurred_at": _iso(occurred_at),
+            "actor_id": actor_id,
+            "progression_id": progression_id,
+            "model_id": model_id,
+            "stage": stage,
+            "payload": payload,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode("utf-8")
+
+
+def chain_hash(prev_hash: str, canonical: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical).hexdigest()
+
+
+# --------------------------------------------------------------------------- append
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+async def _lock_head(session: AsyncSession) -> tuple[int, str]:
+    """Lock the chain head for the rest of the caller's transaction; return (last_seq, last_hash)."""
+    head = AuditChainHead.__table__
+    dialect = _dialect(session)
+    for _ in range(2):
+        if dialect == "sqlite":
+            stmt: Any = (
+                update(head)
+                .where(head.c.id == CHAIN_HEAD_ID)
+                .values(last_seq=head.c.last_seq)
+                .returning(head.c.last_seq, head.c.last_hash)
+            )
+        else:
+            stmt = select(head.c.last_seq, head.c.last_hash).where(head.c.id == CHAIN_HEAD_ID).with_for_update()
+        row = (await session.execute(stmt)).first()
+        if row is not None:
+            return int(row[0]), str(row[1])
+        # Schema made without the migration (create_all): create the genesis row once, race-free.
+        await session.execute(
+            _insert_ignore(dialect, head, [{"id": CHAIN_HEAD_ID, "last_seq": 0, "last_hash": GENESIS_HASH}], ["id"])
+        )
+    raise RuntimeError("audit_chain_head row could not be created")
+
+
+def _insert_ignore(dialect: str, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> Any:
+    ins = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
+    return ins.values(rows).on_conflict_do_nothing(index_elements=keys)
+
+
+async def _set_head(session: AsyncSession, last_seq: int, last_hash: str) -> None:
+    head = AuditChainHead.__table__
+    await session.execute(update(head).where(head.c.id == CHAIN_HEAD_ID).values(last_seq=last_seq, last_hash=last_hash))
+
+
+async def append_event(
+    session: AsyncSession,
+    *,
+    event_id: str,
+    event_type: str,
+    occurred_at: datetime,
+    actor_id: str | None = None,
+    progression_id: str | None = None,
+    model_id: str | None = None,
+    stage: str | None = None,
+    payload: dict[str, Any] | None = None,
+    chain: bool = True,
+) -> AuditEvent:
+    """Append one event inside the caller's transaction (the caller commits).
+
+    Idempotent: if ``event_id`` is already stored, the stored row is returned and nothing is
+    written (a Temporal activity retry must not duplicate). ``chain=False`` (benchmarks only,
+    ``settings.audit_chain``) stores ``prev_hash``/``hash`` as ``""``; ``seq`` stays linear, but
+    :func:`verify_chain` reports such events as ``unchained``.
+    """
+    events = await append_events(
+        session,
+        [
+            {
+                "event_id": event_id,
+                "event_type": event_type,
+                "occurred_at": occurred_at,
+                "actor_id": actor_id,
+                "progression_id": progression_id,
+                "model_id": model_id,
+                "stage": stage,
+                "payload": payload if payload is not None else {},
+            }
+        ],
+        chain=chain,
+    )
+    return events[0]
+
+
+async def append_events(
+    session: AsyncSession, events: Sequence[dict[str, Any]], *, chain: bool = True
+) -> list[AuditEvent]:
+    """Append several events under one head lock, in the given order; same rules as :func:`append_event`.
+
+    Each dict has the keyword arguments of :func:`append_event`. Returns one row per input (the
+    stored row for an ``event_id`` seen before, including earlier in the same batch).
+    """
+    if not events:
+        return []
+    last_seq, last_hash = await _lock_head(session)
+    # Under the lock: a concurrent append of the same event_id has committed or not started.
+    ids = [str(e["event_id"]) for e in events]
+    existing: dict[str, AuditEvent] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found = await session.scalars(select(AuditEvent).where(AuditEvent.event_id.in_(chunk)))
+        existing.update({ev.event_id: ev for ev in found})
+
+    result: list[AuditEvent] = []
+    new_rows: list[AuditEvent] = []
+    now = utcnow()
+    for spec in events:
+        event_id = str(spec["event_id"])
+        if event_id in existing:
+            result.append(existing[event_id])
+            continue
+        unknown = set(spec) - {*_EVENT_FIELDS, "payload"}
+        if unknown:
+            raise TypeError(f"unknown audit event field(s): {', '.join(sorted(unknown))}")
+        fields = {k: spec.get(k) for k in _EVENT_FIELDS}
+        fields["event_type"] = str(fields["event_type"])
+        fields["occurred_at"] = _utc(fields["occurred_at"])
+        payload = normalize_payload(spec.get("payload") or {})
+        last_seq += 1
+        if chain:
+            prev_hash = last_hash
+            last_hash = chain_hash(prev_hash, canonical_event(**fields, payload=payload))
+            this_hash = last_hash
+        else:
+            prev_hash = this_hash = ""
+        row = AuditEvent(seq=last_seq, recorded_at=now, payload=payload, prev_hash=prev_hash, hash=this_hash, **fields)
+        new_rows.append(row)
+        existing[event_id] = row
+        result.append(row)
+    if new_rows:
+        session.add_all(new_rows)
+        await session.flush()
+        await _set_head(session, last_seq, last_hash)
+    return result
+
+
+# --------------------------------------------------------------------------- verify
+
+
+class ChainVerification(BaseModel):
+    """Result of :func:`verify_chain`.
+
+    ``problem`` starts with a kind: ``edited`` (content does not match its hash), ``broken_link``
+    (prev_hash is not the previous event's hash: an event was inserted, removed or moved),
+    ``missing`` (a seq is absent: deleted), ``beyond_head`` (rows after the chain head: inserted),
+    ``head_mismatch`` (the head row disagrees with the last event), ``unchained`` (written with
+    chain=False).
+    """
+
+    ok: bool
+    events_checked: int
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    first_bad_event_id: str | None = None
+    problem: str | None = None
+
+
+_VERIFY_COLUMNS = (
+    AuditEvent.seq,
+    AuditEvent.event_id,
+    AuditEvent.event_type,
+    AuditEvent.occurred_at,
+    AuditEvent.actor_id,
+    AuditEvent.progression_id,
+    AuditEvent.model_id,
+    AuditEvent.stage,
+    AuditEvent.payload,
+    AuditEvent.prev_hash,
+    AuditEvent.hash,
+)
+
+
+async def _read_head(session: AsyncSession) -> tuple[int, str]:
+    head = AuditChainHead.__table__
+    row = (await session.execute(select(head.c.last_seq, head.c.last_hash).where(head.c.id == CHAIN_HEAD_ID))).first()
+    return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+
+
+async def verify_chain(session: AsyncSession, *, batch_size: int = 10000) -> ChainVerification:
+    """Walk every event in ``seq`` order, in batches, and stop at the first problem.
+
+    Safe while events are being appended: rows are read before the head, and an append commits
+    its row and the head together, so the head read afterwards is never behind a legitimate row.
+    """
+    expected_seq = 1
+    prev = GENESIS_HASH
+    checked = 0
+    dumps = json.dumps
+
+    async def bad(seq: int, event_id: str | None, problem: str) -> ChainVerification:
+        head_seq, head_hash = await _read_head(session)
+        return ChainVerification(
+            ok=False,
+            events_checked=checked,
+            head_seq=head_seq,
+            head_hash=head_hash,
+            first_bad_seq=seq,
+            first_bad_event_id=event_id,
+            problem=problem,
+        )
+
+    while True:
+        rows = (
+            await session.execute(
+                select(*_VERIFY_COLUMNS)
+                .where(AuditEvent.seq >= expected_seq)
+                .order_by(AuditEvent.seq)
+                .limit(batch_size)
+            )
+        ).all()
+        if not rows:
+            head_seq, head_hash = await _read_head(session)
+            if head_seq > expected_seq - 1:
+                # Either appended since our last read, or the tail was deleted: look once more.
+                more = (
+                    await session.execute(select(AuditEvent.seq).where(AuditEvent.seq >= expected_seq).limit(1))
+                ).first()
+                if more is not None:
+                    continue
+                return await bad(
+                    expected_seq,
+                    None,
+                    f"missing: events {expected_seq}..{head_seq} are absent but the chain head is at "
+                    f"seq {head_seq} (deleted at the end)",
+                )
+            if head_seq < expected_seq - 1:
+                first = await session.execute(select(AuditEvent.event_id).where(AuditEvent.seq == head_seq + 1))
+                return await bad(
+                    head_seq + 1,
+                    first.scalar(),
+                    f"beyond_head: events after the chain head (seq {head_seq}) exist (inserted)",
+                )
+            if head_hash != prev:
+                return await bad(
+                    head_seq,
+                    None,
+                    f"head_mismatch: chain head hash {head_hash} is not the hash of the last event (seq {head_seq})",
+                )
+            return ChainVerification(ok=True, events_checked=checked, head_seq=head_seq, head_hash=head_hash)
+
+        for (
+            seq,
+            event_id,
+            event_type,
+            occurred_at,
+            actor_id,
+            progression_id,
+            model_id,
+            stage,
+            payload,
+            prev_hash,
+            stored_hash,
+        ) in rows:
+            if seq != expected_seq:
+                return await bad(
+                    expected_seq,
+                    None,
+                    f"missing: seq {expected_seq} is absent (deleted); the next event is seq {seq} ({event_id})",
+                )
+            if not stored_hash:
+                return await bad(seq, event_id, "unchained: written with chain=False, the chain cannot be verified")
+            if prev_hash != prev:
+                return await bad(
+                    seq,
+                    event_id,
+                    f"broken_link: prev_hash does not match the hash of seq {seq - 1}: an event was "
+                    "inserted, removed or moved here",
+                )
+            canonical = dumps(
+                {
+                    "event_id": event_id,
+                    "event_type": event_type,
+                    "occurred_at": _iso(occurred_at),
+                    "actor_id": actor_id,
+                    "progression_id": progression_id,
+                    "model_id": model_id,
+                    "stage": stage,
+                    "payload": payload,
+                },
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+            ).encode("utf-8")
+            if hashlib.sha256(prev_hash.encode("ascii") + canonical).hexdigest() != stored_hash:
+                return await bad(seq, event_id, "edited: the stored hash does not match the event's content")
+            prev = stored_hash
+            expected_seq = seq + 1
+            checked += 1
+
+
+# --------------------------------------------------------------------------- queries
+
+
+def _filters(
+    *,
+    progression_id: str | None = None,
+    model_id: str | None = None,
+    actor_id: str | None = None,
+    event_type: str | Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = []
+    if progression_id is not None:
+        conds.append(AuditEvent.progression_id == progression_id)
+    if model_id is not None:
+        conds.append(AuditEvent.model_id == model_id)
+    if actor_id is not None:
+        conds.append(AuditEvent.actor_id == actor_id)
+    if isinstance(event_type, str):
+        conds.append(AuditEvent.event_type == str(event_type))
+    elif event_type is not None:
+        conds.append(AuditEvent.event_type.in_([str(t) for t in event_type]))
+    if since is not None:
+        conds.append(AuditEvent.occurred_at >= _utc(since))
+    if until is not None:
+        conds.append(AuditEvent.occurred_at < _utc(until))
+    return conds
+
+
+async def list_events(
+    session: AsyncSession,
+    *,
+    progression_id: str | None = None,
+    model_id: str | None = None,
+    actor_id: str | None = None,
+    event_type: str | Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after_seq: int | None = None,
+    limit: int = 100,
+) -> list[AuditEvent]:
+    """Events matching every given filter, ``seq`` ascending, at most ``limit``.
+
+    Keyset paging: pass the last returned ``seq`` as ``after_seq`` for the next page; events
+    appended meanwhile only ever get larger ``seq``, so pages neither repeat nor skip.
+    ``since`` is inclusive, ``until`` exclusive (on ``occurred_at``).
+    """
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    conds = _filters(
+        progression_id=progression_id,
+        model_id=model_id,
+        actor_id=actor_id,
+        event_type=event_type,
+        since=since,
+        until=until,
+    )
+    if after_seq is not None:
+        conds.append(AuditEvent.seq > after_seq)
+    stmt = select(AuditEvent).where(*conds).order_by(AuditEvent.seq).limit(limit)
+    return list(await session.scalars(stmt))
+
+
+async def iter_events(
+    session: AsyncSession,
+    *,
+    progression_id: str | None = None,
+    model_id: str | None = None,
+    actor_id: str | None = None,
+    event_type: str | Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after_seq: int | None = None,
+    batch_size: int = 1000,
+) -> AsyncIterator[AuditEvent]:
+    """Stream every matching event in ``seq`` order, one keyset page at a time (for exports)."""
+    cursor = after_seq
+    while True:
+        page = await list_events(
+            session,
+            progression_id=progression_id,
+            model_id=model_id,
+            actor_id=actor_id,
+            event_type=event_type,
+            since=since,
+            until=until,
+            after_seq=cursor,
+            limit=batch_size,
+        )
+        for ev in page:
+            yield ev
+        if len(page) < batch_size:
+            return
+        cursor = page[-1].seq
+
+
+def event_to_dict(ev: AuditEvent) -> dict[str, Any]:
+    """JSON-ready view of an event (timestamps as ISO-8601 UTC)."""
+    return {
+        "seq": ev.seq,
+        "event_id": ev.event_id,
+        "event_type": ev.event_type,
+        "occurred_at": _iso(ev.occurred_at),
+        "recorded_at": _iso(ev.recorded_at),
+        "actor_id": ev.actor_id,
+        "progression_id": ev.progression_id,
+        "model_id": ev.model_id,
+        "stage": ev.stage,
+        "payload": ev.payload,
+        "prev_hash": ev.prev_hash,
+        "hash": ev.hash,
+    }
