@@ -389,8 +389,13 @@ def evaluate_check(
     context: dict[str, Any],
     *,
     now: dt.datetime | None = None,
+    cel_context: cel.Context | None = None,
 ) -> CheckResult:
-    """Evaluate one CEL check over ``context`` (see :func:`build_context`). Never raises."""
+    """Evaluate one CEL check over ``context`` (see :func:`build_context`). Never raises.
+
+    ``cel_context`` is ``context`` converted once (``cel.Context(variables=context)``); passing it
+    when evaluating several checks avoids converting the whole context for every expression.
+    """
 
     def result(passed: bool, reason: str, inputs: dict[str, Any]) -> CheckResult:
         return CheckResult(stage=stage, check_id=check_id, description=description, expr=expr, passed=passed,
@@ -401,7 +406,10 @@ def evaluate_check(
         inputs: dict[str, Any] = {}
         for path in paths:
             readable = tuple(p for p in path[: path.index(WILDCARD)]) if WILDCARD in path else path
-            if len(readable) > 1 or readable[0] not in ("spec", "evidence"):  # never the whole spec/evidence
+            if readable == ("features",):  # names and tags are what a feature check reads
+                inputs["features"] = _summarize([{k: f.get(k) for k in ("name", "tags", "known")}
+                                                 for f in context.get("features", [])])
+            elif len(readable) > 1 or readable[0] not in ("spec", "evidence"):  # never the whole spec/evidence
                 inputs[format_path(readable)] = _summarize(_resolve(context, readable))
         missing = sorted({str(p[1]) for p in paths if len(p) > 1 and p[0] == "evidence"
                           and p[1] not in context.get("evidence", {}) and p[1] not in guarded})
@@ -412,7 +420,7 @@ def evaluate_check(
         except ExpressionError as exc:
             return result(False, f"expression does not compile: {exc}", inputs)
         try:
-            value = program.execute(context)
+            value = program.execute(cel_context if cel_context is not None else context)
         except Exception as exc:  # the Rust evaluator raises KeyError/TypeError/RuntimeError/...
             return result(False, _error_reason(exc, paths, context), inputs)
         if value is True:
@@ -457,6 +465,7 @@ def evaluate_stage(
         results.append(features_registered(features, stage=stage.name, now=now))
     try:
         context = build_context(spec, evidence, features, now=now)
+        cel_context = cel.Context(variables=context)  # converted once for all checks of the stage
     except Exception as exc:
         return results + [
             CheckResult(stage=stage.name, check_id=c.id, description=c.description, expr=c.expr, passed=False,
@@ -464,7 +473,8 @@ def evaluate_stage(
                         evaluated_at=now)
             for c in stage.checks]
     for check in stage.checks:
-        results.append(evaluate_check(stage.name, check.id, check.description, check.expr, context, now=now))
+        results.append(evaluate_check(stage.name, check.id, check.description, check.expr, context, now=now,
+                                      cel_context=cel_context))
     return results
 
 
