@@ -36,6 +36,7 @@ LineMap = dict[FieldPath, int]
 _STR_TAG = "tag:yaml.org,2002:str"
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp"))
 
 
 # ---- problems --------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ def safe_load_yaml(text: str | bytes, *, filename: str, max_bytes: int = DEFAULT
 def _build(loader: _StrictLoader, node: Node, path: FieldPath, lines: LineMap, filename: str) -> Any:
     lines.setdefault(path, _line(node))
     if isinstance(node, ScalarNode):
-        if node.tag.startswith("!") or not node.tag.startswith("tag:yaml.org,2002:"):
+        if node.tag not in _SCALAR_TAGS:
             raise YamlProblem(Problem(filename, _line(node), format_path(path), f"tag {node.tag!r} is not allowed",
                                       "yaml_tag"))
         try:
@@ -216,6 +217,14 @@ _PATTERN_HINTS = {
     r"^[a-z][a-z0-9_]{0,63}$": "must be lower_snake_case: lowercase letters, digits and underscores",
     r"^[a-z][a-z0-9_]{0,62}$": "must be lower_snake_case: lowercase letters, digits and underscores",
     r"^[a-z][a-z0-9-]{0,62}$": "must be lowercase letters, digits and hyphens",
+}
+
+
+_EXPECTED = {
+    "model_type": "a mapping", "model_attributes_type": "a mapping", "dict_type": "a mapping",
+    "list_type": "a list", "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+    "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
+    "bool_type": "true or false", "bool_parsing": "true or false",
 }
 
 
@@ -266,11 +275,14 @@ def _pydantic_problems(exc: ValidationError, data: Any, lines: LineMap, filename
             pattern = str((err.get("ctx") or {}).get("pattern", ""))
             message = f"{err['input']!r} {_PATTERN_HINTS.get(pattern, message[0].lower() + message[1:])}"
         elif kind == "literal_error" or kind == "enum":
-            message = f"{err['input']!r} is not allowed; {message[0].lower() + message[1:]}"
+            expected = str((err.get("ctx") or {}).get("expected", ""))
+            message = f"{err['input']!r} is not allowed; expected {expected}" if expected else message
+        elif kind in _EXPECTED:
+            message = f"expected {_EXPECTED[kind]} (got {_type_name(err['input'])})"
+            if kind == "string_type" and isinstance(err["input"], int | float | bool):
+                message += f"; quote it: \"{err['input']}\""
         else:
             message = message[0].lower() + message[1:]
-            if kind.endswith("_type") or kind.endswith("_parsing"):
-                message += f" (got {_type_name(err['input'])})"
         problems.append(Problem(filename, line, format_path(loc), message, kind))
     return problems
 
@@ -420,7 +432,8 @@ def _policy_problems(text: str | bytes, filename: str) -> tuple[GovernancePolicy
     try:
         policy = GovernancePolicy.model_validate(data)
     except ValidationError as exc:
-        problems = _pydantic_problems(exc, data, lines, filename)
+        for problem in _pydantic_problems(exc, data, lines, filename):
+            problems.append(_policy_value_problem(problem, data, lines))
         _add_known_keys(problems, GovernancePolicy, data)
         return None, {}, problems
     programs: dict[tuple[str, str], Any] = {}
@@ -444,6 +457,33 @@ def _policy_problems(text: str | bytes, filename: str) -> tuple[GovernancePolicy
                 problems.append(Problem(filename, _lookup_line(lines, where), format_path(where),
                                         "escalate_to needs an sla to escalate after", "escalation_without_sla"))
     return policy, programs, problems
+
+
+def _first_duplicate(items: Any, key: str) -> int | None:
+    if not isinstance(items, list):
+        return None
+    values = [item.get(key) if isinstance(item, Mapping) else None for item in items]
+    return next((i for i, v in enumerate(values) if v is not None and v in values[:i]), None)
+
+
+def _policy_value_problem(problem: Problem, data: Any, lines: LineMap) -> Problem:
+    """Uniqueness validators report on the whole policy or stage; point at the duplicate entry instead."""
+    if not problem.type.startswith("value_error"):
+        return problem
+    prefix: FieldPath = ()
+    if problem.field:
+        match = re.fullmatch(r"stages\[(\d+)\]", problem.field)
+        if not match:
+            return problem
+        prefix = ("stages", int(match.group(1)))
+    for collection, key in (("stages", "name"), ("checks", "id"), ("approvals", "role")):
+        where = (*prefix, collection)
+        index = _first_duplicate(_get(data, where), key)
+        if index is not None and (collection == "stages") == (not prefix):
+            path = (*where, index, key)
+            return Problem(problem.file, _lookup_line(lines, path), format_path(path), problem.message,
+                           f"duplicate_{key}")
+    return problem
 
 
 def load_policy(path: Path) -> LoadedPolicy:

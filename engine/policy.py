@@ -58,7 +58,8 @@ class ApprovalRule(StrictModel):
     @classmethod
     def _gate_role(cls, value: Role) -> Role:
         if value not in GATE_ROLES:
-            raise ValueError(f"role {value.value!r} cannot approve a gate; use one of {sorted(GATE_ROLES)}")
+            allowed = ", ".join(sorted(r.value for r in GATE_ROLES))
+            raise ValueError(f"role {value.value!r} cannot approve a gate; use one of {allowed}")
         return value
 
     @property
