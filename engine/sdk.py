@@ -23,13 +23,27 @@ from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
+from api.schemas import (
+    AuditEventOut,
+    AuditPage,
+    ChainVerificationOut,
+    DryRunResult,
+    InboxItem,
+    ModelDetail,
+    ModelOut,
+    ModelPage,
+    PolicyDetail,
+    PolicySummary,
+    ProgressionPage,
+)
 from engine.lifecycle import DecisionKind, ProgressionState
 from engine.repo import RepositoryUpload, read_repository
 
 API_PREFIX = "/api/v1"
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 # ---- errors ----------------------------------------------------------------------------------
 
@@ -107,48 +121,7 @@ def _connection_error(exc: httpx.TransportError, base_url: str) -> ConnectionFai
                             code="connection_failed", details={"url": base_url})
 
 
-# ---- response models that are not the workflow state -----------------------------------------
-
-
-class _Open(BaseModel):
-    # Tolerant of fields added by newer servers: an SDK must not break when the API grows.
-    model_config = ConfigDict(extra="allow")
-
-
-class ProgressionPage(_Open):
-    items: list[ProgressionState] = Field(default_factory=list)
-    next_cursor: str | None = None
-    total: int | None = None
-
-
-class AuditEvent(_Open):
-    seq: int
-    event_id: str
-    event_type: str
-    occurred_at: datetime
-    recorded_at: datetime | None = None
-    actor_id: str | None = None
-    progression_id: str | None = None
-    model_id: str | None = None
-    stage: str | None = None
-    payload: dict[str, Any] = Field(default_factory=dict)
-    prev_hash: str | None = None
-    hash: str | None = None
-
-
-class AuditPage(_Open):
-    items: list[AuditEvent] = Field(default_factory=list)
-    next_cursor: str | None = None
-
-
-class ChainVerification(_Open):
-    ok: bool
-    events_checked: int = 0
-    head_seq: int = 0
-    head_hash: str = ""
-    first_bad_seq: int | None = None
-    first_bad_event_id: str | None = None
-    problem: str | None = None
+# ---- reading answers with the server's own models ----------------------------------------------
 
 
 def _json(response: httpx.Response) -> Any:
@@ -163,29 +136,19 @@ def _state(response: httpx.Response) -> ProgressionState:
     return ProgressionState.model_validate(body)
 
 
-def _page(response: httpx.Response) -> ProgressionPage:
-    body = response.json()
-    if isinstance(body, list):
-        body = {"items": body}
-    return ProgressionPage.model_validate(body)
+def _as(model: type[M]) -> Callable[[httpx.Response], M]:
+    def parse(response: httpx.Response) -> M:
+        return model.model_validate(response.json())
+    return parse
 
 
-def _items(response: httpx.Response) -> list[dict[str, Any]]:
-    body = response.json()
-    if isinstance(body, dict) and "items" in body:
-        body = body["items"]
-    return list(body)
-
-
-def _audit_page(response: httpx.Response) -> AuditPage:
-    body = response.json()
-    if isinstance(body, list):
-        body = {"items": body}
-    return AuditPage.model_validate(body)
-
-
-def _verification(response: httpx.Response) -> ChainVerification:
-    return ChainVerification.model_validate(response.json())
+def _list_of(model: type[M]) -> Callable[[httpx.Response], list[M]]:
+    def parse(response: httpx.Response) -> list[M]:
+        body = response.json()
+        if isinstance(body, dict) and "items" in body:
+            body = body["items"]
+        return [model.model_validate(item) for item in body]
+    return parse
 
 
 def _bytes(response: httpx.Response) -> bytes:
@@ -271,7 +234,7 @@ class _Calls:
 
     @staticmethod
     def list(filters: Mapping[str, Any]) -> _Call[ProgressionPage]:
-        return _Call("GET", "/progressions", _page, params=_clean(filters))
+        return _Call("GET", "/progressions", _as(ProgressionPage), params=_clean(filters))
 
     @staticmethod
     def decide(progression_id: str, stage: str, decision: DecisionKind | str, comment: str,
@@ -292,42 +255,42 @@ class _Calls:
                      headers=_idem(idempotency_key))
 
     @staticmethod
-    def inbox() -> _Call[list[dict[str, Any]]]:
-        return _Call("GET", "/inbox", _items)
+    def inbox() -> _Call[list[InboxItem]]:
+        return _Call("GET", "/inbox", _list_of(InboxItem))
 
     @staticmethod
-    def models(filters: Mapping[str, Any]) -> _Call[list[dict[str, Any]]]:
-        return _Call("GET", "/models", _items, params=_clean(filters))
+    def models(filters: Mapping[str, Any]) -> _Call[ModelPage]:
+        return _Call("GET", "/models", _as(ModelPage), params=_clean(filters))
 
     @staticmethod
-    def model(model_id: str) -> _Call[dict[str, Any]]:
-        return _Call("GET", f"/models/{quote(model_id, safe='')}", _json)
+    def model(model_id: str) -> _Call[ModelDetail]:
+        return _Call("GET", f"/models/{quote(model_id, safe='')}", _as(ModelDetail))
 
     @staticmethod
-    def policies() -> _Call[list[dict[str, Any]]]:
-        return _Call("GET", "/policies", _items)
+    def policies() -> _Call[list[PolicySummary]]:
+        return _Call("GET", "/policies", _list_of(PolicySummary))
 
     @staticmethod
-    def policy(intent: str) -> _Call[dict[str, Any]]:
-        return _Call("GET", f"/policies/{quote(intent, safe='')}", _json)
+    def policy(intent: str) -> _Call[PolicyDetail]:
+        return _Call("GET", f"/policies/{quote(intent, safe='')}", _as(PolicyDetail))
 
     @staticmethod
-    def dry_run(intent: str, source: str | Path | RepositoryUpload) -> _Call[dict[str, Any]]:
-        return _Call("POST", f"/policies/{quote(intent, safe='')}/dry-run", _json,
+    def dry_run(intent: str, source: str | Path | RepositoryUpload) -> _Call[DryRunResult]:
+        return _Call("POST", f"/policies/{quote(intent, safe='')}/dry-run", _as(DryRunResult),
                      files=_upload(source).multipart_files())
 
     @staticmethod
     def audit_page(filters: Mapping[str, Any], cursor: str | None, limit: int | None) -> _Call[AuditPage]:
         params = _clean({**filters, "cursor": cursor, "limit": limit})
-        return _Call("GET", "/audit/events", _audit_page, params=params)
+        return _Call("GET", "/audit/events", _as(AuditPage), params=params)
 
     @staticmethod
     def audit_export(format: str, filters: Mapping[str, Any]) -> _Call[bytes]:
         return _Call("GET", "/audit/export", _bytes, params=_clean({**filters, "format": format}))
 
     @staticmethod
-    def audit_verify() -> _Call[ChainVerification]:
-        return _Call("GET", "/audit/verify", _verification)
+    def audit_verify() -> _Call[ChainVerificationOut]:
+        return _Call("GET", "/audit/verify", _as(ChainVerificationOut))
 
 
 AuditFormat = Literal["csv", "jsonl"]
@@ -401,7 +364,7 @@ class ProgressionClient:
         return self._run(_Calls.get(progression_id))
 
     def list(self, **filters: Any) -> ProgressionPage:
-        """Filters: ``model``, ``intent``, ``stage``, ``status``, ``cursor``, ``limit``."""
+        """One page of summaries. Filters: ``model``, ``intent``, ``stage``, ``status``, ``limit``, ``offset``."""
         return self._run(_Calls.list(filters))
 
     def decide(self, progression_id: str, stage: str, decision: DecisionKind | str, comment: str,
@@ -415,27 +378,35 @@ class ProgressionClient:
     def withdraw(self, progression_id: str, reason: str, *, idempotency_key: str | None = None) -> ProgressionState:
         return self._run(_Calls.withdraw(progression_id, reason, idempotency_key))
 
-    def inbox(self) -> list[dict[str, Any]]:
+    def inbox(self) -> list[InboxItem]:
         return self._run(_Calls.inbox())
 
-    def models(self, **filters: Any) -> list[dict[str, Any]]:
-        return self._run(_Calls.models(filters))
+    def models(self, **filters: Any) -> list[ModelOut]:
+        """Every model visible to the caller (all pages)."""
+        out: list[ModelOut] = []
+        offset = 0
+        while True:
+            page = self._run(_Calls.models({**filters, "offset": offset}))
+            out.extend(page.items)
+            if page.next_offset is None or not page.items:
+                return out
+            offset = page.next_offset
 
-    def model(self, model_id: str) -> dict[str, Any]:
+    def model(self, model_id: str) -> ModelDetail:
         return self._run(_Calls.model(model_id))
 
-    def policies(self) -> list[dict[str, Any]]:
+    def policies(self) -> list[PolicySummary]:
         return self._run(_Calls.policies())
 
-    def policy(self, intent: str) -> dict[str, Any]:
+    def policy(self, intent: str) -> PolicyDetail:
         return self._run(_Calls.policy(intent))
 
-    def dry_run(self, intent: str | None, repo_dir: str | Path | RepositoryUpload) -> dict[str, Any]:
+    def dry_run(self, intent: str | None, repo_dir: str | Path | RepositoryUpload) -> DryRunResult:
         """The route the repository would take now; ``intent=None`` reads it from the spec."""
         upload = _upload(repo_dir)
         return self._run(_Calls.dry_run(intent or _intent_of(upload), upload))
 
-    def audit_events(self, *, page_size: int | None = None, **filters: Any) -> Iterator[AuditEvent]:
+    def audit_events(self, *, page_size: int | None = None, **filters: Any) -> Iterator[AuditEventOut]:
         """Every matching event, page after page. Filters: ``progression``, ``model``, ``actor``,
         ``event_type``, ``since``, ``until``."""
         cursor: str | None = None
@@ -465,7 +436,7 @@ class ProgressionClient:
             raise _connection_error(exc, self.base_url) from None
         return written
 
-    def audit_verify(self) -> ChainVerification:
+    def audit_verify(self) -> ChainVerificationOut:
         return self._run(_Calls.audit_verify())
 
 
@@ -522,26 +493,33 @@ class AsyncProgressionClient:
                        ) -> ProgressionState:
         return await self._run(_Calls.withdraw(progression_id, reason, idempotency_key))
 
-    async def inbox(self) -> list[dict[str, Any]]:
+    async def inbox(self) -> list[InboxItem]:
         return await self._run(_Calls.inbox())
 
-    async def models(self, **filters: Any) -> list[dict[str, Any]]:
-        return await self._run(_Calls.models(filters))
+    async def models(self, **filters: Any) -> list[ModelOut]:
+        out: list[ModelOut] = []
+        offset = 0
+        while True:
+            page = await self._run(_Calls.models({**filters, "offset": offset}))
+            out.extend(page.items)
+            if page.next_offset is None or not page.items:
+                return out
+            offset = page.next_offset
 
-    async def model(self, model_id: str) -> dict[str, Any]:
+    async def model(self, model_id: str) -> ModelDetail:
         return await self._run(_Calls.model(model_id))
 
-    async def policies(self) -> list[dict[str, Any]]:
+    async def policies(self) -> list[PolicySummary]:
         return await self._run(_Calls.policies())
 
-    async def policy(self, intent: str) -> dict[str, Any]:
+    async def policy(self, intent: str) -> PolicyDetail:
         return await self._run(_Calls.policy(intent))
 
-    async def dry_run(self, intent: str | None, repo_dir: str | Path | RepositoryUpload) -> dict[str, Any]:
+    async def dry_run(self, intent: str | None, repo_dir: str | Path | RepositoryUpload) -> DryRunResult:
         upload = _upload(repo_dir)
         return await self._run(_Calls.dry_run(intent or _intent_of(upload), upload))
 
-    async def audit_events(self, *, page_size: int | None = None, **filters: Any) -> AsyncIterator[AuditEvent]:
+    async def audit_events(self, *, page_size: int | None = None, **filters: Any) -> AsyncIterator[AuditEventOut]:
         cursor: str | None = None
         while True:
             page = await self._run(_Calls.audit_page(filters, cursor, page_size))
@@ -554,7 +532,7 @@ class AsyncProgressionClient:
     async def audit_export(self, format: AuditFormat = "jsonl", **filters: Any) -> bytes:
         return await self._run(_Calls.audit_export(format, filters))
 
-    async def audit_verify(self) -> ChainVerification:
+    async def audit_verify(self) -> ChainVerificationOut:
         return await self._run(_Calls.audit_verify())
 
 
