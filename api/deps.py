@@ -12,7 +12,7 @@ from temporalio.client import Client
 
 from api.authz import Principal
 from api.errors import Unauthenticated
-from engine.identity import JWTVerifier, TOKEN_PREFIX, authenticate_token, provision_jwt_user
+from engine.identity import TOKEN_PREFIX, JWTVerifier, authenticate_token, provision_jwt_user
 from engine.loading import PolicyRegistry
 from engine.settings import Settings
 

@@ -45,10 +45,12 @@ class Unauthenticated(ApiError):
         super().__init__(401, "unauthenticated", message, headers={"WWW-Authenticate": "Bearer"})
 
 
-class BodyTooLarge(ApiError):
+class BodyTooLarge(StarletteHTTPException):
+    """An HTTPException so that FastAPI's body parsing re-raises it as is (it wraps other errors in 400)."""
+
     def __init__(self, limit: int) -> None:
-        super().__init__(413, "request_too_large", f"request body exceeds the limit of {limit} bytes",
-                         {"limit_bytes": limit})
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+        self.limit = limit
 
 
 _STATUS_CODES = {

@@ -1,0 +1,86 @@
+"""The FastAPI application: ``create_app(settings, *, temporal_client, sessionmaker, registry)``.
+
+Whatever is not injected is created in the lifespan: the database engine (migrated
+to head), the policy registry (every policy validated and compiled at start), the
+Temporal client. On start each loaded policy version is recorded in
+``policy_versions`` (idempotent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from api.deps import AppState
+from api.errors import install_error_handlers
+from api.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
+from api.routers import audit, features, inbox, models, ops, policies, progressions, users
+from api.services.policies import record_policy_versions
+from engine.db import make_engine, make_sessionmaker
+from engine.identity import JWTVerifier
+from engine.loading import PolicyRegistry
+from engine.settings import Settings, get_settings
+from engine.temporal import connect
+
+API_DESCRIPTION = """Progression: governance of the model development lifecycle.
+
+Authenticate with `Authorization: Bearer <token>` (an API token `prg_...` or, when configured, an SSO JWT).
+Errors are JSON `{code, message, details}` with a stable `code`. Every POST accepts an `Idempotency-Key`
+header: a retry with the same key and request returns the first answer and changes nothing.
+Another team's progressions and models answer 404 to developers (their existence does not leak).
+"""
+
+
+def temporal_address(settings: Settings) -> str:
+    return settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    temporal_client: Client | None = None,
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+    registry: PolicyRegistry | None = None,
+) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = None
+        sm = sessionmaker
+        if sm is None:
+            from engine.database import upgrade
+
+            url = settings.resolved_database_url
+            if url.startswith("sqlite"):
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+            await upgrade(url)
+            engine = make_engine(url)
+            sm = make_sessionmaker(engine)
+        reg = registry or PolicyRegistry.from_dir(settings.policies_dir)
+        client = temporal_client or await connect(temporal_address(settings), settings.temporal_namespace)
+        jwt_verifier = JWTVerifier(settings) if settings.jwt_issuer else None
+        app.state.progression = AppState(settings=settings, sessionmaker=sm, registry=reg, temporal=client,
+                                         engine=engine, jwt=jwt_verifier)
+        async with sm() as session:
+            await record_policy_versions(session, reg, chain=settings.audit_chain)
+        try:
+            yield
+        finally:
+            if engine is not None:
+                await engine.dispose()
+
+    app = FastAPI(title="Progression API", version="1.0.0", description=API_DESCRIPTION, lifespan=lifespan)
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    for module in (progressions, inbox, models, policies, features, audit, users, ops):
+        app.include_router(module.router)
+    # Outermost first: the size limit refuses before anything reads the body; metrics see every answer.
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    return app

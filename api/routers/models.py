@@ -1,0 +1,28 @@
+"""/api/v1/models: the model catalog."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.deps import CurrentUser, SessionDep
+from api.errors import COMMON_ERRORS, NOT_FOUND
+from api.schemas import ModelDetail, ModelPage
+from api.services import catalog as svc
+
+router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=COMMON_ERRORS)
+
+
+@router.get("", response_model=ModelPage, summary="Models with their latest version and status")
+async def list_models(session: SessionDep, user: CurrentUser, team: str | None = None, intent: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                      offset: Annotated[int, Query(ge=0)] = 0) -> ModelPage:
+    return await svc.list_models(session=session, principal=user, team=team, intent=intent, limit=limit,
+                                 offset=offset)
+
+
+@router.get("/{model_id}", response_model=ModelDetail, responses={**NOT_FOUND},
+            summary="A model, its versions and where each stands (revalidation overdue flagged)")
+async def get_model(model_id: str, session: SessionDep, user: CurrentUser) -> ModelDetail:
+    return await svc.get_model(session=session, principal=user, model_id=model_id)

@@ -1,0 +1,104 @@
+"""/api/v1/progressions: start, list, read, decide, add evidence, withdraw."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import CurrentUser, SessionDep, StateDep
+from api.errors import COMMON_ERRORS, CONFLICT, NOT_FOUND
+from api.idempotency import decision_id_for, fingerprint, idempotency_key, idempotent
+from api.multipart import multipart_openapi, read_multipart
+from api.schemas import DecisionRequest, ProgressionOut, ProgressionPage, WithdrawRequest
+from api.services import progressions as svc
+
+router = APIRouter(prefix="/api/v1/progressions", tags=["progressions"], responses=COMMON_ERRORS)
+
+
+@router.post("", status_code=201, response_model=ProgressionOut, responses={**CONFLICT},
+             openapi_extra=multipart_openapi("progression.yaml as 'spec' and one 'evidence.<name>' part per file",
+                                             with_spec=True),
+             summary="Start a progression from a progression.yaml and its evidence")
+async def start_progression(request: Request, session: SessionDep, user: CurrentUser,
+                            app: StateDep) -> JSONResponse:
+    body = await read_multipart(request, allow_spec=True, require_spec=True)
+    assert body.spec is not None
+
+    async def produce() -> tuple[int, object]:
+        state = await svc.start_progression(session=session, app=app, principal=user, spec_text=body.spec or b"",
+                                            spec_filename=body.spec_filename, uploads=body.uploads)
+        return 201, state
+
+    return await idempotent(request, user, fingerprint("start", body.fingerprint()), produce, app.sessionmaker)
+
+
+@router.get("", response_model=ProgressionPage, summary="List progressions (read model), filtered and paged")
+async def list_progressions(
+    session: SessionDep, user: CurrentUser,
+    model: str | None = None, intent: str | None = None, stage: str | None = None, status: str | None = None,
+    team: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+) -> ProgressionPage:
+    return await svc.list_progressions(session=session, principal=user, model=model, intent=intent, stage=stage,
+                                       status=status, team=team, limit=limit, offset=offset)
+
+
+@router.get("/{progression_id}", response_model=ProgressionOut, responses={**NOT_FOUND},
+            summary="The whole state: route, check results, approvals, who acts next, what is missing")
+async def get_progression(progression_id: str, session: SessionDep, user: CurrentUser,
+                          app: StateDep) -> ProgressionOut:
+    return await svc.get_progression(session=session, app=app, principal=user, progression_id=progression_id)
+
+
+@router.post("/{progression_id}/decisions", response_model=ProgressionOut, responses={**NOT_FOUND, **CONFLICT},
+             summary="Approve, reject or request changes on the open gate of a stage")
+async def decide(progression_id: str, body: DecisionRequest, request: Request, session: SessionDep,
+                 user: CurrentUser, app: StateDep) -> JSONResponse:
+    key = idempotency_key(request)
+    decision_id = decision_id_for(user, key, fallback=f"d-{uuid.uuid4().hex}")
+
+    async def produce() -> tuple[int, object]:
+        state = await svc.decide(session=session, app=app, principal=user, progression_id=progression_id,
+                                 stage=body.stage, decision=body.decision, comment=body.comment,
+                                 decision_id=decision_id)
+        return 200, state
+
+    return await idempotent(request, user, fingerprint("decide", progression_id, body.model_dump(mode="json")),
+                            produce, app.sessionmaker, key=key)
+
+
+@router.post("/{progression_id}/evidence", response_model=ProgressionOut, responses={**NOT_FOUND, **CONFLICT},
+             openapi_extra=multipart_openapi("one 'evidence.<name>' part per new or changed file", with_spec=False),
+             summary="Add new or changed evidence; re-runs the current stage's checks")
+async def add_evidence(progression_id: str, request: Request, session: SessionDep, user: CurrentUser,
+                       app: StateDep) -> JSONResponse:
+    body = await read_multipart(request, allow_spec=False, require_spec=False)
+    key = idempotency_key(request)
+    request_id = decision_id_for(user, key, fallback=f"e-{uuid.uuid4().hex}")
+
+    async def produce() -> tuple[int, object]:
+        state = await svc.add_evidence(session=session, app=app, principal=user, progression_id=progression_id,
+                                       uploads=body.uploads, request_id=request_id)
+        return 200, state
+
+    return await idempotent(request, user, fingerprint("evidence", progression_id, body.fingerprint()), produce,
+                            app.sessionmaker, key=key)
+
+
+@router.post("/{progression_id}/withdraw", response_model=ProgressionOut, responses={**NOT_FOUND, **CONFLICT},
+             summary="Withdraw the progression (the submitting team)")
+async def withdraw(progression_id: str, body: WithdrawRequest, request: Request, session: SessionDep,
+                   user: CurrentUser, app: StateDep) -> JSONResponse:
+    key = idempotency_key(request)
+    request_id = decision_id_for(user, key, fallback=f"w-{uuid.uuid4().hex}")
+
+    async def produce() -> tuple[int, object]:
+        state = await svc.withdraw(session=session, app=app, principal=user, progression_id=progression_id,
+                                   reason=body.reason, request_id=request_id)
+        return 200, state
+
+    return await idempotent(request, user, fingerprint("withdraw", progression_id, body.model_dump()), produce,
+                            app.sessionmaker, key=key)

@@ -1,0 +1,63 @@
+"""/api/v1/users and /api/v1/me: users and tokens (admin), and who am I."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from api.deps import CurrentUser, SessionDep, StateDep
+from api.errors import COMMON_ERRORS, CONFLICT, NOT_FOUND
+from api.idempotency import fingerprint, idempotent
+from api.schemas import Me, NewToken, TokenCreate, TokenOut, UserCreate, UserCreated, UserOut
+from api.services import users as svc
+
+router = APIRouter(prefix="/api/v1", tags=["users"], responses=COMMON_ERRORS)
+
+
+@router.get("/me", response_model=Me, summary="The caller: roles, team and the actions they allow")
+async def me(user: CurrentUser) -> Me:
+    return svc.me(user)
+
+
+@router.get("/users", response_model=list[UserOut], summary="All users (admin)")
+async def list_users(session: SessionDep, user: CurrentUser) -> list[UserOut]:
+    return await svc.list_users(session=session, principal=user)
+
+
+@router.post("/users", status_code=201, response_model=UserCreated, responses={**CONFLICT},
+             summary="Create a user with roles and a team; the token is in this answer only")
+async def create_user(body: UserCreate, request: Request, session: SessionDep, user: CurrentUser,
+                      app: StateDep) -> JSONResponse:
+    async def produce() -> tuple[int, object]:
+        return 201, await svc.create_user(session=session, principal=user, body=body,
+                                          chain=app.settings.audit_chain)
+
+    return await idempotent(request, user, fingerprint("user", body.model_dump(mode="json")), produce,
+                            app.sessionmaker)
+
+
+@router.get("/users/{user_id}/tokens", response_model=list[TokenOut], responses={**NOT_FOUND},
+            summary="A user's tokens (prefixes only, never secrets)")
+async def list_tokens(user_id: str, session: SessionDep, user: CurrentUser) -> list[TokenOut]:
+    return await svc.tokens(session=session, principal=user, user_id=user_id)
+
+
+@router.post("/users/{user_id}/tokens", status_code=201, response_model=NewToken, responses={**NOT_FOUND},
+             summary="Issue a new token; the secret is in this answer only")
+async def new_token(user_id: str, request: Request, session: SessionDep, user: CurrentUser, app: StateDep,
+                    body: TokenCreate | None = None) -> JSONResponse:
+    name = body.name if body is not None else ""
+
+    async def produce() -> tuple[int, object]:
+        return 201, await svc.new_token(session=session, principal=user, user_id=user_id, name=name,
+                                        chain=app.settings.audit_chain)
+
+    return await idempotent(request, user, fingerprint("token", user_id, name), produce, app.sessionmaker)
+
+
+@router.delete("/users/{user_id}/tokens/{token_id}", response_model=TokenOut, responses={**NOT_FOUND},
+               summary="Revoke a token (it stops working at once)")
+async def revoke_token(user_id: str, token_id: str, session: SessionDep, user: CurrentUser,
+                       app: StateDep) -> TokenOut:
+    return await svc.revoke(session=session, principal=user, user_id=user_id, token_id=token_id,
+                            chain=app.settings.audit_chain)

@@ -1,0 +1,146 @@
+"""Audit queries: filtered keyset pages, streaming exports, chain verification.
+
+Paging is by ``seq`` (keyset): new events only ever get a larger ``seq``, so pages
+neither repeat nor skip while events are being appended. The cursor is opaque to
+clients (base64 of the last ``seq`` seen). Developers read only events of their
+team's models; everyone else with ``read_audit`` reads all.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api.authz import Action, Principal, require, visible_team_filter
+from api.errors import ApiError
+from api.schemas import AuditEventOut, AuditPage, ChainVerificationOut
+from engine.audit import event_to_dict, verify_chain
+from engine.db import AuditEvent, CatalogModel
+
+CSV_COLUMNS = ["seq", "event_id", "event_type", "occurred_at", "recorded_at", "actor_id", "progression_id",
+               "model_id", "stage", "payload", "prev_hash", "hash"]
+EXPORT_BATCH = 1000
+
+
+@dataclass
+class AuditFilters:
+    progression: str | None = None
+    model: str | None = None
+    actor: str | None = None
+    event_type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, _, value = raw.partition(":")
+        if kind != "seq" or not value.isdigit():
+            raise ValueError
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(422, "invalid_cursor", "cursor is not one this API returned", {"cursor": cursor}) from None
+
+
+def _conditions(principal: Principal, f: AuditFilters) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = []
+    if f.progression is not None:
+        conds.append(AuditEvent.progression_id == f.progression)
+    if f.model is not None:
+        conds.append(AuditEvent.model_id == f.model)
+    if f.actor is not None:
+        conds.append(AuditEvent.actor_id == f.actor)
+    if f.event_type is not None:
+        types = [t.strip() for t in f.event_type.split(",") if t.strip()]
+        conds.append(AuditEvent.event_type.in_(types))
+    if f.since is not None:
+        conds.append(AuditEvent.occurred_at >= f.since)
+    if f.until is not None:
+        conds.append(AuditEvent.occurred_at < f.until)
+    team = visible_team_filter(principal)
+    if team is not None:
+        conds.append(AuditEvent.model_id.in_(select(CatalogModel.id).where(CatalogModel.team == team)))
+    return conds
+
+
+def _out(ev: AuditEvent) -> AuditEventOut:
+    return AuditEventOut.model_validate(event_to_dict(ev))
+
+
+async def list_events(*, session: AsyncSession, principal: Principal, filters: AuditFilters,
+                      cursor: str | None, limit: int) -> AuditPage:
+    require(principal, Action.read_audit)
+    conds = _conditions(principal, filters)
+    if cursor:
+        conds.append(AuditEvent.seq > decode_cursor(cursor))
+    rows = (await session.execute(select(AuditEvent).where(*conds).order_by(AuditEvent.seq)
+                                  .limit(limit + 1))).scalars().all()
+    page = rows[:limit]
+    # The cursor always points after the last event seen (or stays where it was on an empty page), so
+    # a client can keep polling for newer events; has_more says whether more exist right now.
+    next_cursor = encode_cursor(page[-1].seq) if page else cursor
+    return AuditPage(items=[_out(e) for e in page], next_cursor=next_cursor, has_more=len(rows) > limit,
+                     limit=limit)
+
+
+async def export_events(*, sessionmaker: async_sessionmaker[AsyncSession], principal: Principal,
+                        filters: AuditFilters, fmt: str) -> AsyncIterator[bytes]:
+    """Stream every matching event up to the newest at the start (a consistent snapshot by seq)."""
+    require(principal, Action.export_audit)
+    if fmt not in ("csv", "jsonl"):
+        raise ApiError(422, "invalid_format", f"format must be csv or jsonl, not {fmt!r}")
+    async with sessionmaker() as session:
+        upper = (await session.execute(select(func.max(AuditEvent.seq)))).scalar_one() or 0
+    conds = _conditions(principal, filters)
+
+    async def generate() -> AsyncIterator[bytes]:
+        after = 0
+        if fmt == "csv":
+            buf = io.StringIO()
+            csv.writer(buf).writerow(CSV_COLUMNS)
+            yield buf.getvalue().encode()
+        async with sessionmaker() as session:
+            while True:
+                rows = (await session.execute(select(AuditEvent).where(
+                    *conds, AuditEvent.seq > after, AuditEvent.seq <= upper).order_by(AuditEvent.seq)
+                    .limit(EXPORT_BATCH))).scalars().all()
+                if not rows:
+                    return
+                buf = io.StringIO()
+                writer = csv.writer(buf)
+                for ev in rows:
+                    d = event_to_dict(ev)
+                    if fmt == "jsonl":
+                        buf.write(json.dumps(d, sort_keys=True, separators=(",", ":"), default=str) + "\n")
+                    else:
+                        d["payload"] = json.dumps(d["payload"], sort_keys=True, separators=(",", ":"), default=str)
+                        writer.writerow([_cell(d[c]) for c in CSV_COLUMNS])
+                yield buf.getvalue().encode()
+                after = rows[-1].seq
+                session.expunge_all()
+
+    return generate()
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
+async def verify(*, session: AsyncSession, principal: Principal) -> ChainVerificationOut:
+    require(principal, Action.verify_audit)
+    result = await verify_chain(session)
+    return ChainVerificationOut.model_validate(result.model_dump())

@@ -1,0 +1,77 @@
+"""The model catalog: models, their versions, and where each version stands."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.authz import Action, Principal, require, require_visible, visible_team_filter
+from api.errors import ApiError
+from api.schemas import ModelDetail, ModelOut, ModelPage, VersionOut
+from engine.db import CatalogModel, ModelVersion, ProgressionRow
+from engine.spec import progression_id
+
+
+async def _progressions_by_model(session: AsyncSession, model_ids: list[str]) -> dict[str, list[ProgressionRow]]:
+    out: dict[str, list[ProgressionRow]] = {m: [] for m in model_ids}
+    if not model_ids:
+        return out
+    rows = (await session.execute(select(ProgressionRow).where(ProgressionRow.model_id.in_(model_ids))
+                                  .order_by(ProgressionRow.started_at))).scalars()
+    for row in rows:
+        out.setdefault(row.model_id, []).append(row)
+    return out
+
+
+def _model_out(model: CatalogModel, progs: list[ProgressionRow], versions_count: int) -> dict[str, object]:
+    latest = progs[-1] if progs else None
+    return dict(id=model.id, name=model.name, team=model.team, business_intent=model.business_intent,
+                created_at=model.created_at, updated_at=model.updated_at,
+                latest_version=latest.version_id if latest else None,
+                latest_status=latest.status if latest else None, versions_count=versions_count,
+                revalidation_overdue=any(p.revalidation_overdue for p in progs))
+
+
+async def list_models(*, session: AsyncSession, principal: Principal, team: str | None = None,
+                      intent: str | None = None, limit: int = 50, offset: int = 0) -> ModelPage:
+    require(principal, Action.read_catalog)
+    conds = []
+    scoped = visible_team_filter(principal)
+    if scoped is not None:
+        conds.append(CatalogModel.team == scoped)
+    if team is not None:
+        conds.append(CatalogModel.team == team)
+    if intent is not None:
+        conds.append(CatalogModel.business_intent == intent)
+    total = (await session.execute(select(func.count()).select_from(CatalogModel).where(*conds))).scalar_one()
+    models = (await session.execute(select(CatalogModel).where(*conds).order_by(CatalogModel.id)
+                                    .limit(limit).offset(offset))).scalars().all()
+    ids = [m.id for m in models]
+    progs = await _progressions_by_model(session, ids)
+    counts = dict((await session.execute(select(ModelVersion.model_id, func.count()).where(
+        ModelVersion.model_id.in_(ids)).group_by(ModelVersion.model_id))).all()) if ids else {}
+    items = [ModelOut(**_model_out(m, progs.get(m.id, []), counts.get(m.id, 0))) for m in models]  # type: ignore[arg-type]
+    next_offset = offset + len(items) if offset + len(items) < total else None
+    return ModelPage(items=items, total=total, limit=limit, offset=offset, next_offset=next_offset)
+
+
+async def get_model(*, session: AsyncSession, principal: Principal, model_id: str) -> ModelDetail:
+    require(principal, Action.read_catalog)
+    model = await session.get(CatalogModel, model_id)
+    if model is None:
+        raise ApiError(404, "not_found", f"model {model_id} not found")
+    require_visible(principal, model.team, f"model {model_id}")
+    versions = (await session.execute(select(ModelVersion).where(ModelVersion.model_id == model_id)
+                                      .order_by(ModelVersion.created_at, ModelVersion.id))).scalars().all()
+    progs = (await _progressions_by_model(session, [model_id]))[model_id]
+    by_id = {p.id: p for p in progs}
+    out_versions: list[VersionOut] = []
+    for v in versions:
+        p = by_id.get(progression_id(model_id, v.version_id))
+        out_versions.append(VersionOut(
+            version_id=v.version_id, source=v.source, artifact=v.artifact, features=list(v.features or []),
+            created_at=v.created_at, progression_id=p.id if p else None, status=p.status if p else None,
+            current_stage=p.current_stage if p else None, waiting_on=list(p.waiting_on or []) if p else [],
+            revalidation_due_at=p.revalidation_due_at if p else None,
+            revalidation_overdue=p.revalidation_overdue if p else False))
+    return ModelDetail(**_model_out(model, progs, len(versions)), versions=out_versions)  # type: ignore[arg-type]

@@ -1,0 +1,369 @@
+"""Progressions: start, read, list, decide, add evidence, withdraw.
+
+Temporal is the source of truth: reads go through the workflow's ``state`` query and
+fall back to the read-model snapshot; every change goes through an Update. Evidence
+blobs are stored (content-addressed) before the workflow starts; the workflow's
+activities write the catalog, the read model, decisions and audit events. The API
+writes only what the workflow cannot: the audit record of a *refused* decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api.authz import Action, Principal, require, require_act_on_team, require_visible, visible_team_filter
+from api.deps import AppState
+from api.errors import ApiError
+from api.schemas import ProgressionPage, ProgressionSummary
+from engine import audit
+from engine.db import ProgressionRow
+from engine.db import utcnow as _utcnow
+from engine.lifecycle import (
+    QUERY_STATE,
+    UPDATE_DECIDE,
+    UPDATE_SUBMIT_EVIDENCE,
+    UPDATE_WITHDRAW,
+    WORKFLOW_NAME,
+    DecideInput,
+    DecideResult,
+    DecisionKind,
+    EventType,
+    EvidenceInput,
+    EvidenceRef,
+    ProgressionInput,
+    ProgressionState,
+    Refusal,
+    StageState,
+    decision_refusal,
+)
+from engine.loading import load_spec
+from engine.spec import EvidenceName
+from engine.temporal import SA_INTENT, SA_MODEL_ID, SA_RISK_TIER, SA_STAGE, SA_STATUS
+
+QUERY_TIMEOUT = timedelta(seconds=10)
+EVIDENCE_PREFIX = "evidence."
+
+
+@dataclass
+class Upload:
+    """One evidence part of a multipart request."""
+
+    name: str
+    filename: str | None
+    data: bytes
+    content_type: str | None
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+async def _read_model(session: AsyncSession, progression_id: str) -> ProgressionRow | None:
+    return await session.get(ProgressionRow, progression_id)
+
+
+async def load_state(session: AsyncSession, app: AppState, progression_id: str) -> ProgressionState | None:
+    """The live state from the workflow query; the read-model snapshot when the query cannot answer."""
+    handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
+    try:
+        return await handle.query(QUERY_STATE, result_type=ProgressionState, rpc_timeout=QUERY_TIMEOUT)
+    except Exception:  # not found, no worker, timeout: the snapshot is the best we have
+        row = await _read_model(session, progression_id)
+        if row is None or not row.state:
+            return None
+        return ProgressionState.model_validate(row.state)
+
+
+async def get_progression(*, session: AsyncSession, app: AppState, principal: Principal,
+                          progression_id: str) -> ProgressionState:
+    require(principal, Action.read_progression)
+    state = await load_state(session, app, progression_id)
+    if state is None:
+        raise ApiError(404, "not_found", f"progression {progression_id} not found")
+    require_visible(principal, state.team, f"progression {progression_id}")
+    return state
+
+
+def summary(row: ProgressionRow) -> ProgressionSummary:
+    return ProgressionSummary(
+        id=row.id, model_id=row.model_id, version_id=row.version_id, team=row.team,
+        business_intent=row.business_intent, risk_tier=row.risk_tier, status=row.status,
+        current_stage=row.current_stage, waiting_on=list(row.waiting_on or []), submitted_by=row.submitted_by,
+        gate_opened_at=row.gate_opened_at, sla_due_at=row.sla_due_at, escalated=row.escalated,
+        revalidation_due_at=row.revalidation_due_at, revalidation_overdue=row.revalidation_overdue,
+        started_at=row.started_at, updated_at=row.updated_at)
+
+
+async def list_progressions(*, session: AsyncSession, principal: Principal, model: str | None = None,
+                            intent: str | None = None, stage: str | None = None, status: str | None = None,
+                            team: str | None = None, limit: int = 50, offset: int = 0) -> ProgressionPage:
+    require(principal, Action.list_progressions)
+    conds = []
+    scoped = visible_team_filter(principal)
+    if scoped is not None:
+        conds.append(ProgressionRow.team == scoped)
+    if team is not None:
+        conds.append(ProgressionRow.team == team)
+    if model is not None:
+        conds.append(ProgressionRow.model_id == model)
+    if intent is not None:
+        conds.append(ProgressionRow.business_intent == intent)
+    if stage is not None:
+        conds.append(ProgressionRow.current_stage == stage)
+    if status is not None:
+        conds.append(ProgressionRow.status == status)
+    total = (await session.execute(select(func.count()).select_from(ProgressionRow).where(*conds))).scalar_one()
+    rows = (await session.execute(
+        select(ProgressionRow).where(*conds)
+        .order_by(ProgressionRow.started_at.desc(), ProgressionRow.id).limit(limit).offset(offset))).scalars().all()
+    next_offset = offset + len(rows) if offset + len(rows) < total else None
+    return ProgressionPage(items=[summary(r) for r in rows], total=total, limit=limit, offset=offset,
+                           next_offset=next_offset)
+
+
+# ---- evidence storage ------------------------------------------------------------------------
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def store_evidence(session: AsyncSession, app: AppState, uploads: list[Upload],
+                         principal: Principal) -> dict[str, EvidenceRef]:
+    """Store blobs content-addressed and record their metadata (commits). Same bytes -> same blob."""
+    from engine.evidence import EvidenceStore, guess_media_type, record_blob
+
+    store = EvidenceStore(app.settings.evidence_dir)
+    refs: dict[str, EvidenceRef] = {}
+    now = _utcnow()
+    for up in uploads:
+        sha = await _maybe_await(asyncio.to_thread(store.put, up.data))
+        media = guess_media_type(up.filename or up.name, up.data)
+        await _maybe_await(record_blob(session, sha256=sha, size=len(up.data), media_type=media))
+        refs[up.name] = EvidenceRef(name=up.name, sha256=sha, filename=up.filename, size=len(up.data),
+                                    media_type=media, added_by=principal.id, added_at=now)
+    await session.commit()
+    return refs
+
+
+def check_evidence_names(uploads: list[Upload], allowed: set[str] | None) -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    adapter = TypeAdapter(EvidenceName)
+    seen: set[str] = set()
+    for up in uploads:
+        try:
+            adapter.validate_python(up.name)
+        except ValidationError:
+            raise ApiError(422, "invalid_evidence_name",
+                           f"{EVIDENCE_PREFIX}{up.name}: evidence names are lowercase letters, digits and '_'",
+                           {"part": EVIDENCE_PREFIX + up.name}) from None
+        if up.name in seen:
+            raise ApiError(422, "duplicate_evidence", f"{EVIDENCE_PREFIX}{up.name} is given twice",
+                           {"part": EVIDENCE_PREFIX + up.name})
+        seen.add(up.name)
+        if allowed is not None and up.name not in allowed:
+            declared = ", ".join(sorted(allowed)) or "none"
+            raise ApiError(422, "unknown_evidence",
+                           f"{EVIDENCE_PREFIX}{up.name}: the spec declares no evidence {up.name!r} "
+                           f"(declared: {declared})", {"part": EVIDENCE_PREFIX + up.name,
+                                                       "declared": sorted(allowed)})
+
+
+# ---- start -----------------------------------------------------------------------------------
+
+
+def _exists(progression_id: str) -> ApiError:
+    return ApiError(409, "progression_exists",
+                    f"model version already has progression {progression_id}; start a new version instead",
+                    {"progression_id": progression_id})
+
+
+async def _workflow_exists(app: AppState, progression_id: str) -> bool:
+    try:
+        await app.temporal.get_workflow_handle(progression_id).describe()
+        return True
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+
+
+def _initial_state(inp: ProgressionInput) -> ProgressionState:
+    """What the progression looks like before its first workflow task ran (only if the query is not ready)."""
+    now = _utcnow()
+    return ProgressionState(
+        progression_id=inp.spec.progression_id, model_id=inp.spec.model.id, model_name=inp.spec.model.name,
+        team=inp.spec.model.team, business_intent=inp.spec.model.business_intent, risk_tier=inp.policy.risk_tier,
+        version_id=inp.spec.version.id, target=inp.spec.target, policy_hash=inp.policy_hash,
+        stages=[StageState(name=s.name, action=s.action) for s in inp.policy.route_for(inp.spec.target)],
+        submitted_by=inp.submitted_by.user_id, submitted_by_username=inp.submitted_by.username,
+        started_at=now, updated_at=now, evidence=inp.evidence,
+        next_action="the engine is starting the first stage")
+
+
+async def start_progression(*, session: AsyncSession, app: AppState, principal: Principal, spec_text: bytes,
+                            spec_filename: str, uploads: list[Upload]) -> ProgressionState:
+    require(principal, Action.start_progression)
+    # Validate everything before anything is stored: a bad spec stores nothing.
+    spec = load_spec(spec_text, filename=spec_filename, registry=app.registry,
+                     max_bytes=app.settings.max_yaml_bytes)
+    require_act_on_team(principal, Action.start_progression, spec.model.team, f"model {spec.model.id}")
+    check_evidence_names(uploads, set(spec.evidence))
+    loaded = app.registry.get(spec.model.business_intent)
+    assert loaded is not None  # load_spec checked the intent against the registry
+    pid = spec.progression_id
+    if await _read_model(session, pid) is not None or await _workflow_exists(app, pid):
+        raise _exists(pid)
+
+    refs = await store_evidence(session, app, uploads, principal)
+    inp = ProgressionInput(spec=spec, spec_yaml=spec_text.decode("utf-8-sig"), policy=loaded.policy,
+                           policy_hash=loaded.hash, evidence=refs, submitted_by=principal.actor)
+    first_stage = loaded.policy.route_for(spec.target)[0].name
+    attrs = TypedSearchAttributes([
+        SearchAttributePair(SA_MODEL_ID, spec.model.id),
+        SearchAttributePair(SA_INTENT, spec.model.business_intent),
+        SearchAttributePair(SA_RISK_TIER, loaded.policy.risk_tier),
+        SearchAttributePair(SA_STAGE, first_stage),
+        SearchAttributePair(SA_STATUS, "running"),
+    ])
+    try:
+        handle = await app.temporal.start_workflow(
+            WORKFLOW_NAME, inp, id=pid, task_queue=app.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=attrs)
+    except WorkflowAlreadyStartedError:
+        raise _exists(pid) from None
+    try:
+        return await handle.query(QUERY_STATE, result_type=ProgressionState, rpc_timeout=QUERY_TIMEOUT)
+    except Exception:
+        return _initial_state(inp)
+
+
+# ---- decisions, evidence, withdrawal ---------------------------------------------------------
+
+
+async def record_refusal(session: AsyncSession, *, principal: Principal, state: ProgressionState, stage: str,
+                         decision: str, comment: str, refusal: Refusal, source: str, chain: bool = True) -> None:
+    """A refused decision never enters workflow history, so the API records it (with the reason)."""
+    await audit.append_event(
+        session, event_id=f"refusal-{uuid.uuid4()}", event_type=EventType.decision_refused.value,
+        occurred_at=_utcnow(), actor_id=principal.id, progression_id=state.progression_id,
+        model_id=state.model_id, stage=stage,
+        payload={"code": refusal.code, "reason": refusal.message, "http_status": refusal.http_status,
+                 "decision": decision, "comment": comment, "username": principal.username,
+                 "roles": sorted(r.value for r in principal.roles), "team": principal.team, "source": source},
+        chain=chain)
+    await session.commit()
+
+
+def _refusal_error(refusal: Refusal) -> ApiError:
+    return ApiError(refusal.http_status, refusal.code, refusal.message, {"refusal": refusal.code})
+
+
+def _refusal_from_update(exc: WorkflowUpdateFailedError) -> Refusal:
+    cause = exc.cause
+    if isinstance(cause, ApplicationError):
+        details = list(cause.details or [])
+        if details and isinstance(details[0], dict):
+            try:
+                return Refusal.model_validate(details[0])
+            except ValueError:
+                pass
+        if isinstance(details[0] if details else None, Refusal):
+            return details[0]
+        return Refusal(code=cause.type or "refused", message=cause.message, http_status=409)
+    return Refusal(code="refused", message=str(cause or exc), http_status=409)
+
+
+def _closed_or_unavailable(exc: RPCError, progression_id: str) -> ApiError:
+    if exc.status == RPCStatusCode.NOT_FOUND:
+        return ApiError(409, "progression_closed", f"progression {progression_id} has finished; "
+                        "it accepts no more changes", {"progression_id": progression_id})
+    return ApiError(503, "temporal_unavailable", f"the workflow service did not answer: {exc.message}")
+
+
+async def decide(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
+                 stage: str, decision: DecisionKind, comment: str, decision_id: str) -> ProgressionState:
+    state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
+    if Action.decide not in principal.actions:
+        held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
+        refusal = Refusal(code="not_a_gate_role", http_status=403,
+                          message=f"your roles ({held}) cannot decide on gates")
+    else:
+        refusal = decision_refusal(state, principal.actor, stage, decision)
+    if refusal is not None:
+        await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
+                             comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain)
+        raise _refusal_error(refusal)
+    handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
+    inp = DecideInput(stage=stage, decision=decision, comment=comment, actor=principal.actor,
+                      decision_id=decision_id)
+    try:
+        result = await handle.execute_update(UPDATE_DECIDE, inp, result_type=DecideResult)
+    except WorkflowUpdateFailedError as exc:
+        refusal = _refusal_from_update(exc)
+        await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
+                             comment=comment, refusal=refusal, source="workflow",
+                             chain=app.settings.audit_chain)
+        raise _refusal_error(refusal) from None
+    except RPCError as exc:
+        raise _closed_or_unavailable(exc, progression_id) from None
+    return result.state
+
+
+def _update_error(exc: WorkflowUpdateFailedError) -> ApiError:
+    return _refusal_error(_refusal_from_update(exc))
+
+
+async def add_evidence(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
+                       uploads: list[Upload], request_id: str) -> ProgressionState:
+    state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
+    require_act_on_team(principal, Action.add_evidence, state.team, f"progression {progression_id}")
+    if not uploads:
+        raise ApiError(422, "no_evidence", "send at least one 'evidence.<name>' file part")
+    check_evidence_names(uploads, None)
+    refs = await store_evidence(session, app, uploads, principal)
+    handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
+    try:
+        return await handle.execute_update(
+            UPDATE_SUBMIT_EVIDENCE, EvidenceInput(evidence=refs, actor=principal.actor, request_id=request_id),
+            result_type=ProgressionState)
+    except WorkflowUpdateFailedError as exc:
+        raise _update_error(exc) from None
+    except RPCError as exc:
+        raise _closed_or_unavailable(exc, progression_id) from None
+
+
+async def withdraw(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
+                   reason: str, request_id: str) -> ProgressionState:
+    from engine.lifecycle import WithdrawInput
+
+    state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
+    require_act_on_team(principal, Action.withdraw, state.team, f"progression {progression_id}")
+    handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
+    try:
+        return await handle.execute_update(
+            UPDATE_WITHDRAW, WithdrawInput(reason=reason, actor=principal.actor, request_id=request_id),
+            result_type=ProgressionState)
+    except WorkflowUpdateFailedError as exc:
+        raise _update_error(exc) from None
+    except RPCError as exc:
+        raise _closed_or_unavailable(exc, progression_id) from None
