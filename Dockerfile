@@ -27,11 +27,11 @@ RUN pip install .
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="progression" \
       org.opencontainers.image.description="Governance engine for the model development lifecycle"
+# /app holds the complete tree (policies/, migrations/versions/, alembic.ini); it comes first on
+# the path so that copy, not the wheel's, is what runs.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    # /app holds the complete tree (policies/, migrations/versions/, alembic.ini); it comes first
-    # on the path so that copy, not the wheel's, is what runs.
     PYTHONPATH=/app \
     PROGRESSION_ENV=production \
     PROGRESSION_DATA_DIR=/data \
@@ -49,7 +49,7 @@ RUN groupadd --system --gid 10001 progression \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # Code and policies are owned by root and read-only for the service user.
-COPY alembic.ini ./
+COPY alembic.ini ./alembic.ini
 COPY engine ./engine
 COPY workflows ./workflows
 COPY activities ./activities
