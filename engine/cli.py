@@ -1,0 +1,75 @@
+"""The ``progression`` command. This module owns the ``users`` group (it talks to the database
+directly, so an administrator can create the first user before anyone holds a token);
+every other command lives in :mod:`engine.cli_commands` and talks to the HTTP API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from engine.settings import get_settings
+
+app = typer.Typer(name="progression", help="Governance of the model development lifecycle.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+users_app = typer.Typer(help="Users and API tokens (direct database access; for administrators).",
+                        no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+async def _create_user(username: str, roles: list[str], team: str | None, display_name: str) -> tuple[str, str]:
+    from engine import audit
+    from engine.database import upgrade
+    from engine.db import make_engine, make_sessionmaker, utcnow
+    from engine.identity import create_user
+    from engine.lifecycle import EventType
+
+    settings = get_settings()
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await upgrade(url)  # a fresh data directory works on the first command
+    engine = make_engine(url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            user, token = await create_user(session, username=username, roles=roles, team=team,
+                                            display_name=display_name)
+            await audit.append_event(
+                session, event_id=f"user-{user.id}", event_type=EventType.user_created.value,
+                occurred_at=utcnow(), actor_id=None,
+                payload={"user_id": user.id, "username": user.username, "roles": user.roles, "team": user.team,
+                         "by": "cli"}, chain=settings.audit_chain)
+            await session.commit()
+            return user.id, token
+    finally:
+        await engine.dispose()
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="username (letters, digits, . _ @ -)")],
+    role: Annotated[list[str], typer.Option("--role", "-r", help="a role; repeat for several")],
+    team: Annotated[str | None, typer.Option("--team", "-t", help="the user's team (slug)")] = None,
+    display_name: Annotated[str, typer.Option("--display-name", help="full name")] = "",
+) -> None:
+    """Create a user; prints the new API token as the LAST line (shown only once)."""
+    from engine.errors import ProgressionError
+
+    try:
+        user_id, token = asyncio.run(_create_user(name, role, team, display_name))
+    except ProgressionError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"created user {name} ({user_id}) roles={','.join(role)} team={team or '-'}")
+    typer.echo("API token (shown once; store it now):")
+    typer.echo(token)
+
+
+try:  # the HTTP commands (login, start, status, decide, ...) from the CLI module
+    from engine.cli_commands import register as _register_http_commands
+except ImportError:  # pragma: no cover - only while that module is absent
+    _register_http_commands = None
+if _register_http_commands is not None:
+    _register_http_commands(app)
