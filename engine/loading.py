@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -98,17 +98,15 @@ class _StrictLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # type: ignore[override]
         event = self.peek_event()
+        mark: Any = event.start_mark  # pure-Python events carry yaml.error.Mark
         if isinstance(event, AliasEvent):
-            raise yaml.composer.ComposerError(
-                None, None, f"aliases are not allowed (*{event.anchor})", event.start_mark)
+            raise yaml.composer.ComposerError(None, None, f"aliases are not allowed (*{event.anchor})", mark)
         if isinstance(event, ScalarEvent | CollectionStartEvent) and event.anchor is not None:
-            raise yaml.composer.ComposerError(
-                None, None, f"anchors are not allowed (&{event.anchor})", event.start_mark)
+            raise yaml.composer.ComposerError(None, None, f"anchors are not allowed (&{event.anchor})", mark)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None, None, f"nesting is deeper than {MAX_DEPTH} levels", event.start_mark)
+                raise yaml.composer.ComposerError(None, None, f"nesting is deeper than {MAX_DEPTH} levels", mark)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -397,7 +395,7 @@ def load_spec(
     return spec
 
 
-def _raise(cls: type[InvalidSpec] | type[InvalidPolicy], problems: list[Problem]) -> Any:
+def _raise(cls: type[InvalidSpec] | type[InvalidPolicy], problems: list[Problem]) -> NoReturn:
     ordered = _sorted(problems)
     raise cls(ordered[0].format(), details=[p.as_dict() for p in ordered])
 
@@ -453,8 +451,8 @@ def _policy_problems(text: str | bytes, filename: str) -> tuple[GovernancePolicy
                     "cel_compile"))
         for ai, rule in enumerate(stage.approvals):
             if rule.escalate_to is not None and rule.sla is None:
-                where = ("stages", si, "approvals", ai, "escalate_to")
-                problems.append(Problem(filename, _lookup_line(lines, where), format_path(where),
+                at = ("stages", si, "approvals", ai, "escalate_to")
+                problems.append(Problem(filename, _lookup_line(lines, at), format_path(at),
                                         "escalate_to needs an sla to escalate after", "escalation_without_sla"))
     return policy, programs, problems
 
@@ -493,7 +491,6 @@ def load_policy(path: Path) -> LoadedPolicy:
     policy, programs, problems = _policy_problems(raw, path.name)
     if problems or policy is None:
         _raise(InvalidPolicy, problems)
-    assert policy is not None
     return LoadedPolicy(policy=policy, hash=policy_hash(policy), path=path,
                         yaml_text=raw.decode("utf-8-sig"), programs=programs)
 
@@ -503,7 +500,6 @@ def policy_from_text(text: str | bytes, *, filename: str = "policy.yaml") -> Loa
     policy, programs, problems = _policy_problems(text, filename)
     if problems or policy is None:
         _raise(InvalidPolicy, problems)
-    assert policy is not None
     yaml_text = text.decode("utf-8-sig") if isinstance(text, bytes) else text
     return LoadedPolicy(policy=policy, hash=policy_hash(policy), path=Path(filename), yaml_text=yaml_text,
                         programs=programs)
