@@ -32,7 +32,7 @@ log = logging.getLogger("progression.run")
 # officers because the credit policy's risk review needs two different people.
 DEMO_USERS: list[tuple[str, str, list[str], str]] = [
     ("dana", "Dana Developer", ["model_developer"], "retail-risk"),
-    ("frank", "Frank Developer", ["model_developer"], "fraud-analytics"),
+    ("frank", "Frank Developer", ["model_developer"], "payments-fraud"),
     ("mia", "Mia Developer", ["model_developer"], "marketing-analytics"),
     ("victor", "Victor Validator", ["model_validator"], "model-validation"),
     ("rita", "Rita Risk", ["model_risk_officer"], "model-risk"),
