@@ -1,0 +1,329 @@
+"""Activities of the progression workflow: every side effect lives here.
+
+The workflow is the single writer of a progression's rows: catalog (model, version), the
+read model, decisions and audit events are all written by these activities, so a start that
+fails leaves nothing half written. Every activity is idempotent under Temporal's retries:
+audit event ids come from the workflow (deterministic), the read model is only overwritten by
+a newer ``seq``, decision rows are keyed by ``decision_id`` and evidence links by (name, hash).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+from engine.evidence import EvidenceStore, record_blob
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.notify import Notification, Notifier
+from activities.promotion import Deployment, DeploymentReceipt, PromotionTarget
+from engine import audit, checks, features
+from engine.db import (
+    CatalogModel,
+    DecisionRow,
+    EvidenceBlob,
+    ModelVersion,
+    ProgressionEvidence,
+    ProgressionRow,
+)
+from engine.lifecycle import (
+    CheckResult,
+    DecisionRecord,
+    EventType,
+    EvidenceRef,
+    ProgressionState,
+    StageStatus,
+)
+from engine.policy import StageDef
+from engine.spec import ProgressionSpec
+
+log = logging.getLogger("progression.activities")
+
+# Attempts after which a failing notification channel is given up on (recorded as undelivered)
+# instead of holding the progression hostage.
+NOTIFY_MAX_ATTEMPTS = 5
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AuditEventIn(_Model):
+    """An audit event built by the workflow; ``progression_id``/``model_id`` come from the state."""
+
+    event_id: str
+    event_type: EventType
+    occurred_at: datetime
+    actor_id: str | None = None
+    stage: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegisterInput(_Model):
+    state: ProgressionState
+    spec: ProgressionSpec
+    spec_yaml: str
+    events: list[AuditEventIn]
+
+
+class RegisterResult(_Model):
+    created: bool  # False when a retry found the rows already written
+
+
+class EvaluateChecksInput(_Model):
+    state: ProgressionState  # pinned spec facts + evidence refs; also synced to the read model
+    spec: ProgressionSpec
+    stage: StageDef
+    is_first_stage: bool
+    now: datetime  # workflow time, so results do not depend on when a retry runs
+    event_id_prefix: str  # check events get f"{prefix}/{check_id}"
+    events_before: list[AuditEventIn] = Field(default_factory=list)  # e.g. stage.entered, appended first
+
+
+class EvaluateChecksResult(_Model):
+    results: list[CheckResult]
+
+
+class RecordInput(_Model):
+    """Events to append, the state to mirror, and optionally a decision row and evidence links."""
+
+    state: ProgressionState
+    events: list[AuditEventIn] = Field(default_factory=list)
+    decision: DecisionRecord | None = None
+    evidence: list[EvidenceRef] = Field(default_factory=list)
+    notifications: list[Notification] = Field(default_factory=list)
+
+
+class RecordResult(_Model):
+    events_written: int
+    read_model_updated: bool
+    notifications_sent: int
+
+
+class DeployInput(_Model):
+    deployment: Deployment
+
+
+class DeployResult(_Model):
+    receipt: DeploymentReceipt
+
+
+def _event_dict(state: ProgressionState, event: AuditEventIn) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type.value,
+        "occurred_at": event.occurred_at,
+        "actor_id": event.actor_id,
+        "progression_id": state.progression_id,
+        "model_id": state.model_id,
+        "stage": event.stage,
+        "payload": event.payload,
+    }
+
+
+def _read_model_values(state: ProgressionState) -> dict[str, Any]:
+    """The columns of the progressions row derived from a state snapshot."""
+    stage = state.stage(state.current_stage) if state.current_stage else None
+    gate_open = stage is not None and stage.status == StageStatus.awaiting_approval
+    dues = [a.due_at for a in stage.approvals if a.due_at and not a.satisfied] if gate_open and stage else []
+    return {
+        "status": state.status.value,
+        "current_stage": state.current_stage,
+        "waiting_on": [r.value for r in state.waiting_on],
+        "gate_opened_at": stage.gate_opened_at if gate_open and stage else None,
+        "sla_due_at": min(dues) if dues else None,
+        "escalated": bool(gate_open and stage and any(a.escalated for a in stage.approvals)),
+        "revalidation_due_at": state.revalidation_due_at,
+        "revalidation_overdue": state.revalidation_overdue,
+        "updated_at": state.updated_at,
+        "seq": state.seq,
+        "state": state.model_dump(mode="json"),
+    }
+
+
+class ProgressionActivities:
+    """Activity implementations with their dependencies injected (one instance per worker)."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        evidence_store: EvidenceStore,
+        promotion_target: PromotionTarget,
+        notifier: Notifier,
+        *,
+        audit_chain: bool = True,
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.evidence_store = evidence_store
+        self.promotion_target = promotion_target
+        self.notifier = notifier
+        self.audit_chain = audit_chain
+
+    def all(self) -> list[Any]:
+        """Every activity method, for ``Worker(activities=...)``."""
+        return [self.register_progression, self.evaluate_checks, self.record, self.deploy]
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    async def _append(self, session: AsyncSession, state: ProgressionState, events: list[AuditEventIn]) -> int:
+        if not events:
+            return 0
+        await audit.append_events(session, [_event_dict(state, e) for e in events], chain=self.audit_chain)
+        return len(events)
+
+    async def _sync_read_model(self, session: AsyncSession, state: ProgressionState) -> bool:
+        # Conditional on seq: concurrent or retried writers can only move the snapshot forward.
+        result = await session.execute(
+            update(ProgressionRow)
+            .where(ProgressionRow.id == state.progression_id, ProgressionRow.seq < state.seq)
+            .values(**_read_model_values(state))
+        )
+        return bool(result.rowcount)
+
+    async def _link_evidence(self, session: AsyncSession, progression_id: str, refs: list[EvidenceRef],
+                             default_actor: str | None, default_at: datetime) -> None:
+        for ref in refs:
+            exists = await session.scalar(
+                select(ProgressionEvidence.id).where(
+                    ProgressionEvidence.progression_id == progression_id,
+                    ProgressionEvidence.name == ref.name,
+                    ProgressionEvidence.sha256 == ref.sha256,
+                )
+            )
+            if exists is not None:
+                continue
+            if await session.get(EvidenceBlob, ref.sha256) is None:
+                # The API records blobs before starting; a client that only put the file in the
+                # store (or a test) still gets a consistent catalog, as long as the bytes exist.
+                if not self.evidence_store.exists(ref.sha256):
+                    raise ApplicationError(
+                        f"evidence {ref.name!r} ({ref.sha256}) is not in the evidence store",
+                        type="evidence_missing", non_retryable=True)
+                await record_blob(session, sha256=ref.sha256, size=ref.size, media_type=ref.media_type)
+            session.add(ProgressionEvidence(
+                progression_id=progression_id, name=ref.name, sha256=ref.sha256, filename=ref.filename,
+                added_by=ref.added_by or default_actor, added_at=ref.added_at or default_at))
+
+    async def _send(self, state: ProgressionState, notifications: list[Notification]) -> int:
+        """Send after the commit; record each as ``notification.sent`` (delivered or given up)."""
+        sent = 0
+        for note in notifications:
+            delivered, error = True, None
+            try:
+                await self.notifier.send(note)
+            except Exception as exc:  # noqa: BLE001 - any channel failure is retried, then recorded
+                if activity.info().attempt < NOTIFY_MAX_ATTEMPTS:
+                    raise
+                delivered, error = False, f"{type(exc).__name__}: {exc}"
+                log.warning("notification %s not delivered after %d attempts: %s", note.event_id,
+                            NOTIFY_MAX_ATTEMPTS, error)
+            async with self.sessionmaker() as session:
+                await audit.append_event(
+                    session, event_id=note.event_id, event_type=EventType.notification_sent.value,
+                    occurred_at=state.updated_at, progression_id=state.progression_id, model_id=state.model_id,
+                    stage=note.stage, chain=self.audit_chain,
+                    payload={"kind": note.kind, "roles": [r.value for r in note.roles], "message": note.message,
+                             "channel": self.notifier.name, "delivered": delivered, "error": error})
+                await session.commit()
+            sent += delivered
+        return sent
+
+    # ---- activities -----------------------------------------------------------------------
+
+    @activity.defn(name="register_progression")
+    async def register_progression(self, inp: RegisterInput) -> RegisterResult:
+        """Upsert model and version, create the read-model row, link evidence, append progression.started."""
+        state, spec = inp.state, inp.spec
+        async with self.sessionmaker() as session, session.begin():
+            model = await session.get(CatalogModel, spec.model.id)
+            if model is None:
+                session.add(CatalogModel(id=spec.model.id, name=spec.model.name, team=spec.model.team,
+                                         business_intent=spec.model.business_intent))
+            elif model.team != spec.model.team or model.business_intent != spec.model.business_intent:
+                # A model's owner and intent are fixed; a spec that disagrees is a business error.
+                raise ApplicationError(
+                    f"model {spec.model.id} is owned by team {model.team!r} with intent {model.business_intent!r}; "
+                    f"the spec says team {spec.model.team!r}, intent {spec.model.business_intent!r}",
+                    type="model_mismatch", non_retryable=True)
+            else:
+                model.name = spec.model.name
+            await session.flush()
+            version = await session.scalar(select(ModelVersion).where(
+                ModelVersion.model_id == spec.model.id, ModelVersion.version_id == spec.version.id))
+            if version is None:
+                session.add(ModelVersion(model_id=spec.model.id, version_id=spec.version.id,
+                                         source=spec.version.source, artifact=spec.version.artifact,
+                                         features=list(spec.features), spec_yaml=inp.spec_yaml))
+            row = await session.get(ProgressionRow, state.progression_id)
+            created = row is None
+            if row is None:
+                session.add(ProgressionRow(
+                    id=state.progression_id, model_id=state.model_id, version_id=state.version_id, team=state.team,
+                    business_intent=state.business_intent, risk_tier=state.risk_tier, policy_hash=state.policy_hash,
+                    target=state.target, submitted_by=state.submitted_by, started_at=state.started_at,
+                    **_read_model_values(state)))
+                await session.flush()
+            else:
+                await self._sync_read_model(session, state)
+            await self._link_evidence(session, state.progression_id, list(state.evidence.values()),
+                                      state.submitted_by, state.started_at)
+            await self._append(session, state, inp.events)
+        return RegisterResult(created=created)
+
+    @activity.defn(name="evaluate_checks")
+    async def evaluate_checks(self, inp: EvaluateChecksInput) -> EvaluateChecksResult:
+        """Evaluate one stage's checks over the stored evidence; one ``check.evaluated`` event per check."""
+        state = inp.state
+        evidence: dict[str, Any] = {}
+        for name, ref in state.evidence.items():
+            if not self.evidence_store.exists(ref.sha256):
+                continue  # the check then reports "evidence.<name> is missing" in words
+            data = await asyncio.to_thread(self.evidence_store.get, ref.sha256)
+            evidence[name] = checks.evidence_value(data, ref.filename, ref.media_type)
+        async with self.sessionmaker() as session:
+            resolved = await features.resolve_features(session, list(inp.spec.features))
+        results = checks.evaluate_stage(inp.stage, spec=inp.spec, evidence=evidence, features=resolved,
+                                        is_first_stage=inp.is_first_stage, now=inp.now)
+        check_events = [
+            AuditEventIn(
+                event_id=f"{inp.event_id_prefix}/{r.check_id}", event_type=EventType.check_evaluated,
+                occurred_at=inp.now, stage=inp.stage.name,
+                payload={"check_id": r.check_id, "description": r.description, "expr": r.expr,
+                         "passed": r.passed, "reason": r.reason, "inputs": r.inputs, "evaluator": r.evaluator,
+                         "evidence": {n: e.sha256 for n, e in state.evidence.items()}})
+            for r in results
+        ]
+        async with self.sessionmaker() as session, session.begin():
+            await self._append(session, state, [*inp.events_before, *check_events])
+            await self._sync_read_model(session, state)
+        return EvaluateChecksResult(results=results)
+
+    @activity.defn(name="record")
+    async def record(self, inp: RecordInput) -> RecordResult:
+        """Append events, write a decision row and evidence links, mirror the state; then notify."""
+        state = inp.state
+        async with self.sessionmaker() as session, session.begin():
+            if inp.evidence:
+                await self._link_evidence(session, state.progression_id, inp.evidence, None, state.updated_at)
+            if inp.decision is not None and await session.get(DecisionRow, inp.decision.decision_id) is None:
+                d = inp.decision
+                session.add(DecisionRow(
+                    id=d.decision_id, progression_id=state.progression_id, stage=d.stage, decision=d.decision.value,
+                    actor_id=d.actor_id, actor_username=d.actor_username, role=d.role.value if d.role else None,
+                    comment=d.comment, decided_at=d.at))
+            written = await self._append(session, state, inp.events)
+            updated = await self._sync_read_model(session, state)
+        sent = await self._send(state, inp.notifications)
+        return RecordResult(events_written=written, read_model_updated=updated, notifications_sent=sent)
+
+    @activity.defn(name="deploy")
+    async def deploy(self, inp: DeployInput) -> DeployResult:
+        """Hand the version to the promotion target; a failure raises and Temporal retries."""
+        receipt = await self.promotion_target.deploy(inp.deployment)
+        return DeployResult(receipt=receipt)

@@ -1,0 +1,73 @@
+"""The Temporal worker: the progression workflow and its activities.
+
+``python -m engine.worker`` runs one with settings from the environment. Policies are loaded
+and validated once at start: a bad policy refuses the worker (file, field, line), instead of
+failing a progression at 2 a.m.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.notify import build_notifier
+from activities.progression import ProgressionActivities
+from activities.promotion import build_promotion_target
+from engine.db import make_engine, make_sessionmaker
+from engine.evidence import EvidenceStore
+from engine.loading import PolicyRegistry
+from engine.settings import Settings, get_settings
+from engine.temporal import connect
+from workflows.progression import ProgressionWorkflow
+
+log = logging.getLogger("progression.worker")
+
+
+def build_worker(client: Client, *, task_queue: str, activities: ProgressionActivities, **kw: Any) -> Worker:
+    """A worker serving ``ProgressionWorkflow`` and every activity of ``activities`` on ``task_queue``."""
+    return Worker(client, task_queue=task_queue, workflows=[ProgressionWorkflow], activities=activities.all(), **kw)
+
+
+def build_activities(settings: Settings) -> tuple[ProgressionActivities, Any]:
+    """Activities wired from settings; also returns the database engine so the caller can dispose it."""
+    engine = make_engine(settings.resolved_database_url)
+    activities = ProgressionActivities(
+        make_sessionmaker(engine),
+        EvidenceStore(settings.evidence_dir),
+        build_promotion_target(settings),
+        build_notifier(settings),
+        audit_chain=settings.audit_chain,
+    )
+    return activities, engine
+
+
+async def run_worker(settings: Settings | None = None) -> None:
+    """Validate policies, connect to Temporal, serve until cancelled."""
+    settings = settings or get_settings()
+    registry = PolicyRegistry.from_dir(settings.policies_dir)  # raises InvalidPolicy naming file and line
+    log.info("policies loaded: %s", ", ".join(f"{p.intent} {p.hash[:19]}" for p in registry.all()))
+    address = settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
+    client = await connect(address, settings.temporal_namespace)
+    activities, engine = build_activities(settings)
+    try:
+        worker = build_worker(client, task_queue=settings.task_queue, activities=activities)
+        log.info("worker polling task queue %r on %s", settings.task_queue, address)
+        await worker.run()
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run_worker())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

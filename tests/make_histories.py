@@ -1,0 +1,104 @@
+"""Regenerate the committed workflow histories that tests/test_replay.py replays.
+
+    .venv/bin/python -m tests.make_histories
+
+Runs real progressions on the time-skipping test server (SLA days and the yearly revalidation
+pass in milliseconds) with a throwaway SQLite database, and saves each finished workflow's
+history as ``tests/histories/<workflow id>.json`` (``WorkflowHistory.to_json()``). Only
+regenerate for a deliberate change of the workflow's commands; commit the new files with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from engine.temporal import temporal_test_server_path
+from tests.helpers_workflow import (
+    CREDIT,
+    DEV2,
+    MARKETING,
+    MKT_DEV,
+    RISK1,
+    RISK2,
+    VALIDATOR,
+    app_env,
+    at_gate,
+    decide,
+    example_input,
+    put_evidence,
+    start,
+    submit,
+    wait_state,
+    withdraw,
+    worker,
+)
+
+OUT = Path(__file__).parent / "histories"
+
+
+async def credit_journey(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
+    """Every path of the credit route: escalation, change request, deploy, revalidation, retirement."""
+    await wait_state(handle, at_gate("validation"))
+    await env_ts.sleep(timedelta(days=6))  # past the 5-day SLA: escalated, still waiting
+    await wait_state(handle, lambda s: s.stage("validation").approvals[0].escalated)
+    await decide(handle, VALIDATOR, "validation", "approve", "independent validation complete")
+    await wait_state(handle, at_gate("risk_review"))
+    await decide(handle, RISK1, "risk_review", "approve", "residual risk accepted")
+    await decide(handle, RISK2, "risk_review", "request_changes", "add the out-of-time note")
+    metrics = json.loads((CREDIT / "evidence/metrics.json").read_text())
+    metrics["note"] = "out-of-time sample documented"
+    ref = await put_evidence(env, "metrics", json.dumps(metrics).encode(), "evidence/metrics.json")
+    await submit(handle, DEV2, {"metrics": ref})
+    await decide(handle, RISK1, "risk_review", "approve", "still fine")
+    await decide(handle, RISK2, "risk_review", "approve", "thanks")
+    await wait_state(handle, lambda s: s.status == "in_production")
+    await env_ts.sleep(timedelta(days=366))
+    await wait_state(handle, lambda s: s.revalidation_overdue)
+    await decide(handle, VALIDATOR, "revalidation", "approve", "annual review done")
+    await wait_state(handle, lambda s: s.revalidations == 1)
+    await env_ts.sleep(timedelta(days=366))
+    await wait_state(handle, lambda s: s.revalidation_overdue)
+    await decide(handle, VALIDATOR, "revalidation", "reject", "population drifted; retire")
+
+
+async def marketing_withdrawn(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
+    await wait_state(handle, at_gate("validation"))
+    await withdraw(handle, MKT_DEV, "replaced by a new version")
+
+
+async def main() -> None:
+    OUT.mkdir(exist_ok=True)
+    env_ts = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=temporal_test_server_path(), data_converter=pydantic_data_converter)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite+aiosqlite:///{Path(tmp) / 'progression.db'}"
+            async with app_env(url, Path(tmp)) as env:
+                runs = [
+                    (await example_input(env, CREDIT, version={"id": "3.2.0"}), credit_journey),
+                    (await example_input(env, MARKETING, submitted_by=MKT_DEV), marketing_withdrawn),
+                ]
+                async with worker(env_ts.client, "make-histories", env):
+                    for inp, drive in runs:
+                        handle = await start(env_ts.client, inp, "make-histories")
+                        await drive(env_ts, handle, env)
+                        final = await handle.result()
+                        history = await handle.fetch_history()
+                        path = OUT / f"{handle.id}.json"
+                        path.write_text(history.to_json())
+                        print(f"{path}: {len(history.events)} events, final status {final.status}")
+    finally:
+        await env_ts.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,370 @@
+"""ProgressionWorkflow on the real Temporal dev server with real databases and evidence files."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+
+from engine.audit import verify_chain
+from engine.db import DecisionRow, ModelVersion, ProgressionEvidence, ProgressionRow
+from engine.policy import Role
+from tests.helpers_workflow import (
+    CREDIT,
+    DEV,
+    DEV2,
+    MARKETING,
+    MKT_DEV,
+    RISK1,
+    RISK2,
+    STRANGER,
+    VALIDATOR,
+    Actor,
+    Env,
+    accepted_update_ids,
+    app_env,
+    at_gate,
+    count,
+    decide,
+    decision_rows,
+    events,
+    example_input,
+    put_evidence,
+    start,
+    state,
+    submit,
+    unique_version,
+    wait_state,
+    withdraw,
+    worker,
+)
+
+
+@pytest.fixture
+async def env(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Env]:
+    async with app_env(sqlite_url, tmp_path) as e:
+        yield e
+
+
+def refusal_code(exc: WorkflowUpdateFailedError) -> str:
+    cause = exc.cause
+    assert isinstance(cause, ApplicationError), cause
+    assert cause.non_retryable
+    assert cause.details and cause.details[0]["code"] == cause.type
+    return cause.type or ""
+
+
+# ---- the full credit journey ----------------------------------------------------------------
+
+
+async def _full_credit_flow(client: Client, task_queue: str, env: Env) -> None:
+    inp = await example_input(env, CREDIT, version=unique_version())
+    pid = inp.spec.progression_id
+    async with worker(client, task_queue, env):
+        handle = await start(client, inp, task_queue)
+
+        gate = await wait_state(handle, at_gate("validation"))
+        assert gate.waiting_on == [Role.model_validator]
+        assert gate.missing == ["1 more model_validator approval"]
+        assert [s.status for s in gate.stages][:2] == ["passed", "awaiting_approval"]
+        assert all(c.passed for c in gate.stage("validation").checks)  # type: ignore[union-attr]
+        assert gate.stage("validation").approvals[0].due_at is not None  # type: ignore[union-attr]
+
+        await decide(handle, VALIDATOR, "validation", "approve", "independent validation complete")
+        review = await wait_state(handle, at_gate("risk_review"))
+        assert review.missing == ["2 more model_risk_officer approvals"]
+
+        first = await decide(handle, RISK1, "risk_review", "approve", "residual risk accepted")
+        assert first.state.missing == ["1 more model_risk_officer approval"]
+        assert first.state.waiting_on == [Role.model_risk_officer]
+        await decide(handle, RISK2, "risk_review", "approve", "agree")
+
+        final = await wait_state(handle, lambda s: s.status == "in_production")
+        assert final.deployed_at is not None
+        assert final.revalidation_due_at is not None and final.revalidation_due_at > final.deployed_at
+        assert [s.status for s in final.stages] == ["passed"] * 5
+        risk = final.stage("risk_review")
+        assert risk is not None and sorted(risk.approvals[0].approved_by) == ["u-risk1", "u-risk2"]
+        assert len(env.target.deployments) == 1 and env.target.deployments[0].model_id == inp.spec.model.id
+        # the read model caught up with the workflow (synced before the revalidation wait)
+        await wait_state(handle, lambda s: True)
+        await handle.terminate("test over")
+
+    rows = await decision_rows(env, pid)
+    assert [(r.actor_id, r.stage, r.decision) for r in rows] == [
+        ("u-val", "validation", "approve"), ("u-risk1", "risk_review", "approve"),
+        ("u-risk2", "risk_review", "approve")]
+    started = await events(env, pid, "progression.started")
+    assert len(started) == 1
+    assert started[0].payload["policy_hash"] == inp.policy_hash
+    assert started[0].payload["evidence"] == {n: r.sha256 for n, r in inp.evidence.items()}
+    assert len(await events(env, pid, "decision.received")) == 3
+    assert len(await events(env, pid, "deployment.recorded")) == 1
+    assert len(await events(env, pid, "progression.in_production")) == 1
+    checks = await events(env, pid, "check.evaluated")
+    assert {e.payload["check_id"] for e in checks} >= {"features-registered", "discrimination",
+                                                      "no-protected-attributes", "monitoring-plan"}
+    assert all(e.payload["passed"] for e in checks)
+    all_events = await events(env, pid)
+    assert len({e.event_id for e in all_events}) == len(all_events)
+    stage_order = [e.stage for e in all_events if e.event_type == "stage.passed"]
+    assert stage_order == ["registration", "validation", "risk_review", "staging", "production"]
+    async with env.sessionmaker() as session:
+        assert (await verify_chain(session)).ok
+        row = await session.get(ProgressionRow, pid)
+        assert row is not None and row.status == "in_production" and row.revalidation_due_at is not None
+        assert await count(env, ModelVersion) == 1
+    assert await count(env, ProgressionEvidence) == len(inp.evidence)
+
+
+async def test_full_credit_flow_sqlite(temporal_client: Client, task_queue: str, env: Env) -> None:
+    await _full_credit_flow(temporal_client, task_queue, env)
+
+
+@pytest.mark.postgres
+async def test_full_credit_flow_postgres(temporal_client: Client, task_queue: str, postgres_url: str,
+                                         tmp_path: Path) -> None:
+    async with app_env(postgres_url, tmp_path) as pg_env:
+        await _full_credit_flow(temporal_client, task_queue, pg_env)
+
+
+async def test_second_start_of_same_version_is_refused(temporal_client: Client, task_queue: str,
+                                                       env: Env) -> None:
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    inp = await example_input(env, CREDIT, version=unique_version())
+    async with worker(temporal_client, task_queue, env):
+        handle = await start(temporal_client, inp, task_queue)
+        with pytest.raises(WorkflowAlreadyStartedError) as info:
+            await start(temporal_client, inp, task_queue)
+        assert info.value.workflow_id == inp.spec.progression_id
+        await wait_state(handle, at_gate("validation"))
+        await handle.terminate("test over")
+
+
+# ---- refusals of the decide validator, one test each ----------------------------------------
+
+
+@pytest.fixture
+async def validation_gate(temporal_client: Client, task_queue: str, env: Env):  # type: ignore[no-untyped-def]
+    inp = await example_input(env, CREDIT, version=unique_version())
+    async with worker(temporal_client, task_queue, env):
+        handle = await start(temporal_client, inp, task_queue)
+        await wait_state(handle, at_gate("validation"))
+        yield handle
+        await handle.terminate("test over")
+
+
+async def _assert_refused(handle, actor: Actor, stage: str, decision: str, code: str,  # type: ignore[no-untyped-def]
+                          comment: str = "ok") -> None:
+    before = await state(handle)
+    decision_id = f"refused-{uuid.uuid4()}"
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await decide(handle, actor, stage, decision, comment, decision_id=decision_id)
+    assert refusal_code(info.value) == code
+    after = await state(handle)
+    assert after.seq == before.seq and after == before  # no trace in the state ...
+    history = await handle.fetch_history()
+    assert decision_id not in accepted_update_ids(history)  # ... nor in the history
+
+
+async def test_refused_not_a_gate_role(validation_gate) -> None:  # type: ignore[no-untyped-def]
+    auditor = Actor(user_id="u-aud", username="ada.auditor", roles=[Role.auditor], team="audit")
+    await _assert_refused(validation_gate, auditor, "validation", "approve", "not_a_gate_role")
+    # a risk officer is not the validation gate's role either
+    await _assert_refused(validation_gate, RISK1, "validation", "approve", "not_a_gate_role")
+
+
+async def test_refused_own_submission(validation_gate) -> None:  # type: ignore[no-untyped-def]
+    submitter_as_validator = Actor(user_id=DEV.user_id, username=DEV.username,
+                                   roles=[Role.model_developer, Role.model_validator], team=None)
+    await _assert_refused(validation_gate, submitter_as_validator, "validation", "approve", "own_submission")
+
+
+async def test_refused_own_team(validation_gate) -> None:  # type: ignore[no-untyped-def]
+    teammate_validator = Actor(user_id="u-tv", username="tom.teammate", roles=[Role.model_validator],
+                               team="retail-risk")
+    await _assert_refused(validation_gate, teammate_validator, "validation", "approve", "own_team")
+
+
+async def test_refused_already_approved_counts_once(validation_gate, env: Env) -> None:  # type: ignore[no-untyped-def]
+    handle = validation_gate
+    await decide(handle, VALIDATOR, "validation", "approve")
+    await wait_state(handle, at_gate("risk_review"))
+    await decide(handle, RISK1, "risk_review", "approve")
+    await _assert_refused(handle, RISK1, "risk_review", "approve", "already_decided")
+    current = await state(handle)
+    risk = current.stage("risk_review")
+    assert risk is not None and risk.approvals[0].approved_by == ["u-risk1"]
+    assert current.missing == ["1 more model_risk_officer approval"]
+    assert current.status == "awaiting_approval"
+    rows = await decision_rows(env, current.progression_id)
+    assert [r.actor_id for r in rows if r.stage == "risk_review"] == ["u-risk1"]
+
+
+async def test_refused_stage_not_open(validation_gate) -> None:  # type: ignore[no-untyped-def]
+    await _assert_refused(validation_gate, RISK1, "risk_review", "approve", "gate_not_open")
+    await _assert_refused(validation_gate, RISK1, "no_such_stage", "approve", "unknown_stage")
+
+
+async def test_refused_comment_required(validation_gate) -> None:  # type: ignore[no-untyped-def]
+    await _assert_refused(validation_gate, VALIDATOR, "validation", "request_changes", "comment_required",
+                          comment="  ")
+    await _assert_refused(validation_gate, VALIDATOR, "validation", "reject", "comment_required", comment="")
+
+
+async def test_refused_progression_closed(validation_gate, env: Env) -> None:  # type: ignore[no-untyped-def]
+    handle = validation_gate
+    rejected = await decide(handle, VALIDATOR, "validation", "reject", "AUC is not credible on this sample")
+    assert rejected.state.status == "rejected"
+    assert rejected.state.stage("validation").status == "rejected"  # type: ignore[union-attr]
+    final = await handle.result()
+    assert final.status == "rejected" and final.waiting_on == []
+    # The workflow is closed: no decision can reach it any more, and nothing is written.
+    with pytest.raises((WorkflowUpdateFailedError, RPCError)):
+        await decide(handle, RISK1, "risk_review", "approve")
+    assert len(await decision_rows(env, final.progression_id)) == 1
+    assert len(await events(env, final.progression_id, "progression.rejected")) == 1
+
+
+# ---- request changes, idempotency, withdraw -------------------------------------------------
+
+
+async def test_request_changes_loop_reruns_checks_and_resets_approvals(
+        temporal_client: Client, task_queue: str, env: Env) -> None:
+    inp = await example_input(env, CREDIT, version=unique_version())
+    pid = inp.spec.progression_id
+    async with worker(temporal_client, task_queue, env):
+        handle = await start(temporal_client, inp, task_queue)
+        await wait_state(handle, at_gate("validation"))
+        await decide(handle, VALIDATOR, "validation", "approve")
+        await wait_state(handle, at_gate("risk_review"))
+        await decide(handle, RISK1, "risk_review", "approve", "fine by me")
+        asked = await decide(handle, RISK2, "risk_review", "request_changes", "add the 2025 out-of-time sample")
+        assert asked.state.status == "changes_requested"
+        assert asked.state.waiting_on == [Role.model_developer]
+        assert asked.state.missing == ["changes requested by rob.risk: add the 2025 out-of-time sample"]
+        # a decision while changes are requested is refused: the gate is not open
+        with pytest.raises(WorkflowUpdateFailedError) as info:
+            await decide(handle, RISK2, "risk_review", "approve")
+        assert refusal_code(info.value) == "gate_not_open"
+
+        metrics = json.loads((CREDIT / "evidence/metrics.json").read_text())
+        metrics["note"] = "adds the 2025 out-of-time sample"
+        ref = await put_evidence(env, "metrics", json.dumps(metrics).encode(), "evidence/metrics.json")
+        after = await submit(handle, DEV2, {"metrics": ref})
+        review = after.stage("risk_review")
+        assert review is not None
+        assert after.status == "awaiting_approval" and review.attempt == 2
+        assert review.approvals[0].approved_by == []  # reset: RISK1 must approve again
+        assert all(d.superseded for d in review.decisions)
+        assert after.evidence["metrics"].sha256 == ref.sha256 and after.evidence["metrics"].added_by == "u-dev2"
+
+        await decide(handle, RISK1, "risk_review", "approve", "still fine")
+        await decide(handle, RISK2, "risk_review", "approve", "thanks")
+        await wait_state(handle, lambda s: s.status == "in_production")
+        await handle.terminate("test over")
+
+    submitted = await events(env, pid, "evidence.submitted")
+    assert len(submitted) == 1 and submitted[0].payload["approvals_reset"] is True
+    assert submitted[0].payload["reruns_checks"] is True
+    assert len(await events(env, pid, "changes.requested")) == 1
+    gates = [e for e in await events(env, pid, "gate.opened") if e.stage == "risk_review"]
+    assert [g.payload["attempt"] for g in gates] == [1, 2]
+    rows = await decision_rows(env, pid)
+    assert [(r.actor_id, r.decision) for r in rows if r.stage == "risk_review"] == [
+        ("u-risk1", "approve"), ("u-risk2", "request_changes"), ("u-risk1", "approve"), ("u-risk2", "approve")]
+    async with env.sessionmaker() as session:
+        assert (await verify_chain(session)).ok
+        links = (await session.execute(ProgressionEvidence.__table__.select().where(
+            ProgressionEvidence.progression_id == pid, ProgressionEvidence.name == "metrics"))).all()
+        assert len(links) == 2  # the original and the new metrics, both kept
+
+
+async def test_decide_retry_with_same_decision_id_writes_once(validation_gate, env: Env) -> None:  # type: ignore[no-untyped-def]
+    handle = validation_gate
+    decision_id = str(uuid.uuid4())
+    first = await decide(handle, VALIDATOR, "validation", "approve", "ok", decision_id=decision_id)
+    # the same update id (Temporal deduplicates) and a new update id (the workflow deduplicates)
+    again = await decide(handle, VALIDATOR, "validation", "approve", "ok", decision_id=decision_id)
+    other = await decide(handle, VALIDATOR, "validation", "approve", "ok", decision_id=decision_id,
+                         update_id=str(uuid.uuid4()))
+    assert first == again == other
+    assert first.accepted and first.decision_id == decision_id
+    await wait_state(handle, at_gate("risk_review"))
+    pid = first.state.progression_id
+    assert [r.id for r in await decision_rows(env, pid)] == [decision_id]
+    assert len(await events(env, pid, "decision.received")) == 1
+    validation = (await state(handle)).stage("validation")
+    assert validation is not None and validation.approvals[0].approved_by == ["u-val"]
+    assert await count(env, DecisionRow) == 1
+
+
+async def test_withdraw_by_team_and_refused_for_stranger(validation_gate, env: Env) -> None:  # type: ignore[no-untyped-def]
+    handle = validation_gate
+    before = await state(handle)
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await withdraw(handle, STRANGER)
+    assert refusal_code(info.value) == "not_owner"
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await submit(handle, STRANGER, before.evidence)
+    assert refusal_code(info.value) == "not_owner"
+    assert (await state(handle)).seq == before.seq
+
+    done = await withdraw(handle, DEV2, "replaced by 3.3.0")
+    assert done.status == "withdrawn" and done.stage("validation").status == "withdrawn"  # type: ignore[union-attr]
+    final = await handle.result()
+    assert final.status == "withdrawn"
+    withdrawn = await events(env, final.progression_id, "progression.withdrawn")
+    assert len(withdrawn) == 1 and withdrawn[0].actor_id == "u-dev2"
+    assert withdrawn[0].payload["reason"] == "replaced by 3.3.0"
+    async with env.sessionmaker() as session:
+        row = await session.get(ProgressionRow, final.progression_id)
+        assert row is not None and row.status == "withdrawn" and row.waiting_on == []
+
+
+# ---- features: a protected attribute blocks credit, passes marketing -----------------------
+
+
+async def test_protected_attribute_blocks_credit_but_not_marketing(
+        temporal_client: Client, task_queue: str, env: Env) -> None:
+    credit_features = [*(await example_input(env, CREDIT)).spec.features, "age"]
+    credit = await example_input(env, CREDIT, version=unique_version(), features=credit_features)
+    marketing = await example_input(env, MARKETING, submitted_by=MKT_DEV, version=unique_version())
+    assert "age" in marketing.spec.features
+    async with worker(temporal_client, task_queue, env):
+        credit_handle = await start(temporal_client, credit, task_queue)
+        marketing_handle = await start(temporal_client, marketing, task_queue)
+
+        blocked = await wait_state(credit_handle, lambda s: s.status == "blocked")
+        assert blocked.current_stage == "validation"
+        assert blocked.waiting_on == [Role.model_developer]
+        failing = [c for c in blocked.stage("validation").checks if not c.passed]  # type: ignore[union-attr]
+        assert [c.check_id for c in failing] == ["no-protected-attributes"]
+        assert "age" in failing[0].reason
+        assert blocked.missing == [f"check no-protected-attributes failed: {failing[0].reason}"]
+        # nobody can approve a blocked stage
+        with pytest.raises(WorkflowUpdateFailedError) as info:
+            await decide(credit_handle, VALIDATOR, "validation", "approve")
+        assert refusal_code(info.value) == "gate_not_open"
+        # new evidence re-runs the checks, but the features come from the spec: still blocked
+        ref = await put_evidence(env, "model_card", b"# card\n" * 300, "docs/model_card.md")
+        again = await submit(credit_handle, DEV, {"model_card": ref})
+        assert again.status == "blocked" and again.stage("validation").attempt == 2  # type: ignore[union-attr]
+
+        passing = await wait_state(marketing_handle, at_gate("validation"))
+        checks = {c.check_id: c for c in passing.stage("validation").checks}  # type: ignore[union-attr]
+        assert all(c.passed for c in checks.values()), [c.reason for c in checks.values() if not c.passed]
+        await credit_handle.terminate("test over")
+        await marketing_handle.terminate("test over")
+
+    blocked_events = await events(env, credit.spec.progression_id, "stage.blocked")
+    assert len(blocked_events) == 2
+    assert blocked_events[0].payload["failing"][0]["check_id"] == "no-protected-attributes"
+

@@ -1,0 +1,686 @@
+"""The durable progression workflow: one model version's journey through its policy's route.
+
+Shape of a stage (see ``run``): enter -> checks (activity) -> blocked? wait for evidence ->
+gate? wait for decisions, racing the SLA timer (escalate once per gate opening, keep waiting)
+-> action (deploy) -> passed. Messages:
+
+- Update ``decide``: the validator applies the segregation-of-duties rule
+  (``engine.lifecycle.decision_refusal``) so a refused decision never enters history; the
+  handler applies it and awaits the audit append before answering.
+- Update ``submit_evidence``: merges evidence; on a blocked, changes-requested or open gate
+  it re-runs the stage's checks and resets that gate's approvals.
+- Update ``withdraw``: the submitting team ends the progression.
+- Query ``state``: the whole ``ProgressionState``.
+
+After production a revalidation timer (policy ``revalidation``) opens a ``revalidation`` gate
+and flags the model overdue until decided. The revalidation gate reuses the approval rules of
+the policy's ``validation`` stage (independent re-validation, with its SLA and escalation);
+a policy without such a stage gets one ``model_risk_officer``. Approve starts the next cycle,
+reject retires the model.
+
+Concurrency rules inside the workflow: check runs (main loop or evidence handler) hold
+``self._lock``; handlers never wait on the main loop, and the main loop waits for running
+handlers before it moves on, so audit events keep the order in which things happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.notify import Notification, NotificationKind
+    from activities.progression import (
+        AuditEventIn,
+        DeployInput,
+        EvaluateChecksInput,
+        ProgressionActivities,
+        RecordInput,
+        RegisterInput,
+    )
+    from activities.promotion import Deployment
+    from engine.lifecycle import (
+        FINAL_STATUSES,
+        QUERY_STATE,
+        UPDATE_DECIDE,
+        UPDATE_SUBMIT_EVIDENCE,
+        UPDATE_WITHDRAW,
+        WORKFLOW_NAME,
+        ApprovalProgress,
+        DecideInput,
+        DecideResult,
+        DecisionKind,
+        DecisionRecord,
+        EventType,
+        EvidenceInput,
+        EvidenceRef,
+        ProgressionInput,
+        ProgressionState,
+        Refusal,
+        StageState,
+        StageStatus,
+        Status,
+        WithdrawInput,
+        counting_role,
+        decision_refusal,
+        open_gate_roles,
+    )
+    from engine.policy import ApprovalRule, Role, StageDef
+    from engine.temporal import SA_INTENT, SA_MODEL_ID, SA_RISK_TIER, SA_STAGE, SA_STATUS
+
+REVALIDATION_STAGE = "revalidation"
+
+# Business errors raised by activities: retrying cannot help.
+NON_RETRYABLE = ["evidence_missing", "model_mismatch", "invalid_input"]
+DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                       maximum_interval=timedelta(seconds=30), non_retryable_error_types=NON_RETRYABLE)
+# A deployment target may be down for a while; keep trying (durably) rather than fail the journey.
+DEPLOY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
+                           maximum_interval=timedelta(minutes=5), non_retryable_error_types=NON_RETRYABLE)
+DB_TIMEOUT = timedelta(seconds=60)
+CHECKS_TIMEOUT = timedelta(minutes=5)
+DEPLOY_TIMEOUT = timedelta(minutes=5)
+
+# Stage statuses during which new evidence re-runs the stage's checks.
+RERUN_ON_EVIDENCE = {StageStatus.blocked, StageStatus.changes_requested, StageStatus.awaiting_approval}
+
+
+def _refuse(refusal: Refusal) -> ApplicationError:
+    return ApplicationError(refusal.message, refusal.model_dump(), type=refusal.code, non_retryable=True)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} more {word} approval" + ("s" if n != 1 else "")
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class ProgressionWorkflow:
+    @workflow.init
+    def __init__(self, inp: ProgressionInput) -> None:
+        self._input = inp
+        self._stage_defs: dict[str, StageDef] = {s.name: s for s in inp.policy.route_for(inp.spec.target)}
+        self._stage_defs[REVALIDATION_STAGE] = self._revalidation_stage_def()
+        self._state = inp.resume_state or self._initial_state(inp)
+        self._lock = asyncio.Lock()
+        self._events: list[AuditEventIn] = []  # built, not yet written
+        self._notifications: list[Notification] = []
+        self._synced_seq = -1
+        self._registered = inp.resume_state is not None
+        self._decision_results: dict[str, DecideResult] = {}
+        self._decisions_recorded: set[str] = set()
+        self._evidence_requests: set[str] = set()
+        self._gate_epoch = 0  # bumps when a gate (re)opens, so the SLA wait recomputes its deadline
+        self._sa_last: tuple[str | None, str] | None = None
+
+    # ---- construction -------------------------------------------------------------------
+
+    def _revalidation_stage_def(self) -> StageDef:
+        validation = self._input.policy.stage("validation")
+        rules = list(validation.approvals) if validation and validation.approvals else [
+            ApprovalRule(role=Role.model_risk_officer, count=1)]
+        return StageDef(name=REVALIDATION_STAGE, description="periodic revalidation of the model in production",
+                        approvals=rules)
+
+    @staticmethod
+    def _progress(stage: StageDef) -> list[ApprovalProgress]:
+        return [ApprovalProgress(role=a.role, count=a.count, sla=a.sla, escalate_to=a.escalate_to)
+                for a in stage.approvals]
+
+    def _initial_state(self, inp: ProgressionInput) -> ProgressionState:
+        now = workflow.now()
+        spec = inp.spec
+        stages = [StageState(name=s.name, action=s.action, approvals=self._progress(s))
+                  for s in inp.policy.route_for(spec.target)]
+        return ProgressionState(
+            progression_id=workflow.info().workflow_id, model_id=spec.model.id, model_name=spec.model.name,
+            team=spec.model.team, business_intent=spec.model.business_intent, risk_tier=inp.policy.risk_tier,
+            version_id=spec.version.id, target=spec.target, policy_hash=inp.policy_hash, stages=stages,
+            submitted_by=inp.submitted_by.user_id, submitted_by_username=inp.submitted_by.username,
+            started_at=now, updated_at=now, evidence=dict(inp.evidence),
+            current_stage=stages[0].name if stages else None)
+
+    # ---- query ----------------------------------------------------------------------------
+
+    @workflow.query(name=QUERY_STATE)
+    def state(self) -> ProgressionState:
+        return self._state
+
+    # ---- main loop ------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, inp: ProgressionInput) -> ProgressionState:
+        self._upsert_search_attributes(everything=True)
+        if not self._registered:
+            await self._register()
+        route = [self._stage_defs[s.name] for s in self._state.stages if s.name != REVALIDATION_STAGE]
+        for index, stage_def in enumerate(route):
+            stage = self._stage(stage_def.name)
+            if stage.status == StageStatus.passed:
+                continue  # resumed after continue-as-new
+            if stage.status == StageStatus.pending:
+                async with self._lock:
+                    self._enter_stage(stage)
+                    await self._run_checks(stage_def, stage, first=index == 0)
+            if not await self._wait_stage_ready(stage):
+                return await self._finish()
+            if stage_def.action == "deploy":
+                await self._deploy(stage_def, stage)
+                if self._closed():
+                    return await self._finish()
+            self._pass_stage(stage)
+
+        if self._state.status not in FINAL_STATUSES and self._state.status != Status.in_production:
+            in_production = self._state.deployed_at is not None and self._state.target == "production"
+            self._state.status = Status.in_production if in_production else Status.approved
+            self._state.current_stage = None
+            kind = EventType.progression_in_production if in_production else EventType.progression_approved
+            self._emit(kind, payload={"deployed_at": self._state.deployed_at})
+            self._notify("finished", [], f"{self._state.model_id} {self._state.version_id} is "
+                                         f"{self._state.status.value.replace('_', ' ')}")
+            self._touch()
+        if self._state.status == Status.in_production and self._input.policy.revalidation_delta:
+            await self._revalidation_cycles(self._input.policy.revalidation_delta)
+        return await self._finish()
+
+    async def _register(self) -> None:
+        inp = self._input
+        self._emit(EventType.progression_started, actor_id=inp.submitted_by.user_id, payload={
+            "spec": inp.spec.model_dump(mode="json", by_alias=True),
+            "policy_intent": inp.policy.intent,
+            "policy_hash": inp.policy_hash,
+            "evidence": {name: ref.sha256 for name, ref in inp.evidence.items()},
+            "submitted_by": inp.submitted_by.username,
+            "route": [s.name for s in self._state.stages],
+        })
+        self._touch()
+        events, self._events = self._events, []
+        await workflow.execute_activity_method(
+            ProgressionActivities.register_progression,
+            RegisterInput(state=self._snapshot(), spec=inp.spec, spec_yaml=inp.spec_yaml, events=events),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+        self._synced_seq = self._state.seq
+        self._registered = True
+
+    async def _wait_stage_ready(self, stage: StageState) -> bool:
+        """Wait until the stage may complete (True) or the progression closed (False).
+
+        Races the gate's SLA: when it expires, the escalation is recorded and notified once per
+        gate opening, and the wait goes on. Continue-as-new happens here, at a quiet point.
+        """
+        while True:
+            await self._flush()
+            epoch = self._gate_epoch
+            timeout = self._sla_remaining(stage)
+            if timeout is not None and timeout <= timedelta(0):
+                await self._escalate(stage)
+                continue
+            try:
+                await workflow.wait_condition(
+                    lambda e=epoch: self._closed() or self._stage_ready(stage) or self._gate_epoch != e  # type: ignore[misc]
+                    or workflow.info().is_continue_as_new_suggested(),
+                    timeout=timeout)
+            except TimeoutError:
+                continue  # the loop recomputes: escalates what is overdue now
+            # Let running handlers finish (their audit appends) before acting on what they changed.
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if self._closed():
+                return False
+            if self._stage_ready(stage):
+                return True
+            if workflow.info().is_continue_as_new_suggested():
+                await self._continue_as_new()
+
+    async def _revalidation_cycles(self, period: timedelta) -> None:
+        while not self._closed():
+            state = self._state
+            if state.revalidation_due_at is None:
+                state.revalidation_due_at = (state.deployed_at or workflow.now()) + period
+                self._touch()
+            stage = self._state.stage(REVALIDATION_STAGE)
+            if stage is None or stage.status in (StageStatus.pending, StageStatus.passed):
+                await self._flush()
+                due = state.revalidation_due_at
+                try:
+                    await workflow.wait_condition(
+                        lambda: self._closed() or workflow.info().is_continue_as_new_suggested(),
+                        timeout=max(due - workflow.now(), timedelta(0)))
+                except TimeoutError:
+                    pass
+                if self._closed():
+                    return
+                if workflow.now() < due:
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    await self._continue_as_new()
+                stage = self._open_revalidation()
+            if not await self._wait_stage_ready(stage):
+                return
+            self._pass_stage(stage)
+            state.revalidations += 1
+            state.revalidation_overdue = False
+            state.revalidation_due_at = workflow.now() + period
+            state.current_stage = None
+            self._emit(EventType.revalidation_completed, stage=REVALIDATION_STAGE,
+                       payload={"revalidations": state.revalidations, "next_due_at": state.revalidation_due_at})
+            self._touch()
+
+    def _open_revalidation(self) -> StageState:
+        state = self._state
+        stage = state.stage(REVALIDATION_STAGE)
+        if stage is None:
+            stage = StageState(name=REVALIDATION_STAGE)
+            state.stages.append(stage)
+        stage_def = self._stage_defs[REVALIDATION_STAGE]
+        stage.status = StageStatus.pending
+        stage.checks = []
+        stage.decisions = []  # previous cycles' decisions live in the audit trail and decisions table
+        stage.approvals = self._progress(stage_def)
+        stage.completed_at = None
+        state.revalidation_overdue = True
+        self._enter_stage(stage)
+        self._emit(EventType.revalidation_due, stage=REVALIDATION_STAGE,
+                   payload={"due_at": state.revalidation_due_at, "cycle": state.revalidations + 1})
+        self._open_gate(stage_def, stage)
+        self._touch()
+        return stage
+
+    async def _finish(self) -> ProgressionState:
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._flush()
+        return self._state
+
+    async def _continue_as_new(self) -> None:
+        await self._flush()
+        workflow.continue_as_new(self._input.model_copy(update={"resume_state": self._snapshot()}))
+
+    # ---- stage steps ----------------------------------------------------------------------
+
+    def _stage(self, name: str) -> StageState:
+        stage = self._state.stage(name)
+        assert stage is not None, name
+        return stage
+
+    def _enter_stage(self, stage: StageState) -> None:
+        stage.status = StageStatus.running
+        stage.entered_at = workflow.now()
+        stage.attempt = 1
+        self._state.current_stage = stage.name
+        self._emit(EventType.stage_entered, stage=stage.name, payload={"attempt": stage.attempt})
+        self._touch()
+
+    async def _run_checks(self, stage_def: StageDef, stage: StageState, *, first: bool) -> None:
+        """Evaluate the stage's checks and settle it: blocked, gate open, or ready. Caller holds the lock."""
+        stage.status = StageStatus.running
+        self._touch()
+        if stage_def.checks or first:
+            events, self._events = self._events, []
+            result = await workflow.execute_activity_method(
+                ProgressionActivities.evaluate_checks,
+                EvaluateChecksInput(state=self._snapshot(), spec=self._input.spec, stage=stage_def,
+                                    is_first_stage=first, now=workflow.now(),
+                                    event_id_prefix=str(workflow.uuid4()), events_before=events),
+                start_to_close_timeout=CHECKS_TIMEOUT, retry_policy=DB_RETRY)
+            self._synced_seq = max(self._synced_seq, self._state.seq)
+            stage.checks = result.results
+        if self._closed():
+            return
+        failing = [c for c in stage.checks if not c.passed]
+        if failing:
+            stage.status = StageStatus.blocked
+            self._emit(EventType.stage_blocked, stage=stage.name, payload={
+                "attempt": stage.attempt, "failing": [{"check_id": c.check_id, "reason": c.reason} for c in failing]})
+        elif stage_def.approvals:
+            self._open_gate(stage_def, stage)
+        self._touch()
+
+    def _open_gate(self, stage_def: StageDef, stage: StageState) -> None:
+        now = workflow.now()
+        stage.status = StageStatus.awaiting_approval
+        stage.gate_opened_at = now
+        for progress, rule in zip(stage.approvals, stage_def.approvals, strict=True):
+            progress.due_at = now + rule.sla_delta if rule.sla_delta else None
+            progress.escalated = False
+        self._gate_epoch += 1
+        roles = open_gate_roles(stage)
+        self._emit(EventType.gate_opened, stage=stage.name, payload={
+            "attempt": stage.attempt,
+            "approvals": [{"role": a.role.value, "count": a.count, "sla": a.sla, "due_at": a.due_at,
+                           "escalate_to": a.escalate_to.value if a.escalate_to else None} for a in stage.approvals]})
+        self._notify("gate_opened", roles, f"stage {stage.name} of {self._state.progression_id} awaits "
+                                           f"{' and '.join(r.value for r in roles)}", stage=stage.name)
+
+    def _stage_ready(self, stage: StageState) -> bool:
+        return (stage.status == StageStatus.running and not self._lock.locked()
+                and all(c.passed for c in stage.checks) and all(a.satisfied for a in stage.approvals))
+
+    def _closed(self) -> bool:
+        return self._state.status in FINAL_STATUSES
+
+    def _sla_remaining(self, stage: StageState) -> timedelta | None:
+        if stage.status != StageStatus.awaiting_approval:
+            return None
+        dues = [a.due_at for a in stage.approvals if a.due_at and not a.satisfied and not a.escalated]
+        return min(dues) - workflow.now() if dues else None
+
+    async def _escalate(self, stage: StageState) -> None:
+        now = workflow.now()
+        for progress in stage.approvals:
+            if progress.satisfied or progress.escalated or progress.due_at is None or progress.due_at > now:
+                continue
+            progress.escalated = True
+            target = progress.escalate_to or progress.role
+            self._emit(EventType.gate_escalated, stage=stage.name, payload={
+                "role": progress.role.value, "sla": progress.sla, "due_at": progress.due_at,
+                "escalate_to": target.value, "approved": len(progress.approved_by), "needed": progress.count})
+            self._notify("escalated", [target], stage=stage.name,
+                         message=f"stage {stage.name} of {self._state.progression_id} is past its {progress.sla} "
+                                 f"SLA waiting on {progress.role.value}")
+        self._touch()
+        await self._flush()
+
+    async def _deploy(self, stage_def: StageDef, stage: StageState) -> None:
+        await self._flush()
+        state, spec = self._state, self._input.spec
+        deployment = Deployment(
+            deployment_key=f"{state.progression_id}/{stage.name}/{stage.attempt}", progression_id=state.progression_id,
+            model_id=state.model_id, version_id=state.version_id, artifact=spec.version.artifact, stage=stage.name,
+            business_intent=state.business_intent, policy_hash=state.policy_hash)
+        result = await workflow.execute_activity_method(
+            ProgressionActivities.deploy, DeployInput(deployment=deployment),
+            start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=DEPLOY_RETRY)
+        if self._closed():
+            return  # withdrawn while the target was working: the withdrawal stands
+        state.deployed_at = workflow.now()
+        self._emit(EventType.deployment, stage=stage.name, payload={
+            "deployment_id": result.receipt.deployment_id, "target": result.receipt.target,
+            "artifact": spec.version.artifact, "details": result.receipt.details})
+        self._touch()
+
+    def _pass_stage(self, stage: StageState) -> None:
+        stage.status = StageStatus.passed
+        stage.completed_at = workflow.now()
+        self._emit(EventType.stage_passed, stage=stage.name, payload={
+            "attempt": stage.attempt,
+            "approved_by": {a.role.value: a.approved_by for a in stage.approvals}})
+        self._touch()
+
+    # ---- Update: decide -------------------------------------------------------------------
+
+    def _decide_refusal(self, inp: DecideInput) -> Refusal | None:
+        if inp.decision_id in self._decision_results or self._known_decision(inp.decision_id):
+            return None  # a retry of an applied decision gets its first answer back
+        refusal = decision_refusal(self._state, inp.actor, inp.stage, inp.decision)
+        if refusal is None and inp.decision != DecisionKind.approve and not inp.comment.strip():
+            refusal = Refusal(code="comment_required", http_status=409,
+                              message=f"a {inp.decision.value.replace('_', ' ')} decision needs a comment "
+                                      "saying why")
+        return refusal
+
+    def _known_decision(self, decision_id: str) -> bool:
+        return any(d.decision_id == decision_id for s in self._state.stages for d in s.decisions)
+
+    @workflow.update(name=UPDATE_DECIDE)
+    async def decide(self, inp: DecideInput) -> DecideResult:
+        if inp.decision_id in self._decision_results or self._known_decision(inp.decision_id):
+            await workflow.wait_condition(lambda: inp.decision_id in self._decisions_recorded
+                                          or inp.decision_id not in self._decision_results)
+            return self._decision_results.get(inp.decision_id) or DecideResult(
+                accepted=True, decision_id=inp.decision_id, state=self._snapshot())
+        refusal = self._decide_refusal(inp)
+        if refusal is not None:  # the state moved between validator and handler
+            raise _refuse(refusal)
+        state, stage, actor = self._state, self._stage(inp.stage), inp.actor
+        role = counting_role(stage, actor) if inp.decision == DecisionKind.approve else next(
+            (a.role for a in stage.approvals if a.role in actor.roles), None)
+        record = DecisionRecord(decision_id=inp.decision_id, stage=stage.name, decision=inp.decision,
+                                actor_id=actor.user_id, actor_username=actor.username, role=role,
+                                comment=inp.comment, at=workflow.now())
+        stage.decisions.append(record)
+        self._emit(EventType.decision_received, stage=stage.name, actor_id=actor.user_id, payload={
+            "decision_id": inp.decision_id, "decision": inp.decision.value, "actor": actor.username,
+            "role": role.value if role else None, "comment": inp.comment, "attempt": stage.attempt})
+        if inp.decision == DecisionKind.approve:
+            progress = next(a for a in stage.approvals if a.role == role)
+            progress.approved_by.append(actor.user_id)
+            if all(a.satisfied for a in stage.approvals):
+                stage.status = StageStatus.running  # gate complete; the main loop finishes the stage
+        elif inp.decision == DecisionKind.reject:
+            stage.status = StageStatus.rejected
+            stage.completed_at = workflow.now()
+            final = Status.retired if stage.name == REVALIDATION_STAGE else Status.rejected
+            state.status = final
+            self._emit(EventType.progression_rejected, stage=stage.name, actor_id=actor.user_id,
+                       payload={"status": final.value, "comment": inp.comment})
+            self._notify("finished", [], f"{state.progression_id} is {final.value} at stage {stage.name}",
+                         stage=stage.name)
+        else:
+            stage.status = StageStatus.changes_requested
+            self._emit(EventType.changes_requested, stage=stage.name, actor_id=actor.user_id,
+                       payload={"comment": inp.comment})
+        self._notify("decided", [Role.model_developer],
+                     f"{actor.username} decided {inp.decision.value} on stage {stage.name}", stage=stage.name)
+        self._touch()
+        result = DecideResult(accepted=True, decision_id=inp.decision_id, state=self._snapshot())
+        self._decision_results[inp.decision_id] = result
+        await self._flush(decision=record)
+        self._decisions_recorded.add(inp.decision_id)
+        return result
+
+    @decide.validator
+    def _validate_decide(self, inp: DecideInput) -> None:
+        refusal = self._decide_refusal(inp)
+        if refusal is not None:
+            raise _refuse(refusal)
+
+    # ---- Update: submit_evidence ----------------------------------------------------------
+
+    def _developer_refusal(self, actor_id: str, roles: list[Role], team: str | None, what: str) -> Refusal | None:
+        state = self._state
+        if state.status in FINAL_STATUSES:
+            return Refusal(code="progression_closed", http_status=409,
+                           message=f"progression {state.progression_id} is {state.status.value}")
+        if actor_id == state.submitted_by or Role.admin in roles:
+            return None
+        if Role.model_developer in roles and team == state.team:
+            return None
+        return Refusal(code="not_owner", http_status=403,
+                       message=f"only the submitter or a model_developer of team {state.team!r} may {what}")
+
+    @workflow.update(name=UPDATE_SUBMIT_EVIDENCE)
+    async def submit_evidence(self, inp: EvidenceInput) -> ProgressionState:
+        if inp.request_id in self._evidence_requests:
+            return self._snapshot()
+        self._evidence_requests.add(inp.request_id)
+        await workflow.wait_condition(lambda: self._registered)
+        async with self._lock:
+            if self._closed():
+                raise _refuse(Refusal(code="progression_closed", http_status=409,
+                                      message=f"progression {self._state.progression_id} is "
+                                              f"{self._state.status.value}"))
+            now, actor = workflow.now(), inp.actor
+            refs = [ref.model_copy(update={"name": name, "added_by": actor.user_id, "added_at": now})
+                    for name, ref in sorted(inp.evidence.items())]
+            previous = {n: r.sha256 for n, r in self._state.evidence.items()}
+            for ref in refs:
+                self._state.evidence[ref.name] = ref
+            stage = self._state.stage(self._state.current_stage) if self._state.current_stage else None
+            rerun = stage is not None and stage.status in RERUN_ON_EVIDENCE
+            self._emit(EventType.evidence_submitted, stage=stage.name if stage else None, actor_id=actor.user_id,
+                       payload={"request_id": inp.request_id, "actor": actor.username,
+                                "evidence": {r.name: r.sha256 for r in refs},
+                                "replaced": {r.name: previous[r.name] for r in refs if r.name in previous},
+                                "reruns_checks": rerun, "approvals_reset": bool(rerun and stage and any(
+                                    a.approved_by for a in stage.approvals))})
+            self._touch()
+            await self._flush(evidence=refs)
+            if stage is not None and rerun:
+                self._reset_stage(stage)
+                stage_def = self._stage_defs[stage.name]
+                await self._run_checks(stage_def, stage, first=stage is self._state.stages[0])
+                await self._flush()
+        return self._snapshot()
+
+    def _reset_stage(self, stage: StageState) -> None:
+        """New evidence: a new attempt of the stage, the gate's approvals start over."""
+        stage.attempt += 1
+        for progress in stage.approvals:
+            progress.approved_by = []
+            progress.escalated = False
+            progress.due_at = None
+        stage.decisions = [d.model_copy(update={"superseded": True}) for d in stage.decisions]
+        self._emit(EventType.stage_entered, stage=stage.name, payload={"attempt": stage.attempt,
+                                                                       "reason": "new evidence"})
+
+    @submit_evidence.validator
+    def _validate_submit_evidence(self, inp: EvidenceInput) -> None:
+        if inp.request_id in self._evidence_requests:
+            return
+        refusal = self._developer_refusal(inp.actor.user_id, inp.actor.roles, inp.actor.team, "add evidence")
+        if refusal is None and not inp.evidence:
+            refusal = Refusal(code="no_evidence", http_status=409, message="no evidence was submitted")
+        if refusal is not None:
+            raise _refuse(refusal)
+
+    # ---- Update: withdraw -----------------------------------------------------------------
+
+    @workflow.update(name=UPDATE_WITHDRAW)
+    async def withdraw(self, inp: WithdrawInput) -> ProgressionState:
+        if self._closed():  # withdrawn between validator and handler
+            return self._snapshot()
+        await workflow.wait_condition(lambda: self._registered)
+        state = self._state
+        stage = state.stage(state.current_stage) if state.current_stage else None
+        if stage is not None and stage.status not in (StageStatus.passed, StageStatus.rejected):
+            stage.status = StageStatus.withdrawn
+            stage.completed_at = workflow.now()
+        state.status = Status.withdrawn
+        self._emit(EventType.progression_withdrawn, stage=stage.name if stage else None, actor_id=inp.actor.user_id,
+                   payload={"reason": inp.reason, "actor": inp.actor.username, "request_id": inp.request_id})
+        self._notify("finished", [], f"{state.progression_id} was withdrawn by {inp.actor.username}")
+        self._touch()
+        await self._flush()
+        return self._snapshot()
+
+    @withdraw.validator
+    def _validate_withdraw(self, inp: WithdrawInput) -> None:
+        refusal = self._developer_refusal(inp.actor.user_id, inp.actor.roles, inp.actor.team, "withdraw it")
+        if refusal is not None:
+            raise _refuse(refusal)
+
+    # ---- bookkeeping ----------------------------------------------------------------------
+
+    def _emit(self, event_type: EventType, *, stage: str | None = None, actor_id: str | None = None,
+              payload: dict[str, Any] | None = None) -> None:
+        self._events.append(AuditEventIn(
+            event_id=str(workflow.uuid4()), event_type=event_type, occurred_at=workflow.now(), actor_id=actor_id,
+            stage=stage, payload=_jsonable(payload or {})))
+
+    def _notify(self, kind: NotificationKind, roles: list[Role], message: str = "", *,
+                stage: str | None = None) -> None:
+        self._notifications.append(Notification(
+            event_id=str(workflow.uuid4()), kind=kind, progression_id=self._state.progression_id,
+            model_id=self._state.model_id, stage=stage, roles=roles, message=message))
+
+    def _snapshot(self) -> ProgressionState:
+        return self._state.model_copy(deep=True)
+
+    async def _flush(self, *, decision: DecisionRecord | None = None, evidence: list[EvidenceRef] | None = None
+                     ) -> None:
+        """Write pending events, decision, evidence links and the state snapshot in one activity."""
+        if not self._registered:
+            return
+        if not (self._events or self._notifications or decision or evidence) and self._synced_seq >= self._state.seq:
+            return
+        events, self._events = self._events, []
+        notes, self._notifications = self._notifications, []
+        seq = self._state.seq
+        await workflow.execute_activity_method(
+            ProgressionActivities.record,
+            RecordInput(state=self._snapshot(), events=events, decision=decision, evidence=evidence or [],
+                        notifications=notes),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+        self._synced_seq = max(self._synced_seq, seq)
+
+    def _touch(self) -> None:
+        """After every change: bump seq, recompute status and guidance, keep search attributes current."""
+        state = self._state
+        state.seq += 1
+        state.updated_at = workflow.now()
+        stage = state.stage(state.current_stage) if state.current_stage else None
+        if state.status not in FINAL_STATUSES and state.status not in (Status.approved, Status.in_production):
+            state.status = {
+                StageStatus.blocked: Status.blocked,
+                StageStatus.awaiting_approval: Status.awaiting_approval,
+                StageStatus.changes_requested: Status.changes_requested,
+            }.get(stage.status if stage else StageStatus.running, Status.running)
+        self._guidance(stage)
+        self._upsert_search_attributes()
+
+    def _guidance(self, stage: StageState | None) -> None:
+        """Who acts next and what is missing, in words."""
+        state = self._state
+        waiting: list[Role] = []
+        missing: list[str] = []
+        if state.status in FINAL_STATUSES:
+            action = f"nothing: the progression is {state.status.value}"
+        elif stage is None:
+            if state.status == Status.in_production and state.revalidation_due_at:
+                action = f"nothing until revalidation is due on {state.revalidation_due_at.date().isoformat()}"
+            else:
+                action = f"nothing: the progression is {state.status.value.replace('_', ' ')}"
+        elif stage.status == StageStatus.blocked:
+            waiting = [Role.model_developer]
+            missing = [f"check {c.check_id} failed: {c.reason}" for c in stage.checks if not c.passed]
+            action = f"a model_developer of team {state.team} submits evidence that fixes the failing checks " \
+                     f"of stage {stage.name}"
+        elif stage.status == StageStatus.changes_requested:
+            waiting = [Role.model_developer]
+            last = next((d for d in reversed(stage.decisions) if d.decision == DecisionKind.request_changes), None)
+            if last:
+                missing = [f"changes requested by {last.actor_username}: {last.comment}"]
+            action = f"a model_developer of team {state.team} answers the change request on stage {stage.name} " \
+                     "with new evidence"
+        elif stage.status == StageStatus.awaiting_approval:
+            waiting = open_gate_roles(stage)
+            missing = [_plural(a.count - len(a.approved_by), a.role.value) for a in stage.approvals
+                       if not a.satisfied]
+            escalated = [a for a in stage.approvals if a.escalated and not a.satisfied]
+            action = f"{' and '.join(r.value for r in waiting)} decide on stage {stage.name}"
+            if escalated:
+                action += " (past SLA, escalated to " + ", ".join(
+                    (a.escalate_to or a.role).value for a in escalated) + ")"
+        else:
+            action = f"the engine is working on stage {stage.name}"
+        if state.revalidation_overdue:
+            missing.append("revalidation is overdue")
+        state.waiting_on = waiting
+        state.missing = missing
+        state.next_action = action
+
+    def _upsert_search_attributes(self, *, everything: bool = False) -> None:
+        state = self._state
+        current = (state.current_stage, state.status.value)
+        if not everything and current == self._sa_last:
+            return
+        self._sa_last = current
+        updates: list[SearchAttributeUpdate[Any]] = [
+            SA_STAGE.value_set(state.current_stage or ""), SA_STATUS.value_set(state.status.value)]
+        if everything:
+            updates += [SA_MODEL_ID.value_set(state.model_id), SA_INTENT.value_set(state.business_intent),
+                        SA_RISK_TIER.value_set(state.risk_tier)]
+        workflow.upsert_search_attributes(updates)
+
+
+def _jsonable(value: Any) -> Any:
+    """Payloads travel through the data converter and into JSON columns: datetimes become ISO strings."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
