@@ -345,6 +345,13 @@ def render_route(result: DryRunResult, policy: PolicyDetail | None, upload: Repo
     return Group(*lines)
 
 
+def _line_of(text: bytes, key: str) -> int | None:
+    for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
+        if line.strip().startswith(f"{key}:"):
+            return number
+    return None
+
+
 def _repo(repo_dir: Path) -> RepositoryUpload:
     spec = repo_dir / SPEC_FILENAME
     if not spec.is_file():
@@ -367,7 +374,16 @@ def route(
     upload = _repo(repo_dir)
     with client() as c:
         intent = _intent_of(upload)
-        result = c.dry_run(intent, upload)
+        try:
+            result = c.dry_run(intent, upload)
+        except NotFound as exc:
+            if not (isinstance(exc.details, dict) and exc.details.get("intent") == intent):
+                raise
+            # The intent came from the spec: a typo there is invalid input, pointed at its line.
+            line = _line_of(upload.spec_yaml, "business_intent")
+            where = f"{SPEC_FILENAME}:{line}" if line else SPEC_FILENAME
+            raise InvalidInput(f"{where}: model.business_intent: {exc.message}", code="unknown_intent",
+                               details=exc.details, status=exc.status) from None
         try:
             policy: PolicyDetail | None = c.policy(result.intent)
         except NotFound:
