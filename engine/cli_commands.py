@@ -273,7 +273,7 @@ def render_state(state: ProgressionState) -> Group:
         if stage.name == state.current_stage and where == "next":
             where = "current"
         name = stage.name + (f" [{stage.action}]" if stage.action else "")
-        table.add_row(Text(mark, style=style), name, Text(stage.status.value, style=style), where,
+        _row(table, Text(mark, style=style), name, Text(stage.status.value, style=style), where,
                       _checks_text(stage), _approval_text(stage))
     lines: list[Any] = [head, sub, table]
     for stage in state.stages:
@@ -295,6 +295,11 @@ def render_state(state: ProgressionState) -> Group:
         flag = " (OVERDUE)" if state.revalidation_overdue else ""
         lines.append(Text(f"Revalidation due {state.revalidation_due_at:%Y-%m-%d}{flag}"))
     return Group(*lines)
+
+
+def _row(table: Table, *cells: str | Text) -> None:
+    # Plain text, never console markup: ids, comments and reasons may contain '[...]'.
+    table.add_row(*(Text(c) if isinstance(c, str) else c for c in cells))
 
 
 def _check_line(stage: str, check_id: str, passed: bool, reason: str) -> Text:
@@ -543,7 +548,7 @@ def inbox(as_json: JsonOpt = False) -> None:
         sla = "-" if item.seconds_to_sla is None else human_seconds(item.seconds_to_sla)
         if item.escalated:
             sla += " (escalated)"
-        table.add_row(item.progression_id, item.stage, item.business_intent, str(item.risk_tier),
+        _row(table, item.progression_id, item.stage, item.business_intent, str(item.risk_tier),
                       ", ".join(r.value for r in item.roles), approvals, human_seconds(item.waiting_seconds), sla)
     console.print(table)
     console.print(Text("Decide with: progression decide ID --stage STAGE approve|reject|request-changes -m COMMENT",
@@ -595,7 +600,7 @@ def list_progressions(
     for col in ("progression", "intent", "tier", "status", "stage", "waiting on", "updated"):
         table.add_column(col)
     for p in page.items:
-        table.add_row(p.id, p.business_intent, str(p.risk_tier), p.status, p.current_stage or "-",
+        _row(table, p.id, p.business_intent, str(p.risk_tier), p.status, p.current_stage or "-",
                       ", ".join(p.waiting_on) or "-", f"{_ago(p.updated_at)} ago")
     out().print(table)
 
@@ -622,7 +627,7 @@ def models(
                 reval = "" if v.revalidation_due_at is None else f"{v.revalidation_due_at:%Y-%m-%d}"
                 if v.revalidation_overdue:
                     reval += " OVERDUE"
-                table.add_row(v.version_id, v.status or "-", v.current_stage or "-", ", ".join(v.waiting_on) or "-",
+                _row(table, v.version_id, v.status or "-", v.current_stage or "-", ", ".join(v.waiting_on) or "-",
                               reval)
             console.print(table)
             return
@@ -635,7 +640,7 @@ def models(
         table.add_column(col)
     for m in items:
         status_text = (m.latest_status or "-") + (" (revalidation overdue)" if m.revalidation_overdue else "")
-        table.add_row(m.id, m.name, m.team, m.business_intent, m.latest_version or "-", status_text,
+        _row(table, m.id, m.name, m.team, m.business_intent, m.latest_version or "-", status_text,
                       str(m.versions_count))
     out().print(table)
 
@@ -656,7 +661,7 @@ def policies(
             for col in ("intent", "title", "tier", "stages", "revalidation", "hash"):
                 table.add_column(col)
             for p in items:
-                table.add_row(p.intent, p.title, str(p.risk_tier), " → ".join(p.stages), p.revalidation or "-",
+                _row(table, p.intent, p.title, str(p.risk_tier), " → ".join(p.stages), p.revalidation or "-",
                               p.hash[:19])
             out().print(table)
             return
@@ -742,7 +747,7 @@ def audit(
         table.add_column(col)
     for e in events:
         summary = _event_summary(e.payload)
-        table.add_row(str(e.seq), f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", e.event_type, e.progression_id or "-",
+        _row(table, str(e.seq), f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", e.event_type, e.progression_id or "-",
                       e.stage or "-", (e.actor_id or "-")[:12], summary)
     out().print(table)
     if len(events) >= limit:
@@ -791,7 +796,7 @@ def audit_export(
     if as_json:
         emit_json({"output": str(output), "format": format.value, "bytes": written})
     else:
-        err().print(f"wrote {written} bytes to {output}")
+        err().print(Text(f"wrote {written} bytes to {output}"))
 
 
 @audit_app.command("verify")
@@ -826,7 +831,7 @@ def login(
     if as_json:
         emit_json({"config": str(path), "url": url.rstrip("/")})
     else:
-        out().print(f"saved {url.rstrip('/')} and your token to {path} (mode 600)")
+        out().print(Text(f"saved {url.rstrip('/')} and your token to {path} (mode 600)"))
 
 
 # ---- registration ----------------------------------------------------------------------------
