@@ -80,6 +80,7 @@ def create_app(
     install_error_handlers(app)
     for module in (progressions, inbox, models, policies, features, audit, users, ops):
         app.include_router(module.router)
+    from api.web import mount_web; mount_web(app)  # noqa: E702, I001 - web UI: api/web, api/templates, api/static
     # Outermost first: the size limit refuses before anything reads the body; metrics see every answer.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
