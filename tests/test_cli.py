@@ -19,11 +19,11 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 import yaml
@@ -125,15 +125,14 @@ def _serve(api: LiveAPI, port: int, ready: threading.Event, stop: threading.Even
         ready.set()
 
 
-@pytest.fixture(scope="module")
-def live_api(temporal_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveAPI]:
-    data_dir = tmp_path_factory.mktemp("api")
+@contextmanager
+def running_api(temporal_address: str, data_dir: Path) -> Iterator[LiveAPI]:
     port = free_port()
     settings = Settings(
         env="test",
         data_dir=data_dir,
         database_url=f"sqlite+aiosqlite:///{data_dir / 'progression.db'}",
-        temporal_address=temporal_env.client.service_client.config.target_host,
+        temporal_address=temporal_address,
         task_queue=f"cli-{uuid.uuid4()}",
     )
     api = LiveAPI(url=f"http://127.0.0.1:{port}", settings=settings)
@@ -148,6 +147,12 @@ def live_api(temporal_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPat
     finally:
         stop.set()
         thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def live_api(temporal_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveAPI]:
+    with running_api(temporal_env.client.service_client.config.target_host, tmp_path_factory.mktemp("api")) as api:
+        yield api
 
 
 def make_repo(tmp_path: Path, source: Path = CREDIT, *, version: str | None = None,
@@ -539,13 +544,17 @@ def test_usage_errors_exit_2(cli: CLI) -> None:
     assert cli.run("alice", "audit", "export", "--format", "xml").exit_code == 2
 
 
-def test_server_errors_map_to_exit_1() -> None:
-    """5xx answers exit 1 with the API's message (no live server can be made to fail on demand)."""
+def test_server_error_exits_1_with_the_reference(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """A real 500: an API whose token table vanished under it answers internal_error; the CLI exits 1."""
+    import sqlite3
 
-    from engine.cli_commands import exit_code_for
-    from engine.sdk import error_from_response
-
-    response = httpx.Response(500, json={"code": "internal_error", "message": "internal error (reference abc)",
-                                         "details": {"reference": "abc"}})
-    exc = error_from_response(response)
-    assert exit_code_for(exc) == 1 and exc.code == "internal_error" and exc.status == 500
+    with running_api(temporal_env.client.service_client.config.target_host, tmp_path / "broken") as api:
+        cli = CLI(api, tmp_path)
+        assert cli.run("alice", "inbox").exit_code == 0
+        with sqlite3.connect(tmp_path / "broken" / "progression.db") as db:
+            db.execute("ALTER TABLE api_tokens RENAME TO api_tokens_gone")
+        result = cli.run("alice", "inbox")
+        assert result.exit_code == 1, result.output
+        assert "internal error (reference" in result.output and "internal_error" in result.output
+        as_json = cli.run("alice", "inbox", "--json")
+        assert as_json.exit_code == 1 and json.loads(as_json.stderr)["status"] == 500
