@@ -894,7 +894,10 @@ def _error_response(request: Request, status: int, heading: str, message: str, c
 
 
 def mount_web(app: FastAPI) -> None:
-    """Add the UI routes, its static files and its HTML error pages to the API application."""
+    """Add the UI routes, its static files and its HTML error pages to the API application (once)."""
+    if getattr(app.state, "web_ui_mounted", False):
+        return
+    app.state.web_ui_mounted = True
     app.include_router(router)
     app.mount(f"{UI}/static", StaticFiles(directory=str(STATIC_DIR)), name="ui-static")
 
