@@ -39,6 +39,17 @@ def temporal_address(settings: Settings) -> str:
     return settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
 
 
+def _mount_web_ui(app: FastAPI) -> None:
+    """The web UI (api/web) rides on the same app and the same service functions, when present."""
+    try:
+        from api.web import mount_web
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("api.web", "api.web.routes"):
+            raise
+        return
+    mount_web(app)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -80,6 +91,7 @@ def create_app(
     install_error_handlers(app)
     for module in (progressions, inbox, models, policies, features, audit, users, ops):
         app.include_router(module.router)
+    _mount_web_ui(app)
     from api.web import mount_web; mount_web(app)  # noqa: E702, I001 - web UI: api/web, api/templates, api/static
     # Outermost first: the size limit refuses before anything reads the body; metrics see every answer.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

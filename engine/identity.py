@@ -17,6 +17,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from engine.policy import Role
 from engine.settings import Settings
 
 TOKEN_PREFIX = "prg_"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 TEAM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -159,8 +161,11 @@ async def authenticate_token(session: AsyncSession, token: str) -> User | None:
     user = await session.get(User, row.user_id)
     if user is None or not user.active:
         return None
-    await session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow()))
-    await session.commit()
+    now = utcnow()
+    if row.last_used_at is None or now - row.last_used_at > LAST_USED_RESOLUTION:
+        # Coarse on purpose: one write per token per minute, not one per request.
+        await session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
+        await session.commit()
     return user
 
 

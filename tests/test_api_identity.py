@@ -13,6 +13,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
+from temporalio.client import Client
 
 from api.authz import ROLE_ACTIONS, Action, Principal, allowed
 from engine.database import upgrade
@@ -31,6 +32,7 @@ from engine.identity import (
 )
 from engine.policy import Role
 from engine.settings import PROJECT_ROOT, Settings
+from tests.helpers_api import api_env
 
 
 async def test_tokens_are_hashed_shown_once_and_revocable(database_url: str) -> None:
@@ -172,3 +174,20 @@ async def test_users_cli_prints_a_working_token_last(tmp_path: Path) -> None:
         await engine.dispose()
     code, out, err = await run_cli("users", "create", "x", "--role", "wizard", env=env)
     assert code == 2 and "unknown role 'wizard'" in err
+
+
+async def test_sso_jwt_through_http(tmp_path: Path, sqlite_url: str, temporal_client: Client,
+                                    task_queue: str) -> None:
+    key, jwks = make_jwks(tmp_path)
+    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=False,
+                       jwt_issuer="https://sso.bank.test", jwt_audience="progression", jwt_jwks=str(jwks)) as env:
+        headers = {"Authorization": f"Bearer {sso_token(key)}"}
+        me = await env.http.get("/api/v1/me", headers=headers)
+        assert me.status_code == 200, me.text
+        assert me.json()["username"] == "sso.rita" and me.json()["external"] is True
+        assert "decide" in me.json()["actions"]
+        assert (await env.http.get("/api/v1/inbox", headers=headers)).status_code == 200
+        forged = {"Authorization": f"Bearer {sso_token(key, iss='https://evil.test')}"}
+        assert (await env.http.get("/api/v1/me", headers=forged)).status_code == 401
+        # API tokens keep working beside SSO.
+        assert (await env.http.get("/api/v1/me", headers=env.auth("ann"))).status_code == 200
