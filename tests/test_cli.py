@@ -128,6 +128,7 @@ def _serve(api: LiveAPI, port: int, ready: threading.Event, stop: threading.Even
 @contextmanager
 def running_api(temporal_address: str, data_dir: Path) -> Iterator[LiveAPI]:
     port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(
         env="test",
         data_dir=data_dir,
@@ -378,6 +379,11 @@ def test_blocked_then_evidence_add_unblocks_then_withdraw(cli: CLI, tmp_path: Pa
     card.write_text((repo / "docs" / "model_card.md").read_text() + "\n\nRevised.\n")
     by_stem = cli.json("dana", "evidence", "add", pid, card)
     assert by_stem["evidence"]["model_card"]["filename"] == "model_card.md"
+
+    dashed = tmp_path / "model-card.md"
+    dashed.write_text("x")
+    invalid = cli.run("dana", "evidence", "add", pid, dashed)
+    assert invalid.exit_code == 2 and "evidence.model-card" in invalid.output
 
     # Decisions that are refused: the submitter, a developer, a stage that is not open.
     assert cli.run("dana", "decide", pid, "--stage", "validation", "approve", "-m", "mine").exit_code == 3

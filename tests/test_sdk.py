@@ -165,8 +165,8 @@ def test_sync_client_over_http(live_api: LiveAPI, tmp_path: Path) -> None:  # no
         after = dana.add_evidence(pid, {"metrics": ("metrics.json", good)}, idempotency_key="ev-1")
         assert after.evidence["metrics"].filename == "metrics.json"
         with pytest.raises(InvalidInput) as unknown:
-            dana.add_evidence(pid, {"not_declared": b"{}"})
-        assert unknown.value.code == "unknown_evidence"
+            dana.add_evidence(pid, {"Bad-Name": b"{}"})
+        assert unknown.value.code == "invalid_evidence_name" and unknown.value.status == 422
 
         with pytest.raises(Forbidden):
             dana.audit_verify()
