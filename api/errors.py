@@ -78,9 +78,10 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     422: _doc("The request does not validate (`validation_error`, `invalid_spec`, ...)"),
     500: _doc("Unexpected error (`internal_error`); never includes a traceback"),
 }
-NOT_FOUND = {404: _doc("No such resource, or not visible to the caller (`not_found`)")}
-CONFLICT = {409: _doc("Conflicts with the current state (`progression_exists`, `gate_not_open`, "
-                      "`idempotency_in_flight`, ...)")}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _doc("No such resource, or not visible to the caller (`not_found`)")}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: _doc("Conflicts with the current state (`progression_exists`, `gate_not_open`, `idempotency_in_flight`, ...)")
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:

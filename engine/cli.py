@@ -67,9 +67,15 @@ def users_create(
     typer.echo(token)
 
 
-try:  # the HTTP commands (login, start, status, decide, ...) from the CLI module
-    from engine.cli_commands import register as _register_http_commands
-except ImportError:  # pragma: no cover - only while that module is absent
-    _register_http_commands = None
-if _register_http_commands is not None:
-    _register_http_commands(app)
+def _register_http_commands() -> None:
+    """The HTTP commands (login, start, status, decide, ...) from the CLI module, when present."""
+    try:
+        from engine.cli_commands import register
+    except ModuleNotFoundError as exc:  # pragma: no cover - only while that module is absent
+        if exc.name != "engine.cli_commands":
+            raise
+        return
+    register(app)
+
+
+_register_http_commands()

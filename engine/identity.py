@@ -238,7 +238,8 @@ async def provision_jwt_user(session: AsyncSession, claims: dict[str, Any], sett
     roles = [r for r in raw_roles if isinstance(r, str) and r in Role._value2member_map_]
     team = _claim(claims, settings.jwt_team_claim)
     team = team if isinstance(team, str) and TEAM_RE.match(team) else None
-    display = claims.get("name") if isinstance(claims.get("name"), str) else ""
+    name_claim = claims.get("name")
+    display: str = name_claim if isinstance(name_claim, str) else ""
     user = await get_user_by_username(session, username)
     if user is None:
         user = User(id=str(uuid.uuid4()), username=username, display_name=display[:200], team=team,

@@ -12,7 +12,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import psycopg
 import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -44,9 +47,21 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
     )
     try:
+        await register_search_attributes(env.client)
         yield env
     finally:
         await env.shutdown()
+
+
+async def register_search_attributes(client: Client) -> None:
+    """The test server rejects undeclared search attributes; declare the workflow's (as the dev server does)."""
+    kinds = {
+        SearchAttributeIndexedValueType.KEYWORD: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        SearchAttributeIndexedValueType.INT: IndexedValueType.INDEXED_VALUE_TYPE_INT,
+    }
+    await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=client.namespace,
+        search_attributes={k.name: kinds[k.indexed_value_type] for k in SEARCH_ATTRIBUTE_KEYS}))
 
 
 @pytest.fixture

@@ -243,3 +243,15 @@ def accepted_update_ids(history: Any) -> list[str]:
         if event.HasField("workflow_execution_update_accepted_event_attributes"):
             ids.append(event.workflow_execution_update_accepted_event_attributes.protocol_instance_id)
     return ids
+
+
+async def wait_events(env: Env, progression_id: str, event_type: str, n: int = 1, *, attempts: int = 300
+                      ) -> list[AuditEvent]:
+    """Audit events are written by activities just after the state changes: poll until ``n`` are there."""
+    found: list[AuditEvent] = []
+    for _ in range(attempts):
+        found = await events(env, progression_id, event_type)
+        if len(found) >= n:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"expected {n} {event_type} events, found {len(found)}")

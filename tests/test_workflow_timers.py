@@ -11,6 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from engine.audit import verify_chain
@@ -28,6 +30,7 @@ from tests.helpers_workflow import (
     start,
     state,
     unique_version,
+    wait_events,
     wait_state,
     walk_to_production,
     worker,
@@ -61,6 +64,7 @@ async def test_sla_expiry_escalates_once_and_gate_keeps_waiting(
         assert escalated.status == "awaiting_approval" and escalated.current_stage == "validation"
         assert escalated.waiting_on == [Role.model_validator]
         assert "escalated to model_risk_officer" in escalated.next_action
+        await wait_events(env, pid, "gate.escalated")
 
         # more time passes: the same gate attempt is not escalated twice
         await time_skipping_env.sleep(timedelta(days=10))
@@ -110,15 +114,18 @@ async def test_yearly_revalidation_flags_overdue_and_opens_gate(
         assert [(a.role, a.count) for a in gate.approvals] == [(Role.model_validator, 1)]
         assert due.waiting_on == [Role.model_validator]
         assert "revalidation is overdue" in due.missing
-        assert len(await events(env, pid, "revalidation.due")) == 1
+        assert len(await wait_events(env, pid, "revalidation.due")) == 1
 
         # a risk officer cannot decide a validator gate; the validator can
+        with pytest.raises(WorkflowUpdateFailedError) as info:
+            await decide(handle, RISK1, "revalidation", "approve")
+        assert isinstance(info.value.cause, ApplicationError) and info.value.cause.type == "not_a_gate_role"
         renewed = await decide(handle, VALIDATOR, "revalidation", "approve", "annual review done")
         assert renewed.accepted
         cycle = await wait_state(handle, lambda s: s.revalidations == 1)
         assert not cycle.revalidation_overdue and cycle.status == "in_production"
         assert cycle.revalidation_due_at is not None and cycle.revalidation_due_at > live.revalidation_due_at
-        assert len(await events(env, pid, "revalidation.completed")) == 1
+        assert len(await wait_events(env, pid, "revalidation.completed")) == 1
 
         # the next year a rejection retires the model
         await time_skipping_env.sleep(timedelta(days=366))
@@ -126,7 +133,9 @@ async def test_yearly_revalidation_flags_overdue_and_opens_gate(
         await decide(handle, VALIDATOR, "revalidation", "reject", "population drifted; retire")
         final = await handle.result()
         assert final.status == "retired" and final.revalidations == 1
-        assert RISK1.user_id not in {d.actor_id for s in final.stages for d in s.decisions}
+        retired = final.stage("revalidation")
+        assert retired is not None and retired.status == "rejected"
+        assert len(await events(env, pid, "progression.rejected")) == 1
 
     async with env.sessionmaker() as session:
         assert (await verify_chain(session)).ok

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
 from api.deps import CurrentUser, SessionDep, StateDep
@@ -44,7 +46,7 @@ async def dry_run(intent: str, request: Request, session: SessionDep, user: Curr
         try:
             parsed = DryRunRequest.model_validate_json(await request.body())
         except ValueError as exc:
-            errors = getattr(exc, "errors", lambda: [])()
+            errors: list[dict[str, Any]] = getattr(exc, "errors", lambda: [])()
             first = errors[0] if errors else {"loc": (), "msg": str(exc)}
             field = ".".join(str(p) for p in first.get("loc", ()))
             raise ApiError(422, "validation_error", f"{field}: {first.get('msg')}" if field else str(first["msg"]),

@@ -303,6 +303,7 @@ def _closed_or_unavailable(exc: RPCError, progression_id: str) -> ApiError:
 async def decide(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
                  stage: str, decision: DecisionKind, comment: str, decision_id: str) -> ProgressionState:
     state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
+    refusal: Refusal | None
     if Action.decide not in principal.actions:
         held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
         refusal = Refusal(code="not_a_gate_role", http_status=403,
