@@ -341,10 +341,9 @@ def render_route(result: DryRunResult, policy: PolicyDetail | None, upload: Repo
     for feature in result.unknown_features:
         lines.append(Text(f"Unknown feature (not in the catalog): {feature}", style="red"))
     if result.fix_first is not None:
-        stage = f"{result.fix_first_stage}/" if result.fix_first_stage else ""
-        lines.append(Text.assemble(("Fix first: ", "bold red"),
-                                   f"{stage}{result.fix_first.id} — {result.fix_first.description}: "
-                                   f"{result.fix_first.reason}"))
+        where = f"{result.fix_first_stage}/" if result.fix_first_stage else ""
+        fix = result.fix_first
+        lines.append(Text.assemble(("Fix first: ", "bold red"), f"{where}{fix.id}: {fix.reason}"))
     else:
         lines.append(Text("Every check passes now; the route waits only on approvals.", style="green"))
     return Group(*lines)

@@ -44,6 +44,7 @@ from engine.repo import RepositoryUpload, read_repository
 API_PREFIX = "/api/v1"
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+_list = list  # the clients have a method named `list`; annotations inside them need the builtin
 
 # ---- errors ----------------------------------------------------------------------------------
 
@@ -255,7 +256,7 @@ class _Calls:
                      headers=_idem(idempotency_key))
 
     @staticmethod
-    def inbox() -> _Call[list[InboxItem]]:
+    def inbox() -> _Call[_list[InboxItem]]:
         return _Call("GET", "/inbox", _list_of(InboxItem))
 
     @staticmethod
@@ -267,7 +268,7 @@ class _Calls:
         return _Call("GET", f"/models/{quote(model_id, safe='')}", _as(ModelDetail))
 
     @staticmethod
-    def policies() -> _Call[list[PolicySummary]]:
+    def policies() -> _Call[_list[PolicySummary]]:
         return _Call("GET", "/policies", _list_of(PolicySummary))
 
     @staticmethod
@@ -378,12 +379,12 @@ class ProgressionClient:
     def withdraw(self, progression_id: str, reason: str, *, idempotency_key: str | None = None) -> ProgressionState:
         return self._run(_Calls.withdraw(progression_id, reason, idempotency_key))
 
-    def inbox(self) -> list[InboxItem]:
+    def inbox(self) -> _list[InboxItem]:
         return self._run(_Calls.inbox())
 
-    def models(self, **filters: Any) -> list[ModelOut]:
+    def models(self, **filters: Any) -> _list[ModelOut]:
         """Every model visible to the caller (all pages)."""
-        out: list[ModelOut] = []
+        out: _list[ModelOut] = []
         offset = 0
         while True:
             page = self._run(_Calls.models({**filters, "offset": offset}))
@@ -395,7 +396,7 @@ class ProgressionClient:
     def model(self, model_id: str) -> ModelDetail:
         return self._run(_Calls.model(model_id))
 
-    def policies(self) -> list[PolicySummary]:
+    def policies(self) -> _list[PolicySummary]:
         return self._run(_Calls.policies())
 
     def policy(self, intent: str) -> PolicyDetail:
@@ -493,11 +494,11 @@ class AsyncProgressionClient:
                        ) -> ProgressionState:
         return await self._run(_Calls.withdraw(progression_id, reason, idempotency_key))
 
-    async def inbox(self) -> list[InboxItem]:
+    async def inbox(self) -> _list[InboxItem]:
         return await self._run(_Calls.inbox())
 
-    async def models(self, **filters: Any) -> list[ModelOut]:
-        out: list[ModelOut] = []
+    async def models(self, **filters: Any) -> _list[ModelOut]:
+        out: _list[ModelOut] = []
         offset = 0
         while True:
             page = await self._run(_Calls.models({**filters, "offset": offset}))
@@ -509,7 +510,7 @@ class AsyncProgressionClient:
     async def model(self, model_id: str) -> ModelDetail:
         return await self._run(_Calls.model(model_id))
 
-    async def policies(self) -> list[PolicySummary]:
+    async def policies(self) -> _list[PolicySummary]:
         return await self._run(_Calls.policies())
 
     async def policy(self, intent: str) -> PolicyDetail:
