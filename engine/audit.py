@@ -28,7 +28,8 @@ from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, String, Text, any_, bindparam, cast, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,6 +39,7 @@ from engine.db import AuditChainHead, AuditEvent, utcnow
 GENESIS_HASH = "0" * 64
 CHAIN_HEAD_ID = 1
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _EVENT_FIELDS = ("event_id", "event_type", "occurred_at", "actor_id", "progression_id", "model_id", "stage")
 
 
@@ -49,8 +51,10 @@ def _utc(value: datetime) -> datetime:
 
 
 def _iso(value: datetime) -> str:
-    # Fixed width with microseconds, so the same instant always gives the same bytes.
-    return _utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ``: fixed width, so the same instant always gives the same bytes."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def normalize_payload(payload: Any) -> dict[str, Any]:
@@ -72,8 +76,8 @@ def canonical_event(
     stage: str | None,
     payload: dict[str, Any],
 ) -> bytes:
-    """Compact, sorted-key JSON of the hashed fields (``seq``, ``recorded_at`` are not hashed)."""
-    return json.dumps(
+    """Compact, sorted-key JSON (UTF-8) of the hashed fields; ``seq`` and ``recorded_at`` are not hashed."""
+    return _CANONICAL.encode(
         {
             "event_id": event_id,
             "event_type": str(event_type),
@@ -83,11 +87,7 @@ def canonical_event(
             "model_id": model_id,
             "stage": stage,
             "payload": payload,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
+        }
     ).encode("utf-8")
 
 
@@ -129,6 +129,14 @@ async def _lock_head(session: AsyncSession) -> tuple[int, str]:
 def _insert_ignore(dialect: str, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> Any:
     ins = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
     return ins.values(rows).on_conflict_do_nothing(index_elements=keys)
+
+
+def _event_id_in(session: AsyncSession, ids: list[str]) -> ColumnElement[bool]:
+    if _dialect(session) == "postgresql":
+        # One array parameter: psycopg prepares repeated statements, and a cached generic plan for a
+        # long IN list made on a young table can stay a sequential scan after the table has grown.
+        return AuditEvent.event_id == any_(bindparam("event_ids", ids, type_=ARRAY(String)))
+    return AuditEvent.event_id.in_(ids)
 
 
 async def _set_head(session: AsyncSession, last_seq: int, last_hash: str) -> None:
@@ -191,7 +199,7 @@ async def append_events(
     existing: dict[str, AuditEvent] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        found = await session.scalars(select(AuditEvent).where(AuditEvent.event_id.in_(chunk)))
+        found = await session.scalars(select(AuditEvent).where(_event_id_in(session, chunk)))
         existing.update({ev.event_id: ev for ev in found})
 
     result: list[AuditEvent] = []
@@ -249,19 +257,29 @@ class ChainVerification(BaseModel):
     problem: str | None = None
 
 
-_VERIFY_COLUMNS = (
-    AuditEvent.seq,
-    AuditEvent.event_id,
-    AuditEvent.event_type,
-    AuditEvent.occurred_at,
-    AuditEvent.actor_id,
-    AuditEvent.progression_id,
-    AuditEvent.model_id,
-    AuditEvent.stage,
-    AuditEvent.payload,
-    AuditEvent.prev_hash,
-    AuditEvent.hash,
-)
+_events = AuditEvent.__table__
+
+
+def _verify_columns(dialect: str) -> tuple[Any, ...]:
+    """Core columns (plain tuples, no ORM identity map): verification streams millions of rows.
+
+    The payload comes back as its JSON text and is parsed here once (cheaper than the drivers' paths).
+    """
+    c = _events.c
+    payload = cast(c.payload, Text) if dialect == "postgresql" else type_coerce(c.payload, Text)
+    return (
+        c.seq,
+        c.event_id,
+        c.event_type,
+        c.occurred_at,
+        c.actor_id,
+        c.progression_id,
+        c.model_id,
+        c.stage,
+        payload,
+        c.prev_hash,
+        c.hash,
+    )
 
 
 async def _read_head(session: AsyncSession) -> tuple[int, str]:
@@ -279,7 +297,10 @@ async def verify_chain(session: AsyncSession, *, batch_size: int = 10000) -> Cha
     expected_seq = 1
     prev = GENESIS_HASH
     checked = 0
-    dumps = json.dumps
+    encode = _CANONICAL.encode
+    loads = json.loads
+    columns = _verify_columns(_dialect(session))
+    sha256 = hashlib.sha256
 
     async def bad(seq: int, event_id: str | None, problem: str) -> ChainVerification:
         head_seq, head_hash = await _read_head(session)
@@ -296,10 +317,7 @@ async def verify_chain(session: AsyncSession, *, batch_size: int = 10000) -> Cha
     while True:
         rows = (
             await session.execute(
-                select(*_VERIFY_COLUMNS)
-                .where(AuditEvent.seq >= expected_seq)
-                .order_by(AuditEvent.seq)
-                .limit(batch_size)
+                select(*columns).where(_events.c.seq >= expected_seq).order_by(_events.c.seq).limit(batch_size)
             )
         ).all()
         if not rows:
@@ -360,22 +378,22 @@ async def verify_chain(session: AsyncSession, *, batch_size: int = 10000) -> Cha
                     f"broken_link: prev_hash does not match the hash of seq {seq - 1}: an event was "
                     "inserted, removed or moved here",
                 )
-            canonical = dumps(
-                {
-                    "event_id": event_id,
-                    "event_type": event_type,
-                    "occurred_at": _iso(occurred_at),
-                    "actor_id": actor_id,
-                    "progression_id": progression_id,
-                    "model_id": model_id,
-                    "stage": stage,
-                    "payload": payload,
-                },
-                sort_keys=True,
-                separators=(",", ":"),
-                ensure_ascii=False,
-            ).encode("utf-8")
-            if hashlib.sha256(prev_hash.encode("ascii") + canonical).hexdigest() != stored_hash:
+            try:
+                canonical = encode(
+                    {
+                        "event_id": event_id,
+                        "event_type": event_type,
+                        "occurred_at": _iso(occurred_at),
+                        "actor_id": actor_id,
+                        "progression_id": progression_id,
+                        "model_id": model_id,
+                        "stage": stage,
+                        "payload": loads(payload),
+                    }
+                ).encode("utf-8")
+            except (TypeError, ValueError, AttributeError) as exc:
+                return await bad(seq, event_id, f"edited: the event's content cannot be read ({exc})")
+            if sha256(prev_hash.encode("ascii") + canonical).hexdigest() != stored_hash:
                 return await bad(seq, event_id, "edited: the stored hash does not match the event's content")
             prev = stored_hash
             expected_seq = seq + 1
