@@ -103,11 +103,12 @@ async def test_sign_in_sets_a_protected_session_cookie_and_sign_out_ends_it(env:
     try:
         first = await b.get("/ui/inbox")
         assert first.status_code == 303 and first.headers["location"].startswith("/ui/login?next=%2Fui%2Finbox")
-        login = await b.get("/ui/login?next=/ui/inbox")
-        assert login.status_code == 200 and 'for="token"' in login.text and 'id="token"' in login.text
-        cookie = login.headers["set-cookie"]
+        cookie = first.headers["set-cookie"]  # an anonymous session (it carries the sign-in form's CSRF token)
         assert cookie.startswith(COOKIE_NAME + "=") and "HttpOnly" in cookie and "SameSite=lax" in cookie
         assert "Secure" not in cookie  # plain http in this test; Secure is set over https
+        login = await b.get("/ui/login?next=/ui/inbox")
+        assert login.status_code == 200 and 'for="token"' in login.text and 'id="token"' in login.text
+        assert "set-cookie" not in login.headers  # the same session, not a new one per page
         anon_csrf = csrf_of(login.text)
 
         wrong = await b.http.post("/ui/login", data={"token": "prg_not-a-token", "csrf_token": anon_csrf,
@@ -210,7 +211,7 @@ async def test_submitter_sees_no_decision_form_and_is_told_why(env: ApiEnv, peop
     rory = await signed_in(people, "rory")  # a risk officer of the owning team, on a validator's gate
     text = (await rory.get(f"/ui/progressions/{pid}")).text
     assert "data-decision-form" not in text
-    assert "decided by model_validator" in text and "your team &#39;retail-risk&#39; owns model" in text
+    assert "decided by model_validator" in text and "Your team &#39;retail-risk&#39; owns model" in text
 
     vera = await signed_in(people, "vera")
     text = (await vera.get(f"/ui/progressions/{pid}")).text

@@ -235,6 +235,8 @@ def human_duration(seconds: float | None) -> str:
 
 templates.env.filters["duration"] = human_duration
 templates.env.filters["words"] = lambda v: str(v).replace("_", " ")
+# Upper-case the first letter only (Jinja's ``capitalize`` lower-cases the rest, e.g. ids and "SLA").
+templates.env.filters["sentence"] = lambda v: str(v)[:1].upper() + str(v)[1:]
 
 
 def _roles_text(roles: Any) -> str:
