@@ -22,6 +22,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from engine.temporal import temporal_test_server_path
+from tests.conftest import register_search_attributes
 from tests.helpers_workflow import (
     CREDIT,
     DEV2,
@@ -80,6 +81,7 @@ async def main() -> None:
     env_ts = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=temporal_test_server_path(), data_converter=pydantic_data_converter)
     try:
+        await register_search_attributes(env_ts.client)
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite+aiosqlite:///{Path(tmp) / 'progression.db'}"
             async with app_env(url, Path(tmp)) as env:

@@ -19,6 +19,7 @@ from engine.audit import verify_chain
 from engine.policy import Role
 from tests.helpers_workflow import (
     CREDIT,
+    DEV,
     RISK1,
     VALIDATOR,
     Env,
@@ -33,6 +34,7 @@ from tests.helpers_workflow import (
     wait_events,
     wait_state,
     walk_to_production,
+    withdraw,
     worker,
 )
 
@@ -81,7 +83,8 @@ async def test_sla_expiry_escalates_once_and_gate_keeps_waiting(
         await decide(handle, VALIDATOR, "validation", "approve", "late but thorough")
         moved = await wait_state(handle, at_gate("risk_review"))
         assert moved.stage("validation").status == "passed"  # type: ignore[union-attr]
-        await handle.terminate("test over")
+        await withdraw(handle, DEV, "test over")
+        await handle.result()
 
     async with env.sessionmaker() as session:
         chain = await verify_chain(session)
