@@ -93,10 +93,10 @@ async def _prepare(settings: Settings, api: LiveAPI) -> None:
 
 def _serve(api: LiveAPI, port: int, ready: threading.Event, stop: threading.Event,
            errors: list[BaseException]) -> None:
-    from api.app import create_app
-    from engine.worker import run_worker
-
     async def main() -> None:
+        from api.app import create_app
+        from engine.worker import run_worker
+
         await _prepare(api.settings, api)
         server = uvicorn.Server(uvicorn.Config(create_app(api.settings), host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="on"))
