@@ -14,7 +14,6 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from engine.evidence import EvidenceStore, record_blob
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -32,6 +31,7 @@ from engine.db import (
     ProgressionEvidence,
     ProgressionRow,
 )
+from engine.evidence import EvidenceCorrupted, EvidenceStore, record_blob
 from engine.lifecycle import (
     CheckResult,
     DecisionRecord,
@@ -284,7 +284,12 @@ class ProgressionActivities:
         for name, ref in state.evidence.items():
             if not self.evidence_store.exists(ref.sha256):
                 continue  # the check then reports "evidence.<name> is missing" in words
-            data = await asyncio.to_thread(self.evidence_store.get, ref.sha256)
+            try:
+                data = await asyncio.to_thread(self.evidence_store.get, ref.sha256)
+            except EvidenceCorrupted as exc:
+                # Never feed altered bytes to a check: the check fails as "missing" and the log says why.
+                log.error("%s: %s", state.progression_id, exc.message)
+                continue
             evidence[name] = checks.evidence_value(data, ref.filename, ref.media_type)
         async with self.sessionmaker() as session:
             resolved = await features.resolve_features(session, list(inp.spec.features))
