@@ -65,7 +65,7 @@ class WebhookNotifier:
         self.transport = transport
 
     async def send(self, notification: Notification) -> None:
-        payload = {"kind": "notification", **notification.model_dump(mode="json")}
+        payload = {"type": "notification", **notification.model_dump(mode="json")}
         await post_signed(self.url, self.secret, notification.event_id, payload, timeout=self.timeout,
                           transport=self.transport)
 

@@ -92,7 +92,7 @@ class WebhookPromotionTarget:
         self.transport = transport
 
     async def deploy(self, deployment: Deployment) -> DeploymentReceipt:
-        payload = {"kind": "deployment", **deployment.model_dump(mode="json")}
+        payload = {"type": "deployment", **deployment.model_dump(mode="json")}
         answer = await post_signed(self.url, self.secret, deployment.deployment_key, payload,
                                    timeout=self.timeout, transport=self.transport)
         remote_id = answer.get("deployment_id") if isinstance(answer, dict) else None

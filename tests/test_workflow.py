@@ -373,3 +373,151 @@ async def test_protected_attribute_blocks_credit_but_not_marketing(
     assert len(blocked_events) == 2
     assert blocked_events[0].payload["failing"][0]["check_id"] == "no-protected-attributes"
 
+
+
+# ---- continue-as-new carries the whole state ------------------------------------------------
+
+
+async def test_resume_state_continues_where_it_stood(temporal_client: Client, task_queue: str, env: Env) -> None:
+    """What continue-as-new does: a new run from ``resume_state`` keeps approvals, evidence and the gate."""
+    from temporalio.common import WorkflowIDReusePolicy
+
+    from engine.lifecycle import WORKFLOW_NAME, ProgressionState
+
+    inp = await example_input(env, CREDIT, version=unique_version())
+    pid = inp.spec.progression_id
+    async with worker(temporal_client, task_queue, env):
+        handle = await start(temporal_client, inp, task_queue)
+        await wait_state(handle, at_gate("validation"))
+        await decide(handle, VALIDATOR, "validation", "approve")
+        await wait_state(handle, at_gate("risk_review"))
+        half = (await decide(handle, RISK1, "risk_review", "approve")).state
+        await wait_events(env, pid, "decision.received", 2)
+        await handle.terminate("simulating continue-as-new")
+
+        resumed = await temporal_client.start_workflow(
+            WORKFLOW_NAME, inp.model_copy(update={"resume_state": half}), id=pid, task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE, result_type=ProgressionState)
+        again = await wait_state(resumed, at_gate("risk_review"))
+        assert again.stage("risk_review").approvals[0].approved_by == ["u-risk1"]  # type: ignore[union-attr]
+        assert again.started_at == half.started_at and again.seq >= half.seq
+        await _assert_refused(resumed, RISK1, "risk_review", "approve", "already_decided")
+        await decide(resumed, RISK2, "risk_review", "approve")
+        await wait_state(resumed, lambda s: s.status == "in_production")
+        await wait_events(env, pid, "progression.in_production")
+        await resumed.terminate("test over")
+    # not registered twice, and nothing already recorded was recorded again
+    assert len(await events(env, pid, "progression.started")) == 1
+    assert len(await events(env, pid, "stage.entered")) == 5
+    assert [r.actor_id for r in await decision_rows(env, pid)] == ["u-val", "u-risk1", "u-risk2"]
+
+
+# ---- promotion target and notifier over real HTTP ---------------------------------------------
+
+
+class _Receiver:
+    """A real HTTP server on 127.0.0.1 that records requests and answers with a configurable status."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.status = 200
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append(({k: v for k, v in self.headers.items()}, body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"deployment_id": "remote-42"}')
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():  # type: ignore[no-untyped-def]
+    r = _Receiver()
+    yield r
+    r.close()
+
+
+async def test_webhook_promotion_target_signs_and_raises_on_failure(receiver: _Receiver) -> None:
+    import hashlib
+    import hmac
+
+    import httpx
+
+    from activities.notify import Notification, WebhookNotifier
+    from activities.promotion import Deployment, WebhookPromotionTarget
+
+    deployment = Deployment(deployment_key="m@1/production/1", progression_id="m@1", model_id="m", version_id="1",
+                            artifact="s3://m/1", stage="production", business_intent="credit-underwriting",
+                            policy_hash="sha256:abc")
+    target = WebhookPromotionTarget(receiver.url, "s3cret")
+    receipt = await target.deploy(deployment)
+    assert receipt.deployment_id == "remote-42" and receipt.target == "webhook"
+    headers, body = receiver.requests[0]
+    expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert headers["X-Progression-Signature"] == expected
+    assert headers["X-Progression-Event-Id"] == "m@1/production/1"
+    assert json.loads(body)["type"] == "deployment" and json.loads(body)["artifact"] == "s3://m/1"
+
+    receiver.status = 503  # non-2xx raises, so the activity is retried by Temporal
+    with pytest.raises(httpx.HTTPStatusError):
+        await target.deploy(deployment)
+    note = Notification(event_id="e-1", kind="escalated", progression_id="m@1", model_id="m",
+                        roles=[Role.model_risk_officer], message="past SLA")
+    with pytest.raises(httpx.HTTPStatusError):
+        await WebhookNotifier(receiver.url, "s3cret").send(note)
+    receiver.status = 200
+    await WebhookNotifier(receiver.url, "s3cret").send(note)
+    headers, body = receiver.requests[-1]
+    assert headers["X-Progression-Signature"] == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    sent = json.loads(body)
+    assert (sent["type"], sent["kind"], sent["roles"]) == ("notification", "escalated", ["model_risk_officer"])
+
+
+async def test_build_targets_from_settings(tmp_path: Path) -> None:
+    from activities.notify import LogNotifier, WebhookNotifier, build_notifier
+    from activities.promotion import RecordingPromotionTarget, WebhookPromotionTarget, build_promotion_target
+    from engine.settings import Settings
+
+    plain = Settings(data_dir=tmp_path)
+    assert isinstance(build_promotion_target(plain), RecordingPromotionTarget)
+    assert isinstance(build_notifier(plain), LogNotifier)
+    hooked = Settings(data_dir=tmp_path, promotion_target="webhook", webhook_url="http://h/x", webhook_secret="k")
+    assert isinstance(build_promotion_target(hooked), WebhookPromotionTarget)
+    assert isinstance(build_notifier(hooked), WebhookNotifier)
+    with pytest.raises(ValueError, match="WEBHOOK_URL"):
+        build_promotion_target(Settings(data_dir=tmp_path, promotion_target="webhook"))
+
+
+async def test_worker_refuses_to_start_on_a_bad_policy(tmp_path: Path) -> None:
+    from engine.errors import InvalidPolicy
+    from engine.settings import Settings
+    from engine.worker import run_worker
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    good = (CREDIT.parent.parent / "policies" / "credit-underwriting.yaml").read_text()
+    (policies / "credit-underwriting.yaml").write_text(good.replace("evidence.metrics.auc >= 0.70",
+                                                                    "evidence.metrics.auc >= "))
+    # The address points nowhere: the policy check must refuse before any connection is tried.
+    settings = Settings(data_dir=tmp_path, policies_dir=policies, temporal_address="127.0.0.1:1")
+    with pytest.raises(InvalidPolicy) as info:
+        await run_worker(settings)
+    assert "credit-underwriting.yaml" in str(info.value) and "discrimination" in str(info.value)
