@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -184,7 +184,7 @@ class ProgressionActivities:
             .where(ProgressionRow.id == state.progression_id, ProgressionRow.seq < state.seq)
             .values(**_read_model_values(state))
         )
-        return bool(result.rowcount)
+        return bool(cast(CursorResult[Any], result).rowcount)
 
     async def _link_evidence(self, session: AsyncSession, progression_id: str, refs: list[EvidenceRef],
                              default_actor: str | None, default_at: datetime) -> None:

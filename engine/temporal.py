@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
@@ -17,7 +18,7 @@ SA_INTENT = SearchAttributeKey.for_keyword("BusinessIntent")
 SA_RISK_TIER = SearchAttributeKey.for_int("RiskTier")
 SA_STAGE = SearchAttributeKey.for_keyword("ProgressionStage")
 SA_STATUS = SearchAttributeKey.for_keyword("ProgressionStatus")
-SEARCH_ATTRIBUTE_KEYS = [SA_MODEL_ID, SA_INTENT, SA_RISK_TIER, SA_STAGE, SA_STATUS]
+SEARCH_ATTRIBUTE_KEYS: list[SearchAttributeKey[Any]] = [SA_MODEL_ID, SA_INTENT, SA_RISK_TIER, SA_STAGE, SA_STATUS]
 assert {k.name for k in SEARCH_ATTRIBUTE_KEYS} == set(SEARCH_ATTRIBUTES)
 
 

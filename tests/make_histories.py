@@ -50,7 +50,7 @@ async def credit_journey(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any
     """Every path of the credit route: escalation, change request, deploy, revalidation, retirement."""
     await wait_state(handle, at_gate("validation"))
     await env_ts.sleep(timedelta(days=6))  # past the 5-day SLA: escalated, still waiting
-    await wait_state(handle, lambda s: s.stage("validation").approvals[0].escalated)
+    await wait_state(handle, lambda s: s.stage("validation").approvals[0].escalated)  # type: ignore[union-attr]
     await decide(handle, VALIDATOR, "validation", "approve", "independent validation complete")
     await wait_state(handle, at_gate("risk_review"))
     await decide(handle, RISK1, "risk_review", "approve", "residual risk accepted")
