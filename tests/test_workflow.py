@@ -521,3 +521,31 @@ async def test_worker_refuses_to_start_on_a_bad_policy(tmp_path: Path) -> None:
     with pytest.raises(InvalidPolicy) as info:
         await run_worker(settings)
     assert "credit-underwriting.yaml" in str(info.value) and "discrimination" in str(info.value)
+
+
+async def test_refused_quorum_met_for_role(temporal_client: Client, task_queue: str, env: Env) -> None:
+    """A gate of two roles: once the validator part is complete, a second validator is refused."""
+    from engine.policy import ApprovalRule, policy_hash
+
+    inp = await example_input(env, CREDIT, version=unique_version())
+    stages = list(inp.policy.stages)
+    validation = inp.policy.stage("validation")
+    assert validation is not None
+    joint = validation.model_copy(update={"approvals": [ApprovalRule(role=Role.model_validator, count=1),
+                                                         ApprovalRule(role=Role.model_risk_officer, count=1)]})
+    stages[stages.index(validation)] = joint
+    policy = inp.policy.model_copy(update={"stages": stages})
+    inp = inp.model_copy(update={"policy": policy, "policy_hash": policy_hash(policy)})
+    second_validator = Actor(user_id="u-val2", username="victor.validator", roles=[Role.model_validator],
+                             team="validation")
+    async with worker(temporal_client, task_queue, env):
+        handle = await start(temporal_client, inp, task_queue)
+        opened = await wait_state(handle, at_gate("validation"))
+        assert opened.waiting_on == [Role.model_validator, Role.model_risk_officer]
+        half = await decide(handle, VALIDATOR, "validation", "approve")
+        assert half.state.waiting_on == [Role.model_risk_officer]
+        await _assert_refused(handle, second_validator, "validation", "approve", "quorum_met_for_role")
+        # the other role completes the gate
+        await decide(handle, RISK1, "validation", "approve")
+        await wait_state(handle, at_gate("risk_review"))
+        await handle.terminate("test over")
