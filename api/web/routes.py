@@ -9,11 +9,12 @@ same status code the API would answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -490,41 +491,28 @@ async def evidence_download(web: UserWeb, progression_id: str, name: str) -> Res
     ref = state.evidence.get(name)
     if ref is None:
         raise WebError(404, f"progression {progression_id} has no evidence {name!r}", "not_found")
-    path = _blob_path(web.app, ref.sha256)
-    if path is None or not path.is_file():
+    data = await call(_read_blob(web.app, ref.sha256))  # a corrupted blob is an error page, never served
+    if data is None:
         raise WebError(404, f"the file of evidence {name!r} (sha256 {ref.sha256[:12]}…) is not in the evidence store",
                        "evidence_missing")
     filename = PurePosixPath(ref.filename or name).name or name
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", filename)
     headers = {"Content-Disposition": f'attachment; filename="{safe}"', "X-Evidence-SHA256": ref.sha256}
-
-    async def chunks() -> AsyncIterator[bytes]:
-        with path.open("rb") as fh:
-            while chunk := fh.read(64 * 1024):
-                yield chunk
-
-    return finish(web.request, StreamingResponse(chunks(), media_type=ref.media_type or "application/octet-stream",
-                                                 headers=headers))
+    return finish(web.request, Response(data, media_type=ref.media_type or "application/octet-stream",
+                                        headers=headers))
 
 
-def _blob_path(app: AppState, sha256: str) -> Path | None:
+async def _read_blob(app: AppState, sha256: str) -> bytes | None:
+    """Evidence bytes from the content-addressed store (the same ``exists``/``get`` the activities use)."""
+    from engine.evidence import EvidenceStore
+
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         return None
-    try:
-        from engine.evidence import EvidenceStore
-
-        store = EvidenceStore(app.settings.evidence_dir)
-        for attr in ("path_for", "path"):
-            fn = getattr(store, attr, None)
-            if callable(fn):
-                return Path(fn(sha256))
-    except ImportError:
-        pass
-    base = Path(app.settings.evidence_dir)
-    for candidate in (base / sha256[:2] / sha256, base / sha256[:2] / sha256[2:4] / sha256, base / sha256):
-        if candidate.is_file():
-            return candidate
-    return None
+    store = EvidenceStore(app.settings.evidence_dir)
+    if not await asyncio.to_thread(store.exists, sha256):
+        return None
+    data: bytes = await asyncio.to_thread(store.get, sha256)
+    return data
 
 
 async def _uploads(form: Any, prefix: str = "evidence.") -> list[Any]:
