@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from engine.evidence import EvidenceStore, record_blob
-from engine.features import seed_features
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client, WorkflowHandle
@@ -28,6 +26,8 @@ from activities.progression import ProgressionActivities
 from activities.promotion import RecordingPromotionTarget
 from engine.database import upgrade
 from engine.db import AuditEvent, DecisionRow, make_engine, make_sessionmaker
+from engine.evidence import EvidenceStore, record_blob
+from engine.features import seed_features
 from engine.lifecycle import (
     QUERY_STATE,
     UPDATE_DECIDE,
