@@ -40,13 +40,9 @@ def temporal_address(settings: Settings) -> str:
 
 
 def _mount_web_ui(app: FastAPI) -> None:
-    """The web UI (api/web) rides on the same app and the same service functions, when present."""
-    try:
-        from api.web import mount_web
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("api.web", "api.web.routes"):
-            raise
-        return
+    """The web UI (api/web, api/templates, api/static) rides on the same app and service functions."""
+    from api.web import mount_web
+
     mount_web(app)
 
 
@@ -92,7 +88,6 @@ def create_app(
     for module in (progressions, inbox, models, policies, features, audit, users, ops):
         app.include_router(module.router)
     _mount_web_ui(app)
-    from api.web import mount_web; mount_web(app)  # noqa: E702, I001 - web UI: api/web, api/templates, api/static
     # Outermost first: the size limit refuses before anything reads the body; metrics see every answer.
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)

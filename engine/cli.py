@@ -68,13 +68,9 @@ def users_create(
 
 
 def _register_http_commands() -> None:
-    """The HTTP commands (login, start, status, decide, ...) from the CLI module, when present."""
-    try:
-        from engine.cli_commands import register
-    except ModuleNotFoundError as exc:  # pragma: no cover - only while that module is absent
-        if exc.name != "engine.cli_commands":
-            raise
-        return
+    """The HTTP commands (login, start, status, decide, ...) live in engine.cli_commands."""
+    from engine.cli_commands import register
+
     register(app)
 
 
