@@ -96,12 +96,12 @@ class Receiver:
         payload = json.loads(body) if body else {}
         with self.lock:
             status = 200 if ok else 401
-            if ok and payload.get("kind") == "deployment" and self.fail_first_deployment:
+            if ok and payload.get("type") == "deployment" and self.fail_first_deployment:
                 # The deployment system is briefly down: Temporal must retry the activity.
                 self.fail_first_deployment = False
                 status = 503
             self.deliveries.append(Delivery(path, headers.get(EVENT_ID_HEADER), ok, payload, status))
-        answer = {"deployment_id": "ext-42"} if status == 200 and payload.get("kind") == "deployment" else {}
+        answer = {"deployment_id": "ext-42"} if status == 200 and payload.get("type") == "deployment" else {}
         return status, answer
 
 
@@ -348,12 +348,12 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
     assert all(d.event_id for d in deliveries)
     assert not verify_signature("not-the-secret", json.dumps(deliveries[0].payload).encode(),
                                 "sha256=" + "0" * 64)
-    deployments = [d for d in deliveries if d.payload.get("kind") == "deployment"]
+    deployments = [d for d in deliveries if d.payload.get("type") == "deployment"]
     assert [d.status for d in deployments] == [503, 200]
     assert len({d.event_id for d in deployments}) == 1  # the same deployment key on the retry
     assert deployments[0].payload["model_id"] == spec["model"]["id"]
     assert deployments[0].payload["version_id"] == spec["version"]["id"]
-    kinds = {d.payload.get("kind") for d in deliveries}
+    kinds = {d.payload.get("kind") for d in deliveries if d.payload.get("type") == "notification"}
     assert {"gate_opened", "decided", "finished"} <= kinds, kinds
 
     # 7. Temporal: findable by the registered search attributes; activity work on both workers.
