@@ -12,7 +12,9 @@ Locking: PostgreSQL takes ``SELECT ... FOR UPDATE`` on the head row. SQLite has 
 there the append first issues a no-op ``UPDATE`` of the head row. The SQLite driver only opens
 its transaction at the first write, so that UPDATE acquires the database write lock (waiting up
 to ``busy_timeout``) *before* the head is read: the read is current and the append can never
-fail with "database is locked" on lock upgrade or collide on ``seq``.
+fail with "database is locked" on lock upgrade or collide on ``seq``. (This relies on the
+driver's default deferred, write-started transactions; an engine that emits its own ``BEGIN`` at
+the first read should emit ``BEGIN IMMEDIATE`` instead.)
 
 The head row is the chain's anchor inside the database; someone able to rewrite the whole tail
 and the head consistently is detected only by comparing ``head_hash`` with a copy kept elsewhere.
@@ -25,10 +27,11 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from typing import cast as typed
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
-from sqlalchemy import ColumnElement, String, Text, any_, bindparam, cast, select, type_coerce, update
+from sqlalchemy import ColumnElement, String, Table, Text, any_, bindparam, cast, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -40,6 +43,8 @@ GENESIS_HASH = "0" * 64
 CHAIN_HEAD_ID = 1
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_HEAD = typed(Table, AuditChainHead.__table__)
+_EVENTS = typed(Table, AuditEvent.__table__)
 _EVENT_FIELDS = ("event_id", "event_type", "occurred_at", "actor_id", "progression_id", "model_id", "stage")
 
 
@@ -104,7 +109,7 @@ def _dialect(session: AsyncSession) -> str:
 
 async def _lock_head(session: AsyncSession) -> tuple[int, str]:
     """Lock the chain head for the rest of the caller's transaction; return (last_seq, last_hash)."""
-    head = AuditChainHead.__table__
+    head = _HEAD
     dialect = _dialect(session)
     for _ in range(2):
         if dialect == "sqlite":
@@ -140,7 +145,7 @@ def _event_id_in(session: AsyncSession, ids: list[str]) -> ColumnElement[bool]:
 
 
 async def _set_head(session: AsyncSession, last_seq: int, last_hash: str) -> None:
-    head = AuditChainHead.__table__
+    head = _HEAD
     await session.execute(update(head).where(head.c.id == CHAIN_HEAD_ID).values(last_seq=last_seq, last_hash=last_hash))
 
 
@@ -213,7 +218,7 @@ async def append_events(
         unknown = set(spec) - {*_EVENT_FIELDS, "payload"}
         if unknown:
             raise TypeError(f"unknown audit event field(s): {', '.join(sorted(unknown))}")
-        fields = {k: spec.get(k) for k in _EVENT_FIELDS}
+        fields: dict[str, Any] = {k: spec.get(k) for k in _EVENT_FIELDS}
         fields["event_type"] = str(fields["event_type"])
         fields["occurred_at"] = _utc(fields["occurred_at"])
         payload = normalize_payload(spec.get("payload") or {})
@@ -257,7 +262,7 @@ class ChainVerification(BaseModel):
     problem: str | None = None
 
 
-_events = AuditEvent.__table__
+_events = _EVENTS
 
 
 def _verify_columns(dialect: str) -> tuple[Any, ...]:
@@ -283,7 +288,7 @@ def _verify_columns(dialect: str) -> tuple[Any, ...]:
 
 
 async def _read_head(session: AsyncSession) -> tuple[int, str]:
-    head = AuditChainHead.__table__
+    head = _HEAD
     row = (await session.execute(select(head.c.last_seq, head.c.last_hash).where(head.c.id == CHAIN_HEAD_ID))).first()
     return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 

@@ -18,7 +18,9 @@ import re
 import tempfile
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
+from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -106,7 +108,7 @@ async def record_blob(
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = (
-        insert(EvidenceBlob.__table__)
+        insert(cast(Table, EvidenceBlob.__table__))
         .values(sha256=sha256, size=size, media_type=media_type, created_at=created_at or utcnow())
         .on_conflict_do_nothing(index_elements=["sha256"])
     )
