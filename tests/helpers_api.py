@@ -86,12 +86,11 @@ def make_settings(tmp_path: Path, url: str, task_queue: str, **overrides: Any) -
 @asynccontextmanager
 async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *, worker: bool = True,
                   **overrides: Any) -> AsyncIterator[ApiEnv]:
-    from engine.evidence import EvidenceStore
-    from engine.features import seed_features
-
     from activities.notify import LogNotifier
     from activities.progression import ProgressionActivities
     from activities.promotion import RecordingPromotionTarget
+    from engine.evidence import EvidenceStore
+    from engine.features import seed_features
     from engine.worker import build_worker
 
     await upgrade(url)
@@ -218,3 +217,13 @@ async def audit_events(env: ApiEnv, pid: str, event_type: str | None = None) -> 
         if event_type:
             q = q.where(AuditEvent.event_type == event_type)
         return list((await session.scalars(q.order_by(AuditEvent.seq))).all())
+
+
+async def wait_audit(env: ApiEnv, pid: str, event_type: str, *, attempts: int = 300) -> list[Any]:
+    """Events of a type once at least one is there (the workflow writes some after the read model)."""
+    for _ in range(attempts):
+        events = await audit_events(env, pid, event_type)
+        if events:
+            return events
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {event_type} event for {pid}")

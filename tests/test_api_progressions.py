@@ -33,6 +33,7 @@ from tests.helpers_api import (
     get_state,
     start,
     upload,
+    wait_audit,
     wait_for,
     wait_read_model,
 )
@@ -235,6 +236,7 @@ async def test_duplicate_start_is_409_and_stores_nothing(env: ApiEnv) -> None:
     version = pid.split("@", 1)[1]
     await wait_for(env, pid, at_gate("validation"))  # settled: the workflow writes nothing more meanwhile
     await wait_read_model(env, pid, lambda r: r.current_stage == "validation")
+    await wait_audit(env, pid, "notification.sent")  # sent after the read model is written
     before = (await env.count(EvidenceBlob), await env.count(AuditEvent), await env.count(ModelVersion))
     # Different evidence bytes: had anything been stored, the blob count would move.
     _, files = upload(CREDIT, version=version, extra=None)
