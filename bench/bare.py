@@ -1,0 +1,85 @@
+"""The baseline of the throughput benchmark: a bare Temporal workflow shaped like the credit journey.
+
+Same number of activities, in the same places, as ``ProgressionWorkflow`` on the credit policy
+(14: five before the validation gate, one per decision inside the Update handler, one after the
+validation gate, five after the risk review), the same three Updates with validators that refuse
+while the gate is closed, the same SLA timers racing each gate and the revalidation timer at the
+end. The activities do nothing, so the difference is what governance costs: state, audit chain,
+read model, checks, search attributes.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel
+from temporalio import activity, workflow
+
+BARE_WORKFLOW = "BareGovernedWorkflow"
+NOOP_TIMEOUT = timedelta(seconds=60)
+# (activities before the gate, approvals the gate needs, SLA of the gate): the credit journey's shape.
+SHAPE: list[tuple[int, int, timedelta]] = [(5, 1, timedelta(days=5)), (1, 2, timedelta(days=10))]
+TAIL_ACTIVITIES = 5
+
+
+class BareDecision(BaseModel):
+    gate: int
+    actor: str
+
+
+class BareState(BaseModel):
+    gate: int = -1  # index of the open gate, -1 when none is open
+    approvals: int = 0
+    status: str = "running"  # running | awaiting_approval | done
+
+
+@activity.defn(name="bare_noop")
+async def bare_noop(step: int) -> int:
+    return step
+
+
+@workflow.defn(name=BARE_WORKFLOW)
+class BareGovernedWorkflow:
+    def __init__(self) -> None:
+        self._state = BareState()
+        self._approvers: set[str] = set()
+
+    @workflow.query(name="state")
+    def state(self) -> BareState:
+        return self._state
+
+    async def _noops(self, n: int) -> None:
+        for i in range(n):
+            await workflow.execute_activity(bare_noop, i, start_to_close_timeout=NOOP_TIMEOUT)
+
+    @workflow.run
+    async def run(self) -> BareState:
+        for index, (before, needed, sla) in enumerate(SHAPE):
+            await self._noops(before)
+            self._state.gate, self._state.approvals, self._state.status = index, 0, "awaiting_approval"
+            self._approvers = set()
+            try:
+                await workflow.wait_condition(lambda n=needed: self._state.approvals >= n, timeout=sla)  # type: ignore[misc]
+            except TimeoutError:
+                pass
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            self._state.gate, self._state.status = -1, "running"
+        await self._noops(TAIL_ACTIVITIES)
+        self._state.status = "done"
+        try:
+            await workflow.wait_condition(lambda: False, timeout=timedelta(days=365))
+        except TimeoutError:
+            pass
+        return self._state
+
+    @workflow.update(name="decide")
+    async def decide(self, inp: BareDecision) -> BareState:
+        self._approvers.add(inp.actor)
+        self._state.approvals += 1
+        await workflow.execute_activity(bare_noop, -1, start_to_close_timeout=NOOP_TIMEOUT)
+        return self._state
+
+    @decide.validator
+    def _validate(self, inp: BareDecision) -> None:
+        if self._state.gate != inp.gate or inp.actor in self._approvers:
+            raise ValueError("gate not open for this actor")

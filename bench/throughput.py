@@ -1,0 +1,163 @@
+"""Throughput: progressions per second through the whole credit journey, against a bare workflow.
+
+    python -m bench.throughput [--count 100] [--concurrency 16] [--rounds 2] [--db sqlite|postgresql]
+
+One progression = start, registration and validation checks, the validator's approval, two risk
+officers' approvals, staging checks, deployment, ``in_production``. The baseline
+(``bench/bare.py``) has the same number of activities, Updates and timers in the same places,
+with no-op activities. Both run on the same dev server, with the same worker settings, in the
+same process, driven by the same client code (query every 20 ms until the gate is open, then the
+Update), in alternating rounds so both see the same machine load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.worker import Worker
+
+from bench.bare import BARE_WORKFLOW, BareDecision, BareGovernedWorkflow, bare_noop
+from bench.common import Report, base_parser, bounded_gather, fresh_database, run, temporal_server
+
+POLL = 0.02
+MAX_POLLS = 3000  # 60 s per wait at most
+
+
+async def _poll(handle: WorkflowHandle[Any, Any], ok: Callable[[dict[str, Any]], bool]) -> None:
+    for _ in range(MAX_POLLS):
+        state = await handle.query("state")
+        if ok(state):
+            return
+        await asyncio.sleep(POLL)
+    raise RuntimeError(f"{handle.id} did not reach the expected state")
+
+
+# ---- the two kinds, driven identically --------------------------------------------------------
+
+
+async def bare_journey(client: Client, task_queue: str, i: int) -> None:
+    handle = await client.start_workflow(BARE_WORKFLOW, id=f"bare-{uuid.uuid4().hex}", task_queue=task_queue)
+    await _poll(handle, lambda s: s["gate"] == 0)
+    await handle.execute_update("decide", BareDecision(gate=0, actor="validator"))
+    await _poll(handle, lambda s: s["gate"] == 1)
+    await handle.execute_update("decide", BareDecision(gate=1, actor="risk1"))
+    await handle.execute_update("decide", BareDecision(gate=1, actor="risk2"))
+    await _poll(handle, lambda s: s["status"] == "done")
+
+
+def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awaitable[None]]:
+    from engine.lifecycle import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput, DecisionKind
+    from tests import helpers_workflow as hw
+
+    def gate(stage: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda s: s["current_stage"] == stage and s["status"] == "awaiting_approval"
+
+    async def journey(client: Client, task_queue: str, i: int) -> None:
+        version = f"9.{i}.0-b{uuid.uuid4().hex[:10]}"
+        spec = base_input.spec.model_copy(update={"version": base_input.spec.version.model_copy(
+            update={"id": version})})
+        inp = base_input.model_copy(update={"spec": spec})
+        handle = await client.start_workflow(WORKFLOW_NAME, inp, id=spec.progression_id, task_queue=task_queue)
+
+        async def approve(actor: Any, stage: str) -> None:
+            await handle.execute_update(UPDATE_DECIDE, DecideInput(
+                stage=stage, decision=DecisionKind.approve, comment="ok", actor=actor,
+                decision_id=uuid.uuid4().hex))
+
+        await _poll(handle, gate("validation"))
+        await approve(hw.VALIDATOR, "validation")
+        await _poll(handle, gate("risk_review"))
+        await approve(hw.RISK1, "risk_review")
+        await approve(hw.RISK2, "risk_review")
+        await _poll(handle, lambda s: s["status"] == "in_production")
+
+    return journey
+
+
+@contextlib.asynccontextmanager
+async def engine_env(client: Client, db: str, *, engine_kw: dict[str, Any] | None = None, audit_chain: bool = True,
+                     **worker_kw: Any) -> AsyncIterator[tuple[str, Any, Any]]:
+    """A fresh database, the real activities and worker on their own task queue; yields (queue, input, env)."""
+    from activities.notify import LogNotifier
+    from activities.progression import ProgressionActivities
+    from activities.promotion import RecordingPromotionTarget
+    from engine.db import make_engine, make_sessionmaker
+    from engine.worker import build_worker
+    from tests import helpers_workflow as hw
+
+    with fresh_database(db) as url, tempfile.TemporaryDirectory(prefix="progression-bench-") as tmp:
+        async with hw.app_env(url, Path(tmp)) as env:
+            engine = make_engine(url, **(engine_kw or {}))
+            sm = make_sessionmaker(engine)
+            env.activities = ProgressionActivities(sm, env.store, RecordingPromotionTarget(), LogNotifier(),
+                                                   audit_chain=audit_chain)
+            base = await hw.example_input(env, hw.CREDIT, version={"id": "9.0.0"})
+            queue = f"bench-engine-{uuid.uuid4().hex[:8]}"
+            try:
+                async with build_worker(client, task_queue=queue, activities=env.activities, **worker_kw):
+                    yield queue, base, env
+            finally:
+                await engine.dispose()
+
+
+async def timed(count: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> float:
+    start = time.perf_counter()
+    await bounded_gather(count, concurrency, job)
+    return time.perf_counter() - start
+
+
+async def main(args: argparse.Namespace) -> Report:
+    report = Report("throughput", "python -m bench.throughput", params={
+        "count": args.count, "concurrency": args.concurrency, "rounds": args.rounds, "db": args.db})
+    async with temporal_server() as (client, _):
+        bare_queue = f"bench-bare-{uuid.uuid4().hex[:8]}"
+        async with engine_env(client, args.db, engine_kw=json.loads(args.engine_kw)) as (queue, base, _), Worker(
+                client, task_queue=bare_queue, workflows=[BareGovernedWorkflow], activities=[bare_noop]):
+            journey = engine_journey_factory(base)
+            # Warm-up: imports, sandbox module cache, connections, JIT-free but cache-hot paths.
+            # Sequential, so the first journey creates the catalog model before concurrent ones run.
+            await bounded_gather(2, 1, lambda i: journey(client, queue, 10_000_000 + i))
+            await bounded_gather(2, 1, lambda i: bare_journey(client, bare_queue, i))
+            bare_s = engine_s = 0.0
+            for r in range(args.rounds):
+                if args.profile == "engine":
+                    engine_s += await timed(args.count, args.concurrency,
+                                            lambda i, r=r: journey(client, queue, r * args.count + i))  # type: ignore[misc]
+                    bare_s = engine_s
+                    continue
+                bare_s += await timed(args.count, args.concurrency, lambda i: bare_journey(client, bare_queue, i))
+                engine_s += await timed(args.count, args.concurrency,
+                                        lambda i, r=r: journey(client, queue, r * args.count + i))  # type: ignore[misc]
+    n = args.count * args.rounds
+    engine_rate, bare_rate = n / engine_s, n / bare_s
+    report.add("progressions/s (full credit journey)", engine_rate, "/s", baseline=bare_rate,
+               goal="ratio >= 0.8", met=engine_rate / bare_rate >= 0.8,
+               note="baseline: bare workflow, same activities/Updates/timers, no-op activities")
+    report.add("mean journey time at this concurrency", engine_s / args.rounds / args.count * args.concurrency,
+               "s", baseline=bare_s / args.rounds / args.count * args.concurrency)
+    return report
+
+
+def parser() -> argparse.ArgumentParser:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--count", type=int, default=100, help="progressions per round and kind")
+    p.add_argument("--concurrency", type=int, default=16, help="journeys in flight")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds (bare, engine)")
+    p.add_argument("--engine-kw", default="{}", help="JSON keyword arguments for the worker's database engine")
+    p.add_argument("--profile", choices=["engine"], help="run only the engine (to attach a profiler)")
+    p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    return p
+
+
+if __name__ == "__main__":
+    run(main, parser().parse_args())
