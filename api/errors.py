@@ -54,7 +54,7 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 _STATUS_CODES = {
-    400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    400: "invalid_body", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     406: "not_acceptable", 409: "conflict", 413: "request_too_large", 415: "unsupported_media_type",
     422: "validation_error", 429: "too_many_requests", 503: "unavailable",
 }
@@ -78,6 +78,12 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     422: _doc("The request does not validate (`validation_error`, `invalid_spec`, ...)"),
     500: _doc("Unexpected error (`internal_error`); never includes a traceback"),
 }
+# Routes that read a request body: it may not parse at all (not UTF-8 JSON, broken multipart) or be of a
+# content type the route does not read.
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _doc("The body cannot be parsed: not UTF-8 JSON, malformed multipart (`invalid_body`)"),
+    415: _doc("The body's content type is not one this route reads (`unsupported_media_type`)"),
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _doc("No such resource, or not visible to the caller (`not_found`)")}
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: _doc("Conflicts with the current state (`progression_exists`, `gate_not_open`, `idempotency_in_flight`, ...)")
@@ -95,6 +101,8 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
+        if exc.status_code == 400:  # FastAPI/Starlette could not parse the body (bad UTF-8, broken multipart)
+            message = f"the request body cannot be parsed: {message}"
         if exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
         return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))

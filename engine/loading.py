@@ -143,7 +143,12 @@ def safe_load_yaml(text: str | bytes, *, filename: str, max_bytes: int = DEFAULT
     Raises :class:`YamlProblem`.
     """
     source = _decode(text, filename, max_bytes)
-    loader = _StrictLoader(source)
+    try:
+        loader = _StrictLoader(source)
+    except yaml.reader.ReaderError as exc:  # the reader checks a str for non-printable characters at once
+        line = source[: exc.position].count("\n") + 1
+        raise YamlProblem(Problem(filename, line, "", f"unacceptable character #x{exc.character:04x}: special "
+                                                      "characters are not allowed", "yaml_syntax")) from None
     try:
         root = loader.get_single_node()
         lines: LineMap = {}

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from api.deps import CurrentUser, SessionDep, StateDep
-from api.errors import COMMON_ERRORS, NOT_FOUND, ApiError
+from api.errors import BODY_ERRORS, COMMON_ERRORS, NOT_FOUND, ApiError
 from api.multipart import read_multipart
 from api.schemas import DryRunRequest, DryRunResult, PolicyDetail, PolicySummary
 from api.services import policies as svc
@@ -35,7 +35,7 @@ _DRY_RUN_BODY = {"requestBody": {"required": True, "content": {
                                  "description": "evidence files as evidence.<name> parts"}}}}}}
 
 
-@router.post("/{intent}/dry-run", response_model=DryRunResult, responses={**NOT_FOUND},
+@router.post("/{intent}/dry-run", response_model=DryRunResult, responses={**NOT_FOUND, **BODY_ERRORS},
              openapi_extra=_DRY_RUN_BODY,
              summary="The route a spec would take: checks passing/failing now, approvals needed, what to fix first")
 async def dry_run(intent: str, request: Request, session: SessionDep, user: CurrentUser,

@@ -9,16 +9,17 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import CurrentUser, SessionDep, StateDep
-from api.errors import COMMON_ERRORS, CONFLICT, NOT_FOUND
+from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
 from api.idempotency import decision_id_for, fingerprint, idempotency_key, idempotent
 from api.multipart import multipart_openapi, read_multipart
 from api.schemas import DecisionRequest, ProgressionOut, ProgressionPage, WithdrawRequest
 from api.services import progressions as svc
 
 router = APIRouter(prefix="/api/v1/progressions", tags=["progressions"], responses=COMMON_ERRORS)
+_ACT_ERRORS = {**NOT_FOUND, **CONFLICT, **BODY_ERRORS}  # acting on one progression with a body
 
 
-@router.post("", status_code=201, response_model=ProgressionOut, responses={**CONFLICT},
+@router.post("", status_code=201, response_model=ProgressionOut, responses={**CONFLICT, **BODY_ERRORS},
              openapi_extra=multipart_openapi("progression.yaml as 'spec' and one 'evidence.<name>' part per file",
                                              with_spec=True),
              summary="Start a progression from a progression.yaml and its evidence")
@@ -53,7 +54,7 @@ async def get_progression(progression_id: str, session: SessionDep, user: Curren
     return await svc.get_progression(session=session, app=app, principal=user, progression_id=progression_id)
 
 
-@router.post("/{progression_id}/decisions", response_model=ProgressionOut, responses={**NOT_FOUND, **CONFLICT},
+@router.post("/{progression_id}/decisions", response_model=ProgressionOut, responses=_ACT_ERRORS,
              summary="Approve, reject or request changes on the open gate of a stage")
 async def decide(progression_id: str, body: DecisionRequest, request: Request, session: SessionDep,
                  user: CurrentUser, app: StateDep) -> JSONResponse:
@@ -70,7 +71,7 @@ async def decide(progression_id: str, body: DecisionRequest, request: Request, s
                             produce, app.sessionmaker, key=key)
 
 
-@router.post("/{progression_id}/evidence", response_model=ProgressionOut, responses={**NOT_FOUND, **CONFLICT},
+@router.post("/{progression_id}/evidence", response_model=ProgressionOut, responses=_ACT_ERRORS,
              openapi_extra=multipart_openapi("one 'evidence.<name>' part per new or changed file", with_spec=False),
              summary="Add new or changed evidence; re-runs the current stage's checks")
 async def add_evidence(progression_id: str, request: Request, session: SessionDep, user: CurrentUser,
@@ -88,7 +89,7 @@ async def add_evidence(progression_id: str, request: Request, session: SessionDe
                             app.sessionmaker, key=key)
 
 
-@router.post("/{progression_id}/withdraw", response_model=ProgressionOut, responses={**NOT_FOUND, **CONFLICT},
+@router.post("/{progression_id}/withdraw", response_model=ProgressionOut, responses=_ACT_ERRORS,
              summary="Withdraw the progression (the submitting team)")
 async def withdraw(progression_id: str, body: WithdrawRequest, request: Request, session: SessionDep,
                    user: CurrentUser, app: StateDep) -> JSONResponse:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import CurrentUser, SessionDep, StateDep
-from api.errors import COMMON_ERRORS, CONFLICT, NOT_FOUND
+from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
 from api.idempotency import fingerprint, idempotent
 from api.schemas import Me, NewToken, TokenCreate, TokenOut, UserCreate, UserCreated, UserOut
 from api.services import users as svc
@@ -24,7 +24,7 @@ async def list_users(session: SessionDep, user: CurrentUser) -> list[UserOut]:
     return await svc.list_users(session=session, principal=user)
 
 
-@router.post("/users", status_code=201, response_model=UserCreated, responses={**CONFLICT},
+@router.post("/users", status_code=201, response_model=UserCreated, responses={**CONFLICT, **BODY_ERRORS},
              summary="Create a user with roles and a team; the token is in this answer only")
 async def create_user(body: UserCreate, request: Request, session: SessionDep, user: CurrentUser,
                       app: StateDep) -> JSONResponse:
@@ -42,8 +42,8 @@ async def list_tokens(user_id: str, session: SessionDep, user: CurrentUser) -> l
     return await svc.tokens(session=session, principal=user, user_id=user_id)
 
 
-@router.post("/users/{user_id}/tokens", status_code=201, response_model=NewToken, responses={**NOT_FOUND},
-             summary="Issue a new token; the secret is in this answer only")
+@router.post("/users/{user_id}/tokens", status_code=201, response_model=NewToken,
+             responses={**NOT_FOUND, **BODY_ERRORS}, summary="Issue a new token; the secret is in this answer only")
 async def new_token(user_id: str, request: Request, session: SessionDep, user: CurrentUser, app: StateDep,
                     body: TokenCreate | None = None) -> JSONResponse:
     name = body.name if body is not None else ""
