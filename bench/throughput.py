@@ -110,6 +110,19 @@ async def engine_env(client: Client, db: str, *, engine_kw: dict[str, Any] | Non
                 await engine.dispose()
 
 
+def runner_kw(runner: str) -> dict[str, Any]:
+    """Worker keyword arguments for a workflow runner variant (the same for both kinds)."""
+    from temporalio.worker import UnsandboxedWorkflowRunner
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+    if runner == "unsandboxed":
+        return {"workflow_runner": UnsandboxedWorkflowRunner()}
+    if runner == "passthrough-all":
+        return {"workflow_runner": SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_all_modules())}
+    return {}
+
+
 async def timed(count: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> float:
     start = time.perf_counter()
     await bounded_gather(count, concurrency, job)
@@ -119,10 +132,12 @@ async def timed(count: int, concurrency: int, job: Callable[[int], Awaitable[Non
 async def main(args: argparse.Namespace) -> Report:
     report = Report("throughput", "python -m bench.throughput", params={
         "count": args.count, "concurrency": args.concurrency, "rounds": args.rounds, "db": args.db})
+    worker_kw = runner_kw(args.runner)
     async with temporal_server() as (client, _):
         bare_queue = f"bench-bare-{uuid.uuid4().hex[:8]}"
-        async with engine_env(client, args.db, engine_kw=json.loads(args.engine_kw)) as (queue, base, _), Worker(
-                client, task_queue=bare_queue, workflows=[BareGovernedWorkflow], activities=[bare_noop]):
+        engine_kw = json.loads(args.engine_kw)
+        async with engine_env(client, args.db, engine_kw=engine_kw, **worker_kw) as (queue, base, _), Worker(
+                client, task_queue=bare_queue, workflows=[BareGovernedWorkflow], activities=[bare_noop], **worker_kw):
             journey = engine_journey_factory(base)
             # Warm-up: imports, sandbox module cache, connections, JIT-free but cache-hot paths.
             # Sequential, so the first journey creates the catalog model before concurrent ones run.
@@ -154,6 +169,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=16, help="journeys in flight")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (bare, engine)")
     p.add_argument("--engine-kw", default="{}", help="JSON keyword arguments for the worker's database engine")
+    p.add_argument("--runner", choices=["default", "passthrough-all", "unsandboxed"], default="default",
+                   help="workflow runner of both workers (tuning experiments)")
     p.add_argument("--profile", choices=["engine"], help="run only the engine (to attach a profiler)")
     p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     return p
