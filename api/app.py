@@ -66,7 +66,8 @@ def create_app(
             url = settings.resolved_database_url
             if url.startswith("sqlite"):
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
-            await upgrade(url)
+            if settings.env != "production":  # production runs the one-shot `migrate` job instead
+                await upgrade(url)
             engine = make_engine(url)
             sm = make_sessionmaker(engine)
         reg = registry or PolicyRegistry.from_dir(settings.policies_dir)

@@ -87,6 +87,23 @@ def run_migrate(settings: Settings) -> None:
 
     upgrade_sync(settings.resolved_database_url)
     log.info("database migrated to head")
+    inserted = asyncio.run(_seed_feature_catalog(settings))
+    log.info("feature catalog: %d features added from %s (existing entries are never overwritten)",
+             inserted, settings.features_file)
+
+
+async def _seed_feature_catalog(settings: Settings) -> int:
+    from engine.db import make_engine, make_sessionmaker
+    from engine.features import seed_features
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            inserted = await seed_features(session, settings.features_file)
+            await session.commit()
+            return inserted
+    finally:
+        await engine.dispose()
 
 
 def healthcheck(settings: Settings, timeout: float = 3.0) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -29,6 +30,8 @@ log = logging.getLogger("progression.worker")
 
 def build_worker(client: Client, *, task_queue: str, activities: ProgressionActivities, **kw: Any) -> Worker:
     """A worker serving ``ProgressionWorkflow`` and every activity of ``activities`` on ``task_queue``."""
+    # Running activities get time to finish on shutdown (SIGTERM on a rolling deploy) instead of being retried.
+    kw.setdefault("graceful_shutdown_timeout", timedelta(seconds=30))
     return Worker(client, task_queue=task_queue, workflows=[ProgressionWorkflow], activities=activities.all(), **kw)
 
 
