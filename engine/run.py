@@ -106,7 +106,7 @@ async def seed_database(settings: Settings) -> dict[str, str]:
                                                  display_name=display_name)
                     tokens[username] = token
                 elif username not in tokens:
-                    tokens[username] = await issue_token(session, user, name="demo")
+                    _, tokens[username] = await issue_token(session, user, name="demo")
                 await session.commit()
     finally:
         await engine.dispose()
@@ -256,7 +256,7 @@ async def main() -> None:
 
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.api_host,
                                                port=settings.api_port, log_level="warning"))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own Ctrl-C
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # we own Ctrl-C
         tasks.append(asyncio.create_task(run_worker(settings), name="worker"))
         tasks.append(asyncio.create_task(server.serve(), name="api"))
         base_url = f"http://{settings.api_host}:{settings.api_port}"
