@@ -160,12 +160,12 @@ def safe_load_yaml(text: str | bytes, *, filename: str, max_bytes: int = DEFAULT
         raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = int(mark.line) + 1 if mark is not None else None
+        mark_line: int | None = int(mark.line) + 1 if mark is not None else None
         parts = [p for p in (exc.context, exc.problem) if p]
         message = ": ".join(parts) if parts else "invalid YAML"
         if "expected a single document" in message:
             message = "only one YAML document is allowed (found a second '---' document)"
-        raise YamlProblem(Problem(filename, line, "", message, "yaml_syntax")) from None
+        raise YamlProblem(Problem(filename, mark_line, "", message, "yaml_syntax")) from None
     except yaml.YAMLError as exc:  # ReaderError (control characters) has no problem_mark
         raise YamlProblem(Problem(filename, None, "", str(exc).replace("\n", " "), "yaml_syntax")) from None
     finally:

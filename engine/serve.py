@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import logging
 import signal
 import sys
@@ -60,7 +59,7 @@ def run_api(settings: Settings) -> None:
 async def _worker_main(settings: Settings) -> None:
     from engine.worker import run_worker
 
-    task = asyncio.ensure_future(_as_awaitable(run_worker(settings)))
+    task = asyncio.ensure_future(run_worker(settings))
     loop = asyncio.get_running_loop()
     # SIGTERM (docker stop, scale down) cancels the worker so it stops polling and lets running
     # activity attempts finish within the stop grace period; Temporal retries anything cut short.
@@ -70,12 +69,6 @@ async def _worker_main(settings: Settings) -> None:
         await task
     except asyncio.CancelledError:
         log.info("worker stopped")
-
-
-async def _as_awaitable(value: object) -> object:
-    if inspect.isawaitable(value):
-        return await value
-    return value
 
 
 def run_worker(settings: Settings) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import uuid
 from typing import Any
 
@@ -44,12 +43,13 @@ async def put_feature(*, session: AsyncSession, principal: Principal, name: str,
     tags = sorted({t.strip() for t in body.tags if t.strip()})
     before = await session.get(Feature, name)
     previous = None if before is None else {"description": before.description, "tags": list(before.tags or [])}
+    if previous is not None and previous == {"description": body.description, "tags": tags}:
+        # PUT is idempotent: a repeat (e.g. a retry after a lost answer) changes nothing and records nothing.
+        return _out(before)
     from engine.features import upsert_feature
 
-    result = upsert_feature(session, name=name, description=body.description, tags=tags,
-                            updated_by=principal.username)
-    if inspect.isawaitable(result):
-        result = await result
+    result = await upsert_feature(session, name=name, description=body.description, tags=tags,
+                                  updated_by=principal.username)
     await audit.append_event(
         session, event_id=f"feature-{uuid.uuid4()}", event_type=EventType.feature_updated.value,
         occurred_at=utcnow(), actor_id=principal.id,

@@ -108,9 +108,8 @@ def _evidence_from_json(value: Any) -> Any:
 async def dry_run(*, session: AsyncSession, principal: Principal, registry: PolicyRegistry, intent: str,
                   spec_text: str | bytes, evidence: dict[str, Any], max_yaml_bytes: int) -> DryRunResult:
     """The route a spec would take under ``intent``'s policy and what passes now. Reads only."""
-    from engine.features import resolve_features
-
     from engine.checks import evaluate_stage
+    from engine.features import resolve_features
 
     require(principal, Action.dry_run)
     loaded = _get(registry, intent)
@@ -125,10 +124,7 @@ async def dry_run(*, session: AsyncSession, principal: Principal, registry: Poli
         raise ApiError(422, "unknown_evidence",
                        f"evidence.{unknown_evidence[0]}: the spec declares no evidence {unknown_evidence[0]!r}",
                        {"unknown": unknown_evidence, "declared": sorted(spec.evidence)})
-    features = resolve_features(session, spec.features)
-    if hasattr(features, "__await__"):
-        features = await features
-    features = list(features)
+    features = await resolve_features(session, spec.features)
     now = utcnow()
     route_defs = loaded.policy.route_for(spec.target)
     route: list[DryRunStage] = []
