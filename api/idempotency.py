@@ -13,6 +13,7 @@ crashed process is taken over after ``STALE_AFTER``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.authz import Principal
@@ -35,6 +36,7 @@ HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 200
 STALE_AFTER = timedelta(minutes=10)
 REPLAY_HEADER = "Idempotent-Replayed"
+FINISH_RETRY_SECONDS = 60.0  # longer than a database failover
 
 Producer = Callable[[], Awaitable[tuple[int, Any]]]
 
@@ -95,6 +97,26 @@ async def _reserve(sm: async_sessionmaker[AsyncSession], principal: Principal, k
 
 async def _finish(sm: async_sessionmaker[AsyncSession], principal: Principal, key: str, status: int,
                   body: Any) -> None:
+    """Store the answer (or drop the reservation), retrying while the database is unreachable.
+
+    Giving up at once would leave the key "in flight" until ``STALE_AFTER``, so every retry of a
+    request that was answered during a short database outage would get 409 for ten minutes.
+    """
+    delay = 0.2
+    deadline = asyncio.get_running_loop().time() + FINISH_RETRY_SECONDS
+    while True:
+        try:
+            await _store(sm, principal, key, status, body)
+            return
+        except (DBAPIError, OSError):
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _store(sm: async_sessionmaker[AsyncSession], principal: Principal, key: str, status: int,
+                 body: Any) -> None:
     async with sm() as session:
         if status >= 500:
             await session.execute(delete(IdempotencyRecord).where(

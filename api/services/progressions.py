@@ -10,7 +10,6 @@ writes only what the workflow cannot: the audit record of a *refused* decision.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,6 +50,7 @@ from engine.lifecycle import (
     ProgressionState,
     Refusal,
     StageState,
+    Status,
     decision_refusal,
 )
 from engine.loading import load_spec
@@ -80,14 +80,20 @@ async def _read_model(session: AsyncSession, progression_id: str) -> Progression
 
 async def load_state(session: AsyncSession, app: AppState, progression_id: str) -> ProgressionState | None:
     """The live state from the workflow query; the read-model snapshot when the query cannot answer."""
+    return (await _load_state(session, app, progression_id))[0]
+
+
+async def _load_state(session: AsyncSession, app: AppState,
+                      progression_id: str) -> tuple[ProgressionState | None, bool]:
+    """(state, live): live is False when it is the read-model snapshot, which may lag the workflow."""
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     try:
-        return await handle.query(QUERY_STATE, result_type=ProgressionState, rpc_timeout=QUERY_TIMEOUT)
+        return await handle.query(QUERY_STATE, result_type=ProgressionState, rpc_timeout=QUERY_TIMEOUT), True
     except Exception:  # not found, no worker, timeout: the snapshot is the best we have
         row = await _read_model(session, progression_id)
         if row is None or not row.state:
-            return None
-        return ProgressionState.model_validate(row.state)
+            return None, False
+        return ProgressionState.model_validate(row.state), False
 
 
 async def get_progression(*, session: AsyncSession, app: AppState, principal: Principal,
@@ -140,10 +146,6 @@ async def list_progressions(*, session: AsyncSession, principal: Principal, mode
 # ---- evidence storage ------------------------------------------------------------------------
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
 async def store_evidence(session: AsyncSession, app: AppState, uploads: list[Upload],
                          principal: Principal) -> dict[str, EvidenceRef]:
     """Store blobs content-addressed and record their metadata (commits). Same bytes -> same blob."""
@@ -153,9 +155,9 @@ async def store_evidence(session: AsyncSession, app: AppState, uploads: list[Upl
     refs: dict[str, EvidenceRef] = {}
     now = _utcnow()
     for up in uploads:
-        sha = await _maybe_await(asyncio.to_thread(store.put, up.data))
+        sha = await asyncio.to_thread(store.put, up.data)
         media = guess_media_type(up.filename or up.name, up.data)
-        await _maybe_await(record_blob(session, sha256=sha, size=len(up.data), media_type=media))
+        await record_blob(session, sha256=sha, size=len(up.data), media_type=media)
         refs[up.name] = EvidenceRef(name=up.name, sha256=sha, filename=up.filename, size=len(up.data),
                                     media_type=media, added_by=principal.id, added_at=now)
     await session.commit()
@@ -302,14 +304,26 @@ def _closed_or_unavailable(exc: RPCError, progression_id: str) -> ApiError:
 
 async def decide(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
                  stage: str, decision: DecisionKind, comment: str, decision_id: str) -> ProgressionState:
-    state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
-    refusal: Refusal | None
-    if Action.decide not in principal.actions:
+    require(principal, Action.read_progression)
+    state, live = await _load_state(session, app, progression_id)
+    if state is None:
+        raise ApiError(404, "not_found", f"progression {progression_id} not found")
+    require_visible(principal, state.team, f"progression {progression_id}")
+    # A retry (same Idempotency-Key, so same decision_id) of a decision already applied must get the
+    # first answer, not a refusal computed on the state that decision produced (gate closed, counted).
+    known = any(d.decision_id == decision_id for s in state.stages for d in s.decisions)
+    refusal: Refusal | None = None
+    if known:
+        pass  # the workflow answers a known decision_id with its first result
+    elif Action.decide not in principal.actions:
         held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
         refusal = Refusal(code="not_a_gate_role", http_status=403,
                           message=f"your roles ({held}) cannot decide on gates")
-    else:
+    elif live:
         refusal = decision_refusal(state, principal.actor, stage, decision)
+    # else: a snapshot (no worker answered the query) may lag the workflow, so it must not refuse a
+    # decision the gate now accepts; the workflow's validator applies the same rule, and its refusals
+    # are recorded below.
     if refusal is not None:
         await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
                              comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain)
@@ -326,6 +340,8 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
                              chain=app.settings.audit_chain)
         raise _refusal_error(refusal) from None
     except RPCError as exc:
+        if known and exc.status == RPCStatusCode.NOT_FOUND:
+            return state  # the decision closed the progression (a rejection): it stands as answered
         raise _closed_or_unavailable(exc, progression_id) from None
     return result.state
 
@@ -359,12 +375,39 @@ async def withdraw(*, session: AsyncSession, app: AppState, principal: Principal
 
     state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
     require_act_on_team(principal, Action.withdraw, state.team, f"progression {progression_id}")
+    if state.status == Status.withdrawn:
+        return await _withdrawn_retry(session, state, request_id)
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     try:
         return await handle.execute_update(
             UPDATE_WITHDRAW, WithdrawInput(reason=reason, actor=principal.actor, request_id=request_id),
             result_type=ProgressionState)
     except WorkflowUpdateFailedError as exc:
-        raise _update_error(exc) from None
+        error = _update_error(exc)
+        if error.code == "progression_closed":
+            fresh = await load_state(session, app, progression_id)
+            if fresh is not None and fresh.status == Status.withdrawn:
+                return await _withdrawn_retry(session, fresh, request_id)
+        raise error from None
     except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            fresh = await load_state(session, app, progression_id)
+            if fresh is not None and fresh.status == Status.withdrawn:
+                return await _withdrawn_retry(session, fresh, request_id)
         raise _closed_or_unavailable(exc, progression_id) from None
+
+
+async def _withdrawn_retry(session: AsyncSession, state: ProgressionState, request_id: str) -> ProgressionState:
+    """A withdrawn progression: the state when ``request_id`` is the withdrawal (a retry), else 409."""
+    from engine.db import AuditEvent
+
+    payloads = (await session.scalars(select(AuditEvent.payload).where(
+        AuditEvent.progression_id == state.progression_id,
+        AuditEvent.event_type == EventType.progression_withdrawn.value))).all()
+    if any((p or {}).get("request_id") == request_id for p in payloads):
+        return state
+    if not payloads:
+        # Withdrawn in the workflow, its audit event not written yet: not known whose withdrawal it was.
+        raise ApiError(503, "withdrawal_pending", "the withdrawal is being recorded; retry shortly")
+    raise ApiError(409, "progression_closed", f"progression {state.progression_id} is withdrawn",
+                   {"refusal": "progression_closed"})

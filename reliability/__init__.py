@@ -1,0 +1,1 @@
+"""Reliability proofs: the crash/restart/outage harness (``python -m reliability.crash_harness``)."""
