@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.lifecycle import DecisionKind, ProgressionState
 from engine.policy import Role
 
+# Paging offsets beyond this are refused (422): the databases overflow on offsets past 64 bits.
+MAX_OFFSET = 1_000_000_000
+
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")

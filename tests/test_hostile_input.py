@@ -203,6 +203,10 @@ def _cases() -> list[Case]:
         Case("bad date", get("/api/v1/audit/events?since=yesterday"), 422, "validation_error", "since"),
         Case("bad date in export", get("/api/v1/audit/export?until=2026-13-45"), 422, "validation_error", "until"),
         Case("negative offset", get("/api/v1/progressions?offset=-1"), 422, "validation_error", "offset"),
+        Case("offset past 64 bits (progressions)", get("/api/v1/progressions?offset=" + "9" * 40), 422,
+             "validation_error", "offset"),
+        Case("offset past 64 bits (models)", get("/api/v1/models?offset=12166905795698712576"), 422,
+             "validation_error", "offset"),
         Case("huge limit", get("/api/v1/models?limit=99999999999999999999"), 422, "validation_error", "limit"),
         Case("unknown export format", get("/api/v1/audit/export?format=xml"), 422, "validation_error", "format"),
     ]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import CurrentUser, SessionDep
 from api.errors import COMMON_ERRORS, NOT_FOUND
-from api.schemas import ModelDetail, ModelPage
+from api.schemas import MAX_OFFSET, ModelDetail, ModelPage
 from api.services import catalog as svc
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=COMMON_ERRORS)
@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=COMMON_ER
 @router.get("", response_model=ModelPage, summary="Models with their latest version and status")
 async def list_models(session: SessionDep, user: CurrentUser, team: str | None = None, intent: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                      offset: Annotated[int, Query(ge=0)] = 0) -> ModelPage:
+                      offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> ModelPage:
     return await svc.list_models(session=session, principal=user, team=team, intent=intent, limit=limit,
                                  offset=offset)
 

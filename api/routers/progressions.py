@@ -12,7 +12,7 @@ from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
 from api.idempotency import decision_id_for, fingerprint, idempotency_key, idempotent
 from api.multipart import multipart_openapi, read_multipart
-from api.schemas import DecisionRequest, ProgressionOut, ProgressionPage, WithdrawRequest
+from api.schemas import MAX_OFFSET, DecisionRequest, ProgressionOut, ProgressionPage, WithdrawRequest
 from api.services import progressions as svc
 
 router = APIRouter(prefix="/api/v1/progressions", tags=["progressions"], responses=COMMON_ERRORS)
@@ -41,7 +41,7 @@ async def list_progressions(
     session: SessionDep, user: CurrentUser,
     model: str | None = None, intent: str | None = None, stage: str | None = None, status: str | None = None,
     team: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ProgressionPage:
     return await svc.list_progressions(session=session, principal=user, model=model, intent=intent, stage=stage,
                                        status=status, team=team, limit=limit, offset=offset)
