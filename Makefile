@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck bench clean
+.PHONY: run test install lint typecheck bench clean reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+reliability: $(STAMP)  # crash/restart/outage harness, full size (docs/RELIABILITY.md)
+	$(PY) -m reliability.crash_harness --progressions 100
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

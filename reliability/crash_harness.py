@@ -422,7 +422,7 @@ class Chaos:
         self._phase_hit = loop.create_future()
         self._waiting_phase = phase
         try:
-            context = await asyncio.wait_for(self._phase_hit, 20)
+            context = await asyncio.wait_for(self._phase_hit, 60)
             aimed = True
         except TimeoutError:
             context, aimed = {}, False  # the phase did not come round: a random moment instead
