@@ -219,11 +219,12 @@ async def audit_events(env: ApiEnv, pid: str, event_type: str | None = None) -> 
         return list((await session.scalars(q.order_by(AuditEvent.seq))).all())
 
 
-async def wait_audit(env: ApiEnv, pid: str, event_type: str, *, attempts: int = 300) -> list[Any]:
-    """Events of a type once at least one is there (the workflow writes some after the read model)."""
+async def wait_audit(env: ApiEnv, pid: str, event_type: str, *, where: Callable[[Any], bool] = lambda e: True,
+                     attempts: int = 300) -> list[Any]:
+    """Events of a type once one matching ``where`` is there (the workflow writes some after the read model)."""
     for _ in range(attempts):
         events = await audit_events(env, pid, event_type)
-        if events:
+        if any(where(e) for e in events):
             return events
         await asyncio.sleep(0.05)
     raise AssertionError(f"no {event_type} event for {pid}")

@@ -94,6 +94,8 @@ async def credit_journey(env: ApiEnv) -> None:
 
     # The auditor reads the whole trail page by page, exports it twice, and verifies the chain.
     await wait_read_model(env, pid, lambda r: r.status == "in_production")
+    # The "finished" notification is the journey's last event; page only once it is written.
+    await wait_audit(env, pid, "notification.sent", where=lambda e: e.payload.get("kind") == "finished")
     seen: list[dict[str, Any]] = []
     cursor = None
     while True:
