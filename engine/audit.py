@@ -31,7 +31,19 @@ from typing import cast as typed
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
-from sqlalchemy import ColumnElement, String, Table, Text, any_, bindparam, cast, select, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    cast,
+    func,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -43,6 +55,8 @@ GENESIS_HASH = "0" * 64
 CHAIN_HEAD_ID = 1
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# How _CANONICAL spells a str (ensure_ascii=False): the C encoder json itself uses.
+_encode_str = json.encoder.encode_basestring
 _HEAD = typed(Table, AuditChainHead.__table__)
 _EVENTS = typed(Table, AuditEvent.__table__)
 _EVENT_FIELDS = ("event_id", "event_type", "occurred_at", "actor_id", "progression_id", "model_id", "stage")
@@ -269,14 +283,21 @@ def _verify_columns(dialect: str) -> tuple[Any, ...]:
     """Core columns (plain tuples, no ORM identity map): verification streams millions of rows.
 
     The payload comes back as its JSON text and is parsed here once (cheaper than the drivers' paths).
+    ``occurred_at`` comes back as text too, no datetime objects: PostgreSQL formats it canonically;
+    SQLite returns its stored text, turned canonical by :func:`_canonical_time`.
     """
     c = _events.c
-    payload = cast(c.payload, Text) if dialect == "postgresql" else type_coerce(c.payload, Text)
+    if dialect == "postgresql":
+        payload: Any = cast(c.payload, Text)
+        occurred: Any = func.to_char(func.timezone("UTC", c.occurred_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    else:
+        payload = type_coerce(c.payload, Text)
+        occurred = type_coerce(c.occurred_at, Text)
     return (
         c.seq,
         c.event_id,
         c.event_type,
-        c.occurred_at,
+        occurred,
         c.actor_id,
         c.progression_id,
         c.model_id,
@@ -285,6 +306,31 @@ def _verify_columns(dialect: str) -> tuple[Any, ...]:
         c.prev_hash,
         c.hash,
     )
+
+
+def _canonical_time(text: Any) -> str:
+    """The ``_iso`` form of a stored ``occurred_at`` read as text.
+
+    The common case is a slice: SQLite keeps ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC, no offset) and
+    PostgreSQL is asked for the canonical form directly. Anything else is parsed, so an equivalent
+    spelling of the same instant still verifies and garbage is reported as unreadable.
+    """
+    if type(text) is str and len(text) == 27 and text[26] == "Z" and text[10] == "T":
+        return text
+    if type(text) is str and len(text) == 26 and text[10] == " " and text[19] == ".":
+        return text[:10] + "T" + text[11:] + "Z"
+    if isinstance(text, datetime):
+        return _iso(_utc(text))
+    return _iso(_utc(datetime.fromisoformat(str(text))))
+
+
+def _json_str(value: Any) -> str:
+    """One scalar field as :data:`_CANONICAL` encodes it (strings and null are all the chain stores)."""
+    if value is None:
+        return "null"
+    if type(value) is str:
+        return _encode_str(value)
+    return _CANONICAL.encode(value)
 
 
 async def _read_head(session: AsyncSession) -> tuple[int, str]:
@@ -304,6 +350,8 @@ async def verify_chain(session: AsyncSession, *, batch_size: int = 10000) -> Cha
     checked = 0
     encode = _CANONICAL.encode
     loads = json.loads
+    js = _json_str
+    ctime = _canonical_time
     columns = _verify_columns(_dialect(session))
     sha256 = hashlib.sha256
 
@@ -384,17 +432,13 @@ async def verify_chain(session: AsyncSession, *, batch_size: int = 10000) -> Cha
                     "inserted, removed or moved here",
                 )
             try:
-                canonical = encode(
-                    {
-                        "event_id": event_id,
-                        "event_type": event_type,
-                        "occurred_at": _iso(occurred_at),
-                        "actor_id": actor_id,
-                        "progression_id": progression_id,
-                        "model_id": model_id,
-                        "stage": stage,
-                        "payload": loads(payload),
-                    }
+                # The canonical JSON of canonical_event spelled out (keys in sorted order): the same
+                # bytes, without building and sorting a dict per event.
+                canonical = (
+                    '{"actor_id":' + js(actor_id) + ',"event_id":' + js(event_id) + ',"event_type":'
+                    + js(event_type) + ',"model_id":' + js(model_id) + ',"occurred_at":"'
+                    + ctime(occurred_at) + '","payload":' + encode(loads(payload)) + ',"progression_id":'
+                    + js(progression_id) + ',"stage":' + js(stage) + "}"
                 ).encode("utf-8")
             except (TypeError, ValueError, AttributeError) as exc:
                 return await bad(seq, event_id, f"edited: the event's content cannot be read ({exc})")
