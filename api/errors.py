@@ -17,7 +17,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError, RPCStatusCode
 
 from engine.errors import ProgressionError
 
@@ -77,6 +79,7 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     413: _doc("Request body larger than the configured limit (`request_too_large`)"),
     422: _doc("The request does not validate (`validation_error`, `invalid_spec`, ...)"),
     500: _doc("Unexpected error (`internal_error`); never includes a traceback"),
+    503: _doc("The database or Temporal is unreachable for now (`service_unavailable`); retry after Retry-After"),
 }
 # Routes that read a request body: it may not parse at all (not UTF-8 JSON, broken multipart) or be of a
 # content type the route does not read.
@@ -117,6 +120,22 @@ def install_error_handlers(app: FastAPI) -> None:
         first = details[0] if details else {"field": "", "message": "invalid request"}
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
         return error_response(422, "validation_error", message, details)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # A lost connection or a database that is away: nothing was committed, a retry may succeed.
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
+        return error_response(503, "service_unavailable", "the database is unavailable; retry shortly",
+                              {"dependency": "database"}, {"Retry-After": "5"})
+
+    @app.exception_handler(RPCError)
+    async def _temporal_error(request: Request, exc: RPCError) -> JSONResponse:
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            log.warning("temporal unavailable on %s %s: %s", request.method, request.url.path, exc.message)
+            return error_response(503, "service_unavailable", "the workflow service is unavailable; retry shortly",
+                                  {"dependency": "temporal"}, {"Retry-After": "5"})
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -306,3 +306,32 @@ def counting_role(stage: StageState, actor: Actor) -> Role | None:
         if progress.role in actor.roles and not progress.satisfied:
             return progress.role
     return None
+
+
+def _owner(state: ProgressionState, actor: Actor) -> bool:
+    """The submitter, an admin, or a model developer of the owning team."""
+    return (actor.user_id == state.submitted_by or Role.admin in actor.roles
+            or (Role.model_developer in actor.roles and actor.team == state.team))
+
+
+def evidence_refusal(state: ProgressionState, actor: Actor) -> Refusal | None:
+    """Why ``actor`` may not add evidence now. Independent validators may attach validation reports."""
+    if state.status in FINAL_STATUSES:
+        return Refusal(code="progression_closed", http_status=409,
+                       message=f"progression {state.progression_id} is {state.status.value}")
+    if _owner(state, actor) or Role.model_validator in actor.roles:
+        return None
+    return Refusal(code="not_owner", http_status=403,
+                   message=f"only the submitter, a model_developer of team {state.team!r} or a model_validator "
+                           "may add evidence")
+
+
+def withdraw_refusal(state: ProgressionState, actor: Actor) -> Refusal | None:
+    """Why ``actor`` may not withdraw the progression: only the submitting team (or an admin) may."""
+    if state.status in FINAL_STATUSES:
+        return Refusal(code="progression_closed", http_status=409,
+                       message=f"progression {state.progression_id} is {state.status.value}")
+    if _owner(state, actor):
+        return None
+    return Refusal(code="not_owner", http_status=403,
+                   message=f"only the submitter or a model_developer of team {state.team!r} may withdraw it")

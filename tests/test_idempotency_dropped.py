@@ -281,6 +281,23 @@ async def test_decision_retry_after_unstored_answer_gets_200(env: ApiEnv) -> Non
     assert other.status_code == 409
 
 
+async def test_start_retry_after_unstored_answer_gets_201(env: ApiEnv) -> None:
+    pid, files = upload(CREDIT)
+    headers = {**env.auth("dana"), "Idempotency-Key": "start-lost-1"}
+    assert (await env.http.post("/api/v1/progressions", files=files, headers=headers)).status_code == 201
+    await wait_for(env, pid, at_gate("validation"))
+    await _forget_answer(env, "dana", "start-lost-1")
+    # The retry recognises the workflow it started (memo) and answers with its state, not 409.
+    again = await env.http.post("/api/v1/progressions", files=files, headers=headers)
+    assert again.status_code == 201, again.text
+    assert again.json()["progression_id"] == pid and again.json()["status"] == "awaiting_approval"
+    assert len([e for e in await events(env, "progression.started") if e.progression_id == pid]) == 1
+    # The same spec under another key (or from another developer) is a second start: 409 naming the first.
+    other = await env.http.post("/api/v1/progressions", files=files,
+                                headers={**env.auth("dana"), "Idempotency-Key": "start-lost-2"})
+    assert other.status_code == 409 and other.json()["details"]["progression_id"] == pid
+
+
 async def test_withdraw_retry_after_unstored_answer_gets_200(env: ApiEnv) -> None:
     pid = await started(env)
     await wait_for(env, pid, at_gate("validation"))

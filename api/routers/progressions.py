@@ -28,9 +28,13 @@ async def start_progression(request: Request, session: SessionDep, user: Current
     body = await read_multipart(request, allow_spec=True, require_spec=True)
     assert body.spec is not None
 
+    key = idempotency_key(request)
+    request_id = decision_id_for(user, f"start\x00{key}\x00{body.fingerprint()}", fallback="") if key else None
+
     async def produce() -> tuple[int, object]:
         state = await svc.start_progression(session=session, app=app, principal=user, spec_text=body.spec or b"",
-                                            spec_filename=body.spec_filename, uploads=body.uploads)
+                                            spec_filename=body.spec_filename, uploads=body.uploads,
+                                            request_id=request_id)
         return 201, state
 
     return await idempotent(request, user, fingerprint("start", body.fingerprint()), produce, app.sessionmaker)

@@ -52,6 +52,7 @@ from engine.lifecycle import (
     StageState,
     Status,
     decision_refusal,
+    evidence_refusal,
 )
 from engine.loading import load_spec
 from engine.spec import EvidenceName
@@ -197,6 +198,33 @@ def _exists(progression_id: str) -> ApiError:
                     {"progression_id": progression_id})
 
 
+START_REQUEST_MEMO = "start_request_id"
+
+
+async def _started_by(app: AppState, progression_id: str, request_id: str | None) -> bool:
+    """Whether the workflow of ``progression_id`` was started by this very request (a retry)."""
+    if not request_id:
+        return False
+    try:
+        description = await app.temporal.get_workflow_handle(progression_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return bool(await description.memo_value(START_REQUEST_MEMO, None) == request_id)
+
+
+async def _current_state(session: AsyncSession, app: AppState, progression_id: str) -> ProgressionState:
+    handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
+    try:
+        return await handle.query(QUERY_STATE, result_type=ProgressionState, rpc_timeout=QUERY_TIMEOUT)
+    except Exception:
+        row = await _read_model(session, progression_id)
+        if row is None or not row.state:
+            raise
+        return ProgressionState.model_validate(row.state)
+
+
 async def _workflow_exists(app: AppState, progression_id: str) -> bool:
     try:
         await app.temporal.get_workflow_handle(progression_id).describe()
@@ -221,7 +249,10 @@ def _initial_state(inp: ProgressionInput) -> ProgressionState:
 
 
 async def start_progression(*, session: AsyncSession, app: AppState, principal: Principal, spec_text: bytes,
-                            spec_filename: str, uploads: list[Upload]) -> ProgressionState:
+                            spec_filename: str, uploads: list[Upload], request_id: str | None = None
+                            ) -> ProgressionState:
+    """Start one; ``request_id`` (derived from the Idempotency-Key) lets a retry whose first answer was lost
+    recognise the workflow it started instead of being told 409."""
     require(principal, Action.start_progression)
     # Validate everything before anything is stored: a bad spec stores nothing.
     spec = load_spec(spec_text, filename=spec_filename, registry=app.registry,
@@ -231,6 +262,8 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
     loaded = app.registry.get(spec.model.business_intent)
     assert loaded is not None  # load_spec checked the intent against the registry
     pid = spec.progression_id
+    if await _started_by(app, pid, request_id):
+        return await _current_state(session, app, pid)
     if await _read_model(session, pid) is not None or await _workflow_exists(app, pid):
         raise _exists(pid)
 
@@ -250,8 +283,10 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
             WORKFLOW_NAME, inp, id=pid, task_queue=app.settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=attrs)
+            search_attributes=attrs, memo={START_REQUEST_MEMO: request_id} if request_id else None)
     except WorkflowAlreadyStartedError:
+        if await _started_by(app, pid, request_id):
+            return await _current_state(session, app, pid)
         raise _exists(pid) from None
     try:
         return await handle.query(QUERY_STATE, result_type=ProgressionState, rpc_timeout=QUERY_TIMEOUT)
@@ -357,6 +392,10 @@ async def add_evidence(*, session: AsyncSession, app: AppState, principal: Princ
     if not uploads:
         raise ApiError(422, "no_evidence", "send at least one 'evidence.<name>' file part")
     check_evidence_names(uploads, None)
+    # The workflow validator applies the same rule; checking first means a refused upload stores nothing.
+    refusal = evidence_refusal(state, principal.actor)
+    if refusal is not None:
+        raise _refusal_error(refusal)
     refs = await store_evidence(session, app, uploads, principal)
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     try:
