@@ -38,12 +38,15 @@ class Notification(BaseModel):
 
 class Notifier(Protocol):
     name: str
+    # Optional ``local: bool`` attribute: True when delivery is in-process and cannot fail, so the
+    # ``notification.sent`` events are written in the same transaction as the events that caused them.
 
     async def send(self, notification: Notification) -> None: ...
 
 
 class LogNotifier:
     name = "log"
+    local = True  # a log line: recorded with the events that caused it, in one transaction
 
     def __init__(self) -> None:
         self.sent: list[Notification] = []

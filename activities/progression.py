@@ -15,7 +15,9 @@ from datetime import datetime
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, Table, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -127,6 +129,13 @@ def _event_dict(state: ProgressionState, event: AuditEventIn) -> dict[str, Any]:
     }
 
 
+def _insert_ignore(session: AsyncSession, model: type[Any], keys: list[str], **values: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING (SQLite and PostgreSQL): concurrent creators of the same row
+    neither fail nor need a retry; the caller reads the row afterwards if it needs it."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return insert(cast(Table, model.__table__)).values(**values).on_conflict_do_nothing(index_elements=keys)
+
+
 def _read_model_values(state: ProgressionState) -> dict[str, Any]:
     """The columns of the progressions row derived from a state snapshot."""
     stage = state.stage(state.current_stage) if state.current_stage else None
@@ -210,28 +219,53 @@ class ProgressionActivities:
                 progression_id=progression_id, name=ref.name, sha256=ref.sha256, filename=ref.filename,
                 added_by=ref.added_by or default_actor, added_at=ref.added_at or default_at))
 
+    def _note_event(self, state: ProgressionState, note: Notification, delivered: bool,
+                    error: str | None) -> dict[str, Any]:
+        """The ``notification.sent`` audit event of one notification (its id is the notification's)."""
+        return {
+            "event_id": note.event_id, "event_type": EventType.notification_sent.value,
+            "occurred_at": state.updated_at, "actor_id": None, "progression_id": state.progression_id,
+            "model_id": state.model_id, "stage": note.stage,
+            "payload": {"kind": note.kind, "roles": [r.value for r in note.roles], "message": note.message,
+                        "channel": self.notifier.name, "delivered": delivered, "error": error}}
+
+    @property
+    def _local_notifier(self) -> bool:
+        """In-process delivery that cannot fail (``LogNotifier``): its audit events join the main transaction."""
+        return bool(getattr(self.notifier, "local", False))
+
     async def _send(self, state: ProgressionState, notifications: list[Notification]) -> int:
-        """Send after the commit; record each as ``notification.sent`` (delivered or given up)."""
-        sent = 0
-        for note in notifications:
-            delivered, error = True, None
-            try:
+        """Send after the commit; record each as ``notification.sent`` (delivered or given up).
+
+        Remote channels: the events of every notification handled in this attempt are appended in
+        one transaction after sending (also when a later one fails and the activity is retried, so
+        what was delivered is recorded before the retry).
+        """
+        if not notifications:
+            return 0
+        if self._local_notifier:
+            for note in notifications:  # already recorded in the caller's transaction
                 await self.notifier.send(note)
-            except Exception as exc:  # noqa: BLE001 - any channel failure is retried, then recorded
-                if activity.info().attempt < NOTIFY_MAX_ATTEMPTS:
-                    raise
-                delivered, error = False, f"{type(exc).__name__}: {exc}"
-                log.warning("notification %s not delivered after %d attempts: %s", note.event_id,
-                            NOTIFY_MAX_ATTEMPTS, error)
-            async with self.sessionmaker() as session:
-                await audit.append_event(
-                    session, event_id=note.event_id, event_type=EventType.notification_sent.value,
-                    occurred_at=state.updated_at, progression_id=state.progression_id, model_id=state.model_id,
-                    stage=note.stage, chain=self.audit_chain,
-                    payload={"kind": note.kind, "roles": [r.value for r in note.roles], "message": note.message,
-                             "channel": self.notifier.name, "delivered": delivered, "error": error})
-                await session.commit()
-            sent += delivered
+            return len(notifications)
+        sent = 0
+        done: list[dict[str, Any]] = []
+        try:
+            for note in notifications:
+                delivered, error = True, None
+                try:
+                    await self.notifier.send(note)
+                except Exception as exc:  # noqa: BLE001 - any channel failure is retried, then recorded
+                    if activity.info().attempt < NOTIFY_MAX_ATTEMPTS:
+                        raise
+                    delivered, error = False, f"{type(exc).__name__}: {exc}"
+                    log.warning("notification %s not delivered after %d attempts: %s", note.event_id,
+                                NOTIFY_MAX_ATTEMPTS, error)
+                done.append(self._note_event(state, note, delivered, error))
+                sent += delivered
+        finally:
+            if done:
+                async with self.sessionmaker() as session, session.begin():
+                    await audit.append_events(session, done, chain=self.audit_chain)
         return sent
 
     # ---- activities -----------------------------------------------------------------------
@@ -241,10 +275,14 @@ class ProgressionActivities:
         """Upsert model and version, create the read-model row, link evidence, append progression.started."""
         state, spec = inp.state, inp.spec
         async with self.sessionmaker() as session, session.begin():
+            # Insert-or-ignore: the first concurrent starts of a new model must not collide on the key.
+            inserted = await session.execute(_insert_ignore(
+                session, CatalogModel, ["id"], id=spec.model.id, name=spec.model.name, team=spec.model.team,
+                business_intent=spec.model.business_intent))
             model = await session.get(CatalogModel, spec.model.id)
-            if model is None:
-                session.add(CatalogModel(id=spec.model.id, name=spec.model.name, team=spec.model.team,
-                                         business_intent=spec.model.business_intent))
+            assert model is not None
+            if cast(CursorResult[Any], inserted).rowcount:
+                pass  # created just now from this spec: nothing to compare
             elif model.team != spec.model.team or model.business_intent != spec.model.business_intent:
                 # A model's owner and intent are fixed; a spec that disagrees is a business error.
                 raise ApplicationError(
@@ -254,12 +292,10 @@ class ProgressionActivities:
             else:
                 model.name = spec.model.name
             await session.flush()
-            version = await session.scalar(select(ModelVersion).where(
-                ModelVersion.model_id == spec.model.id, ModelVersion.version_id == spec.version.id))
-            if version is None:
-                session.add(ModelVersion(model_id=spec.model.id, version_id=spec.version.id,
-                                         source=spec.version.source, artifact=spec.version.artifact,
-                                         features=list(spec.features), spec_yaml=inp.spec_yaml))
+            await session.execute(_insert_ignore(
+                session, ModelVersion, ["model_id", "version_id"], model_id=spec.model.id,
+                version_id=spec.version.id, source=spec.version.source, artifact=spec.version.artifact,
+                features=list(spec.features), spec_yaml=inp.spec_yaml))
             row = await session.get(ProgressionRow, state.progression_id)
             created = row is None
             if row is None:
@@ -316,13 +352,19 @@ class ProgressionActivities:
         async with self.sessionmaker() as session, session.begin():
             if inp.evidence:
                 await self._link_evidence(session, state.progression_id, inp.evidence, None, state.updated_at)
-            if inp.decision is not None and await session.get(DecisionRow, inp.decision.decision_id) is None:
+            if inp.decision is not None:
                 d = inp.decision
-                session.add(DecisionRow(
-                    id=d.decision_id, progression_id=state.progression_id, stage=d.stage, decision=d.decision.value,
-                    actor_id=d.actor_id, actor_username=d.actor_username, role=d.role.value if d.role else None,
-                    comment=d.comment, decided_at=d.at))
-            written = await self._append(session, state, inp.events)
+                await session.execute(_insert_ignore(
+                    session, DecisionRow, ["id"], id=d.decision_id, progression_id=state.progression_id,
+                    stage=d.stage, decision=d.decision.value, actor_id=d.actor_id, actor_username=d.actor_username,
+                    role=d.role.value if d.role else None, comment=d.comment, decided_at=d.at))
+            rows = [_event_dict(state, e) for e in inp.events]
+            if self._local_notifier:
+                # Local delivery cannot fail: its record joins this transaction (one commit per record).
+                rows += [self._note_event(state, n, True, None) for n in inp.notifications]
+            if rows:
+                await audit.append_events(session, rows, chain=self.audit_chain)
+            written = len(inp.events)
             updated = await self._sync_read_model(session, state)
         sent = await self._send(state, inp.notifications)
         return RecordResult(events_written=written, read_model_updated=updated, notifications_sent=sent)
