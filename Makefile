@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck bench clean reliability
+.PHONY: run test install lint bench clean reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,8 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m engine.run
 
-test: $(STAMP)
+# Lint and type-check first (seconds), then every test against real Temporal servers and databases.
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 reliability: $(STAMP)  # crash/restart/outage harness, full size (docs/RELIABILITY.md)
