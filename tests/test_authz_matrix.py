@@ -185,9 +185,9 @@ ROUTES: dict[str, Route] = {
     "POST /api/v1/progressions/{progression_id}/evidence": Route(
         api("POST", "/api/v1/progressions/{pid}/evidence", fresh=True,
             files=lambda: [("evidence.fairness", ("fairness.json", b'{"disparate_impact": 0.9}', "application/json"))]),
-        # Validators pass the API's role table (add_evidence) but the workflow's update validator admits only the
-        # submitter, developers of the owning team and admins: the answer is the workflow's 403 not_owner.
-        by_role({"developer": (OK, HIDDEN), "validator": (403, "not_owner"), "risk_officer": FORBIDDEN,
+        # Independent validators attach validation reports (DESIGN: users); the API and the workflow's update
+        # validator share that rule (engine.lifecycle.evidence_refusal).
+        by_role({"developer": (OK, HIDDEN), "validator": OK, "risk_officer": FORBIDDEN,
                  "auditor": FORBIDDEN, "admin": OK})),
     "POST /api/v1/progressions/{progression_id}/withdraw": Route(
         api("POST", "/api/v1/progressions/{pid}/withdraw", body={"reason": "matrix"}, fresh=True),

@@ -320,6 +320,9 @@ async def test_withdraw_by_team_and_refused_for_stranger(validation_gate, env: E
         await submit(handle, STRANGER, before.evidence)
     assert refusal_code(info.value) == "not_owner"
     assert (await state(handle)).seq == before.seq
+    # An independent validator may attach a validation report (same rule as the API's fast check).
+    with_report = await submit(handle, VALIDATOR, before.evidence)
+    assert with_report.seq > before.seq and with_report.status != "withdrawn"
 
     done = await withdraw(handle, DEV2, "replaced by 3.3.0")
     assert done.status == "withdrawn" and done.stage("validation").status == "withdrawn"  # type: ignore[union-attr]

@@ -68,7 +68,9 @@ with workflow.unsafe.imports_passed_through():
         WithdrawInput,
         counting_role,
         decision_refusal,
+        evidence_refusal,
         open_gate_roles,
+        withdraw_refusal,
     )
     from engine.policy import ApprovalRule, Role, StageDef
     from engine.temporal import SA_INTENT, SA_MODEL_ID, SA_RISK_TIER, SA_STAGE, SA_STATUS
@@ -478,18 +480,6 @@ class ProgressionWorkflow:
 
     # ---- Update: submit_evidence ----------------------------------------------------------
 
-    def _developer_refusal(self, actor_id: str, roles: list[Role], team: str | None, what: str) -> Refusal | None:
-        state = self._state
-        if state.status in FINAL_STATUSES:
-            return Refusal(code="progression_closed", http_status=409,
-                           message=f"progression {state.progression_id} is {state.status.value}")
-        if actor_id == state.submitted_by or Role.admin in roles:
-            return None
-        if Role.model_developer in roles and team == state.team:
-            return None
-        return Refusal(code="not_owner", http_status=403,
-                       message=f"only the submitter or a model_developer of team {state.team!r} may {what}")
-
     @workflow.update(name=UPDATE_SUBMIT_EVIDENCE)
     async def submit_evidence(self, inp: EvidenceInput) -> ProgressionState:
         if inp.request_id in self._evidence_requests:
@@ -539,7 +529,9 @@ class ProgressionWorkflow:
     def _validate_submit_evidence(self, inp: EvidenceInput) -> None:
         if inp.request_id in self._evidence_requests:
             return
-        refusal = self._developer_refusal(inp.actor.user_id, inp.actor.roles, inp.actor.team, "add evidence")
+        # Same rule as the API's fast check: the owning team, the submitter, an admin, or a validator
+        # attaching a validation report.
+        refusal = evidence_refusal(self._state, inp.actor)
         if refusal is None and not inp.evidence:
             refusal = Refusal(code="no_evidence", http_status=409, message="no evidence was submitted")
         if refusal is not None:
@@ -567,7 +559,7 @@ class ProgressionWorkflow:
 
     @withdraw.validator
     def _validate_withdraw(self, inp: WithdrawInput) -> None:
-        refusal = self._developer_refusal(inp.actor.user_id, inp.actor.roles, inp.actor.team, "withdraw it")
+        refusal = withdraw_refusal(self._state, inp.actor)
         if refusal is not None:
             raise _refuse(refusal)
 
