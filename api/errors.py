@@ -93,6 +93,17 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 }
 
 
+_AWAY_HINTS = ("connection", "connect", "server closed", "terminating", "timeout", "timed out",
+               "database is locked", "could not receive", "could not send", "the database system is")
+
+
+def _database_away(exc: Exception) -> bool:
+    if isinstance(exc, InterfaceError) or getattr(exc, "connection_invalidated", False):
+        return True
+    message = str(getattr(exc, "orig", None) or exc).lower()
+    return any(hint in message for hint in _AWAY_HINTS)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProgressionError)
     async def _domain(request: Request, exc: ProgressionError) -> JSONResponse:
@@ -125,6 +136,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InterfaceError)
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # A lost connection or a database that is away: nothing was committed, a retry may succeed.
+        # Other operational errors (a missing table, a broken schema) are bugs: 500 with a reference.
+        if not _database_away(exc):
+            return await _unexpected(request, exc)
         log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.__class__.__name__)
         return error_response(503, "service_unavailable", "the database is unavailable; retry shortly",
                               {"dependency": "database"}, {"Retry-After": "5"})
