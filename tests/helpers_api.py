@@ -8,6 +8,7 @@ fresh task queue and the app (lifespan included) behind ``httpx.AsyncClient`` wi
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -228,3 +229,30 @@ async def wait_audit(env: ApiEnv, pid: str, event_type: str, *, where: Callable[
             return events
         await asyncio.sleep(0.05)
     raise AssertionError(f"no {event_type} event for {pid}")
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (servers in tests listen on loopback only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def serve_http(app: Any) -> AsyncIterator[str]:
+    """uvicorn on loopback in this event loop (the app's lifespan already ran); yields the base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(400):
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

@@ -4,7 +4,6 @@ OpenAPI, users and tokens, idempotency, features, policies and dry runs, operati
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
 from engine.db import AuditEvent, CatalogModel, EvidenceBlob, IdempotencyRecord, PolicyVersion, User, utcnow
-from tests.helpers_api import CREDIT, ApiEnv, api_env, make_settings, registry, spec_text, upload
+from tests.helpers_api import CREDIT, ApiEnv, api_env, free_port, make_settings, registry, spec_text, upload
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
 
@@ -248,14 +247,8 @@ async def test_readyz_503_when_temporal_unreachable(sqlite_url: str, tmp_path: P
         await engine.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_real_uvicorn_server(env: ApiEnv) -> None:
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off"))
     task = asyncio.create_task(server.serve())

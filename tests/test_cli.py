@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import stat
 import threading
 import time
@@ -31,6 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner, Result
 
 from engine.settings import PROJECT_ROOT, Settings
+from tests.helpers_api import free_port
 
 EXAMPLES = PROJECT_ROOT / "examples"
 CREDIT = EXAMPLES / "retail-credit-scorecard"
@@ -45,14 +45,7 @@ USERS: list[tuple[str, list[str], str]] = [
     ("alice", ["auditor"], "internal-audit"),
 ]
 
-
 # ---- the live API ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

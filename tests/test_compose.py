@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
@@ -36,6 +35,7 @@ from engine.database import sync_url
 from engine.lifecycle import SEARCH_ATTRIBUTES
 from engine.settings import DEV_SECRET, PROJECT_ROOT, Settings
 from engine.temporal import temporal_cli_path
+from tests.helpers_api import free_port
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 WEBHOOKS_OVERRIDE = PROJECT_ROOT / "deploy" / "compose.webhooks.yml"
@@ -54,7 +54,6 @@ DEPLOY_ENV = {
 REQUIRED_VARS = {"POSTGRES_PASSWORD", "TEMPORAL_DB_PASSWORD", "PROGRESSION_DB_PASSWORD", "PROGRESSION_SECRET_KEY"}
 SECRET_KEY_RE = re.compile(r"(PASSWORD|PWD|SECRET|TOKEN|API_KEY|SECRET_KEY)$", re.IGNORECASE)
 APP_SERVICES = ("migrate", "api", "worker")
-
 
 # --- compose semantics the tests need: YAML with anchors, then variable interpolation ----------
 
@@ -545,12 +544,6 @@ def test_serve_migrate_brings_the_database_to_head(database_url: str, monkeypatc
     assert {"alembic_version", "users", "audit_events"} <= tables
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_healthcheck_probes_the_local_api(monkeypatch: pytest.MonkeyPatch) -> None:
     class Health(BaseHTTPRequestHandler):
         status = 200
@@ -575,5 +568,5 @@ def test_serve_healthcheck_probes_the_local_api(monkeypatch: pytest.MonkeyPatch)
     finally:
         server.shutdown()
         server.server_close()
-    monkeypatch.setenv("PROGRESSION_API_PORT", str(_free_port()))
+    monkeypatch.setenv("PROGRESSION_API_PORT", str(free_port()))
     assert serve.main(["healthcheck"]) == 1  # nothing listening

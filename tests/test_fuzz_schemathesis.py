@@ -25,10 +25,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +34,6 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-import uvicorn
-from fastapi import FastAPI
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -51,7 +47,7 @@ from schemathesis.specs.openapi.checks import (
 from temporalio.client import Client
 
 from engine.settings import PROJECT_ROOT
-from tests.helpers_api import ApiEnv, api_env, at_gate, start, wait_for
+from tests.helpers_api import ApiEnv, api_env, at_gate, serve_http, start, wait_for
 
 EXAMPLES = int(os.environ.get("PROGRESSION_FUZZ_EXAMPLES", "5"))
 # CI replays the same inputs every run (a red build is a real regression, not bad luck); set
@@ -64,29 +60,6 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance]
 ARTIFACT = PROJECT_ROOT / "test-artifacts" / "schemathesis.json"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@asynccontextmanager
-async def serve_http(app: FastAPI) -> AsyncIterator[str]:
-    """uvicorn on loopback in this event loop (the app's lifespan already ran); yields the base URL."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(400):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        assert server.started, "uvicorn did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @dataclass

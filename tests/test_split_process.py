@@ -41,6 +41,7 @@ from engine.lifecycle import SEARCH_ATTRIBUTES
 from engine.repo import read_repository
 from engine.settings import PROJECT_ROOT
 from engine.temporal import temporal_cli_path
+from tests.helpers_api import free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -56,12 +57,6 @@ PEOPLE = [
     ("rita", ["model_risk_officer"], "model-risk"),
     ("omar", ["model_risk_officer"], "model-risk"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
@@ -241,7 +236,7 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
     client = cluster.client
     address = client.service_client.config.target_host
     task_queue = f"split-{secrets.token_hex(4)}"
-    api_port = _free_port()
+    api_port = free_port()
     env = {
         **_base_env(),
         "PROGRESSION_ENV": "production",

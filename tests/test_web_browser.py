@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import re
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import uvicorn
 from temporalio.client import Client
 
 from engine.settings import PROJECT_ROOT
-from tests.helpers_api import CREDIT, ApiEnv, api_env, spec_text, unique_version
+from tests.helpers_api import CREDIT, ApiEnv, api_env, free_port, spec_text, unique_version
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -47,12 +46,6 @@ else:  # pragma: no cover - the module is skipped
 
 def _read(path: str | Path) -> bytes:
     return Path(path).read_bytes()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -78,7 +71,7 @@ class Live:
 async def live(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[Live]:
     ARTIFACTS.mkdir(exist_ok=True)
     async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=True) as env:
-        port = _free_port()
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=port, log_level="warning",
                                                lifespan="off"))
         serving = asyncio.create_task(server.serve())
