@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -9,6 +11,13 @@ from api.authz import Action, Principal, require
 from api.schemas import Inbox, InboxItem
 from engine.db import ProgressionRow, utcnow
 from engine.lifecycle import FINAL_STATUSES, ProgressionState, StageStatus, decision_refusal
+
+
+def _gate_view(snapshot: dict[str, Any]) -> ProgressionState:
+    """The snapshot without what the inbox never reads (check results with their inputs, evidence refs):
+    most of a snapshot's size, and most of the cost of validating it."""
+    stages = [{**stage, "checks": []} for stage in snapshot.get("stages", [])]
+    return ProgressionState.model_validate({**snapshot, "stages": stages, "evidence": {}})
 
 
 async def inbox(*, session: AsyncSession, principal: Principal, limit: int = 200) -> Inbox:
@@ -20,12 +29,19 @@ async def inbox(*, session: AsyncSession, principal: Principal, limit: int = 200
              ProgressionRow.submitted_by != principal.id]  # own submission: never in the inbox
     if principal.team is not None:
         conds.append(ProgressionRow.team != principal.team)  # own team: segregation of duties
-    rows = (await session.execute(select(ProgressionRow).where(*conds).order_by(
-        ProgressionRow.gate_opened_at, ProgressionRow.id))).scalars()
+    # Light columns first: only progressions waiting on one of the caller's roles need their snapshot.
+    candidates = (await session.execute(
+        select(ProgressionRow.id, ProgressionRow.waiting_on).where(*conds))).all()
+    wanted = {r.value for r in principal.roles}
+    ids = [pid for pid, waiting_on in candidates if wanted.intersection(waiting_on or [])]
     items: list[InboxItem] = []
+    rows: list[ProgressionRow] = []
+    for start in range(0, len(ids), 5000):  # bounded IN lists (SQLite's bound-parameter limit)
+        chunk = ids[start:start + 5000]
+        rows += (await session.execute(select(ProgressionRow).where(ProgressionRow.id.in_(chunk)))).scalars()
     for row in rows:
         try:
-            state = ProgressionState.model_validate(row.state)
+            state = _gate_view(row.state)
         except ValueError:
             continue
         for stage in state.stages:
