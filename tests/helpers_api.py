@@ -27,23 +27,10 @@ from api.app import create_app
 from engine.database import upgrade
 from engine.db import make_engine, make_sessionmaker
 from engine.identity import create_user
-from engine.loading import PolicyRegistry
-from engine.settings import PROJECT_ROOT, Settings
+from engine.settings import Settings
 
-EXAMPLES = PROJECT_ROOT / "examples"
-POLICIES = PROJECT_ROOT / "policies"
-CREDIT = EXAMPLES / "retail-credit-scorecard"
-MARKETING = EXAMPLES / "marketing-propensity"
-
-_registry: PolicyRegistry | None = None
-
-
-def registry() -> PolicyRegistry:
-    global _registry
-    if _registry is None:
-        _registry = PolicyRegistry.from_dir(POLICIES)
-    return _registry
-
+# The example repositories and the cached policy registry are shared with the workflow tests.
+from tests.helpers_workflow import CREDIT, EXAMPLES, MARKETING, POLICIES, registry  # noqa: F401 - re-exported
 
 # username -> (roles, team). Four different people walk the credit journey; the rest probe refusals.
 PEOPLE: dict[str, tuple[list[str], str | None]] = {

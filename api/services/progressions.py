@@ -262,9 +262,9 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
     loaded = app.registry.get(spec.model.business_intent)
     assert loaded is not None  # load_spec checked the intent against the registry
     pid = spec.progression_id
-    if await _started_by(app, pid, request_id):
-        return await _current_state(session, app, pid)
     if await _read_model(session, pid) is not None or await _workflow_exists(app, pid):
+        if await _started_by(app, pid, request_id):  # only an existing progression can be this request's
+            return await _current_state(session, app, pid)
         raise _exists(pid)
 
     refs = await store_evidence(session, app, uploads, principal)
