@@ -41,6 +41,7 @@ from engine.lifecycle import (
     EvidenceRef,
     ProgressionState,
     StageStatus,
+    gate_record,
 )
 from engine.policy import StageDef
 from engine.spec import ProgressionSpec
@@ -153,6 +154,7 @@ def _read_model_values(state: ProgressionState) -> dict[str, Any]:
         "updated_at": state.updated_at,
         "seq": state.seq,
         "state": state.model_dump(mode="json"),
+        "gate": gate_record(state),
     }
 
 

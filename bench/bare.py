@@ -1,11 +1,12 @@
 """The baseline of the throughput benchmark: a bare Temporal workflow shaped like the credit journey.
 
-Same number of activities, in the same places, as ``ProgressionWorkflow`` on the credit policy
-(14: five before the validation gate, one per decision inside the Update handler, one after the
-validation gate, five after the risk review), the same three Updates with validators that refuse
-while the gate is closed, the same SLA timers racing each gate and the revalidation timer at the
-end. The activities do nothing, so the difference is what governance costs: state, audit chain,
-read model, checks, search attributes.
+Same activities, of the same kinds, in the same places as ``ProgressionWorkflow`` on the credit
+policy (15: ``a`` a regular activity, ``l`` a local activity -- the engine's ``record`` -- in the
+order a credit journey's history shows them), the same three Updates with validators that refuse
+while the gate is closed, each running one local activity as the engine's ``decide`` does, the
+same SLA timers racing each gate and the revalidation timer at the end. The activities do
+nothing, so the difference is what governance costs: state, audit chain, read model, checks,
+search attributes.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from temporalio import activity, workflow
 BARE_WORKFLOW = "BareGovernedWorkflow"
 NOOP_TIMEOUT = timedelta(seconds=60)
 # (activities before the gate, approvals the gate needs, SLA of the gate): the credit journey's shape.
-SHAPE: list[tuple[int, int, timedelta]] = [(5, 1, timedelta(days=5)), (1, 2, timedelta(days=10))]
-TAIL_ACTIVITIES = 5
+# register, checks, record, checks, record | validation gate | record | risk-review gate |
+# record, checks, record, record, deploy, record.
+SHAPE: list[tuple[str, int, timedelta]] = [("aalal", 1, timedelta(days=5)), ("l", 2, timedelta(days=10))]
+TAIL_ACTIVITIES = "lallal"
 
 
 class BareDecision(BaseModel):
@@ -48,9 +51,12 @@ class BareGovernedWorkflow:
     def state(self) -> BareState:
         return self._state
 
-    async def _noops(self, n: int) -> None:
-        for i in range(n):
-            await workflow.execute_activity(bare_noop, i, start_to_close_timeout=NOOP_TIMEOUT)
+    async def _noops(self, kinds: str) -> None:
+        for i, k in enumerate(kinds):
+            if k == "l":
+                await workflow.execute_local_activity(bare_noop, i, start_to_close_timeout=NOOP_TIMEOUT)
+            else:
+                await workflow.execute_activity(bare_noop, i, start_to_close_timeout=NOOP_TIMEOUT)
 
     @workflow.run
     async def run(self) -> BareState:
@@ -76,7 +82,7 @@ class BareGovernedWorkflow:
     async def decide(self, inp: BareDecision) -> BareState:
         self._approvers.add(inp.actor)
         self._state.approvals += 1
-        await workflow.execute_activity(bare_noop, -1, start_to_close_timeout=NOOP_TIMEOUT)
+        await workflow.execute_local_activity(bare_noop, -1, start_to_close_timeout=NOOP_TIMEOUT)
         return self._state
 
     @decide.validator

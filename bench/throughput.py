@@ -6,8 +6,11 @@ One progression = start, registration and validation checks, the validator's app
 officers' approvals, staging checks, deployment, ``in_production``. The baseline
 (``bench/bare.py``) has the same number of activities, Updates and timers in the same places,
 with no-op activities. Both run on the same dev server, with the same worker settings, in the
-same process, driven by the same client code (query every 20 ms until the gate is open, then the
-Update), in alternating rounds so both see the same machine load.
+same process, driven by the same client code (query ``state`` every ``--poll`` seconds until the
+gate is open, then the Update), in alternating rounds so both see the same machine load. The poll
+is the driver's cost, not governance's, yet it is not neutral: each poll is a query task on the
+worker, and the engine's answer is its whole 15 KB state while the bare one is three fields, so a
+shorter interval penalises the engine more (see docs/PERFORMANCE.md for both).
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ from temporalio.worker import Worker
 from bench.bare import BARE_WORKFLOW, BareDecision, BareGovernedWorkflow, bare_noop
 from bench.common import Report, base_parser, bounded_gather, fresh_database, run, temporal_server
 
-POLL = 0.02
-MAX_POLLS = 3000  # 60 s per wait at most
+POLL = 0.05  # default seconds between the driver's state queries (--poll)
+MAX_WAIT = 60.0  # seconds per wait at most
 
 
 async def _poll(handle: WorkflowHandle[Any, Any], ok: Callable[[dict[str, Any]], bool]) -> None:
-    for _ in range(MAX_POLLS):
+    for _ in range(int(MAX_WAIT / POLL)):
         state = await handle.query("state")
         if ok(state):
             return
@@ -130,8 +133,11 @@ async def timed(count: int, concurrency: int, job: Callable[[int], Awaitable[Non
 
 
 async def main(args: argparse.Namespace) -> Report:
+    global POLL
+    POLL = args.poll
     report = Report("throughput", "python -m bench.throughput", params={
-        "count": args.count, "concurrency": args.concurrency, "rounds": args.rounds, "db": args.db})
+        "count": args.count, "concurrency": args.concurrency, "rounds": args.rounds, "db": args.db,
+        "poll": args.poll})
     worker_kw = runner_kw(args.runner)
     async with temporal_server() as (client, _):
         bare_queue = f"bench-bare-{uuid.uuid4().hex[:8]}"
@@ -168,6 +174,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=100, help="progressions per round and kind")
     p.add_argument("--concurrency", type=int, default=16, help="journeys in flight")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (bare, engine)")
+    p.add_argument("--poll", type=float, default=POLL, help="seconds between the driver's state queries")
     p.add_argument("--engine-kw", default="{}", help="JSON keyword arguments for the worker's database engine")
     p.add_argument("--runner", choices=["default", "passthrough-all", "unsandboxed"], default="default",
                    help="workflow runner of both workers (tuning experiments)")

@@ -139,6 +139,9 @@ class ProgressionRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     seq: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The open gate as the inbox reads it (stage, approvals, decisions' actors, names), a few hundred
+    # bytes instead of the whole snapshot; null when no gate is open. See engine.lifecycle.gate_record.
+    gate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 Index("ix_progressions_status_gate", ProgressionRow.status, ProgressionRow.gate_opened_at)
@@ -240,6 +243,8 @@ Index("ix_audit_model_seq", AuditEvent.model_id, AuditEvent.seq)
 Index("ix_audit_actor_seq", AuditEvent.actor_id, AuditEvent.seq)
 Index("ix_audit_type_seq", AuditEvent.event_type, AuditEvent.seq)
 Index("ix_audit_occurred", AuditEvent.occurred_at)
+# "events of a type in a time window": range-scan the window instead of every event of the type.
+Index("ix_audit_type_occurred", AuditEvent.event_type, AuditEvent.occurred_at)
 
 
 class AuditChainHead(Base):

@@ -257,6 +257,27 @@ class Refusal(Model):
     http_status: Literal[403, 404, 409]
 
 
+def gate_record(state: ProgressionState) -> dict[str, Any] | None:
+    """The open gate as the read model keeps it for the inbox, or ``None`` when no gate is open.
+
+    The stage without its check results, plus the two names the inbox shows: a few hundred bytes
+    that :func:`gate_state` turns back into a state :func:`decision_refusal` can judge, so the
+    inbox applies the same rule without decoding whole snapshots.
+    """
+    stage = state.stage(state.current_stage) if state.current_stage else None
+    if stage is None or stage.status != StageStatus.awaiting_approval or state.status in FINAL_STATUSES:
+        return None
+    return {"stage": stage.model_dump(mode="json", exclude={"checks"}), "model_name": state.model_name,
+            "submitted_by_username": state.submitted_by_username}
+
+
+def gate_state(columns: dict[str, Any], gate: dict[str, Any]) -> ProgressionState:
+    """A state holding only the open gate, from the read model's columns and its ``gate`` record."""
+    return ProgressionState.model_validate({
+        **columns, "stages": [gate["stage"]], "current_stage": gate["stage"]["name"],
+        "model_name": gate["model_name"], "submitted_by_username": gate["submitted_by_username"]})
+
+
 def open_gate_roles(stage: StageState) -> list[Role]:
     return [a.role for a in stage.approvals if not a.satisfied]
 

@@ -1,15 +1,17 @@
 """Regenerate the committed workflow histories that tests/test_replay.py replays.
 
-    .venv/bin/python -m tests.make_histories
+    .venv/bin/python -m tests.make_histories [--out tests/histories/<generation>]
 
 Runs real progressions on the time-skipping test server (SLA days and the yearly revalidation
 pass in milliseconds) with a throwaway SQLite database, and saves each finished workflow's
-history as ``tests/histories/<workflow id>.json`` (``WorkflowHistory.to_json()``). Only
-regenerate for a deliberate change of the workflow's commands; commit the new files with it.
+history as ``<out>/<workflow id>.json`` (``WorkflowHistory.to_json()``). A deliberate change of
+the workflow's commands goes behind ``workflow.patched`` and gets a new generation directory;
+the older generations stay committed, so the replay test proves old progressions still replay.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import tempfile
@@ -43,7 +45,9 @@ from tests.helpers_workflow import (
     worker,
 )
 
-OUT = Path(__file__).parent / "histories"
+HISTORIES = Path(__file__).parent / "histories"
+# The newest generation: progressions started by the current code (record as a local activity).
+CURRENT = HISTORIES / "v2-record-local-activity"
 
 
 async def credit_journey(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
@@ -76,8 +80,7 @@ async def marketing_withdrawn(env_ts: WorkflowEnvironment, handle: WorkflowHandl
     await withdraw(handle, MKT_DEV, "replaced by a new version")
 
 
-async def main() -> None:
-    OUT.mkdir(exist_ok=True)
+async def main(out: Path) -> None:
     env_ts = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=temporal_test_server_path(), data_converter=pydantic_data_converter)
     try:
@@ -95,7 +98,7 @@ async def main() -> None:
                         await drive(env_ts, handle, env)
                         final = await handle.result()
                         history = await handle.fetch_history()
-                        path = OUT / f"{handle.id}.json"
+                        path = out / f"{handle.id}.json"
                         path.write_text(history.to_json())
                         print(f"{path}: {len(history.events)} events, final status {final.status}")
     finally:
@@ -103,4 +106,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=CURRENT, help="generation directory to write")
+    out = parser.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(out))

@@ -106,3 +106,61 @@ async def test_ensure_chain_head_creates_missing_row(database_url: str) -> None:
             assert head is not None and head.last_hash == GENESIS_HASH
     finally:
         await engine.dispose()
+
+
+async def test_gate_record_migration_fills_existing_rows_like_the_worker_does(database_url: str) -> None:
+    # Rows written before 0003 have no ``gate``; the migration derives it from their snapshots, and
+    # must give exactly what the worker now writes (engine.lifecycle.gate_record), or the inbox of
+    # an upgraded installation would differ from a fresh one.
+    import json
+
+    from engine.lifecycle import (
+        ApprovalProgress,
+        CheckResult,
+        ProgressionState,
+        StageState,
+        StageStatus,
+        Status,
+        gate_record,
+    )
+    from engine.policy import Role
+
+    cfg = alembic_config(database_url)
+    command.upgrade(cfg, "0002")
+    now = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+    def state(pid: str, status: Status, stage_status: StageStatus) -> ProgressionState:
+        check = CheckResult(stage="validation", check_id="auc", description="AUC", expr="x > 1", passed=True,
+                            reason="met", inputs={"x": 2})
+        return ProgressionState(
+            progression_id=pid, model_id="m1", model_name="Model one", team="t", business_intent="credit",
+            risk_tier=1, version_id=pid, target="production", policy_hash="h", status=status,
+            current_stage="validation", submitted_by="u1", submitted_by_username="dana", started_at=now,
+            updated_at=now, stages=[StageState(name="validation", status=stage_status, gate_opened_at=now,
+                                               checks=[check], approvals=[ApprovalProgress(role=Role.model_validator,
+                                                                                           count=1)])])
+
+    states = [state("p-gate", Status.awaiting_approval, StageStatus.awaiting_approval),
+              state("p-running", Status.running, StageStatus.running),
+              state("p-withdrawn", Status.withdrawn, StageStatus.awaiting_approval)]
+    engine = create_engine(sync_url(database_url))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO models (id, name, team, business_intent, created_at, updated_at) "
+                              "VALUES ('m1', 'Model one', 't', 'credit', :now, :now)"), {"now": now})
+            for st in states:
+                conn.execute(text(
+                    "INSERT INTO progressions (id, model_id, version_id, team, business_intent, risk_tier, "
+                    "policy_hash, status, target, submitted_by, waiting_on, escalated, revalidation_overdue, "
+                    "started_at, updated_at, seq, state) VALUES (:id, 'm1', :id, 't', 'credit', 1, 'h', :status, "
+                    "'production', 'u1', '[]', false, false, :now, :now, 1, :state)"),
+                    {"id": st.progression_id, "status": st.status.value, "now": now,
+                     "state": json.dumps(st.model_dump(mode="json"))})
+        command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            stored = dict(conn.execute(text("SELECT id, gate FROM progressions")).all())
+    finally:
+        engine.dispose()
+    decoded = {pid: json.loads(g) if isinstance(g, str) else g for pid, g in stored.items()}
+    assert decoded == {st.progression_id: gate_record(st) for st in states}
+    assert decoded["p-gate"] is not None and "checks" not in decoded["p-gate"]["stage"]

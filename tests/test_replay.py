@@ -1,12 +1,17 @@
 """Replay every committed workflow history against the current ProgressionWorkflow.
 
 A code change that alters the commands an existing history produced (a non-deterministic
-change) fails here, before it can break running progressions. Regenerate the histories with
-``python -m tests.make_histories`` only for a deliberate, versioned change.
+change) fails here, before it can break running progressions. Histories live in one directory
+per generation of the workflow's commands (``v1-record-activity``: before the
+``record-as-local-activity`` patch; ``v2-record-local-activity``: after it); every generation
+must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
+with ``python -m tests.make_histories --out tests/histories/<generation>``.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import pytest
@@ -14,18 +19,50 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from workflows.progression import ProgressionWorkflow
+from workflows.progression import PATCH_RECORD_LOCAL, ProgressionWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
-FILES = sorted(HISTORIES.glob("*.json"))
+FILES = sorted(HISTORIES.glob("*/*.json"))
 TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside the event loop
 
 
 def test_histories_are_committed() -> None:
     assert FILES, f"no workflow histories in {HISTORIES}"
+    assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity"}
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def _patches_and_record_kinds(text: str) -> tuple[set[str], set[str]]:
+    """Patch ids recorded in a history, and how ``record`` ran: as an activity task or a local one."""
+    patches: set[str] = set()
+    kinds: set[str] = set()
+    for event in json.loads(text)["events"]:
+        if event["eventType"] == "EVENT_TYPE_MARKER_RECORDED":
+            attrs = event["markerRecordedEventAttributes"]
+            if attrs["markerName"] == "core_patch":
+                patches.add(json.loads(_b64(attrs["details"]["patch-data"]["payloads"][0]["data"]))["id"])
+            elif attrs["markerName"] == "core_local_activity":
+                kinds.add("local")
+        elif event["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED":
+            if event["activityTaskScheduledEventAttributes"]["activityType"]["name"] == "record":
+                kinds.add("task")
+    return patches, kinds
+
+
+def _b64(data: str) -> str:
+    return base64.b64decode(data).decode()
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.stem}" for p in FILES])
+def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
+    # Without this, regenerating every directory with the new code would leave the old branch untested.
+    patches, kinds = _patches_and_record_kinds(TEXTS[path])
+    if path.parent.name == "v1-record-activity":
+        assert PATCH_RECORD_LOCAL not in patches and kinds == {"task"}
+    else:
+        assert PATCH_RECORD_LOCAL in patches and kinds == {"local"}
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.stem}" for p in FILES])
 async def test_replay(path: Path) -> None:
     # File name == workflow id (the progression id, "<model>@<version>").
     history = WorkflowHistory.from_json(path.stem, TEXTS[path])

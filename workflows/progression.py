@@ -85,6 +85,11 @@ DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficien
 DEPLOY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
                            maximum_interval=timedelta(minutes=5), non_retryable_error_types=NON_RETRYABLE)
 DB_TIMEOUT = timedelta(seconds=60)
+# ``record`` (audit append + read model, a short local transaction) runs as a local activity: no
+# activity task round trip through the server, and the 15 KB state it carries stays out of the
+# history (only the small result is recorded). Histories from before the change replay unpatched.
+PATCH_RECORD_LOCAL = "record-as-local-activity"
+
 CHECKS_TIMEOUT = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=5)
 
@@ -596,11 +601,14 @@ class ProgressionWorkflow:
         events, self._events = self._events, []
         notes, self._notifications = self._notifications, []
         seq = self._state.seq
-        await workflow.execute_activity_method(
-            ProgressionActivities.record,
-            RecordInput(state=self._state, events=events, decision=decision, evidence=evidence or [],
-                        notifications=notes),
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+        record = RecordInput(state=self._state, events=events, decision=decision, evidence=evidence or [],
+                             notifications=notes)
+        if workflow.patched(PATCH_RECORD_LOCAL):
+            await workflow.execute_local_activity_method(
+                ProgressionActivities.record, record, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+        else:  # progressions started before the patch keep their recorded commands
+            await workflow.execute_activity_method(
+                ProgressionActivities.record, record, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
         self._synced_seq = max(self._synced_seq, seq)
 
     def _touch(self) -> None:
