@@ -40,7 +40,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     func,
-    literal_column,
     select,
     type_coerce,
     update,
@@ -513,43 +512,45 @@ async def list_events(
         conds.append(AuditEvent.seq > after_seq)
     only_window = (since is not None or until is not None) and not (progression_id or model_id or actor_id
                                                                      or event_type)
-    if only_window and _dialect(session) == "sqlite":
-        # SQLite keeps no statistics, so it cannot tell a window holding a few events from one holding
-        # most of the table; choose here. Both plans return the same rows.
+    if only_window:
+        # A page ordered by seq over a time window has two plans, and neither database can pick: SQLite
+        # keeps no statistics, and PostgreSQL's LIMIT estimate assumes the window's events are spread
+        # evenly over seq (they are bunched: events arrive in time order), so it walks the primary key
+        # through everything before a late window. Choose here; both plans return the same rows.
         window = _filters(since=since, until=until)
         if await _dense_window(session, window, after_seq):
             conds = _filters(since=since, until=until, column=_UNINDEXED_OCCURRED_AT)  # walk seq, filter
             if after_seq is not None:
                 conds.append(AuditEvent.seq > after_seq)
         else:
-            # Range-scan ix_audit_occurred (it covers seq) and sort only the seqs; then read the page's rows.
+            # Range-scan ix_audit_occurred_seq (it covers seq) and sort only the seqs; then read the rows.
             page = select(AuditEvent.seq).where(*conds).order_by(_UNORDERED_SEQ).limit(limit)
             conds = [AuditEvent.seq.in_(page.scalar_subquery())]
     stmt = select(AuditEvent).where(*conds).order_by(AuditEvent.seq).limit(limit)
     return list(await session.scalars(stmt))
 
 
-# SQLite's unary ``+`` returns its operand unchanged but keeps the planner from using an index for it:
-# on occurred_at it forces the walk in seq order, on seq (ORDER BY) the range scan of the window.
-_UNINDEXED_OCCURRED_AT = literal_column("+audit_events.occurred_at", AuditEvent.occurred_at.type)
-_UNORDERED_SEQ = literal_column("+audit_events.seq", AuditEvent.seq.type)
+# The same values, hidden from the planner's index matching (on SQLite and PostgreSQL alike):
+# coalesce(occurred_at, occurred_at) forces the walk in seq order, seq + 0 the range scan of the window.
+_UNINDEXED_OCCURRED_AT = func.coalesce(AuditEvent.occurred_at, AuditEvent.occurred_at)
+_UNORDERED_SEQ = AuditEvent.seq + 0
 
 
 async def _dense_window(session: AsyncSession, window: list[ColumnElement[bool]], after_seq: int | None) -> bool:
     """Is the time window bigger than the stretch of events the seq walk must skip to reach it?
 
     Walking the table in seq order from the cursor costs the events before the window; range-scanning
-    ``ix_audit_occurred`` costs the window's size (it is sorted by seq for the page). The seqs of the
-    window's earliest and latest events estimate both (events are appended in nearly time order), from
-    two lookups at the ends of the index; a wrong estimate costs time, never rows.
+    ``ix_audit_occurred_seq`` costs the window's size (it is sorted by seq for the page). The seqs of
+    the window's earliest and latest events estimate both (events are appended in nearly time order),
+    from two lookups at the ends of the index; a wrong estimate costs time, never rows.
     """
     ends = [await session.scalar(select(AuditEvent.seq).where(*window).order_by(key).limit(1))
             for key in (AuditEvent.occurred_at, AuditEvent.occurred_at.desc())]
     first, last = ends
     if first is None or last is None:
         return False  # an empty window: the index finds that at once
-    # Measured at 1,000,000 events: the walk reads table rows (~0.13 us each), the range scan reads
-    # index entries into a sort (~0.06 us each), so a window twice the skip is the break-even.
+    # Measured at 1,000,000 events on SQLite: the walk reads table rows (~0.13 us each), the range scan
+    # reads index entries into a sort (~0.06 us each), so a window twice the skip is the break-even.
     return abs(last - first) >= 2 * max(0, first - (after_seq or 0))
 
 

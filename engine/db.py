@@ -242,7 +242,8 @@ Index("ix_audit_progression_seq", AuditEvent.progression_id, AuditEvent.seq)
 Index("ix_audit_model_seq", AuditEvent.model_id, AuditEvent.seq)
 Index("ix_audit_actor_seq", AuditEvent.actor_id, AuditEvent.seq)
 Index("ix_audit_type_seq", AuditEvent.event_type, AuditEvent.seq)
-Index("ix_audit_occurred", AuditEvent.occurred_at)
+# Time windows: covers seq too (PostgreSQL index-only scans; SQLite keeps the rowid anyway).
+Index("ix_audit_occurred_seq", AuditEvent.occurred_at, AuditEvent.seq)
 # "events of a type in a time window": range-scan the window instead of every event of the type.
 Index("ix_audit_type_occurred", AuditEvent.event_type, AuditEvent.occurred_at)
 

@@ -261,21 +261,13 @@ def gate_record(state: ProgressionState) -> dict[str, Any] | None:
     """The open gate as the read model keeps it for the inbox, or ``None`` when no gate is open.
 
     The stage without its check results, plus the two names the inbox shows: a few hundred bytes
-    that :func:`gate_state` turns back into a state :func:`decision_refusal` can judge, so the
-    inbox applies the same rule without decoding whole snapshots.
+    the inbox judges with :func:`gate_refusal`, without decoding whole snapshots.
     """
     stage = state.stage(state.current_stage) if state.current_stage else None
     if stage is None or stage.status != StageStatus.awaiting_approval or state.status in FINAL_STATUSES:
         return None
     return {"stage": stage.model_dump(mode="json", exclude={"checks"}), "model_name": state.model_name,
             "submitted_by_username": state.submitted_by_username}
-
-
-def gate_state(columns: dict[str, Any], gate: dict[str, Any]) -> ProgressionState:
-    """A state holding only the open gate, from the read model's columns and its ``gate`` record."""
-    return ProgressionState.model_validate({
-        **columns, "stages": [gate["stage"]], "current_stage": gate["stage"]["name"],
-        "model_name": gate["model_name"], "submitted_by_username": gate["submitted_by_username"]})
 
 
 def open_gate_roles(stage: StageState) -> list[Role]:
@@ -299,11 +291,8 @@ def decision_refusal(
     if stage.status != StageStatus.awaiting_approval:
         return Refusal(code="gate_not_open", http_status=409,
                        message=f"stage {stage_name!r} is {stage.status.value}, not awaiting approval")
-    gate_roles = {a.role for a in stage.approvals}
-    if not gate_roles.intersection(actor.roles):
-        wanted = " or ".join(sorted(r.value for r in gate_roles))
-        return Refusal(code="not_a_gate_role", http_status=403,
-                       message=f"stage {stage_name!r} is decided by {wanted}; you hold none of these roles")
+    if refusal := _gate_role_refusal(stage, actor):
+        return refusal
     if actor.user_id == state.submitted_by:
         return Refusal(code="own_submission", http_status=403,
                        message="you submitted this progression; segregation of duties forbids deciding on it")
@@ -311,13 +300,34 @@ def decision_refusal(
         return Refusal(code="own_team", http_status=403,
                        message=f"your team {actor.team!r} owns model {state.model_id}; "
                                "segregation of duties forbids deciding on it")
+    return gate_refusal(stage, actor, decision)
+
+
+def _gate_role_refusal(stage: StageState, actor: Actor) -> Refusal | None:
+    gate_roles = {a.role for a in stage.approvals}
+    if not gate_roles.intersection(actor.roles):
+        wanted = " or ".join(sorted(r.value for r in gate_roles))
+        return Refusal(code="not_a_gate_role", http_status=403,
+                       message=f"stage {stage.name!r} is decided by {wanted}; you hold none of these roles")
+    return None
+
+
+def gate_refusal(stage: StageState, actor: Actor, decision: DecisionKind | None = None) -> Refusal | None:
+    """The rules of :func:`decision_refusal` that read only the open gate: the caller holds a gate
+    role, has not approved it already, and (to approve) one of their roles still needs approvals.
+
+    The inbox applies these to each gate's record; the rules on the progression's columns (closed,
+    own submission, own team) it applies in SQL.
+    """
+    if refusal := _gate_role_refusal(stage, actor):
+        return refusal
     if any(d.actor_id == actor.user_id for d in stage.decisions
            if d.decision == DecisionKind.approve and not d.superseded):
         return Refusal(code="already_decided", http_status=409,
-                       message=f"you already approved stage {stage_name!r}; one person counts once")
+                       message=f"you already approved stage {stage.name!r}; one person counts once")
     if decision == DecisionKind.approve and counting_role(stage, actor) is None:
         return Refusal(code="quorum_met_for_role", http_status=409,
-                       message=f"the approvals your roles can give on stage {stage_name!r} are already complete")
+                       message=f"the approvals your roles can give on stage {stage.name!r} are already complete")
     return None
 
 

@@ -97,10 +97,24 @@ async def _load_state(session: AsyncSession, app: AppState,
         return ProgressionState.model_validate(row.state), False
 
 
+async def recorded_state(session: AsyncSession, app: AppState, progression_id: str) -> ProgressionState | None:
+    """The state as last recorded: the read-model snapshot, written in the same transaction as the
+    audit events that produced it, so what a reader sees is what the trail holds. Only a progression
+    whose first record is not written yet (just started) is asked for its live state.
+
+    Reads no workflow: a worker holding thousands of parked progressions would otherwise replay an
+    evicted one's history for every GET.
+    """
+    row = await _read_model(session, progression_id)
+    if row is not None and row.state:
+        return ProgressionState.model_validate(row.state)
+    return await load_state(session, app, progression_id)
+
+
 async def get_progression(*, session: AsyncSession, app: AppState, principal: Principal,
                           progression_id: str) -> ProgressionState:
     require(principal, Action.read_progression)
-    state = await load_state(session, app, progression_id)
+    state = await recorded_state(session, app, progression_id)
     if state is None:
         raise ApiError(404, "not_found", f"progression {progression_id} not found")
     require_visible(principal, state.team, f"progression {progression_id}")
