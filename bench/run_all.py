@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from engine.settings import PROJECT_ROOT
 
@@ -32,6 +33,30 @@ QUICK: dict[str, list[str]] = {
     "audit": ["--events", "5000", "--journeys", "3", "--rounds", "1", "--transactions", "30", "--samples", "20"],
     "scale": ["--size", "20", "--small", "5"],
 }
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return f"{text} {unit}".strip()
+
+
+def markdown(reports: list[dict[str, Any]]) -> str:
+    """One table of every figure (for docs/PERFORMANCE.md): the numbers exactly as measured."""
+    lines = ["| figure | value | baseline | ratio | goal | met? | command |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for report in reports:
+        params = " ".join(f"--{k} {v}" for k, v in report.get("params", {}).items())
+        command = f"`{report['command']}` ({params}; {report['seconds']:.0f} s)"
+        for f in report["figures"]:
+            met = {True: "yes", False: "**no**", None: "-"}[f["met"]]
+            ratio = f"{f['ratio']:.2f}x" if f.get("ratio") is not None else "-"
+            lines.append(f"| {f['name']} | {_num(f['value'], f['unit'])} | {_num(f['baseline'], f['unit'])} | "
+                         f"{ratio} | {f['goal'] or '-'} | {met} | {command} |")
+    machine = reports[0]["machine"] if reports else {}
+    lines += ["", f"Machine: {machine}; date {reports[0]['date'] if reports else '-'}."]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
@@ -53,10 +78,14 @@ def main() -> int:
             failed.append(name)
         print(f"({name}: {time.monotonic() - start:.0f}s)", flush=True)
     unmet = []
+    reports = []
     for name in names:
         path = out / f"{name}.json"
         if path.exists():
-            unmet += [f"{name}: {f['name']}" for f in json.loads(path.read_text())["figures"] if f["met"] is False]
+            reports.append(json.loads(path.read_text()))
+            unmet += [f"{name}: {f['name']}" for f in reports[-1]["figures"] if f["met"] is False]
+    (out / "figures.md").write_text(markdown(reports))
+    print(f"\nTable of every figure: {out / 'figures.md'}")
     print("\nGoals not met:" if unmet else "\nEvery goal with a figure was met.", *unmet, sep="\n  ")
     if failed:
         print("Benchmarks that failed: " + ", ".join(failed))
