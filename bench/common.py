@@ -223,6 +223,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(name_prefix: str) -> list[int]:
+    """This process's children whose command name starts with ``name_prefix`` (e.g. the dev server)."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        if comm.startswith(name_prefix) and int(rest[1]) == me:
+            found.append(int(entry.name))
+    return found
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of a process (VmRSS), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -1,10 +1,11 @@
 """Every benchmark in turn, each in its own process; prints every table and writes the JSON figures.
 
-    python -m bench.run_all [--quick] [--out .data/bench-results]
+    python -m bench.run_all [--quick] [--out .data/bench-results] [--only NAMES] [--render]
 
-Full size (``make bench``) takes over an hour on a 2-core machine, most of it ``bench.scale``
-(10,000 parked progressions) and the two million-event audit loads; ``--quick`` runs every script
-at a small size in a few minutes (the figures then prove the scripts work, not the goals).
+Full size (``make bench``) takes about 35 minutes on an otherwise idle 2-core machine, most of it
+``bench.scale`` (10,000 parked progressions) and the two million-event audit loads; ``--quick`` runs
+every script at a small size in a few minutes (the figures then prove the scripts work, not the
+goals). Writes ``figures.md``, one table of every figure, from the JSON in ``--out``.
 """
 
 from __future__ import annotations
@@ -64,13 +65,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: proves the scripts, not the goals")
     parser.add_argument("--out", default=".data/bench-results", help="directory for the JSON figures")
     parser.add_argument("--only", help="comma-separated benchmark names")
+    parser.add_argument("--render", action="store_true",
+                        help="run nothing: write figures.md from the JSON already in --out (after re-running one)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     plan = QUICK if args.quick else FULL
     names = args.only.split(",") if args.only else list(plan)
     failed = []
-    for name in names:
+    for name in [] if args.render else names:
         start = time.monotonic()
         cmd = [sys.executable, "-m", f"bench.{name}", *plan[name], "--json", str(out / f"{name}.json")]
         print(f"\n$ {' '.join(cmd[1:])}", flush=True)

@@ -30,7 +30,16 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from bench.bare import BARE_WORKFLOW, BareDecision, BareGovernedWorkflow, bare_noop
-from bench.common import Report, base_parser, bounded_gather, fresh_database, run, temporal_server
+from bench.common import (
+    Report,
+    base_parser,
+    bounded_gather,
+    child_pids,
+    cpu_seconds,
+    fresh_database,
+    run,
+    temporal_server,
+)
 
 POLL = 0.05  # default seconds between the driver's state queries (--poll)
 MAX_WAIT = 60.0  # seconds per wait at most
@@ -130,10 +139,24 @@ def runner_kw(runner: str) -> dict[str, Any]:
     return {}
 
 
-async def timed(count: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> float:
-    start = time.perf_counter()
-    await bounded_gather(count, concurrency, job)
-    return time.perf_counter() - start
+class Timer:
+    """Wall clock, and CPU of this process (worker + driver) and of the dev server, per kind of journey."""
+
+    def __init__(self) -> None:
+        self.servers = child_pids("temporal")
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.server_cpu: dict[str, float] = {}
+
+    def _server(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.servers)
+
+    async def run(self, kind: str, count: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> None:
+        wall, cpu, server = time.perf_counter(), time.process_time(), self._server()
+        await bounded_gather(count, concurrency, job)
+        self.wall[kind] = self.wall.get(kind, 0.0) + time.perf_counter() - wall
+        self.cpu[kind] = self.cpu.get(kind, 0.0) + time.process_time() - cpu
+        self.server_cpu[kind] = self.server_cpu.get(kind, 0.0) + self._server() - server
 
 
 async def main(args: argparse.Namespace) -> Report:
@@ -153,23 +176,26 @@ async def main(args: argparse.Namespace) -> Report:
             # Sequential, so the first journey creates the catalog model before concurrent ones run.
             await bounded_gather(2, 1, lambda i: journey(client, queue, 10_000_000 + i))
             await bounded_gather(2, 1, lambda i: bare_journey(client, bare_queue, i))
-            bare_s = engine_s = 0.0
+            timer = Timer()
             for r in range(args.rounds):
-                if args.profile == "engine":
-                    engine_s += await timed(args.count, args.concurrency,
-                                            lambda i, r=r: journey(client, queue, r * args.count + i))  # type: ignore[misc]
-                    bare_s = engine_s
-                    continue
-                bare_s += await timed(args.count, args.concurrency, lambda i: bare_journey(client, bare_queue, i))
-                engine_s += await timed(args.count, args.concurrency,
-                                        lambda i, r=r: journey(client, queue, r * args.count + i))  # type: ignore[misc]
+                if args.profile != "engine":
+                    await timer.run("bare", args.count, args.concurrency, lambda i: bare_journey(client, bare_queue, i))
+                await timer.run("engine", args.count, args.concurrency,
+                                lambda i, r=r: journey(client, queue, r * args.count + i))  # type: ignore[misc]
     n = args.count * args.rounds
-    engine_rate, bare_rate = n / engine_s, n / bare_s
+    if args.profile == "engine":
+        for table in (timer.wall, timer.cpu, timer.server_cpu):
+            table["bare"] = table["engine"]
+    engine_rate, bare_rate = n / timer.wall["engine"], n / timer.wall["bare"]
     report.add("progressions/s (full credit journey)", engine_rate, "/s", baseline=bare_rate,
                goal="ratio >= 0.8", met=engine_rate / bare_rate >= 0.8,
                note="baseline: bare workflow, same activities/Updates/timers, no-op activities")
-    report.add("mean journey time at this concurrency", engine_s / args.rounds / args.count * args.concurrency,
-               "s", baseline=bare_s / args.rounds / args.count * args.concurrency)
+    report.add("mean journey time at this concurrency", timer.wall["engine"] / n * args.concurrency,
+               "s", baseline=timer.wall["bare"] / n * args.concurrency)
+    report.add("CPU per journey, worker + driver process", timer.cpu["engine"] / n * 1000, "ms",
+               baseline=timer.cpu["bare"] / n * 1000, note="time.process_time() of this process")
+    report.add("CPU per journey, Temporal dev server", timer.server_cpu["engine"] / n * 1000, "ms",
+               baseline=timer.server_cpu["bare"] / n * 1000, note="/proc/<pid>/stat of the dev server")
     return report
 
 
