@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.settings import PROJECT_ROOT
 from engine.temporal import SEARCH_ATTRIBUTE_KEYS, temporal_cli_path
+from tests.helpers_api import free_port
 
 PG_ADMIN_DSN = os.environ.get("PROGRESSION_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PYTHON = sys.executable
@@ -217,30 +217,29 @@ def fresh_database(kind: str) -> Iterator[str]:
 # ---- the product as separate processes (API, worker) ------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _stat(pid: int | str) -> tuple[str, list[str]]:
+    """``/proc/<pid>/stat``: the command name, and the fields after it (field 3 onwards)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 1:].split()
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (``/proc/<pid>/stat``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time a process has used so far."""
+    fields = _stat(pid)[1]
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def child_pids(name_prefix: str) -> list[int]:
     """This process's children whose command name starts with ``name_prefix`` (e.g. the dev server)."""
-    me, found = os.getpid(), []
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            comm, fields = _stat(entry.name)
         except OSError:
             continue
-        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
-        if comm.startswith(name_prefix) and int(rest[1]) == me:
+        if comm.startswith(name_prefix) and int(fields[1]) == os.getpid():
             found.append(int(entry.name))
     return found
 

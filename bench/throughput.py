@@ -109,11 +109,8 @@ async def engine_env(client: Client, db: str, *, engine_kw: dict[str, Any] | Non
 
     with fresh_database(db) as url, tempfile.TemporaryDirectory(prefix="progression-bench-") as tmp:
         async with hw.app_env(url, Path(tmp)) as env:
-            from engine.worker import WORKER_SQLITE_POOL
-
             # The same database settings as the product's worker (engine.worker.build_activities).
-            default_kw = WORKER_SQLITE_POOL if url.startswith("sqlite") else {}
-            engine = make_engine(url, **(default_kw if engine_kw is None else engine_kw))
+            engine = make_engine(url, **{"sqlite_single_connection": True, **(engine_kw or {})})
             sm = make_sessionmaker(engine)
             env.activities = ProgressionActivities(sm, env.store, RecordingPromotionTarget(), LogNotifier(),
                                                    audit_chain=audit_chain)
@@ -168,7 +165,7 @@ async def main(args: argparse.Namespace) -> Report:
     worker_kw = runner_kw(args.runner)
     async with temporal_server() as (client, _):
         bare_queue = f"bench-bare-{uuid.uuid4().hex[:8]}"
-        engine_kw = json.loads(args.engine_kw) if args.engine_kw else None
+        engine_kw = json.loads(args.engine_kw)
         async with engine_env(client, args.db, engine_kw=engine_kw, **worker_kw) as (queue, base, _), Worker(
                 client, task_queue=bare_queue, workflows=[BareGovernedWorkflow], activities=[bare_noop], **worker_kw):
             journey = engine_journey_factory(base)
@@ -205,8 +202,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=16, help="journeys in flight")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (bare, engine)")
     p.add_argument("--poll", type=float, default=POLL, help="seconds between the driver's state queries")
-    p.add_argument("--engine-kw", default="", help="JSON keyword arguments for the worker's database engine "
-                                                  "(default: the product worker's)")
+    p.add_argument("--engine-kw", default="{}", help="JSON keyword arguments for the worker's database engine, "
+                                                    "over the product worker's")
     p.add_argument("--runner", choices=["default", "passthrough-all", "unsandboxed"], default="default",
                    help="workflow runner of both workers (tuning experiments)")
     p.add_argument("--profile", choices=["engine"], help="run only the engine (to attach a profiler)")

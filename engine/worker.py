@@ -35,16 +35,9 @@ def build_worker(client: Client, *, task_queue: str, activities: ProgressionActi
     return Worker(client, task_queue=task_queue, workflows=[ProgressionWorkflow], activities=activities.all(), **kw)
 
 
-WORKER_SQLITE_POOL: dict[str, Any] = {"pool_size": 1, "max_overflow": 0}
-
-
 def build_activities(settings: Settings) -> tuple[ProgressionActivities, Any]:
     """Activities wired from settings; also returns the database engine so the caller can dispose it."""
-    url = settings.resolved_database_url
-    # SQLite has one writer at a time: with one connection the worker's writes queue in its event loop
-    # instead of sleeping in SQLite's busy handler, which held local-activity workflow tasks for 5-7 s
-    # at 16 journeys in flight (bench/throughput.py: 3.72 -> 4.03 journeys/s, no such tasks).
-    engine = make_engine(url, **(WORKER_SQLITE_POOL if url.startswith("sqlite") else {}))
+    engine = make_engine(settings.resolved_database_url, sqlite_single_connection=True)
     activities = ProgressionActivities(
         make_sessionmaker(engine),
         EvidenceStore(settings.evidence_dir),

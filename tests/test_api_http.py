@@ -3,7 +3,6 @@ OpenAPI, users and tokens, idempotency, features, policies and dry runs, operati
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,14 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
 from engine.db import AuditEvent, CatalogModel, EvidenceBlob, IdempotencyRecord, PolicyVersion, User, utcnow
-from tests.helpers_api import CREDIT, ApiEnv, api_env, free_port, make_settings, registry, spec_text, upload
+from tests.helpers_api import CREDIT, ApiEnv, api_env, make_settings, registry, serve_http, spec_text, upload
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
 
@@ -248,20 +246,8 @@ async def test_readyz_503_when_temporal_unreachable(sqlite_url: str, tmp_path: P
 
 
 async def test_real_uvicorn_server(env: ApiEnv) -> None:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            assert (await http.get("/healthz")).status_code == 200
-            me: Any = (await http.get("/api/v1/me", headers=env.auth("rita"))).json()
-            assert me["username"] == "rita" and me["roles"] == ["model_risk_officer"]
-            assert (await http.get("/api/v1/me")).status_code == 401
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_http(env.app) as base_url, httpx.AsyncClient(base_url=base_url) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        me: Any = (await http.get("/api/v1/me", headers=env.auth("rita"))).json()
+        assert me["username"] == "rita" and me["roles"] == ["model_risk_officer"]
+        assert (await http.get("/api/v1/me")).status_code == 401

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from temporalio.client import Client
 
 from engine.settings import PROJECT_ROOT
-from tests.helpers_api import CREDIT, ApiEnv, api_env, free_port, spec_text, unique_version
+from tests.helpers_api import CREDIT, ApiEnv, api_env, serve_http, spec_text, unique_version
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -70,26 +69,13 @@ class Live:
 @pytest.fixture
 async def live(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[Live]:
     ARTIFACTS.mkdir(exist_ok=True)
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=True) as env:
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(env.app, host="127.0.0.1", port=port, log_level="warning",
-                                               lifespan="off"))
-        serving = asyncio.create_task(server.serve())
+    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=True) as env, \
+            serve_http(env.app) as base, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            for _ in range(400):
-                if server.started:
-                    break
-                await asyncio.sleep(0.05)
-            assert server.started, "uvicorn did not start"
-            async with async_playwright() as pw:
-                browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-                try:
-                    yield Live(env=env, base=f"http://127.0.0.1:{port}", browser=browser)
-                finally:
-                    await browser.close()
+            yield Live(env=env, base=base, browser=browser)
         finally:
-            server.should_exit = True
-            await serving
+            await browser.close()
 
 
 async def shot(page: Page, name: str) -> None:

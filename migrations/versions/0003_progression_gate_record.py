@@ -25,6 +25,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 FINAL = ("rejected", "withdrawn", "retired")
+BATCH = 500
 
 
 def gate_from_snapshot(state: dict[str, Any]) -> dict[str, Any] | None:
@@ -43,12 +44,19 @@ def upgrade() -> None:
     progressions = sa.table("progressions", sa.column("id", sa.String), sa.column("state", sa.JSON),
                             sa.column("gate", sa.JSON), sa.column("status", sa.String))
     conn = op.get_bind()
-    rows = conn.execute(sa.select(progressions.c.id, progressions.c.state)
-                        .where(progressions.c.status.not_in(FINAL))).all()
-    for pid, state in rows:
-        gate = gate_from_snapshot(json.loads(state) if isinstance(state, str) else state or {})
-        if gate is not None:
-            conn.execute(progressions.update().where(progressions.c.id == pid).values(gate=gate))
+    fill = progressions.update().where(progressions.c.id == sa.bindparam("pid")).values(gate=sa.bindparam("g"))
+    last = ""
+    while True:  # keyset batches: a large installation's snapshots (~15 KB each) never all in memory
+        rows = conn.execute(sa.select(progressions.c.id, progressions.c.state)
+                            .where(progressions.c.status.not_in(FINAL), progressions.c.id > last)
+                            .order_by(progressions.c.id).limit(BATCH)).all()
+        if not rows:
+            return
+        gates = [(pid, gate_from_snapshot(json.loads(state) if isinstance(state, str) else state or {}))
+                 for pid, state in rows]
+        if filled := [{"pid": pid, "g": gate} for pid, gate in gates if gate is not None]:
+            conn.execute(fill, filled)
+        last = rows[-1][0]
 
 
 def downgrade() -> None:
