@@ -21,16 +21,16 @@ app.add_typer(users_app, name="users")
 
 async def _create_user(username: str, roles: list[str], team: str | None, display_name: str) -> tuple[str, str]:
     from engine import audit
-    from engine.database import upgrade
+    from engine.database import require_database, upgrade
     from engine.db import make_engine, make_sessionmaker, utcnow
     from engine.identity import create_user
     from engine.lifecycle import EventType
 
     settings = get_settings()
     url = settings.resolved_database_url
-    if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    await upgrade(url)  # a fresh data directory works on the first command
+    # Never create one: a user in a database no stack reads gets a token every request answers 401 to.
+    await require_database(url)
+    await upgrade(url)
     engine = make_engine(url)
     try:
         async with make_sessionmaker(engine)() as session:

@@ -47,3 +47,10 @@ class Conflict(ProgressionError):
 class Forbidden(ProgressionError):
     code = "forbidden"
     status = 403
+
+
+class NoDatabase(ProgressionError):
+    """A command that needs the application database found none (and never creates one)."""
+
+    code = "no_database"
+    status = 503

@@ -6,6 +6,10 @@ the SQLite database, seeds the feature catalog and one demo user per role, runs
 the worker and the API (with its web UI) in this process, and submits the
 example models so a newcomer finds gates waiting in the inbox. Ctrl-C stops
 everything it started; a second run on the same data directory resumes.
+
+One data directory, one stack (engine.stack): the data directory is locked for the life of this
+process, a start next to a running stack or on a taken port is refused before anything starts, and
+the embedded Temporal server dies with this process whatever kills it.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +31,7 @@ import uvicorn
 
 from engine.lifecycle import SEARCH_ATTRIBUTES
 from engine.settings import PROJECT_ROOT, Settings, get_settings
+from engine.stack import StackRefused, acquire_data_dir, claim_ports, die_with_parent, listens_on
 from engine.temporal import connect, temporal_cli_path
 
 log = logging.getLogger("progression.run")
@@ -63,21 +70,40 @@ def start_embedded_temporal(settings: Settings) -> subprocess.Popen[bytes]:
         args += ["--namespace", settings.temporal_namespace]
     for name, kind in SEARCH_ATTRIBUTES.items():
         args += ["--search-attribute", f"{name}={kind}"]
-    logfile = open(settings.data_dir / "temporal.log", "ab")  # noqa: SIM115 - owned by the child
-    # Own process group: Ctrl-C reaches us first, and we stop the server after the worker drains.
-    return subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(settings.data_dir / "temporal.log", "ab") as logfile:
+        # Own process group: Ctrl-C reaches us first, and we stop the server after the worker drains.
+        # The parent-death signal kills it with us when we cannot stop it (kill -9, a crash).
+        return subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent())
 
 
-async def wait_for_temporal(address: str, namespace: str, timeout: float = 60.0) -> None:
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def wait_for_temporal(address: str, namespace: str, timeout: float = 60.0,
+                            proc: subprocess.Popen[bytes] | None = None, settings: Settings | None = None) -> None:
+    """Until Temporal answers at ``address``. With ``proc`` (the embedded server this stack started), only
+    that process counts: if it exits, or another process holds its port, this is an error, never an attach."""
     deadline = asyncio.get_running_loop().time() + timeout
+    port = int(address.rsplit(":", 1)[1])
     while True:
-        try:
-            await connect(address, namespace)
-            return
-        except Exception:
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"Temporal at {address} did not answer within {timeout:.0f}s") from None
-            await asyncio.sleep(0.5)
+        if proc is not None and proc.poll() is not None:
+            tail = _log_tail(settings.data_dir / "temporal.log") if settings else ""
+            raise StackRefused(f"the embedded Temporal server exited with code {proc.returncode} before it "
+                               f"answered on {address}; the end of its log:\n{tail}")
+        if proc is None or listens_on(proc.pid, port) is not False:
+            try:
+                await connect(address, namespace)
+                return
+            except Exception:
+                pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"Temporal at {address} did not answer within {timeout:.0f}s")
+        await asyncio.sleep(0.5)
 
 
 async def seed_database(settings: Settings) -> dict[str, str]:
@@ -229,7 +255,21 @@ async def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything starts: this data directory is ours for the life of the process, and so are the ports.
+    data_dir_lock = acquire_data_dir(settings)
+    try:
+        api_socket = claim_ports(settings)
+    except BaseException:
+        data_dir_lock.release()
+        raise
+    try:
+        await _run_stack(settings, api_socket)
+    finally:
+        api_socket.close()
+        data_dir_lock.release()
 
+
+async def _run_stack(settings: Settings, api_socket: socket.socket) -> None:
     temporal_proc: subprocess.Popen[bytes] | None = None
     temporal_ui = None
     if settings.temporal_address is None:
@@ -248,7 +288,8 @@ async def main() -> None:
     server: uvicorn.Server | None = None
     try:
         log.info("waiting for Temporal at %s", settings.temporal_address)
-        await wait_for_temporal(settings.temporal_address, settings.temporal_namespace)
+        await wait_for_temporal(settings.temporal_address, settings.temporal_namespace, proc=temporal_proc,
+                                settings=settings)
         tokens = await seed_database(settings)
 
         from api.app import create_app
@@ -258,7 +299,7 @@ async def main() -> None:
                                                port=settings.api_port, log_level="warning"))
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # we own Ctrl-C
         tasks.append(asyncio.create_task(run_worker(settings), name="worker"))
-        tasks.append(asyncio.create_task(server.serve(), name="api"))
+        tasks.append(asyncio.create_task(server.serve(sockets=[api_socket]), name="api"))
         base_url = f"http://{settings.api_host}:{settings.api_port}"
         ready = asyncio.create_task(wait_until_ready(base_url))
         done, _ = await asyncio.wait([ready, *tasks, asyncio.create_task(stop.wait())],
@@ -303,3 +344,6 @@ if __name__ == "__main__":
         asyncio.run(main())
     except KeyboardInterrupt:
         sys.exit(130)
+    except StackRefused as refused:
+        print(f"progression: refusing to start: {refused}", file=sys.stderr, flush=True)
+        sys.exit(1)

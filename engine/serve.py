@@ -72,7 +72,19 @@ async def _worker_main(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings) -> None:
+    refuse_without_database(settings)
     asyncio.run(_worker_main(settings))
+
+
+def refuse_without_database(settings: Settings) -> None:
+    """A worker needs the migrated database; with SQLite it would otherwise create an empty file."""
+    from engine.database import require_database
+    from engine.errors import NoDatabase
+
+    try:
+        asyncio.run(require_database(settings.resolved_database_url, server=False))
+    except NoDatabase as exc:
+        raise SystemExit(f"progression: refusing to start: {exc.message}") from None
 
 
 def run_migrate(settings: Settings) -> None:

@@ -65,7 +65,10 @@ async def run_worker(settings: Settings | None = None) -> None:
 
 
 def main() -> None:
+    from engine.serve import refuse_without_database
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    refuse_without_database(get_settings())
     try:
         asyncio.run(run_worker())
     except KeyboardInterrupt:
