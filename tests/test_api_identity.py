@@ -158,12 +158,13 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
 async def test_users_cli_prints_a_working_token_last(tmp_path: Path) -> None:
     env = {**os.environ, "PROGRESSION_DATA_DIR": str(tmp_path), "PROGRESSION_ENV": "test"}
     env.pop("PROGRESSION_DATABASE_URL", None)
+    await upgrade(f"sqlite+aiosqlite:///{tmp_path / 'progression.db'}")  # the stack's database (make run made it)
     code, out, err = await run_cli("users", "create", "rita", "--role", "model_risk_officer", "--role", "auditor",
                                    "--team", "model-risk", env=env)
     assert code == 0, err
     token = out.strip().splitlines()[-1]
     assert token.startswith(TOKEN_PREFIX)
-    # The database the CLI migrated and wrote is the settings' default one; the token authenticates there.
+    # The database the CLI wrote is the settings' default one; the token authenticates there.
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'progression.db'}")
     try:
         async with make_sessionmaker(engine)() as session:
