@@ -127,8 +127,9 @@ class Processes:
         assert stack.proc is not None
         deadline = time.monotonic() + UP_TIMEOUT
         while "Progression is running." not in stack.text():
-            assert stack.proc.poll() is None, f"the stack exited with {stack.proc.returncode}:\n{stack.text()[-3000:]}"
-            assert time.monotonic() < deadline, f"the stack was not up within {UP_TIMEOUT:.0f}s:\n{stack.text()[-3000:]}"
+            tail = stack.text()[-3000:]
+            assert stack.proc.poll() is None, f"the stack exited with {stack.proc.returncode}:\n{tail}"
+            assert time.monotonic() < deadline, f"the stack was not up within {UP_TIMEOUT:.0f}s:\n{tail}"
             self.track(stack.proc.pid)
             time.sleep(0.5)
         self.track(stack.proc.pid)
