@@ -1,10 +1,11 @@
 # The two commands: `make run` (everything on embedded defaults) and `make test` (the whole suite).
+# `make test-fast` is the inner loop: the tests not marked `slow` (unit and in-process), no lint.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint bench clean reliability
+.PHONY: run test test-fast install lint bench clean reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,10 @@ run: $(STAMP)
 # Lint and type-check first (seconds), then every test against real Temporal servers and databases.
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Everything but the `slow` tests (real multi-process stacks, the crash harness, fuzzing, benchmark smoke runs).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
 reliability: $(STAMP)  # crash/restart/outage harness, full size (docs/RELIABILITY.md)
 	$(PY) -m reliability.crash_harness --progressions 100

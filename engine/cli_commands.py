@@ -450,10 +450,11 @@ def status(
         deadline = None if timeout is None else time.monotonic() + timeout
         console = out()
         if as_json:
-            # One JSON document per line per change, so a script can stream it.
+            # One JSON document per line per change, so a script can stream it. Never an older state than one
+            # already shown (when the workflow does not answer in time the API serves its last recorded snapshot).
             last = -1
             while True:
-                if state.seq != last:
+                if state.seq > last:
                     sys.stdout.write(state.model_dump_json() + "\n")
                     sys.stdout.flush()
                     last = state.seq
@@ -470,7 +471,7 @@ def status(
         else:
             last = -1
             while True:
-                if state.seq != last:
+                if state.seq > last:
                     console.print(render_state(state))
                     last = state.seq
                 if _waits_on_person_or_ended(state) or (deadline and time.monotonic() > deadline):

@@ -22,6 +22,7 @@ EXPECTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(QUICK))
 def test_benchmark_prints_its_figures(name: str, tmp_path: Path) -> None:
     out = tmp_path / f"{name}.json"

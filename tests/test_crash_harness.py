@@ -14,7 +14,7 @@ import pytest
 
 from reliability.crash_harness import FAULT_KINDS, HarnessConfig, passed, run_harness, table
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 async def test_crash_harness_reduced(tmp_path: Path) -> None:

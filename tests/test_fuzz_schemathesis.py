@@ -154,6 +154,7 @@ def _write_artifact(report: FuzzReport, operations: list[str]) -> None:
         "cases_by_operation": report.by_operation}, indent=2, sort_keys=True) + "\n")
 
 
+@pytest.mark.slow
 async def test_schemathesis_every_operation_every_role(live: tuple[ApiEnv, str, dict[str, Any]]) -> None:
     env, base_url, pinned = live
     raw = (await env.http.get("/openapi.json")).json()

@@ -45,7 +45,7 @@ from engine.settings import PROJECT_ROOT
 from engine.temporal import temporal_cli_path
 from tests.helpers_api import free_port
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 REPO = PROJECT_ROOT / "examples" / "retail-credit-scorecard"
 REGISTER_SCRIPT = PROJECT_ROOT / "deploy" / "temporal" / "register-search-attributes.sh"
