@@ -21,9 +21,10 @@ run: $(STAMP)
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# Everything but the `slow` tests (real multi-process stacks, the crash harness, fuzzing, benchmark smoke runs).
+# The inner loop: unit and in-process tests on SQLite. Leaves out the `slow` tests (real processes: whole
+# stacks, the CLI in a subprocess, the crash harness, fuzzing, benchmark smoke runs) and the `postgres` ones.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not postgres"
 
 reliability: $(STAMP)  # crash/restart/outage harness, full size (docs/RELIABILITY.md)
 	$(PY) -m reliability.crash_harness --progressions 100

@@ -24,6 +24,13 @@ from engine.temporal import SEARCH_ATTRIBUTE_KEYS, temporal_cli_path, temporal_t
 PG_ADMIN_DSN = os.environ.get("PROGRESSION_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the PostgreSQL server carries the ``postgres`` marker (``make test-fast`` leaves them out)."""
+    for item in items:
+        if "postgres_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """One Temporal dev server for the whole session; each test uses its own task queue."""
@@ -101,7 +108,7 @@ def sqlite_url(tmp_path) -> str:  # type: ignore[no-untyped-def]
     return f"sqlite+aiosqlite:///{tmp_path / 'progression.db'}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run a database test on both backends: the embedded default and production's."""
     if request.param == "sqlite":

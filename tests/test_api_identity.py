@@ -155,6 +155,7 @@ async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(), err.decode()
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 async def test_users_cli_prints_a_working_token_last(tmp_path: Path) -> None:
     env = {**os.environ, "PROGRESSION_DATA_DIR": str(tmp_path), "PROGRESSION_ENV": "test"}
     env.pop("PROGRESSION_DATABASE_URL", None)

@@ -174,6 +174,7 @@ async def served(database_url: str, tmp_path: Path, temporal_client: Client,
             yield env, base_url
 
 
+@pytest.mark.slow  # a CLI subprocess per case
 @pytest.mark.parametrize("kind", list(TAMPERS))
 async def test_tampering_is_detected_by_api_and_cli(served: tuple[ApiEnv, str], tmp_path: Path, kind: str) -> None:
     env, base_url = served

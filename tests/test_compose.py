@@ -426,6 +426,7 @@ def _run_register(address: str, attributes: str) -> subprocess.CompletedProcess[
     return subprocess.run(["/bin/sh", str(REGISTER_SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # a Temporal server of its own and the script in a shell
 async def test_register_script_registers_the_attributes(bare_temporal: WorkflowEnvironment,
                                                         compose: dict[str, Any]) -> None:
     client = bare_temporal.client

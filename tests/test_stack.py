@@ -3,6 +3,7 @@
 Real processes: ``python -m engine.run`` (what ``make run`` runs) on free ports and a temporary data
 directory, the ``progression`` CLI and ``python -m engine.serve worker``. Every wait is bounded and
 every process a test started (and every child of it) is killed at teardown, whatever the outcome.
+All of them start real processes, so all are ``slow`` (``make test`` runs them, ``make test-fast`` does not).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from temporalio.testing import WorkflowEnvironment
 from engine.database import upgrade
 from engine.settings import PROJECT_ROOT
 from tests.helpers_api import free_port
+
+pytestmark = pytest.mark.slow
 
 PYTHON = sys.executable
 CLI = str(Path(PYTHON).parent / "progression")
@@ -179,7 +182,6 @@ def run_refused(processes: Processes, stack: Stack, name: str) -> str:
 # --- a second start on the same data directory ------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_second_start_on_the_same_data_directory_is_refused_naming_the_running_stack(
         processes: Processes, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
@@ -210,7 +212,6 @@ def test_second_start_on_the_same_data_directory_is_refused_naming_the_running_s
 # --- kill -9 of the orchestrator ---------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_kill_9_of_the_orchestrator_leaves_nothing_behind(processes: Processes, tmp_path: Path) -> None:
     stack = processes.start(Stack(tmp_path / "data"), "stack")
     processes.wait_running(stack)
