@@ -175,9 +175,15 @@ def claim_port(what: str, host: str, port: int, setting: str) -> socket.socket:
     if _answers(host, port):
         raise _taken(what, host, port, setting, "something answers there")
     try:
-        return bind_listener(host, port)
+        sock = bind_listener(host, port)
     except OSError as exc:
         raise _taken(what, host, port, setting, exc.strerror or str(exc)) from None
+    try:
+        sock.listen(128)  # listening, the port is ours: nobody else can bind it, even with SO_REUSEADDR
+    except OSError as exc:
+        sock.close()
+        raise _taken(what, host, port, setting, exc.strerror or str(exc)) from None
+    return sock
 
 
 def check_port_free(what: str, host: str, port: int, setting: str) -> None:
