@@ -346,6 +346,7 @@ def _code(resp: httpx.Response) -> str | None:
     return match.group(1) if match else None
 
 
+@pytest.mark.slow  # the whole matrix: every role x route x team
 async def test_every_role_route_and_team_cell(ctx: Ctx) -> None:
     table = {**ROUTES, **UI_ROUTES}
     served = served_routes(ctx.env.app)
