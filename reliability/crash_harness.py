@@ -1170,6 +1170,15 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
+async def _run_until_signalled(cfg: HarnessConfig) -> dict[str, Any]:
+    """The run; SIGTERM or SIGINT cancels it, so the stack it started is stopped and removed."""
+    task = asyncio.ensure_future(run_harness(cfg))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await task
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability.crash_harness", description=__doc__.splitlines()[0])
     parser.add_argument("--progressions", type=int, default=1000)
@@ -1196,7 +1205,7 @@ def main(argv: list[str] | None = None) -> int:
                         outage_seconds=args.outage_seconds, mutation=args.mutation,
                         deadline_seconds=args.deadline_seconds, workdir=args.workdir, output=args.output,
                         keep=args.keep)
-    summary = asyncio.run(run_harness(cfg))
+    summary = asyncio.run(_run_until_signalled(cfg))
     assert cfg.output is not None
     cfg.output.parent.mkdir(parents=True, exist_ok=True)
     cfg.output.write_text(json.dumps(summary, indent=2, default=str) + "\n")
