@@ -21,7 +21,7 @@ test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # Crash/restart/outage harness, full size: 1,000 progressions, every fault kind (docs/RELIABILITY.md).
-RELIABILITY_ARGS ?= --progressions 1000 --seed 2026 --concurrency 24
+RELIABILITY_ARGS ?= --progressions 1000 --seed 2026 --concurrency 12
 reliability: $(STAMP)
 	$(PY) -m reliability.crash_harness $(RELIABILITY_ARGS)
 

@@ -98,7 +98,7 @@ WEAK_MONITORING_PLAN = b"# Monitoring plan\n\nTo be written.\n"
 class HarnessConfig:
     progressions: int = 100
     seed: int = 7
-    concurrency: int = 16
+    concurrency: int = 12  # above ~14 requests in flight the API exhausts its connection pool (RELIABILITY.md)
     workers: int = 2
     worker_kills: int | None = None  # None: scaled to the number of progressions
     api_kills: int | None = None
@@ -1183,7 +1183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reliability.crash_harness", description=__doc__.splitlines()[0])
     parser.add_argument("--progressions", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-kills", type=int)
     parser.add_argument("--api-kills", type=int)
