@@ -641,11 +641,12 @@ class Client:
             except httpx.TransportError as exc:
                 self.retries[type(exc).__name__] += 1
             else:
-                if response.status_code in ok:
-                    return response.status_code, dict(response.json())
                 code = _code(response)
                 if response.status_code >= 500 or code == "idempotency_in_flight":
+                    # Checked first: a 409 "still in flight" is never an answer, even where a 409 refusal is.
                     self.retries[f"{response.status_code} {code}"] += 1
+                elif response.status_code in ok:
+                    return response.status_code, dict(response.json())
                 else:
                     raise HarnessError(f"POST {path} by {who}: {response.status_code} {response.text[:400]}")
             await asyncio.sleep(backoff)
