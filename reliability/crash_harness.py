@@ -428,8 +428,12 @@ class Chaos:
     def __init__(self, cfg: HarnessConfig, stack: Stack, rng: random.Random) -> None:
         self.cfg, self.stack, self.rng = cfg, stack, rng
         counts = cfg.fault_counts()
-        kinds = [k for k in FAULT_KINDS for _ in range(counts[k])]
-        rng.shuffle(kinds)
+        # One of each kind first (so a run that ends early still had every kind), the rest shuffled.
+        first = [k for k in FAULT_KINDS if counts[k]]
+        rest = [k for k in FAULT_KINDS for _ in range(counts[k] - 1)]
+        rng.shuffle(first)
+        rng.shuffle(rest)
+        kinds = first + rest
         n = cfg.progressions
         # Spread arming points over the first 85% of starts, so faults hit traffic, not an idle system.
         arms = sorted(rng.randint(1, max(1, int(n * 0.85))) for _ in kinds)
@@ -553,7 +557,7 @@ class Chaos:
             "deployment": lambda t: self._activity_started(t.pid, "deploy"),
             "decision": self._decision_in_flight,
         }
-        window = {"checks": 15.0, "deployment": 30.0, "decision": 10.0}[phase]
+        window = {"checks": 6.0, "deployment": 10.0, "decision": 10.0}[phase]
         trig, seen = await self._watch(phase, observe[phase], window)
         victims = list(range(len(self.stack.workers)))
         # Re-check just before the kill: the phase is still in progress when the workers die.
@@ -1143,7 +1147,8 @@ def passed(summary: dict[str, Any]) -> bool:
     return (summary["lost"] == 0 and summary["duplicated"] == 0 and summary["unexpected"] == 0
             and summary["wrong_final"] == 0 and summary["refusals_wrong"] == 0 and summary["temporal_wrong"] == 0
             and summary["chain_ok"] and summary["progressions_final_as_scripted"] == summary["progressions"]
-            and not summary["faults_failed"])
+            and not summary["faults_failed"] and all(
+                summary["faults_by_kind"][k] >= 1 for k, n in summary["faults_planned"].items() if n))
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -1151,7 +1156,8 @@ def table(summary: dict[str, Any]) -> str:
     rows: list[tuple[str, Any]] = [
         ("progressions run", f"{summary['progressions']} (seed {summary['seed']})"),
         ("final state as scripted", summary["progressions_final_as_scripted"]),
-        *[(f"faults: {k}", v) for k, v in summary["faults_by_kind"].items()],
+        *[(f"faults: {k} (fired / planned)", f"{v} / {summary['faults_planned'][k]}")
+          for k, v in summary["faults_by_kind"].items()],
         ("kills that hit their phase", ", ".join(f"{k} {v['hit']}/{v['fired']}" for k, v in sorted(hits.items()))
          or "-"),
         ("audit events expected / in trails", f"{summary['events_expected']} / {summary['events_in_trails']}"),
