@@ -115,6 +115,8 @@ class HarnessConfig:
     phase_wait_seconds: float = 90.0  # how long a phase-aimed kill waits to observe its phase
     mutation: str | None = None  # a bug injected in the harness worker (see reliability.harness_worker)
     deadline_seconds: float | None = None  # the whole run; None: scaled to the number of progressions
+    # No new progression is started after this many seconds of traffic; those started finish and are judged.
+    time_budget_seconds: float | None = None
     workdir: Path | None = None
     output: Path | None = None
     keep: bool = False
@@ -162,6 +164,7 @@ class Acknowledged:
     refusals_wrong: list[str] = field(default_factory=list)  # a refusal that came with another code
     final_status: str | None = None
     error: str | None = None
+    skipped: bool = False  # not started: the run's time budget was spent
 
 
 class HarnessError(RuntimeError):
@@ -203,7 +206,9 @@ class Stack:
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: list[subprocess.Popen[bytes]] = []
         self._spawned = Counter[str]()
-        self.api_restarting = False
+        # Held while a fault kills and restarts processes, so the supervisor does not restart them too.
+        self.restart_lock = asyncio.Lock()
+        self.supervisor_restarts = Counter[str]()
 
     @property
     def temporal_address(self) -> str:
@@ -318,15 +323,26 @@ class Stack:
     async def kill_api(self) -> float:
         assert self.api is not None
         began = time.monotonic()
-        self.api_restarting = True
-        try:
+        async with self.restart_lock:
             self.api.send_signal(signal.SIGKILL)
             await asyncio.to_thread(self.api.wait)
             self.start_api()
-            await self.wait_api()
-        finally:
-            self.api_restarting = False
+        await self.wait_api()
         return time.monotonic() - began
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart an API or worker process that exited on its own, as a container restart policy does
+        (e.g. a worker started while Temporal was down exits: it does not retry its first connection)."""
+        while not stop.is_set():
+            await asyncio.sleep(1.0)
+            async with self.restart_lock:
+                if self.api is not None and self.api.poll() is not None:
+                    self.supervisor_restarts[f"api (exit {self.api.returncode})"] += 1
+                    self.start_api()
+                for i, proc in enumerate(self.workers):
+                    if proc.poll() is not None:
+                        self.supervisor_restarts[f"worker (exit {proc.returncode})"] += 1
+                        self.start_worker(i)
 
     def start_worker(self, index: int) -> subprocess.Popen[bytes]:
         proc = self._spawn(f"worker{index}", [sys.executable, "-m", "reliability.harness_worker"])
@@ -337,12 +353,13 @@ class Stack:
         return proc
 
     async def kill_workers(self, indexes: list[int]) -> None:
-        for i in indexes:
-            self.workers[i].send_signal(signal.SIGKILL)
-        for i in indexes:
-            await asyncio.to_thread(self.workers[i].wait)
-        for i in indexes:
-            self.start_worker(i)
+        async with self.restart_lock:
+            for i in indexes:
+                self.workers[i].send_signal(signal.SIGKILL)
+            for i in indexes:
+                await asyncio.to_thread(self.workers[i].wait)
+            for i in indexes:
+                self.start_worker(i)
 
     def assert_alive(self) -> None:
         procs = [("api", self.api), ("temporal", self.temporal), ("postgres", self.pg.proc),
@@ -1087,19 +1104,30 @@ async def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
         async def one(i: int, ack: Acknowledged) -> None:
             nonlocal done
             async with limit:
+                if budget_end is not None and time.monotonic() > budget_end:
+                    ack.skipped = True
+                    return
                 await traffic.run_one(i, ack)
             done += 1
             if done % 50 == 0:
                 _log(cfg, f"{done}/{cfg.progressions} progressions finished, {len(chaos.faults)} faults so far")
 
         t_traffic = time.monotonic()
+        budget_end = t_traffic + cfg.time_budget_seconds if cfg.time_budget_seconds else None
+        supervisor = asyncio.create_task(stack.supervise(traffic_done))
         try:
             await asyncio.gather(*(one(i, a) for i, a in enumerate(acks)))
         finally:
             traffic_done.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(chaos_task, cfg.outage_seconds + 120)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(supervisor, 10)
         traffic_seconds = time.monotonic() - t_traffic
+        skipped = [a for a in acks if a.skipped]
+        acks = [a for a in acks if not a.skipped]
+        if skipped:
+            _log(cfg, f"time budget reached: {len(acks)} progressions run, {len(skipped)} not started")
         stack.assert_alive()
         # Let the last activities land (notifications, read model) before judging.
         await asyncio.sleep(3)
@@ -1118,7 +1146,9 @@ async def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
             "machine": f"{platform.node()} {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
                        f"Python {platform.python_version()}",
             "seed": cfg.seed,
-            "progressions": cfg.progressions,
+            "progressions": len(acks),
+            "progressions_planned": cfg.progressions,
+            "supervisor_restarts": dict(stack.supervisor_restarts),
             "concurrency": cfg.concurrency,
             "mutation": cfg.mutation,
             "progressions_final_as_scripted": sum(1 for a in acks if a.final_status == a.expected and not a.error),
@@ -1154,7 +1184,10 @@ def passed(summary: dict[str, Any]) -> bool:
 def table(summary: dict[str, Any]) -> str:
     hits = summary["phase_hits"]
     rows: list[tuple[str, Any]] = [
-        ("progressions run", f"{summary['progressions']} (seed {summary['seed']})"),
+        ("progressions run",
+         f"{summary['progressions']} of {summary['progressions_planned']} (seed {summary['seed']})"),
+        ("processes restarted by the supervisor", ", ".join(f"{k} {v}" for k, v in
+                                                           summary["supervisor_restarts"].items()) or "-"),
         ("final state as scripted", summary["progressions_final_as_scripted"]),
         *[(f"faults: {k} (fired / planned)", f"{v} / {summary['faults_planned'][k]}")
           for k, v in summary["faults_by_kind"].items()],
@@ -1201,6 +1234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage-seconds", type=float, default=8.0)
     parser.add_argument("--mutation", help="inject a bug in the harness worker (the run must then FAIL)")
     parser.add_argument("--deadline-seconds", type=float)
+    parser.add_argument("--time-budget-seconds", type=float,
+                        help="start no new progression after this many seconds of traffic (the verdict covers "
+                             "those started)")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--output", type=Path, default=PROJECT_ROOT / "test-artifacts" / "crash-harness.json")
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL cluster afterwards")
@@ -1210,7 +1246,8 @@ def main(argv: list[str] | None = None) -> int:
                         temporal_sigkills=args.temporal_sigkills, temporal_sigterms=args.temporal_sigterms,
                         postgres_crashes=args.postgres_crashes, db_outages=args.db_outages,
                         outage_seconds=args.outage_seconds, mutation=args.mutation,
-                        deadline_seconds=args.deadline_seconds, workdir=args.workdir, output=args.output,
+                        deadline_seconds=args.deadline_seconds, time_budget_seconds=args.time_budget_seconds,
+                        workdir=args.workdir, output=args.output,
                         keep=args.keep)
     summary = asyncio.run(_run_until_signalled(cfg))
     assert cfg.output is not None
