@@ -26,8 +26,10 @@ test: lint
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not postgres"
 
-reliability: $(STAMP)  # crash/restart/outage harness, full size (docs/RELIABILITY.md)
-	$(PY) -m reliability.crash_harness --progressions 100
+# Crash/restart/outage harness, full size: 1,000 progressions, every fault kind (docs/RELIABILITY.md).
+RELIABILITY_ARGS ?= --progressions 1000 --seed 2026 --concurrency 12
+reliability: $(STAMP)
+	$(PY) -m reliability.crash_harness $(RELIABILITY_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

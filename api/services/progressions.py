@@ -312,10 +312,15 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
 
 
 async def record_refusal(session: AsyncSession, *, principal: Principal, state: ProgressionState, stage: str,
-                         decision: str, comment: str, refusal: Refusal, source: str, chain: bool = True) -> None:
-    """A refused decision never enters workflow history, so the API records it (with the reason)."""
+                         decision: str, comment: str, refusal: Refusal, source: str, chain: bool = True,
+                         decision_id: str | None = None) -> None:
+    """A refused decision never enters workflow history, so the API records it (with the reason).
+
+    The event id derives from the request's ``decision_id`` (user and ``Idempotency-Key``): a retry
+    that runs again after its first answer was lost (a crashed API process) records nothing twice.
+    """
     await audit.append_event(
-        session, event_id=f"refusal-{uuid.uuid4()}", event_type=EventType.decision_refused.value,
+        session, event_id=f"refusal-{decision_id or uuid.uuid4()}", event_type=EventType.decision_refused.value,
         occurred_at=_utcnow(), actor_id=principal.id, progression_id=state.progression_id,
         model_id=state.model_id, stage=stage,
         payload={"code": refusal.code, "reason": refusal.message, "http_status": refusal.http_status,
@@ -375,7 +380,8 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
     # are recorded below.
     if refusal is not None:
         await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
-                             comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain)
+                             comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain,
+                             decision_id=decision_id)
         raise _refusal_error(refusal)
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     inp = DecideInput(stage=stage, decision=decision, comment=comment, actor=principal.actor,
@@ -386,12 +392,20 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
         refusal = _refusal_from_update(exc)
         await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
                              comment=comment, refusal=refusal, source="workflow",
-                             chain=app.settings.audit_chain)
+                             chain=app.settings.audit_chain, decision_id=decision_id)
         raise _refusal_error(refusal) from None
     except RPCError as exc:
         if known and exc.status == RPCStatusCode.NOT_FOUND:
             return state  # the decision closed the progression (a rejection): it stands as answered
-        raise _closed_or_unavailable(exc, progression_id) from None
+        error = _closed_or_unavailable(exc, progression_id)
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            # The workflow has closed (reached when no worker answered the state query, so the API did
+            # not pre-check): a refusal like any other, recorded like any other.
+            await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
+                                 comment=comment, refusal=Refusal(code=error.code, message=error.message,
+                                                                  http_status=409),
+                                 source="workflow", chain=app.settings.audit_chain, decision_id=decision_id)
+        raise error from None
     return result.state
 
 

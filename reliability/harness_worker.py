@@ -1,0 +1,126 @@
+"""The harness's worker process: the product worker with test-only knobs (never used in production).
+
+    python -m reliability.harness_worker
+
+It runs ``engine.worker.run_worker`` with the product's workflow and activities; the environment
+may add, for the crash harness only:
+
+- ``CRASH_HARNESS_ACTIVITY_DELAY`` (seconds): ``evaluate_checks`` and ``deploy`` take that much
+  longer, as checks over large evidence and a real deployment system do, so a kill aimed at
+  "checks running" or "deployment running" can observe the phase before it ends;
+- ``CRASH_HARNESS_ACTIVITY_TIMEOUT`` (seconds): the start-to-close timeout of ``evaluate_checks``
+  and ``deploy`` (5 minutes in the product), so an attempt lost with a killed worker is retried
+  within the run's time; the workflow module is then passed through the sandbox so the value holds;
+- ``CRASH_HARNESS_MUTATION``: a deliberately injected bug, to prove the harness catches it:
+  ``duplicate_check_event`` (every check evaluation appends its first ``check.evaluated`` a second
+  time, under another event id, as a retry that is not idempotent would) or ``drop_gate_opened``
+  (``record`` drops ``gate.opened`` events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from datetime import timedelta
+from typing import Any
+
+from temporalio import activity
+
+from activities.progression import (
+    AuditEventIn,
+    DeployInput,
+    DeployResult,
+    EvaluateChecksInput,
+    EvaluateChecksResult,
+    ProgressionActivities,
+    RecordInput,
+    RecordResult,
+)
+from engine.lifecycle import EventType
+
+MUTATIONS = ("duplicate_check_event", "drop_gate_opened")
+log = logging.getLogger("progression.harness_worker")
+
+
+class HarnessActivities(ProgressionActivities):
+    delay: float = 0.0
+    mutation: str | None = None
+
+    @activity.defn(name="evaluate_checks")
+    async def evaluate_checks(self, inp: EvaluateChecksInput) -> EvaluateChecksResult:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        result = await super().evaluate_checks(inp)
+        if self.mutation == "duplicate_check_event" and result.results:
+            first = result.results[0]
+            dup = AuditEventIn(event_id=f"{inp.event_id_prefix}/{first.check_id}/again",
+                               event_type=EventType.check_evaluated, occurred_at=inp.now, stage=inp.stage.name,
+                               payload={"check_id": first.check_id, "passed": first.passed, "reason": first.reason})
+            async with self.sessionmaker() as session, session.begin():
+                await self._append(session, inp.state, [dup])
+        return result
+
+    @activity.defn(name="deploy")
+    async def deploy(self, inp: DeployInput) -> DeployResult:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return await super().deploy(inp)
+
+    @activity.defn(name="record")
+    async def record(self, inp: RecordInput) -> RecordResult:
+        if self.mutation == "drop_gate_opened":
+            inp = inp.model_copy(update={"events": [e for e in inp.events if e.event_type != EventType.gate_opened]})
+        return await super().record(inp)
+
+
+def _configure() -> dict[str, Any]:
+    """Apply the knobs; returns extra ``Worker`` arguments."""
+    import engine.worker as product_worker
+
+    HarnessActivities.delay = float(os.environ.get("CRASH_HARNESS_ACTIVITY_DELAY") or 0)
+    mutation = os.environ.get("CRASH_HARNESS_MUTATION") or None
+    if mutation is not None and mutation not in MUTATIONS:
+        raise SystemExit(f"CRASH_HARNESS_MUTATION must be one of {', '.join(MUTATIONS)}")
+    HarnessActivities.mutation = mutation
+    if mutation:
+        log.warning("INJECTED BUG for the crash harness: %s", mutation)
+    # engine.worker builds ProgressionActivities by name: point it at the harness's subclass.
+    product_worker.ProgressionActivities = HarnessActivities  # type: ignore[misc]
+    extra: dict[str, Any] = {}
+    timeout = os.environ.get("CRASH_HARNESS_ACTIVITY_TIMEOUT")
+    if timeout:
+        from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+        import workflows.progression as wf
+
+        wf.CHECKS_TIMEOUT = wf.DEPLOY_TIMEOUT = timedelta(seconds=float(timeout))
+        extra["workflow_runner"] = SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.progression"))
+    return extra
+
+
+async def _main() -> None:
+    import engine.worker as product_worker
+
+    extra = _configure()
+    build = product_worker.build_worker
+
+    def build_worker(client: Any, **kw: Any) -> Any:
+        return build(client, **{**extra, **kw})
+
+    product_worker.build_worker = build_worker  # type: ignore[assignment]
+    task = asyncio.ensure_future(product_worker.run_worker())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("worker stopped")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_main())
