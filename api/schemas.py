@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.lifecycle import DecisionKind, ProgressionState
+from engine.lifecycle import DecisionKind, PriorOutcome, ProgressionState
 from engine.policy import Role
 
 # Paging offsets beyond this are refused (422): the databases overflow on offsets past 64 bits.
@@ -65,6 +65,20 @@ class ProgressionPage(BaseModel):
 
 
 ProgressionOut = ProgressionState
+
+
+class Lineage(BaseModel):
+    """Where this version comes from: the model's other versions, and every other progression of the same
+    artifact or source commit under any model id, with their outcomes."""
+
+    model_versions: list[PriorOutcome] = Field(default_factory=list)
+    same_artifact_or_commit: list[PriorOutcome] = Field(default_factory=list)
+    prior_rejections: list[PriorOutcome] = Field(
+        default_factory=list, description="earlier rejections an approval must acknowledge (name each id)")
+
+
+class ProgressionDetail(ProgressionState):
+    lineage: Lineage | None = None
 
 
 # ---- inbox ------------------------------------------------------------------------------------
@@ -292,6 +306,24 @@ class TokenCreate(Body):
     name: str = Field(default="", max_length=100)
 
 
+class RoleGrantOut(BaseModel):
+    id: str
+    user_id: str
+    username: str | None = None
+    role: str
+    status: Literal["pending", "approved"]
+    reason: str
+    proposed_by: str
+    proposed_at: datetime
+    approved_by: str | None = None
+    approved_at: datetime | None = None
+
+
+class RoleGrantCreate(Body):
+    role: Role
+    reason: str = Field(default="", max_length=1000)
+
+
 class UserOut(BaseModel):
     id: str
     username: str
@@ -301,6 +333,7 @@ class UserOut(BaseModel):
     active: bool
     external: bool
     created_at: datetime
+    grants: list[RoleGrantOut] = Field(default_factory=list, description="who proposed and approved each role")
 
 
 class TokenOut(BaseModel):
@@ -310,6 +343,7 @@ class TokenOut(BaseModel):
     created_at: datetime
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    issued_by: str | None = Field(default=None, description="admin, enrollment:<admin> or bootstrap")
 
 
 class NewToken(TokenOut):
@@ -318,7 +352,27 @@ class NewToken(TokenOut):
 
 class UserCreated(BaseModel):
     user: UserOut
-    token: NewToken
+    token: NewToken | None = Field(description="none for a person with a deciding or admin role pending: they "
+                                               "get their own token by enrollment once the role is approved")
+    next_steps: list[str] = Field(default_factory=list)
+
+
+class EnrollmentCreated(BaseModel):
+    id: str
+    user_id: str
+    code: str = Field(description="one-time code for the person (out of band); shown only in this answer")
+    expires_at: datetime
+    created_by: str
+
+
+class EnrollRequest(Body):
+    code: str = Field(min_length=1, max_length=200)
+    name: str = Field(default="", max_length=100)
+
+
+class IntentChange(Body):
+    business_intent: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=2000)
 
 
 class Me(UserOut):
