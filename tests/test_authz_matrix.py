@@ -171,6 +171,54 @@ def new_user_body() -> dict[str, Any]:
 
 APPROVE = {"stage": "validation", "decision": "approve", "comment": "matrix"}
 
+
+async def _fresh_user(ctx: Ctx) -> str:
+    async with ctx.env.sessionmaker() as session:
+        user, _ = await create_user(session, username=f"g-{uuid.uuid4().hex[:8]}", roles=["auditor"], team="audit")
+        await session.commit()
+        return user.id
+
+
+def propose_grant() -> Send:
+    """Each cell proposes a deciding role for a user of its own (so an admin's success is not a conflict next)."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        url = f"/api/v1/users/{await _fresh_user(ctx)}/role-grants"
+        return await ctx.env.http.post(url, json={"role": "model_validator", "reason": "matrix"},
+                                       headers=ctx.env.auth(who) if who else {})
+    return send
+
+
+def approve_grant() -> Send:
+    """Each cell approves a grant of its own, proposed by another admin (maker-checker: never the caller)."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        from engine.db import RoleGrant, utcnow
+
+        user_id = await _fresh_user(ctx)
+        async with ctx.env.sessionmaker() as session:
+            grant = RoleGrant(id=str(uuid.uuid4()), user_id=user_id, role="model_validator", status="pending",
+                              reason="matrix", proposed_by="another-admin", proposed_at=utcnow())
+            session.add(grant)
+            await session.commit()
+        return await ctx.env.http.post(f"/api/v1/role-grants/{grant.id}/approve",
+                                       headers=ctx.env.auth(who) if who else {})
+    return send
+
+
+def change_intent() -> Send:
+    """Each cell changes the intent of a retail-risk model of its own (the target model stays credit)."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        from engine.db import CatalogModel
+
+        model_id = f"matrix-{uuid.uuid4().hex[:8]}"
+        async with ctx.env.sessionmaker() as session:
+            session.add(CatalogModel(id=model_id, name="Matrix", team="retail-risk",
+                                     business_intent="credit-underwriting"))
+            await session.commit()
+        return await ctx.env.http.post(f"/api/v1/models/{model_id}/intent",
+                                       json={"business_intent": "marketing-propensity", "reason": "matrix"},
+                                       headers=ctx.env.auth(who) if who else {})
+    return send
+
 ROUTES: dict[str, Route] = {
     "POST /api/v1/progressions": Route(api("POST", "/api/v1/progressions", files=new_spec_files), by_role({
         "developer": (CREATED, (403, "not_your_team")), "validator": FORBIDDEN, "risk_officer": FORBIDDEN,
@@ -219,6 +267,22 @@ ROUTES: dict[str, Route] = {
                                                           "admin": CREATED})),
     "DELETE /api/v1/users/{user_id}/tokens/{token_id}": Route(
         api("DELETE", "/api/v1/users/{victim}/tokens/{token}"), ADMIN_ONLY),
+    # Credentials and role grants (issue 13): only admins create enrollments and propose or approve grants;
+    # the person redeems their code with no other credential (an unknown code is 404 for anyone).
+    "POST /api/v1/users/{user_id}/enrollments": Route(api("POST", "/api/v1/users/{victim}/enrollments"), by_role({
+        "developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": FORBIDDEN, "auditor": FORBIDDEN,
+        "admin": CREATED})),
+    "POST /api/v1/enroll": Route(api("POST", "/api/v1/enroll", body={"code": "enr_not-a-code"}),
+                                 lambda role, scope: (404, "enrollment_invalid")),
+    "GET /api/v1/role-grants": Route(api("GET", "/api/v1/role-grants"), ADMIN_ONLY),
+    "POST /api/v1/users/{user_id}/role-grants": Route(propose_grant(), by_role({
+        "developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": FORBIDDEN, "auditor": FORBIDDEN,
+        "admin": CREATED})),
+    "POST /api/v1/role-grants/{grant_id}/approve": Route(approve_grant(), ADMIN_ONLY),
+    # A model's intent is changed by a model risk officer independent of the owning team, nobody else.
+    "POST /api/v1/models/{model_id}/intent": Route(change_intent(), by_role({
+        "developer": (FORBIDDEN, HIDDEN), "validator": FORBIDDEN, "risk_officer": ((403, "own_team"), OK),
+        "auditor": FORBIDDEN, "admin": FORBIDDEN})),
     "GET /healthz": Route(api("GET", "/healthz"), public()),
     "GET /readyz": Route(api("GET", "/readyz"), public()),
     "GET /metrics": Route(api("GET", "/metrics"), public()),
