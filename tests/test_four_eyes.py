@@ -412,3 +412,51 @@ async def test_attack7_twenty_concurrent_decisions_by_one_officer_never_500(env:
     review = next(s for s in state["stages"] if s["name"] == "risk_review")
     assert review["approvals"][0]["approved_by"] == [env.user_ids["rita"]]
     assert await env.count(DecisionRow, DecisionRow.progression_id == pid, DecisionRow.stage == "risk_review") == 1
+
+
+# ---- credentials: SSO sessions, the operator's bootstrap CLI ------------------------------------------------
+
+
+async def test_sso_decisions_name_the_session_and_sso_only_accepts_them(sqlite_url: str, tmp_path: Path,
+                                                                        temporal_client: Client,
+                                                                        task_queue: str) -> None:
+    from tests.test_api_identity import make_jwks, sso_token
+
+    key, jwks = make_jwks(tmp_path)
+    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, deciders_sso_only=True,
+                       jwt_issuer="https://sso.bank.test", jwt_audience="progression", jwt_jwks=str(jwks)) as env:
+        pid, resp = await start(env, "dana")
+        assert resp.status_code == 201
+        await wait_for(env, pid, at_gate("validation"))
+        token = sso_token(key, preferred_username="sso.vic", roles=["model_validator"], team="validation",
+                          sid="session-42")
+        r = await env.http.post(f"/api/v1/progressions/{pid}/decisions", headers={"Authorization": f"Bearer {token}"},
+                                json={"stage": "validation", "decision": "approve", "comment": "validated"})
+        assert r.status_code == 200, r.text
+        async with env.sessionmaker() as session:
+            row = (await session.scalars(select(DecisionRow).where(DecisionRow.progression_id == pid))).one()
+        assert row.credential_id == "sso:session-42" and row.credential_issued_by == "https://sso.bank.test"
+        # An SSO identity claiming admin and a deciding role keeps only admin: admins never decide.
+        both = sso_token(key, preferred_username="sso.boss", roles=["admin", "model_risk_officer"], team="platform")
+        me = (await env.http.get("/api/v1/me", headers={"Authorization": f"Bearer {both}"})).json()
+        assert me["roles"] == ["admin"] and "decide" not in me["actions"]
+
+
+async def test_users_cli_records_bootstrap_grants_and_refuses_an_admin_decider(tmp_path: Path) -> None:
+    import os
+
+    from tests.test_api_identity import run_cli
+
+    env = {**os.environ, "PROGRESSION_DATA_DIR": str(tmp_path), "PROGRESSION_ENV": "test"}
+    env.pop("PROGRESSION_DATABASE_URL", None)
+    code, _, err = await run_cli("users", "create", "rita", "--role", "model_risk_officer", "--team", "model-risk",
+                                 env=env)
+    assert code == 0, err
+    code, out, err = await run_cli("users", "list", env=env)
+    assert code == 0, err
+    assert "model_risk_officer" in out and "approved" in out and "proposed by bootstrap, approved by bootstrap" in out
+    code, _, err = await run_cli("users", "create", "boss", "--role", "admin", "--role", "model_validator",
+                                 "--team", "platform", env=env)
+    assert code == 2 and "admin cannot also hold a deciding role" in err
+    code, _, err = await run_cli("users", "create", "nemo", "--role", "model_validator", env=env)
+    assert code == 2 and "needs a team" in err
