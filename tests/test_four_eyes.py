@@ -202,6 +202,8 @@ async def test_attack3_a_decider_without_a_team_is_refused(env: ApiEnv) -> None:
     pid, resp = await start(env, "dana")
     assert resp.status_code == 201
     await wait_for(env, pid, at_gate("validation"))
+    items = (await env.http.get("/api/v1/inbox", headers=env.auth("nemo"))).json()["items"]
+    assert pid not in [i["progression_id"] for i in items]  # not offered either
     r = await decide(env, "nemo", pid, "validation")  # old: 200 (own-team rule skipped for team None)
     assert r.status_code == 403 and r.json()["code"] == "no_team", r.text
     assert (await get_state(env, pid))["status"] == "awaiting_approval"
