@@ -122,6 +122,15 @@ async def test_attack1_admin_cannot_mint_a_deciders_token_and_decisions_name_the
     r = await env.http.post(f"/api/v1/users/{env.user_ids['adam']}/role-grants", json={"role": "auditor"},
                             headers=adam)
     assert r.status_code == 403 and r.json()["code"] == "own_role_grant"
+    # A second admin account of the same admin (a sock puppet) would defeat maker-checker: the admin role is
+    # approved by another admin, and no admin obtains a token of an admin account either.
+    r = await env.http.post("/api/v1/users", json={"username": "adam2", "roles": ["admin"], "team": "platform"},
+                            headers=adam)
+    assert r.status_code == 201 and r.json()["token"] is None and r.json()["user"]["roles"] == []
+    r = await env.http.post(f"/api/v1/users/{r.json()['user']['id']}/tokens", json={}, headers=adam)
+    assert r.status_code == 403 and r.json()["code"] == "self_enrollment_required"
+    r = await env.http.post(f"/api/v1/users/{env.user_ids['ada']}/tokens", json={}, headers=adam)
+    assert r.status_code == 403 and r.json()["code"] == "self_enrollment_required"
 
     # Every decision and its audit event record the credential and who issued it.
     pid = await at_risk_review(env)

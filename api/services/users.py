@@ -154,16 +154,17 @@ async def list_users(*, session: AsyncSession, principal: Principal) -> list[Use
 
 async def _pending_maker_checker(session: AsyncSession, user_id: str) -> list[str]:
     return [g.role for g in await role_grants(session, user_id)
-            if g.status == "pending" and Role(g.role) in DECIDING_ROLES]
+            if g.status == "pending" and Role(g.role) in MAKER_CHECKER_ROLES]
 
 
 async def new_token(*, session: AsyncSession, principal: Principal, user_id: str, name: str,
                     chain: bool = True) -> NewToken:
     require(principal, Action.manage_users)
     user = await _user(session, user_id)
-    if holds_deciding_role(user) or await _pending_maker_checker(session, user.id):
+    if (holds_deciding_role(user) or Role.admin.value in (user.roles or [])
+            or await _pending_maker_checker(session, user.id)):
         raise ApiError(403, "self_enrollment_required",
-                       f"{user.username} holds (or is being granted) a deciding role: an admin cannot hold a "
+                       f"{user.username} holds (or is being granted) a deciding or admin role: an admin cannot hold a "
                        "credential that acts as them. Create an enrollment (POST /api/v1/users/{id}/enrollments) "
                        "whose one-time code they redeem themself (POST /api/v1/enroll), or use SSO",
                        {"user_id": user.id})
