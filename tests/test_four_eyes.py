@@ -407,6 +407,16 @@ async def test_attack6_a_new_marketing_model_needs_a_real_consent_basis(env: Api
 
 
 async def test_attack7_twenty_concurrent_decisions_by_one_officer_never_500(env: ApiEnv) -> None:
+    await _twenty_concurrent_decisions(env)
+
+
+async def test_attack7_on_postgresql(postgres_url: str, tmp_path: Path, temporal_client: Client,
+                                     task_queue: str) -> None:
+    async with api_env(postgres_url, tmp_path, temporal_client, task_queue) as env:
+        await _twenty_concurrent_decisions(env)
+
+
+async def _twenty_concurrent_decisions(env: ApiEnv) -> None:
     pid = await at_risk_review(env)
     async with serve_http(env.app) as base, httpx.AsyncClient(base_url=base, timeout=120) as http:
         async def one(i: int) -> httpx.Response:
