@@ -68,11 +68,16 @@ def users_create(
 
 
 async def _list_users() -> list[tuple[str, str, str, list[tuple[str, str, str, str]]]]:
+    from engine.database import upgrade
     from engine.db import User, make_engine, make_sessionmaker
     from engine.identity import role_grants
 
     settings = get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await upgrade(url)  # a fresh data directory lists no users instead of failing
+    engine = make_engine(url)
     try:
         async with make_sessionmaker(engine)() as session:
             from sqlalchemy import select
