@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.lifecycle import DecisionKind, PriorOutcome, ProgressionState
+# Lineage and ProgressionDetail (GET /progressions/{id}) live with the state, so the SDK reads them too.
+from engine.lifecycle import DecisionKind, Lineage, ProgressionDetail, ProgressionState  # noqa: F401
 from engine.policy import Role
 
 # Paging offsets beyond this are refused (422): the databases overflow on offsets past 64 bits.
@@ -65,20 +66,6 @@ class ProgressionPage(BaseModel):
 
 
 ProgressionOut = ProgressionState
-
-
-class Lineage(BaseModel):
-    """Where this version comes from: the model's other versions, and every other progression of the same
-    artifact or source commit under any model id, with their outcomes."""
-
-    model_versions: list[PriorOutcome] = Field(default_factory=list)
-    same_artifact_or_commit: list[PriorOutcome] = Field(default_factory=list)
-    prior_rejections: list[PriorOutcome] = Field(
-        default_factory=list, description="earlier rejections an approval must acknowledge (name each id)")
-
-
-class ProgressionDetail(ProgressionState):
-    lineage: Lineage | None = None
 
 
 # ---- inbox ------------------------------------------------------------------------------------

@@ -242,6 +242,22 @@ class ProgressionState(Model):
         return next((s for s in self.stages if s.name == name), None)
 
 
+class Lineage(Model):
+    """Where a version comes from: the model's other versions, and every other progression of the same
+    artifact or source commit under any model id, with their outcomes (computed by the API when read)."""
+
+    model_versions: list[PriorOutcome] = Field(default_factory=list)
+    same_artifact_or_commit: list[PriorOutcome] = Field(default_factory=list)
+    prior_rejections: list[PriorOutcome] = Field(
+        default_factory=list, description="earlier rejections an approval must acknowledge (name each id)")
+
+
+class ProgressionDetail(ProgressionState):
+    """``GET /progressions/{id}``: the state plus its lineage (never part of the workflow's state)."""
+
+    lineage: Lineage | None = None
+
+
 # ---- workflow input / update inputs and results -------------------------------------------
 
 
