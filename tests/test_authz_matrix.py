@@ -488,3 +488,65 @@ async def test_mass_assignment_has_no_effect(ctx: Ctx) -> None:
     assert [r.actor_id for r in rows] == [env.user_ids[validator]]
     state = (await env.http.get(f"/api/v1/progressions/{pid}", headers=env.auth("ann"))).json()
     assert state["submitted_by"] == env.user_ids["dana"]
+
+
+async def test_token_issuance_and_role_grants_by_target_role(ctx: Ctx) -> None:
+    """Who an admin may hand a token to, and who may grant what: one cell per principal as the target.
+
+    An admin issues tokens only to people holding no deciding or admin role (the others enroll themselves);
+    a deciding role is never granted to an admin, and a grant is approved by an admin other than its proposer.
+    """
+    env = ctx.env
+    cells = 0
+    for role in ROLES:
+        for scope in TEAMS:
+            target = env.user_ids[user_of(role, scope)]
+            for admin in (user_of("admin", "own"), user_of("admin", "other")):
+                if admin == user_of(role, scope):
+                    continue
+                resp = await env.http.post(f"/api/v1/users/{target}/tokens", json={"name": "m"},
+                                           headers=env.auth(admin))
+                expected = (403, "self_enrollment_required") if role in ("validator", "risk_officer", "admin") \
+                    else (201, None)
+                assert (resp.status_code, resp.json().get("code")) == expected, (role, scope, admin, resp.text)
+                enrollment = await env.http.post(f"/api/v1/users/{target}/enrollments", headers=env.auth(admin))
+                assert enrollment.status_code == 201, enrollment.text
+                cells += 2
+    # Deciding roles for admins: refused whoever proposes; for others, maker-checker.
+    resp = await env.http.post(f"/api/v1/users/{env.user_ids[user_of('admin', 'own')]}/role-grants",
+                               json={"role": "model_risk_officer"}, headers=env.auth(user_of("admin", "other")))
+    assert resp.status_code == 409 and resp.json()["code"] == "admin_cannot_decide"
+    target = env.user_ids[user_of("auditor", "other")]
+    proposed = await env.http.post(f"/api/v1/users/{target}/role-grants", json={"role": "model_risk_officer"},
+                                   headers=env.auth(user_of("admin", "own")))
+    assert proposed.status_code == 201 and proposed.json()["status"] == "pending"
+    for who, expected in [(user_of("admin", "own"), (403, "same_admin")),
+                          (user_of("risk_officer", "other"), (403, "forbidden")),
+                          (user_of("admin", "other"), (200, None))]:
+        resp = await env.http.post(f"/api/v1/role-grants/{proposed.json()['id']}/approve", headers=env.auth(who))
+        assert (resp.status_code, resp.json().get("code")) == expected, (who, resp.text)
+        cells += 1
+    print(f"\ntoken issuance and role grants: {cells} cells asserted")
+
+
+async def test_cross_stage_independence(ctx: Ctx) -> None:
+    """A person holding both gate roles decides one stage of the credit policy's independent pair, not both."""
+    env = ctx.env
+    async with env.sessionmaker() as session:
+        user, token = await create_user(session, username="two-hats", roles=["model_validator", "model_risk_officer"],
+                                        team="model-risk")
+        await session.commit()
+    env.tokens["two-hats"], env.user_ids["two-hats"] = token, user.id
+    pid = await ctx.fresh()
+    assert (await env.http.post(f"/api/v1/progressions/{pid}/decisions", json=APPROVE,
+                                 headers=env.auth("two-hats"))).status_code == 200
+    await wait_for(env, pid, at_gate("risk_review"))
+    review = {"stage": "risk_review", "decision": "approve", "comment": "matrix"}
+    resp = await env.http.post(f"/api/v1/progressions/{pid}/decisions", json=review, headers=env.auth("two-hats"))
+    assert resp.status_code == 403 and resp.json()["code"] == "not_independent", resp.text
+    ok = await env.http.post(f"/api/v1/progressions/{pid}/decisions", json=review,
+                             headers=env.auth(user_of("risk_officer", "other")))
+    assert ok.status_code == 200, ok.text
+    own = await env.http.post(f"/api/v1/progressions/{pid}/decisions", json=review,
+                              headers=env.auth(user_of("risk_officer", "own")))
+    assert own.status_code == 403 and own.json()["code"] == "own_team"
