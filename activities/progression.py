@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.notify import Notification, Notifier
 from activities.promotion import Deployment, DeploymentReceipt, PromotionTarget
-from engine import audit, checks, features
+from engine import audit, checks, features, lineage
 from engine.db import (
     CatalogModel,
     DecisionRow,
@@ -39,8 +39,10 @@ from engine.lifecycle import (
     DecisionRecord,
     EventType,
     EvidenceRef,
+    PriorOutcome,
     ProgressionState,
     StageStatus,
+    Status,
     gate_record,
 )
 from engine.policy import StageDef
@@ -77,6 +79,16 @@ class RegisterInput(_Model):
 
 class RegisterResult(_Model):
     created: bool  # False when a retry found the rows already written
+    # Earlier rejections of the same artifact or source commit (any model id).
+    prior_rejections: list[PriorOutcome] = Field(default_factory=list)
+
+
+class RecordFailureInput(_Model):
+    """A failed workflow: the state (status failed, with the reason) and its progression.failed event."""
+
+    state: ProgressionState
+    spec: ProgressionSpec
+    events: list[AuditEventIn]
 
 
 class EvaluateChecksInput(_Model):
@@ -178,7 +190,7 @@ class ProgressionActivities:
 
     def all(self) -> list[Any]:
         """Every activity method, for ``Worker(activities=...)``."""
-        return [self.register_progression, self.evaluate_checks, self.record, self.deploy]
+        return [self.register_progression, self.evaluate_checks, self.record, self.deploy, self.record_failure]
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -300,7 +312,13 @@ class ProgressionActivities:
                 features=list(spec.features), spec_yaml=inp.spec_yaml))
             row = await session.get(ProgressionRow, state.progression_id)
             created = row is None
-            if row is None:
+            if row is not None and row.status == Status.failed.value and state.status != Status.failed:
+                # The owner started a failed version again: the new run's rows replace the failed one's.
+                await session.execute(update(ProgressionRow).where(ProgressionRow.id == state.progression_id).values(
+                    submitted_by=state.submitted_by, started_at=state.started_at, team=state.team,
+                    business_intent=state.business_intent, risk_tier=state.risk_tier,
+                    policy_hash=state.policy_hash, target=state.target, **_read_model_values(state)))
+            elif row is None:
                 session.add(ProgressionRow(
                     id=state.progression_id, model_id=state.model_id, version_id=state.version_id, team=state.team,
                     business_intent=state.business_intent, risk_tier=state.risk_tier, policy_hash=state.policy_hash,
@@ -312,7 +330,37 @@ class ProgressionActivities:
             await self._link_evidence(session, state.progression_id, list(state.evidence.values()),
                                       state.submitted_by, state.started_at)
             await self._append(session, state, inp.events)
-        return RegisterResult(created=created)
+            prior = await lineage.prior_outcomes(session, progression_id=state.progression_id,
+                                                 artifact=spec.version.artifact, source=spec.version.source)
+        return RegisterResult(created=created, prior_rejections=[p for p in prior if p.status == "rejected"])
+
+    @activity.defn(name="record_failure")
+    async def record_failure(self, inp: RecordFailureInput) -> RecordResult:
+        """The workflow failed: the read model says ``failed`` with the reason; ``progression.failed`` is appended.
+
+        Also when registration never wrote the row (e.g. ``model_mismatch``): the row is created then, so
+        the failure is visible and the version can be started again by its owner.
+        """
+        state, spec = inp.state, inp.spec
+        async with self.sessionmaker() as session, session.begin():
+            await session.execute(_insert_ignore(
+                session, CatalogModel, ["id"], id=spec.model.id, name=spec.model.name, team=spec.model.team,
+                business_intent=spec.model.business_intent))
+            row = await session.get(ProgressionRow, state.progression_id)
+            if row is None:
+                session.add(ProgressionRow(
+                    id=state.progression_id, model_id=state.model_id, version_id=state.version_id, team=state.team,
+                    business_intent=state.business_intent, risk_tier=state.risk_tier, policy_hash=state.policy_hash,
+                    target=state.target, submitted_by=state.submitted_by, started_at=state.started_at,
+                    **_read_model_values(state)))
+                await session.flush()
+                updated = True
+            else:
+                result = await session.execute(update(ProgressionRow).where(
+                    ProgressionRow.id == state.progression_id).values(**_read_model_values(state)))
+                updated = bool(cast(CursorResult[Any], result).rowcount)
+            await self._append(session, state, inp.events)
+        return RecordResult(events_written=len(inp.events), read_model_updated=updated, notifications_sent=0)
 
     @activity.defn(name="evaluate_checks")
     async def evaluate_checks(self, inp: EvaluateChecksInput) -> EvaluateChecksResult:
@@ -359,7 +407,8 @@ class ProgressionActivities:
                 await session.execute(_insert_ignore(
                     session, DecisionRow, ["id"], id=d.decision_id, progression_id=state.progression_id,
                     stage=d.stage, decision=d.decision.value, actor_id=d.actor_id, actor_username=d.actor_username,
-                    role=d.role.value if d.role else None, comment=d.comment, decided_at=d.at))
+                    role=d.role.value if d.role else None, comment=d.comment, decided_at=d.at,
+                    credential_id=d.credential_id, credential_issued_by=d.credential_issued_by))
             rows = [_event_dict(state, e) for e in inp.events]
             if self._local_notifier:
                 # Local delivery cannot fail: its record joins this transaction (one commit per record).

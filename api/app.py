@@ -68,7 +68,8 @@ def create_app(
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
             if settings.env != "production":  # production runs the one-shot `migrate` job instead
                 await upgrade(url)
-            engine = make_engine(url)
+            engine = make_engine(url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                                 pool_timeout=settings.db_pool_timeout)
             sm = make_sessionmaker(engine)
         reg = registry or PolicyRegistry.from_dir(settings.policies_dir)
         client = temporal_client or await connect(temporal_address(settings), settings.temporal_namespace)
@@ -88,6 +89,7 @@ def create_app(
     install_error_handlers(app)
     for module in (progressions, inbox, models, policies, features, audit, users, ops):
         app.include_router(module.router)
+    app.include_router(users.public_router)
     _mount_web_ui(app)
     # Outermost first: the size limit refuses before anything reads the body; metrics see every answer.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -54,7 +54,7 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     Role.model_validator: frozenset(_EVERYONE | {A.add_evidence, A.decide, A.read_audit}),
     Role.model_risk_officer: frozenset(_EVERYONE | {A.decide, A.read_audit, A.export_audit, A.verify_audit}),
     Role.auditor: frozenset(_EVERYONE | {A.read_audit, A.export_audit, A.verify_audit}),
-    Role.admin: frozenset(set(Action) - {A.decide}),  # admins decide only if they also hold a gate role
+    Role.admin: frozenset(set(Action) - {A.decide}),  # admins never decide (and cannot hold a gate role)
 }
 
 # Roles that see every team's progressions, models and audit events.
@@ -69,10 +69,17 @@ class Principal:
 
     user: User
     roles: frozenset[Role] = field(default_factory=frozenset)
+    # The credential this request was made with (API token id, or SSO session) and who issued it;
+    # recorded with every decision and its audit event.
+    credential_id: str | None = None
+    credential_issued_by: str | None = None
+    credential_kind: str | None = None  # "token" or "sso"
 
     @classmethod
-    def of(cls, user: User) -> Principal:
-        return cls(user=user, roles=frozenset(user_roles(user)))
+    def of(cls, user: User, *, credential_id: str | None = None, credential_issued_by: str | None = None,
+           credential_kind: str | None = None) -> Principal:
+        return cls(user=user, roles=frozenset(user_roles(user)), credential_id=credential_id,
+                   credential_issued_by=credential_issued_by, credential_kind=credential_kind)
 
     @property
     def id(self) -> str:
@@ -88,7 +95,7 @@ class Principal:
 
     @property
     def actor(self) -> Actor:
-        return actor_for(self.user)
+        return actor_for(self.user, credential_id=self.credential_id, credential_issued_by=self.credential_issued_by)
 
     @property
     def actions(self) -> frozenset[Action]:

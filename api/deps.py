@@ -12,7 +12,7 @@ from temporalio.client import Client
 
 from api.authz import Principal
 from api.errors import Unauthenticated
-from engine.identity import TOKEN_PREFIX, JWTVerifier, authenticate_token, provision_jwt_user
+from engine.identity import TOKEN_PREFIX, JWTVerifier, authenticate_credential, provision_jwt_user
 from engine.loading import PolicyRegistry
 from engine.settings import Settings
 
@@ -50,15 +50,23 @@ async def _current_user(request: Request, session: SessionDep) -> Principal:
         raise Unauthenticated()
     state = app_state(request)
     user = None
+    credential: dict[str, str | None] = {}
     if token.startswith(TOKEN_PREFIX):
-        user = await authenticate_token(session, token)
+        found = await authenticate_credential(session, token)
+        if found is not None:
+            user, row = found
+            credential = {"credential_id": f"token:{row.id}", "credential_issued_by": row.issued_by,
+                          "credential_kind": "token"}
     elif state.jwt is not None:
         claims = await state.jwt.verify(token)
         if claims is not None:
             user = await provision_jwt_user(session, claims, state.settings)
+            session_id = claims.get("sid") or claims.get("jti") or f"{claims.get('sub')}@{claims.get('iat')}"
+            credential = {"credential_id": f"sso:{session_id}", "credential_issued_by": str(claims.get("iss")),
+                          "credential_kind": "sso"}
     if user is None:
         raise Unauthenticated("the bearer token is invalid, expired or revoked")
-    principal = Principal.of(user)
+    principal = Principal.of(user, **credential)
     request.state.principal = principal
     return principal
 

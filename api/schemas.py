@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.lifecycle import DecisionKind, ProgressionState
+# Lineage and ProgressionDetail (GET /progressions/{id}) live with the state, so the SDK reads them too.
+from engine.lifecycle import DecisionKind, Lineage, ProgressionDetail, ProgressionState  # noqa: F401
 from engine.policy import Role
 
 # Paging offsets beyond this are refused (422): the databases overflow on offsets past 64 bits.
@@ -292,6 +293,24 @@ class TokenCreate(Body):
     name: str = Field(default="", max_length=100)
 
 
+class RoleGrantOut(BaseModel):
+    id: str
+    user_id: str
+    username: str | None = None
+    role: str
+    status: Literal["pending", "approved"]
+    reason: str
+    proposed_by: str
+    proposed_at: datetime
+    approved_by: str | None = None
+    approved_at: datetime | None = None
+
+
+class RoleGrantCreate(Body):
+    role: Role
+    reason: str = Field(default="", max_length=1000)
+
+
 class UserOut(BaseModel):
     id: str
     username: str
@@ -301,6 +320,7 @@ class UserOut(BaseModel):
     active: bool
     external: bool
     created_at: datetime
+    grants: list[RoleGrantOut] = Field(default_factory=list, description="who proposed and approved each role")
 
 
 class TokenOut(BaseModel):
@@ -310,6 +330,7 @@ class TokenOut(BaseModel):
     created_at: datetime
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    issued_by: str | None = Field(default=None, description="admin, enrollment:<admin> or bootstrap")
 
 
 class NewToken(TokenOut):
@@ -318,7 +339,27 @@ class NewToken(TokenOut):
 
 class UserCreated(BaseModel):
     user: UserOut
-    token: NewToken
+    token: NewToken | None = Field(description="none for a person with a deciding or admin role pending: they "
+                                               "get their own token by enrollment once the role is approved")
+    next_steps: list[str] = Field(default_factory=list)
+
+
+class EnrollmentCreated(BaseModel):
+    id: str
+    user_id: str
+    code: str = Field(description="one-time code for the person (out of band); shown only in this answer")
+    expires_at: datetime
+    created_by: str
+
+
+class EnrollRequest(Body):
+    code: str = Field(min_length=1, max_length=200)
+    name: str = Field(default="", max_length=100)
+
+
+class IntentChange(Body):
+    business_intent: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=2000)
 
 
 class Me(UserOut):

@@ -67,6 +67,39 @@ def users_create(
     typer.echo(token)
 
 
+async def _list_users() -> list[tuple[str, str, str, list[tuple[str, str, str, str]]]]:
+    from engine.database import upgrade
+    from engine.db import User, make_engine, make_sessionmaker
+    from engine.identity import role_grants
+
+    settings = get_settings()
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await upgrade(url)  # a fresh data directory lists no users instead of failing
+    engine = make_engine(url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            from sqlalchemy import select
+
+            users = list((await session.execute(select(User).order_by(User.username))).scalars())
+            grants = await role_grants(session)
+            return [(u.username, u.team or "-", ",".join(u.roles or []) or "-",
+                     [(g.role, g.status, g.proposed_by, g.approved_by or "-") for g in grants if g.user_id == u.id])
+                    for u in users]
+    finally:
+        await engine.dispose()
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Every user with their roles and, per role, who proposed and who approved the grant."""
+    for username, team, roles, grants in asyncio.run(_list_users()):
+        typer.echo(f"{username:20s} team={team:20s} roles={roles}")
+        for role, status, proposed, approved in grants:
+            typer.echo(f"    {role:20s} {status:9s} proposed by {proposed}, approved by {approved}")
+
+
 def _register_http_commands() -> None:
     """The HTTP commands (login, start, status, decide, ...) live in engine.cli_commands."""
     from engine.cli_commands import register

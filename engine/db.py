@@ -89,6 +89,38 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Who issued it: an admin's username, "enrollment:<admin>" for a token the person redeemed
+    # themself, "bootstrap" for the seed and the operator CLI.
+    issued_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
+
+
+class Enrollment(Base):
+    """A one-time code an admin creates for a person; the person redeems it for their own token."""
+
+    __tablename__ = "enrollments"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    redeemed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    token_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
+class RoleGrant(Base):
+    """A role granted to a user: proposed by one admin, approved by a different one (maker-checker)."""
+
+    __tablename__ = "role_grants"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # pending, approved
+    reason: Mapped[str] = mapped_column(String(1000), default="")
+    proposed_by: Mapped[str] = mapped_column(String(128))
+    proposed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    approved_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    approved_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class CatalogModel(Base):
@@ -158,6 +190,8 @@ class DecisionRow(Base):
     role: Mapped[str | None] = mapped_column(String(32), nullable=True)
     comment: Mapped[str] = mapped_column(Text)
     decided_at: Mapped[datetime] = mapped_column()
+    credential_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    credential_issued_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class EvidenceBlob(Base):
@@ -257,14 +291,21 @@ class AuditChainHead(Base):
     last_hash: Mapped[str] = mapped_column(String(64))
 
 
+DEFAULT_POOL_SIZE = 20
+DEFAULT_MAX_OVERFLOW = 20
+
+
 def make_engine(url: str, *, sqlite_single_connection: bool = False, **kwargs: Any) -> AsyncEngine:
     """``sqlite_single_connection``: for a process that mostly writes (the worker). SQLite has one writer
     at a time; with one connection the writes queue in the event loop instead of sleeping in SQLite's
     busy handler (which held local-activity workflow tasks for 5-7 s at 16 journeys in flight;
     bench/throughput.py 3.72 -> 4.03 journeys/s). Other databases keep their pool."""
+    # Sized for the API's and the worker's concurrency (SQLAlchemy's default of 5 + 10 answered 500s to a
+    # burst of 20 concurrent decisions: "QueuePool limit of size 5 overflow 10 reached").
+    kwargs = {"pool_size": DEFAULT_POOL_SIZE, "max_overflow": DEFAULT_MAX_OVERFLOW, **kwargs}
     if url.startswith("sqlite"):
         if sqlite_single_connection:
-            kwargs = {"pool_size": 1, "max_overflow": 0, **kwargs}
+            kwargs = {**kwargs, "pool_size": 1, "max_overflow": 0}
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine.sync_engine, "connect")

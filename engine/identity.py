@@ -26,13 +26,16 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.db import ApiToken, User, utcnow
+from engine.db import ApiToken, Enrollment, RoleGrant, User, utcnow
 from engine.errors import Conflict, NotFound, ProgressionError
-from engine.lifecycle import Actor
+from engine.lifecycle import DECIDING_ROLES, Actor
 from engine.policy import Role
 from engine.settings import Settings
 
 TOKEN_PREFIX = "prg_"
+ENROLLMENT_PREFIX = "enr_"
+ENROLLMENT_TTL = timedelta(days=2)
+BOOTSTRAP = "bootstrap"  # the operator's own path: the make-run seed and the `progression users` CLI
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 TEAM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -84,10 +87,25 @@ def user_roles(user: User) -> list[Role]:
     return [Role(r) for r in user.roles if r in Role._value2member_map_]
 
 
-def actor_for(user: User) -> Actor:
+def actor_for(user: User, *, credential_id: str | None = None, credential_issued_by: str | None = None) -> Actor:
     """The workflow's view of a person, always built from the authenticated user (never a body)."""
     return Actor(user_id=user.id, username=user.username, display_name=user.display_name or None,
-                 roles=user_roles(user), team=user.team)
+                 roles=user_roles(user), team=user.team, credential_id=credential_id,
+                 credential_issued_by=credential_issued_by)
+
+
+def check_role_combination(roles: Iterable[Role], team: str | None) -> None:
+    """Admins hold no deciding role (they issue credentials and grant roles), and a decider has a team
+    (without one, independence from the owning team cannot be shown)."""
+    held = set(roles)
+    deciding = sorted(r.value for r in held & DECIDING_ROLES)
+    if Role.admin in held and deciding:
+        raise InvalidIdentity(f"an admin cannot also hold a deciding role ({', '.join(deciding)}): whoever "
+                              "issues credentials and grants roles must not decide", code="admin_cannot_decide",
+                              details={"roles": sorted(r.value for r in held)})
+    if deciding and team is None:
+        raise InvalidIdentity(f"a person holding {', '.join(deciding)} needs a team, so independence from the "
+                              "owning team can be shown", code="team_required", details={"field": "team"})
 
 
 async def get_user(session: AsyncSession, user_id: str) -> User | None:
@@ -106,9 +124,13 @@ async def create_user(
     team: str | None = None,
     display_name: str = "",
     token_name: str = "initial",
+    granted_by: str = BOOTSTRAP,
 ) -> tuple[User, str]:
-    """Create a user and their first API token; returns the token in clear (the only time it exists).
+    """Create a user with roles and their first API token; returns the token in clear (the only time it exists).
 
+    This is the operator's bootstrap path (the ``make run`` seed and the ``progression users`` CLI,
+    both run by whoever runs the installation): roles are recorded as grants by ``granted_by`` and
+    the token as issued by it. The API never uses it for deciding roles (see ``api.services.users``).
     Flushes but does not commit: the caller owns the transaction.
     """
     validate_username(username)
@@ -116,21 +138,29 @@ async def create_user(
     parsed = parse_roles(roles)
     if not parsed:
         raise InvalidIdentity("a user needs at least one role", details={"field": "roles"})
+    check_role_combination(parsed, team)
     if await get_user_by_username(session, username) is not None:
         raise Conflict(f"user {username!r} already exists", code="user_exists", details={"username": username})
     user = User(id=str(uuid.uuid4()), username=username, display_name=display_name or "",
                 team=team, roles=[r.value for r in parsed], active=True, external=False, created_at=utcnow())
     session.add(user)
     await session.flush()
-    _, token = await issue_token(session, user, name=token_name)
+    now = utcnow()
+    for role in parsed:
+        session.add(RoleGrant(id=str(uuid.uuid4()), user_id=user.id, role=role.value, status="approved",
+                              reason="created with the user", proposed_by=granted_by, proposed_at=now,
+                              approved_by=granted_by, approved_at=now))
+    _, token = await issue_token(session, user, name=token_name, issued_by=granted_by)
     return user, token
 
 
-async def issue_token(session: AsyncSession, user: User, *, name: str = "") -> tuple[ApiToken, str]:
+async def issue_token(session: AsyncSession, user: User, *, name: str = "",
+                      issued_by: str | None = BOOTSTRAP) -> tuple[ApiToken, str]:
     """A new API token for ``user``; the clear token is returned once and never stored."""
     token = new_token()
     row = ApiToken(id=str(uuid.uuid4()), user_id=user.id, token_hash=hash_token(token),
-                   prefix=token[: len(TOKEN_PREFIX) + 6], name=name[:100], created_at=utcnow())
+                   prefix=token[: len(TOKEN_PREFIX) + 6], name=name[:100], created_at=utcnow(),
+                   issued_by=issued_by)
     session.add(row)
     await session.flush()
     return row, token
@@ -153,6 +183,12 @@ async def revoke_token(session: AsyncSession, *, user_id: str, token_id: str) ->
 
 async def authenticate_token(session: AsyncSession, token: str) -> User | None:
     """The active user owning this unrevoked token, or None. Records when the token was last used."""
+    found = await authenticate_credential(session, token)
+    return found[0] if found else None
+
+
+async def authenticate_credential(session: AsyncSession, token: str) -> tuple[User, ApiToken] | None:
+    """The active user and the unrevoked token row, or None. Records when the token was last used."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     row = (await session.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))).scalar_one_or_none()
@@ -166,8 +202,53 @@ async def authenticate_token(session: AsyncSession, token: str) -> User | None:
         # Coarse on purpose: one write per token per minute, not one per request.
         await session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
         await session.commit()
-    return user
+    return user, row
 
+
+def holds_deciding_role(user: User) -> bool:
+    return bool(set(user_roles(user)) & DECIDING_ROLES)
+
+
+async def create_enrollment(session: AsyncSession, user: User, *, created_by: str) -> tuple[Enrollment, str]:
+    """A one-time code the person redeems for their own token (shown once; only its hash is stored)."""
+    code = ENROLLMENT_PREFIX + secrets.token_urlsafe(24)
+    now = utcnow()
+    row = Enrollment(id=str(uuid.uuid4()), user_id=user.id, code_hash=hash_token(code), created_by=created_by,
+                     created_at=now, expires_at=now + ENROLLMENT_TTL)
+    session.add(row)
+    await session.flush()
+    return row, code
+
+
+async def redeem_enrollment(session: AsyncSession, code: str, *, name: str = "") -> tuple[User, ApiToken, str,
+                                                                                          Enrollment]:
+    """Exchange a valid, unused, unexpired code for a new token of its person (single use)."""
+    if not code.startswith(ENROLLMENT_PREFIX) or len(code) > 200:
+        raise NotFound("the enrollment code is unknown, used or expired", code="enrollment_invalid")
+    row = (await session.execute(select(Enrollment).where(Enrollment.code_hash == hash_token(code)))
+           ).scalar_one_or_none()
+    if row is None or row.redeemed_at is not None or row.expires_at <= utcnow():
+        raise NotFound("the enrollment code is unknown, used or expired", code="enrollment_invalid")
+    user = await session.get(User, row.user_id)
+    if user is None or not user.active:
+        raise NotFound("the enrollment code is unknown, used or expired", code="enrollment_invalid")
+    # Single use even under concurrent redemption: only the request that flips redeemed_at wins.
+    claimed = await session.execute(update(Enrollment).where(
+        Enrollment.id == row.id, Enrollment.redeemed_at.is_(None)).values(redeemed_at=utcnow()))
+    if not claimed.rowcount:  # type: ignore[attr-defined]
+        raise NotFound("the enrollment code is unknown, used or expired", code="enrollment_invalid")
+    token_row, token = await issue_token(session, user, name=name or "enrolled",
+                                         issued_by=f"enrollment:{row.created_by}")
+    row.token_id = token_row.id
+    await session.flush()
+    return user, token_row, token, row
+
+
+async def role_grants(session: AsyncSession, user_id: str | None = None) -> list[RoleGrant]:
+    q = select(RoleGrant).order_by(RoleGrant.proposed_at, RoleGrant.id)
+    if user_id is not None:
+        q = q.where(RoleGrant.user_id == user_id)
+    return list((await session.execute(q)).scalars())
 
 # ---- SSO bearer JWTs ---------------------------------------------------------------------------
 
@@ -236,6 +317,8 @@ async def provision_jwt_user(session: AsyncSession, claims: dict[str, Any], sett
     if isinstance(raw_roles, str):
         raw_roles = raw_roles.split()
     roles = [r for r in raw_roles if isinstance(r, str) and r in Role._value2member_map_]
+    if Role.admin.value in roles:  # an admin never also decides, whatever the SSO says
+        roles = [r for r in roles if Role(r) not in DECIDING_ROLES]
     team = _claim(claims, settings.jwt_team_claim)
     team = team if isinstance(team, str) and TEAM_RE.match(team) else None
     name_claim = claims.get("name")

@@ -52,12 +52,17 @@ class EventType(StrEnum):
     progression_in_production = "progression.in_production"
     progression_rejected = "progression.rejected"
     progression_withdrawn = "progression.withdrawn"
+    progression_failed = "progression.failed"
     revalidation_due = "revalidation.due"
     revalidation_completed = "revalidation.completed"
     notification_sent = "notification.sent"
     feature_updated = "feature.updated"
     user_created = "user.created"
     token_issued = "token.issued"
+    enrollment_created = "enrollment.created"
+    role_grant_proposed = "role_grant.proposed"
+    role_grant_approved = "role_grant.approved"
+    model_intent_changed = "model.intent_changed"
     policy_published = "policy.published"
 
 
@@ -80,9 +85,13 @@ class Status(StrEnum):
     rejected = "rejected"
     withdrawn = "withdrawn"
     retired = "retired"
+    failed = "failed"  # the workflow failed (e.g. the model's owner or intent disagreed at registration)
 
 
-FINAL_STATUSES = frozenset({Status.rejected, Status.withdrawn, Status.retired})
+FINAL_STATUSES = frozenset({Status.rejected, Status.withdrawn, Status.retired, Status.failed})
+# Roles that decide gates: held only by people who obtained their own credential and were granted
+# the role by two admins (maker-checker); never by an admin.
+DECIDING_ROLES = frozenset({Role.model_validator, Role.model_risk_officer})
 
 
 class StageStatus(StrEnum):
@@ -114,6 +123,9 @@ class Actor(Model):
     display_name: str | None = None
     roles: list[Role]
     team: str | None = None
+    # The credential the request was made with (API token id or SSO session id) and who issued it.
+    credential_id: str | None = None
+    credential_issued_by: str | None = None
 
 
 class EvidenceRef(Model):
@@ -149,6 +161,19 @@ class DecisionRecord(Model):
     at: datetime
     # True once new evidence reset the gate's approvals: kept for the record, no longer counted.
     superseded: bool = False
+    credential_id: str | None = None  # the token / SSO session the decision was made with
+    credential_issued_by: str | None = None
+
+
+class PriorOutcome(Model):
+    """An earlier progression of the same artifact or source commit (any model id), with its outcome."""
+
+    progression_id: str
+    model_id: str
+    version_id: str
+    business_intent: str
+    status: str
+    match: list[str] = Field(default_factory=list)  # "artifact", "source_commit"
 
 
 class ApprovalProgress(Model):
@@ -205,10 +230,32 @@ class ProgressionState(Model):
     revalidation_due_at: datetime | None = None
     revalidation_overdue: bool = False
     revalidations: int = 0
+    # Groups of stages decided by different people (the policy's independent_stages).
+    independent_stages: list[list[str]] = Field(default_factory=list)
+    # Earlier rejections of the same artifact or source commit, found at registration: an approval
+    # must acknowledge each by naming its progression id in the comment.
+    prior_rejections: list[PriorOutcome] = Field(default_factory=list)
+    failure: str | None = None  # why the workflow failed (status failed)
     seq: int = 0  # bumps on every change; the read model keeps only the newest snapshot
 
     def stage(self, name: str) -> StageState | None:
         return next((s for s in self.stages if s.name == name), None)
+
+
+class Lineage(Model):
+    """Where a version comes from: the model's other versions, and every other progression of the same
+    artifact or source commit under any model id, with their outcomes (computed by the API when read)."""
+
+    model_versions: list[PriorOutcome] = Field(default_factory=list)
+    same_artifact_or_commit: list[PriorOutcome] = Field(default_factory=list)
+    prior_rejections: list[PriorOutcome] = Field(
+        default_factory=list, description="earlier rejections an approval must acknowledge (name each id)")
+
+
+class ProgressionDetail(ProgressionState):
+    """``GET /progressions/{id}``: the state plus its lineage (never part of the workflow's state)."""
+
+    lineage: Lineage | None = None
 
 
 # ---- workflow input / update inputs and results -------------------------------------------
@@ -296,11 +343,47 @@ def decision_refusal(
     if actor.user_id == state.submitted_by:
         return Refusal(code="own_submission", http_status=403,
                        message="you submitted this progression; segregation of duties forbids deciding on it")
+    if actor.team is None:
+        return Refusal(code="no_team", http_status=403,
+                       message="you belong to no team, so your independence from the owning team cannot be "
+                               "shown; an admin must set your team before you decide")
     if actor.team is not None and actor.team == state.team:
         return Refusal(code="own_team", http_status=403,
                        message=f"your team {actor.team!r} owns model {state.model_id}; "
                                "segregation of duties forbids deciding on it")
+    if refusal := independence_refusal(state, actor, stage_name):
+        return refusal
     return gate_refusal(stage, actor, decision)
+
+
+def independence_refusal(state: ProgressionState, actor: Actor, stage_name: str) -> Refusal | None:
+    """Nobody who decided one stage of an ``independent_stages`` group decides another stage of it."""
+    for group in state.independent_stages:
+        if stage_name not in group:
+            continue
+        for other in group:
+            other_stage = state.stage(other) if other != stage_name else None
+            if other_stage is None:
+                continue
+            mine = [d for d in other_stage.decisions if d.actor_id == actor.user_id]
+            if mine:
+                return Refusal(code="not_independent", http_status=403,
+                               message=f"you decided stage {other!r} ({mine[0].decision.value}); the policy "
+                                       f"requires stages {', '.join(group)} to be decided by different people")
+    return None
+
+
+def acknowledgement_refusal(state: ProgressionState, decision: DecisionKind, comment: str) -> Refusal | None:
+    """An approval of an artifact or commit that was rejected before must name each earlier rejection."""
+    if decision != DecisionKind.approve or not state.prior_rejections:
+        return None
+    missing = [p.progression_id for p in state.prior_rejections if p.progression_id not in comment]
+    if not missing:
+        return None
+    return Refusal(code="prior_rejection_unacknowledged", http_status=409,
+                   message="the same artifact or source commit was rejected before as "
+                           f"{', '.join(missing)}; an approval must acknowledge each earlier rejection by "
+                           "naming its progression id in the comment (and say what changed)")
 
 
 def _gate_role_refusal(stage: StageState, actor: Actor) -> Refusal | None:
@@ -362,6 +445,12 @@ def withdraw_refusal(state: ProgressionState, actor: Actor) -> Refusal | None:
     if state.status in FINAL_STATUSES:
         return Refusal(code="progression_closed", http_status=409,
                        message=f"progression {state.progression_id} is {state.status.value}")
+    if state.status == Status.in_production:
+        return Refusal(code="in_production", http_status=409,
+                       message=f"{state.model_id} {state.version_id} is in production and keeps its production "
+                               "duties (revalidation); it cannot be withdrawn. Leaving production is retirement, "
+                               "a governed step: ask a model risk officer to retire it (a rejected revalidation "
+                               "retires the model)")
     if _owner(state, actor):
         return None
     return Refusal(code="not_owner", http_status=403,

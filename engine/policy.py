@@ -95,6 +95,9 @@ class GovernancePolicy(StrictModel):
     guidance: list[str] = Field(default_factory=list)
     stages: list[StageDef] = Field(min_length=1)
     revalidation: str | None = None
+    # Groups of stages that must be decided by different people: nobody who decided one stage of a
+    # group counts at another stage of it (e.g. independent validation vs. risk review).
+    independent_stages: list[list[StageName]] = Field(default_factory=list)
 
     _check_revalidation = field_validator("revalidation")(classmethod(lambda cls, v: _duration(v)))
 
@@ -103,6 +106,12 @@ class GovernancePolicy(StrictModel):
         names = [s.name for s in self.stages]
         if len(names) != len(set(names)):
             raise ValueError("stage names must be unique")
+        for group in self.independent_stages:
+            unknown = sorted(set(group) - set(names))
+            if unknown:
+                raise ValueError(f"independent_stages names stages the policy does not have: {unknown}")
+            if len(set(group)) < 2:
+                raise ValueError("each independent_stages group names at least two different stages")
         return self
 
     @property
@@ -122,5 +131,8 @@ class GovernancePolicy(StrictModel):
 
 def policy_hash(policy: GovernancePolicy) -> str:
     """Content hash of the policy's meaning (not its formatting or comments)."""
-    canonical = json.dumps(policy.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    # A policy without independent_stages keeps the hash it had before the field existed.
+    exclude = None if policy.independent_stages else {"independent_stages"}
+    canonical = json.dumps(policy.model_dump(mode="json", by_alias=True, exclude=exclude), sort_keys=True,
+                           separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

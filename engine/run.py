@@ -37,7 +37,11 @@ from engine.temporal import connect, temporal_cli_path
 log = logging.getLogger("progression.run")
 
 # (username, display name, roles, team). Developers own the example models' teams; two risk
-# officers because the credit policy's risk review needs two different people.
+# officers because the credit policy's risk review needs two different people (and neither may be
+# the validator: validation and risk review are decided by different people).
+# The seed is the bootstrap path: run by the operator, it creates these people with their roles and
+# tokens directly in the database (engine.identity.create_user), recorded as granted and issued by
+# "bootstrap". Through the API, deciding roles need two admins and deciders enroll themselves.
 DEMO_USERS: list[tuple[str, str, list[str], str]] = [
     ("dana", "Dana Developer", ["model_developer"], "retail-risk"),
     ("frank", "Frank Developer", ["model_developer"], "payments-fraud"),
@@ -47,6 +51,8 @@ DEMO_USERS: list[tuple[str, str, list[str], str]] = [
     ("omar", "Omar Risk", ["model_risk_officer"], "model-risk"),
     ("alice", "Alice Auditor", ["auditor"], "internal-audit"),
     ("admin", "Platform Admin", ["admin"], "platform"),
+    # A second admin: deciding and admin roles granted through the API need two admins (maker-checker).
+    ("ada", "Ada Admin", ["admin"], "platform"),
 ]
 EXAMPLES_DIR = PROJECT_ROOT / "examples"
 # Examples whose validation gate the demo validator approves at seed time, so the risk officers'

@@ -38,7 +38,7 @@ from api.schemas import (
     PolicySummary,
     ProgressionPage,
 )
-from engine.lifecycle import DecisionKind, ProgressionState
+from engine.lifecycle import DecisionKind, ProgressionDetail, ProgressionState
 from engine.repo import RepositoryUpload, read_repository
 
 API_PREFIX = "/api/v1"
@@ -134,7 +134,7 @@ def _state(response: httpx.Response) -> ProgressionState:
     # Decisions may answer {accepted, decision_id, state}; everything else answers the state itself.
     if isinstance(body, dict) and "state" in body and "progression_id" not in body:
         body = body["state"]
-    return ProgressionState.model_validate(body)
+    return ProgressionDetail.model_validate(body)  # a ProgressionState; GET adds the lineage
 
 
 def _as(model: type[M]) -> Callable[[httpx.Response], M]:

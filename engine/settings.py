@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     jwt_username_claim: str = "preferred_username"
 
     audit_chain: bool = Field(default=True, description="hash-chain audit events (off only for benchmarks)")
+    # Production: people decide only from an SSO session (API tokens, whoever issued them, cannot decide).
+    deciders_sso_only: bool = False
+    # Database connections per process. Every API request may hold one while it reads and writes, and
+    # decisions release theirs while the workflow works; a burst (e.g. 20 concurrent decisions) must
+    # wait briefly for a connection or be refused (409), never time out into 500s.
+    db_pool_size: int = Field(default=20, ge=1, le=500)
+    db_max_overflow: int = Field(default=20, ge=0, le=500)
+    db_pool_timeout: float = Field(default=30.0, gt=0)
 
     @property
     def resolved_database_url(self) -> str:

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import WorkflowHandle
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -32,6 +32,7 @@ from tests.helpers_workflow import (
     MKT_DEV,
     RISK1,
     RISK2,
+    STRANGER,
     VALIDATOR,
     app_env,
     at_gate,
@@ -46,8 +47,9 @@ from tests.helpers_workflow import (
 )
 
 HISTORIES = Path(__file__).parent / "histories"
-# The newest generation: progressions started by the current code (record as a local activity).
-CURRENT = HISTORIES / "v2-record-local-activity"
+# The newest generation: progressions started by the current code (record as a local activity; a
+# failed workflow records its failure first).
+CURRENT = HISTORIES / "v3-record-failure"
 
 
 async def credit_journey(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
@@ -80,6 +82,10 @@ async def marketing_withdrawn(env_ts: WorkflowEnvironment, handle: WorkflowHandl
     await withdraw(handle, MKT_DEV, "replaced by a new version")
 
 
+async def squatted(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
+    """Another team claims the credit model (registered by the credit journey): registration fails."""
+
+
 async def main(out: Path) -> None:
     env_ts = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=temporal_test_server_path(), data_converter=pydantic_data_converter)
@@ -91,16 +97,21 @@ async def main(out: Path) -> None:
                 runs = [
                     (await example_input(env, CREDIT, version={"id": "3.2.0"}), credit_journey),
                     (await example_input(env, MARKETING, submitted_by=MKT_DEV), marketing_withdrawn),
+                    (await example_input(env, CREDIT, submitted_by=STRANGER, version={"id": "3.3.0"},
+                                         model={"team": "payments"}), squatted),
                 ]
                 async with worker(env_ts.client, "make-histories", env):
                     for inp, drive in runs:
                         handle = await start(env_ts.client, inp, "make-histories")
                         await drive(env_ts, handle, env)
-                        final = await handle.result()
+                        try:
+                            status = (await handle.result()).status
+                        except WorkflowFailureError as exc:
+                            status = f"failed ({exc.cause})"
                         history = await handle.fetch_history()
                         path = out / f"{handle.id}.json"
                         path.write_text(history.to_json())
-                        print(f"{path}: {len(history.events)} events, final status {final.status}")
+                        print(f"{path}: {len(history.events)} events, final status {status}")
     finally:
         await env_ts.shutdown()
 

@@ -46,6 +46,9 @@ async def test_every_route_needs_a_token(env: ApiEnv) -> None:
             if path in PUBLIC:
                 assert resp.status_code in (200, 503), (method, path, resp.status_code)
                 continue
+            if path == "/api/v1/enroll":  # the person holds no credential yet: the one-time code is the proof
+                assert resp.status_code == 422, resp.text
+                continue
             assert resp.status_code == 401, (method, path, resp.status_code, resp.text)
             assert resp.json()["code"] == "unauthenticated"
             assert resp.headers["www-authenticate"] == "Bearer"
@@ -102,7 +105,8 @@ async def test_openapi_documents_models_and_errors(env: ApiEnv) -> None:
 
 
 async def test_users_tokens_and_idempotent_create(env: ApiEnv) -> None:
-    body = {"username": "nina", "roles": ["model_validator"], "team": "validation", "display_name": "Nina"}
+    # An auditor: an admin may issue their tokens (a deciding role is enrolled: tests/test_four_eyes.py).
+    body = {"username": "nina", "roles": ["auditor"], "team": "audit", "display_name": "Nina"}
     r = await env.http.post("/api/v1/users", json=body, headers=env.auth("dana"))
     assert r.status_code == 403 and r.json()["code"] == "forbidden"
     key = {"Idempotency-Key": f"k-{uuid.uuid4()}"}
@@ -119,7 +123,7 @@ async def test_users_tokens_and_idempotent_create(env: ApiEnv) -> None:
     assert await env.count(User, User.username == "nino") == 0
 
     me = await env.http.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
-    assert me.status_code == 200 and me.json()["username"] == "nina" and "decide" in me.json()["actions"]
+    assert me.status_code == 200 and me.json()["username"] == "nina" and "export_audit" in me.json()["actions"]
     uid = first.json()["user"]["id"]
     tok = await env.http.post(f"/api/v1/users/{uid}/tokens", json={"name": "ci"}, headers=env.auth("adam"))
     assert tok.status_code == 201

@@ -171,6 +171,54 @@ def new_user_body() -> dict[str, Any]:
 
 APPROVE = {"stage": "validation", "decision": "approve", "comment": "matrix"}
 
+
+async def _fresh_user(ctx: Ctx) -> str:
+    async with ctx.env.sessionmaker() as session:
+        user, _ = await create_user(session, username=f"g-{uuid.uuid4().hex[:8]}", roles=["auditor"], team="audit")
+        await session.commit()
+        return user.id
+
+
+def propose_grant() -> Send:
+    """Each cell proposes a deciding role for a user of its own (so an admin's success is not a conflict next)."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        url = f"/api/v1/users/{await _fresh_user(ctx)}/role-grants"
+        return await ctx.env.http.post(url, json={"role": "model_validator", "reason": "matrix"},
+                                       headers=ctx.env.auth(who) if who else {})
+    return send
+
+
+def approve_grant() -> Send:
+    """Each cell approves a grant of its own, proposed by another admin (maker-checker: never the caller)."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        from engine.db import RoleGrant, utcnow
+
+        user_id = await _fresh_user(ctx)
+        async with ctx.env.sessionmaker() as session:
+            grant = RoleGrant(id=str(uuid.uuid4()), user_id=user_id, role="model_validator", status="pending",
+                              reason="matrix", proposed_by="another-admin", proposed_at=utcnow())
+            session.add(grant)
+            await session.commit()
+        return await ctx.env.http.post(f"/api/v1/role-grants/{grant.id}/approve",
+                                       headers=ctx.env.auth(who) if who else {})
+    return send
+
+
+def change_intent() -> Send:
+    """Each cell changes the intent of a retail-risk model of its own (the target model stays credit)."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        from engine.db import CatalogModel
+
+        model_id = f"matrix-{uuid.uuid4().hex[:8]}"
+        async with ctx.env.sessionmaker() as session:
+            session.add(CatalogModel(id=model_id, name="Matrix", team="retail-risk",
+                                     business_intent="credit-underwriting"))
+            await session.commit()
+        return await ctx.env.http.post(f"/api/v1/models/{model_id}/intent",
+                                       json={"business_intent": "marketing-propensity", "reason": "matrix"},
+                                       headers=ctx.env.auth(who) if who else {})
+    return send
+
 ROUTES: dict[str, Route] = {
     "POST /api/v1/progressions": Route(api("POST", "/api/v1/progressions", files=new_spec_files), by_role({
         "developer": (CREATED, (403, "not_your_team")), "validator": FORBIDDEN, "risk_officer": FORBIDDEN,
@@ -219,6 +267,22 @@ ROUTES: dict[str, Route] = {
                                                           "admin": CREATED})),
     "DELETE /api/v1/users/{user_id}/tokens/{token_id}": Route(
         api("DELETE", "/api/v1/users/{victim}/tokens/{token}"), ADMIN_ONLY),
+    # Credentials and role grants (issue 13): only admins create enrollments and propose or approve grants;
+    # the person redeems their code with no other credential (an unknown code is 404 for anyone).
+    "POST /api/v1/users/{user_id}/enrollments": Route(api("POST", "/api/v1/users/{victim}/enrollments"), by_role({
+        "developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": FORBIDDEN, "auditor": FORBIDDEN,
+        "admin": CREATED})),
+    "POST /api/v1/enroll": Route(api("POST", "/api/v1/enroll", body={"code": "enr_not-a-code"}),
+                                 lambda role, scope: (404, "enrollment_invalid")),
+    "GET /api/v1/role-grants": Route(api("GET", "/api/v1/role-grants"), ADMIN_ONLY),
+    "POST /api/v1/users/{user_id}/role-grants": Route(propose_grant(), by_role({
+        "developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": FORBIDDEN, "auditor": FORBIDDEN,
+        "admin": CREATED})),
+    "POST /api/v1/role-grants/{grant_id}/approve": Route(approve_grant(), ADMIN_ONLY),
+    # A model's intent is changed by a model risk officer independent of the owning team, nobody else.
+    "POST /api/v1/models/{model_id}/intent": Route(change_intent(), by_role({
+        "developer": (FORBIDDEN, HIDDEN), "validator": FORBIDDEN, "risk_officer": ((403, "own_team"), OK),
+        "auditor": FORBIDDEN, "admin": FORBIDDEN})),
     "GET /healthz": Route(api("GET", "/healthz"), public()),
     "GET /readyz": Route(api("GET", "/readyz"), public()),
     "GET /metrics": Route(api("GET", "/metrics"), public()),
@@ -425,3 +489,65 @@ async def test_mass_assignment_has_no_effect(ctx: Ctx) -> None:
     assert [r.actor_id for r in rows] == [env.user_ids[validator]]
     state = (await env.http.get(f"/api/v1/progressions/{pid}", headers=env.auth("ann"))).json()
     assert state["submitted_by"] == env.user_ids["dana"]
+
+
+async def test_token_issuance_and_role_grants_by_target_role(ctx: Ctx) -> None:
+    """Who an admin may hand a token to, and who may grant what: one cell per principal as the target.
+
+    An admin issues tokens only to people holding no deciding or admin role (the others enroll themselves);
+    a deciding role is never granted to an admin, and a grant is approved by an admin other than its proposer.
+    """
+    env = ctx.env
+    cells = 0
+    for role in ROLES:
+        for scope in TEAMS:
+            target = env.user_ids[user_of(role, scope)]
+            for admin in (user_of("admin", "own"), user_of("admin", "other")):
+                if admin == user_of(role, scope):
+                    continue
+                resp = await env.http.post(f"/api/v1/users/{target}/tokens", json={"name": "m"},
+                                           headers=env.auth(admin))
+                expected = (403, "self_enrollment_required") if role in ("validator", "risk_officer", "admin") \
+                    else (201, None)
+                assert (resp.status_code, resp.json().get("code")) == expected, (role, scope, admin, resp.text)
+                enrollment = await env.http.post(f"/api/v1/users/{target}/enrollments", headers=env.auth(admin))
+                assert enrollment.status_code == 201, enrollment.text
+                cells += 2
+    # Deciding roles for admins: refused whoever proposes; for others, maker-checker.
+    resp = await env.http.post(f"/api/v1/users/{env.user_ids[user_of('admin', 'own')]}/role-grants",
+                               json={"role": "model_risk_officer"}, headers=env.auth(user_of("admin", "other")))
+    assert resp.status_code == 409 and resp.json()["code"] == "admin_cannot_decide"
+    target = env.user_ids[user_of("auditor", "other")]
+    proposed = await env.http.post(f"/api/v1/users/{target}/role-grants", json={"role": "model_risk_officer"},
+                                   headers=env.auth(user_of("admin", "own")))
+    assert proposed.status_code == 201 and proposed.json()["status"] == "pending"
+    for who, expected in [(user_of("admin", "own"), (403, "same_admin")),
+                          (user_of("risk_officer", "other"), (403, "forbidden")),
+                          (user_of("admin", "other"), (200, None))]:
+        resp = await env.http.post(f"/api/v1/role-grants/{proposed.json()['id']}/approve", headers=env.auth(who))
+        assert (resp.status_code, resp.json().get("code")) == expected, (who, resp.text)
+        cells += 1
+    print(f"\ntoken issuance and role grants: {cells} cells asserted")
+
+
+async def test_cross_stage_independence(ctx: Ctx) -> None:
+    """A person holding both gate roles decides one stage of the credit policy's independent pair, not both."""
+    env = ctx.env
+    async with env.sessionmaker() as session:
+        user, token = await create_user(session, username="two-hats", roles=["model_validator", "model_risk_officer"],
+                                        team="model-risk")
+        await session.commit()
+    env.tokens["two-hats"], env.user_ids["two-hats"] = token, user.id
+    pid = await ctx.fresh()
+    assert (await env.http.post(f"/api/v1/progressions/{pid}/decisions", json=APPROVE,
+                                 headers=env.auth("two-hats"))).status_code == 200
+    await wait_for(env, pid, at_gate("risk_review"))
+    review = {"stage": "risk_review", "decision": "approve", "comment": "matrix"}
+    resp = await env.http.post(f"/api/v1/progressions/{pid}/decisions", json=review, headers=env.auth("two-hats"))
+    assert resp.status_code == 403 and resp.json()["code"] == "not_independent", resp.text
+    ok = await env.http.post(f"/api/v1/progressions/{pid}/decisions", json=review,
+                             headers=env.auth(user_of("risk_officer", "other")))
+    assert ok.status_code == 200, ok.text
+    own = await env.http.post(f"/api/v1/progressions/{pid}/decisions", json=review,
+                              headers=env.auth(user_of("risk_officer", "own")))
+    assert own.status_code == 403 and own.json()["code"] == "own_team"

@@ -163,9 +163,9 @@ def test_protected_attribute_fails_credit_but_passes_marketing(
     blocked = by_id["no-protected-attributes"]
     assert not blocked.passed
     assert blocked.reason == ("not met: No feature tagged protected_attribute (ECOA / Reg B) — offending: "
-                              "age (demographic, protected_attribute)")
-    assert {"name": "age", "tags": ["demographic", "protected_attribute"], "known": True} in \
-        blocked.inputs["features"]
+                              "age (demographic, protected_attribute, restricted:credit-underwriting)")
+    assert {"name": "age", "tags": ["demographic", "protected_attribute", "restricted:credit-underwriting"],
+            "known": True} in blocked.inputs["features"]
 
     marketing_results = evaluate_stage(marketing_validation, spec=make_spec(names, "marketing-propensity"),
                                        evidence=evidence, features=features, is_first_stage=False, now=NOW)

@@ -140,8 +140,12 @@ async def live(sqlite_url: str, tmp_path: Path, temporal_client: Client,
         token = await env.http.post(f"/api/v1/users/{env.user_ids['sam']}/tokens", json={"name": "fuzz"},
                                     headers=env.auth("adam"))
         assert token.status_code == 201, token.text
+        grant = await env.http.post(f"/api/v1/users/{env.user_ids['sam']}/role-grants",
+                                    json={"role": "model_validator", "reason": "fuzz"}, headers=env.auth("adam"))
+        assert grant.status_code == 201, grant.text
         pinned = {"progression_id": pid, "model_id": pid.split("@")[0], "intent": "credit-underwriting",
-                  "name": "income_to_debt", "user_id": env.user_ids["sam"], "token_id": token.json()["id"]}
+                  "name": "income_to_debt", "user_id": env.user_ids["sam"], "token_id": token.json()["id"],
+                  "grant_id": grant.json()["id"]}
         async with serve_http(env.app) as base_url:
             yield env, base_url, pinned
 

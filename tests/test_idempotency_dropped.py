@@ -161,7 +161,8 @@ async def test_withdraw_dropped_response(env: ApiEnv) -> None:
 
 
 async def test_create_user_dropped_response(env: ApiEnv) -> None:
-    body = {"username": "olivia", "roles": ["model_validator"], "team": "validation"}
+    # An auditor: one admin gives the role and the token (deciding roles need two admins and an enrollment).
+    body = {"username": "olivia", "roles": ["auditor"], "team": "audit"}
     first, retry = await send_dropped_then_retry(env, "POST", "/api/v1/users", "adam", "user-1", json=body)
     assert first.status_code == 201, first.text
     assert_first_answer(first, retry)  # the same token, issued once
@@ -175,7 +176,7 @@ async def test_create_user_dropped_response(env: ApiEnv) -> None:
 
 
 async def test_issue_token_dropped_response(env: ApiEnv) -> None:
-    user_id = env.user_ids["vera"]
+    user_id = env.user_ids["ann"]  # an auditor (a decider's token is never issued by an admin)
     before = await env.count(ApiToken, ApiToken.user_id == user_id)
     first, retry = await send_dropped_then_retry(env, "POST", f"/api/v1/users/{user_id}/tokens", "adam", "token-1",
                                                  json={"name": "ci"})

@@ -3,7 +3,8 @@
 A code change that alters the commands an existing history produced (a non-deterministic
 change) fails here, before it can break running progressions. Histories live in one directory
 per generation of the workflow's commands (``v1-record-activity``: before the
-``record-as-local-activity`` patch; ``v2-record-local-activity``: after it); every generation
+``record-as-local-activity`` patch; ``v2-record-local-activity``: after it; ``v3-record-failure``:
+a failed workflow records its failure, ``record-failure`` patch); every generation
 must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
 with ``python -m tests.make_histories --out tests/histories/<generation>``.
 """
@@ -19,7 +20,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from workflows.progression import PATCH_RECORD_LOCAL, ProgressionWorkflow
+from workflows.progression import PATCH_RECORD_FAILURE, PATCH_RECORD_LOCAL, ProgressionWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 FILES = sorted(HISTORIES.glob("*/*.json"))
@@ -28,7 +29,7 @@ TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside
 
 def test_histories_are_committed() -> None:
     assert FILES, f"no workflow histories in {HISTORIES}"
-    assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity"}
+    assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity", "v3-record-failure"}
 
 
 def _patches_and_record_kinds(text: str) -> tuple[set[str], set[str]]:
@@ -58,8 +59,19 @@ def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
     patches, kinds = _patches_and_record_kinds(TEXTS[path])
     if path.parent.name == "v1-record-activity":
         assert PATCH_RECORD_LOCAL not in patches and kinds == {"task"}
+    elif path.stem == "retail-credit-scorecard@3.3.0" and path.parent.name == "v2-record-local-activity":
+        # Before the record-failure patch: registration failed and the workflow failed with no record.
+        assert PATCH_RECORD_FAILURE not in patches and _activities(TEXTS[path]) == ["register_progression"]
+    elif path.stem == "retail-credit-scorecard@3.3.0":  # v3: registration failed, the failure was recorded
+        assert PATCH_RECORD_FAILURE in patches and _activities(TEXTS[path]) == ["register_progression",
+                                                                               "record_failure"]
     else:
-        assert PATCH_RECORD_LOCAL in patches and kinds == {"local"}
+        assert PATCH_RECORD_LOCAL in patches and kinds == {"local"} and PATCH_RECORD_FAILURE not in patches
+
+
+def _activities(text: str) -> list[str]:
+    return [e["activityTaskScheduledEventAttributes"]["activityType"]["name"] for e in json.loads(text)["events"]
+            if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"]
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.stem}" for p in FILES])

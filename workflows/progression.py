@@ -31,7 +31,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.notify import Notification, NotificationKind
@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         DeployInput,
         EvaluateChecksInput,
         ProgressionActivities,
+        RecordFailureInput,
         RecordInput,
         RegisterInput,
     )
@@ -66,6 +67,7 @@ with workflow.unsafe.imports_passed_through():
         StageStatus,
         Status,
         WithdrawInput,
+        acknowledgement_refusal,
         counting_role,
         decision_refusal,
         evidence_refusal,
@@ -89,6 +91,9 @@ DB_TIMEOUT = timedelta(seconds=60)
 # activity task round trip through the server, and the 15 KB state it carries stays out of the
 # history (only the small result is recorded). Histories from before the change replay unpatched.
 PATCH_RECORD_LOCAL = "record-as-local-activity"
+# A failed workflow records why (status failed in the read model, a progression.failed audit event)
+# before it fails, so the failure is visible and the owner may start the version again.
+PATCH_RECORD_FAILURE = "record-failure"
 
 CHECKS_TIMEOUT = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=5)
@@ -149,7 +154,8 @@ class ProgressionWorkflow:
             version_id=spec.version.id, target=spec.target, policy_hash=inp.policy_hash, stages=stages,
             submitted_by=inp.submitted_by.user_id, submitted_by_username=inp.submitted_by.username,
             started_at=now, updated_at=now, evidence=dict(inp.evidence),
-            current_stage=stages[0].name if stages else None)
+            current_stage=stages[0].name if stages else None,
+            independent_stages=[list(g) for g in inp.policy.independent_stages])
 
     # ---- query ----------------------------------------------------------------------------
 
@@ -161,6 +167,38 @@ class ProgressionWorkflow:
 
     @workflow.run
     async def run(self, inp: ProgressionInput) -> ProgressionState:
+        try:
+            return await self._run(inp)
+        except ActivityError as err:
+            # Histories from before the patch failed here without a record; they replay unchanged.
+            if not workflow.patched(PATCH_RECORD_FAILURE):
+                raise
+            await self._record_failure(err)
+            raise ApplicationError(self._state.failure or "the progression failed", type="progression_failed",
+                                   non_retryable=True) from err
+
+    async def _record_failure(self, err: ActivityError) -> None:
+        cause = err.cause
+        code = cause.type if isinstance(cause, ApplicationError) and cause.type else "activity_failed"
+        message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+        state = self._state
+        state.status = Status.failed
+        state.failure = f"{code}: {message}"
+        state.waiting_on, state.missing = [], []
+        state.next_action = ("nothing: the progression failed; the owning team may start this version again "
+                             "once the cause is fixed")
+        state.seq += 1
+        state.updated_at = workflow.now()
+        self._upsert_search_attributes()
+        self._emit(EventType.progression_failed, stage=state.current_stage, payload={
+            "code": code, "reason": message, "registered": self._registered})
+        events, self._events = self._events, []
+        await workflow.execute_activity_method(
+            ProgressionActivities.record_failure,
+            RecordFailureInput(state=state, spec=self._input.spec, events=events),
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+
+    async def _run(self, inp: ProgressionInput) -> ProgressionState:
         self._upsert_search_attributes(everything=True)
         if not self._registered:
             await self._register()
@@ -206,10 +244,13 @@ class ProgressionWorkflow:
         })
         self._touch()
         events, self._events = self._events, []
-        await workflow.execute_activity_method(
+        registered = await workflow.execute_activity_method(
             ProgressionActivities.register_progression,
             RegisterInput(state=self._state, spec=inp.spec, spec_yaml=inp.spec_yaml, events=events),
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+        # Earlier rejections of the same artifact or commit (found by the activity, so recorded in
+        # history): every decider sees them and an approval must acknowledge them.
+        self._state.prior_rejections = list(registered.prior_rejections)
         self._synced_seq = self._state.seq
         self._registered = True
 
@@ -421,6 +462,8 @@ class ProgressionWorkflow:
         if inp.decision_id in self._decision_results or self._known_decision(inp.decision_id):
             return None  # a retry of an applied decision gets its first answer back
         refusal = decision_refusal(self._state, inp.actor, inp.stage, inp.decision)
+        if refusal is None:
+            refusal = acknowledgement_refusal(self._state, inp.decision, inp.comment)
         if refusal is None and inp.decision != DecisionKind.approve and not inp.comment.strip():
             refusal = Refusal(code="comment_required", http_status=409,
                               message=f"a {inp.decision.value.replace('_', ' ')} decision needs a comment "
@@ -445,11 +488,13 @@ class ProgressionWorkflow:
             (a.role for a in stage.approvals if a.role in actor.roles), None)
         record = DecisionRecord(decision_id=inp.decision_id, stage=stage.name, decision=inp.decision,
                                 actor_id=actor.user_id, actor_username=actor.username, role=role,
-                                comment=inp.comment, at=workflow.now())
+                                comment=inp.comment, at=workflow.now(), credential_id=actor.credential_id,
+                                credential_issued_by=actor.credential_issued_by)
         stage.decisions.append(record)
         self._emit(EventType.decision_received, stage=stage.name, actor_id=actor.user_id, payload={
             "decision_id": inp.decision_id, "decision": inp.decision.value, "actor": actor.username,
-            "role": role.value if role else None, "comment": inp.comment, "attempt": stage.attempt})
+            "role": role.value if role else None, "comment": inp.comment, "attempt": stage.attempt,
+            "credential_id": actor.credential_id, "credential_issued_by": actor.credential_issued_by})
         if inp.decision == DecisionKind.approve:
             progress = next(a for a in stage.approvals if a.role == role)
             progress.approved_by.append(actor.user_id)

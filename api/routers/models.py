@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import CurrentUser, SessionDep
-from api.errors import COMMON_ERRORS, NOT_FOUND
-from api.schemas import MAX_OFFSET, ModelDetail, ModelPage
+from api.deps import CurrentUser, SessionDep, StateDep
+from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
+from api.schemas import MAX_OFFSET, IntentChange, ModelDetail, ModelPage
 from api.services import catalog as svc
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=COMMON_ERRORS)
@@ -26,3 +26,11 @@ async def list_models(session: SessionDep, user: CurrentUser, team: str | None =
             summary="A model, its versions and where each stands (revalidation overdue flagged)")
 async def get_model(model_id: str, session: SessionDep, user: CurrentUser) -> ModelDetail:
     return await svc.get_model(session=session, principal=user, model_id=model_id)
+
+
+@router.post("/{model_id}/intent", response_model=ModelDetail, responses={**NOT_FOUND, **CONFLICT, **BODY_ERRORS},
+             summary="Change a model's business intent (a model risk officer's decision, audited)")
+async def change_intent(model_id: str, body: IntentChange, session: SessionDep, user: CurrentUser,
+                        app: StateDep) -> ModelDetail:
+    return await svc.change_intent(session=session, app=app, principal=user, model_id=model_id,
+                                   intent=body.business_intent, reason=body.reason)

@@ -12,7 +12,14 @@ from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
 from api.idempotency import decision_id_for, fingerprint, idempotency_key, idempotent
 from api.multipart import multipart_openapi, read_multipart
-from api.schemas import MAX_OFFSET, DecisionRequest, ProgressionOut, ProgressionPage, WithdrawRequest
+from api.schemas import (
+    MAX_OFFSET,
+    DecisionRequest,
+    ProgressionDetail,
+    ProgressionOut,
+    ProgressionPage,
+    WithdrawRequest,
+)
 from api.services import progressions as svc
 
 router = APIRouter(prefix="/api/v1/progressions", tags=["progressions"], responses=COMMON_ERRORS)
@@ -51,11 +58,12 @@ async def list_progressions(
                                        status=status, team=team, limit=limit, offset=offset)
 
 
-@router.get("/{progression_id}", response_model=ProgressionOut, responses={**NOT_FOUND},
-            summary="The whole state: route, check results, approvals, who acts next, what is missing")
+@router.get("/{progression_id}", response_model=ProgressionDetail, responses={**NOT_FOUND},
+            summary="The whole state: route, check results, approvals, who acts next, what is missing, lineage")
 async def get_progression(progression_id: str, session: SessionDep, user: CurrentUser,
-                          app: StateDep) -> ProgressionOut:
-    return await svc.get_progression(session=session, app=app, principal=user, progression_id=progression_id)
+                          app: StateDep) -> ProgressionDetail:
+    return await svc.get_progression_detail(session=session, app=app, principal=user,
+                                            progression_id=progression_id)
 
 
 @router.post("/{progression_id}/decisions", response_model=ProgressionOut, responses=_ACT_ERRORS,

@@ -8,10 +8,24 @@ from fastapi.responses import JSONResponse
 from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
 from api.idempotency import fingerprint, idempotent
-from api.schemas import Me, NewToken, TokenCreate, TokenOut, UserCreate, UserCreated, UserOut
+from api.schemas import (
+    EnrollmentCreated,
+    EnrollRequest,
+    Me,
+    NewToken,
+    RoleGrantCreate,
+    RoleGrantOut,
+    TokenCreate,
+    TokenOut,
+    UserCreate,
+    UserCreated,
+    UserOut,
+)
 from api.services import users as svc
 
 router = APIRouter(prefix="/api/v1", tags=["users"], responses=COMMON_ERRORS)
+# Routes a person calls before they hold any credential (enrollment).
+public_router = APIRouter(prefix="/api/v1", tags=["users"], responses=COMMON_ERRORS)
 
 
 @router.get("/me", response_model=Me, summary="The caller: roles, team and the actions they allow")
@@ -61,3 +75,36 @@ async def revoke_token(user_id: str, token_id: str, session: SessionDep, user: C
                        app: StateDep) -> TokenOut:
     return await svc.revoke(session=session, principal=user, user_id=user_id, token_id=token_id,
                             chain=app.settings.audit_chain)
+
+
+@router.post("/users/{user_id}/enrollments", status_code=201, response_model=EnrollmentCreated,
+             responses={**NOT_FOUND}, summary="A one-time enrollment code the person redeems for their own token")
+async def new_enrollment(user_id: str, session: SessionDep, user: CurrentUser, app: StateDep) -> EnrollmentCreated:
+    return await svc.new_enrollment(session=session, principal=user, user_id=user_id, chain=app.settings.audit_chain)
+
+
+@public_router.post("/enroll", status_code=201, response_model=NewToken, responses={**NOT_FOUND, **BODY_ERRORS},
+                    summary="Redeem a one-time enrollment code for your own token (no other credential needed)")
+async def enroll(body: EnrollRequest, session: SessionDep, app: StateDep) -> NewToken:
+    return await svc.enroll(session=session, code=body.code, name=body.name, chain=app.settings.audit_chain)
+
+
+@router.get("/role-grants", response_model=list[RoleGrantOut], summary="Role grants: who proposed and approved what")
+async def list_role_grants(session: SessionDep, user: CurrentUser, status: str | None = None) -> list[RoleGrantOut]:
+    return await svc.list_grants(session=session, principal=user, status=status)
+
+
+@router.post("/users/{user_id}/role-grants", status_code=201, response_model=RoleGrantOut,
+             responses={**NOT_FOUND, **CONFLICT, **BODY_ERRORS},
+             summary="Propose a role (deciding and admin roles need a second admin's approval)")
+async def propose_role_grant(user_id: str, body: RoleGrantCreate, session: SessionDep, user: CurrentUser,
+                             app: StateDep) -> RoleGrantOut:
+    return await svc.propose_grant(session=session, principal=user, user_id=user_id, role=body.role,
+                                   reason=body.reason, chain=app.settings.audit_chain)
+
+
+@router.post("/role-grants/{grant_id}/approve", response_model=RoleGrantOut, responses={**NOT_FOUND, **CONFLICT},
+             summary="Approve a pending role grant (a different admin than the proposer)")
+async def approve_role_grant(grant_id: str, session: SessionDep, user: CurrentUser, app: StateDep) -> RoleGrantOut:
+    return await svc.approve_grant(session=session, principal=user, grant_id=grant_id,
+                                   chain=app.settings.audit_chain)

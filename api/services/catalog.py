@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.authz import Action, Principal, require, require_visible, visible_team_filter
+from api.deps import AppState
 from api.errors import ApiError
 from api.schemas import ModelDetail, ModelOut, ModelPage, VersionOut
 from engine.db import CatalogModel, ModelVersion, ProgressionRow
@@ -75,3 +76,41 @@ async def get_model(*, session: AsyncSession, principal: Principal, model_id: st
             revalidation_due_at=p.revalidation_due_at if p else None,
             revalidation_overdue=p.revalidation_overdue if p else False))
     return ModelDetail(**_model_out(model, progs, len(versions)), versions=out_versions)  # type: ignore[arg-type]
+
+
+async def change_intent(*, session: AsyncSession, app: AppState, principal: Principal, model_id: str, intent: str,
+                        reason: str) -> ModelDetail:
+    """A model's intent is fixed once registered; only a model risk officer, independent of the owning team,
+    changes it (audited). Running progressions keep the policy they started under."""
+    import uuid
+
+    from engine import audit
+    from engine.db import utcnow
+    from engine.lifecycle import EventType
+    from engine.policy import Role
+
+    require(principal, Action.read_catalog)
+    model = await session.get(CatalogModel, model_id)
+    if model is None:
+        raise ApiError(404, "not_found", f"model {model_id} not found")
+    require_visible(principal, model.team, f"model {model_id}")
+    if Role.model_risk_officer not in principal.roles:
+        raise ApiError(403, "forbidden", "changing a model's business intent is a model risk officer's decision",
+                       {"roles_allowed": [Role.model_risk_officer.value]})
+    if principal.team is None or principal.team == model.team:
+        raise ApiError(403, "own_team" if principal.team else "no_team",
+                       f"a model risk officer independent of team {model.team!r} decides a change of its intent")
+    if app.registry.get(intent) is None:
+        raise ApiError(422, "unknown_intent", f"no policy governs business intent {intent!r}",
+                       {"known": sorted(app.registry.intents())})
+    if intent == model.business_intent:
+        raise ApiError(409, "intent_unchanged", f"model {model_id} is already governed as {intent!r}")
+    before = model.business_intent
+    model.business_intent = intent
+    await audit.append_event(
+        session, event_id=f"intent-{uuid.uuid4()}", event_type=EventType.model_intent_changed.value,
+        occurred_at=utcnow(), actor_id=principal.id, model_id=model_id,
+        payload={"from": before, "to": intent, "reason": reason, "by": principal.username,
+                 "credential_id": principal.credential_id}, chain=app.settings.audit_chain)
+    await session.commit()
+    return await get_model(session=session, principal=principal, model_id=model_id)

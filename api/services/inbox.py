@@ -27,6 +27,8 @@ async def inbox(*, session: AsyncSession, principal: Principal, limit: int = 200
              ProgressionRow.submitted_by != principal.id]
     if principal.team is not None:
         conds.append(ProgressionRow.team != principal.team)
+    else:  # no team, no independence to show (decision_refusal: no_team): no gate is the caller's
+        conds.append(ProgressionRow.id.is_(None))
     wanted = {r.value for r in principal.roles}
     open_gates: list[tuple[datetime, str, dict[str, Any]]] = []
     for pid, waiting_on, gate in (await session.execute(

@@ -27,12 +27,20 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.authz import Action, Principal, require, require_act_on_team, require_visible, visible_team_filter
+from api.authz import (
+    Action,
+    Principal,
+    can_see_team,
+    require,
+    require_act_on_team,
+    require_visible,
+    visible_team_filter,
+)
 from api.deps import AppState
 from api.errors import ApiError
-from api.schemas import ProgressionPage, ProgressionSummary
-from engine import audit
-from engine.db import ProgressionRow
+from api.schemas import Lineage, ProgressionDetail, ProgressionPage, ProgressionSummary
+from engine import audit, lineage
+from engine.db import CatalogModel, Feature, ProgressionRow
 from engine.db import utcnow as _utcnow
 from engine.lifecycle import (
     QUERY_STATE,
@@ -51,8 +59,10 @@ from engine.lifecycle import (
     Refusal,
     StageState,
     Status,
+    acknowledgement_refusal,
     decision_refusal,
     evidence_refusal,
+    withdraw_refusal,
 )
 from engine.loading import load_spec
 from engine.spec import EvidenceName
@@ -119,6 +129,25 @@ async def get_progression(*, session: AsyncSession, app: AppState, principal: Pr
         raise ApiError(404, "not_found", f"progression {progression_id} not found")
     require_visible(principal, state.team, f"progression {progression_id}")
     return state
+
+
+async def get_progression_detail(*, session: AsyncSession, app: AppState, principal: Principal,
+                                 progression_id: str) -> ProgressionDetail:
+    """The progression with its lineage (other versions of the model; same artifact or commit anywhere)."""
+    from engine.db import ModelVersion
+
+    state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
+    version = (await session.execute(select(ModelVersion).where(
+        ModelVersion.model_id == state.model_id, ModelVersion.version_id == state.version_id))).scalar_one_or_none()
+    same = [] if version is None else await lineage.prior_outcomes(
+        session, progression_id=progression_id, artifact=version.artifact, source=version.source)
+    versions = await lineage.model_versions(session, model_id=state.model_id, progression_id=progression_id)
+    if not principal.reads_all_teams:  # other teams' progressions stay hidden from developers (404 rule)
+        same = [p for p in same if p.model_id == state.model_id]
+    detail = ProgressionDetail.model_validate(state.model_dump())
+    detail.lineage = Lineage(model_versions=versions, same_artifact_or_commit=same,
+                             prior_rejections=list(state.prior_rejections))
+    return detail
 
 
 def summary(row: ProgressionRow) -> ProgressionSummary:
@@ -262,6 +291,60 @@ def _initial_state(inp: ProgressionInput) -> ProgressionState:
         next_action="the engine is starting the first stage")
 
 
+async def _ownership_refusal(session: AsyncSession, principal: Principal, spec: Any) -> None:
+    """A version of an existing model is started only by its owning team, under its established intent."""
+    model = await session.get(CatalogModel, spec.model.id)
+    if model is None:
+        return
+    if model.team != spec.model.team:
+        status = 403 if can_see_team(principal, model.team) else 404
+        raise ApiError(status, "not_model_owner",
+                       f"model {spec.model.id} belongs to another team; only its owning team starts its versions "
+                       "(choose another model id for a new model)", {"model_id": spec.model.id})
+    if model.business_intent != spec.model.business_intent:
+        raise ApiError(409, "intent_mismatch",
+                       f"model {spec.model.id} is governed as {model.business_intent!r}; a spec cannot change it to "
+                       f"{spec.model.business_intent!r}. Changing a model's intent is a model risk officer's "
+                       f"decision: POST /api/v1/models/{spec.model.id}/intent",
+                       {"model_id": spec.model.id, "intent": model.business_intent,
+                        "declared": spec.model.business_intent})
+
+
+def restricted_intents(tags: list[str]) -> set[str]:
+    """Intents a feature's catalog tags restrict it in: ``restricted:<intent>``; ``restricted:*`` is every intent."""
+    return {t.split(":", 1)[1] for t in tags if t.startswith("restricted:")}
+
+
+async def _restricted_features_refusal(session: AsyncSession, spec: Any, pid: str) -> None:
+    """Features the catalog restricts in an intent are refused there, whatever the spec calls the intent:
+    the declared intent, the model's established intent and the intents under which the same artifact or
+    source commit was submitted before all count."""
+    intents = {spec.model.business_intent}
+    model = await session.get(CatalogModel, spec.model.id)
+    if model is not None:
+        intents.add(model.business_intent)
+    prior = await lineage.prior_outcomes(session, progression_id=pid, artifact=spec.version.artifact,
+                                         source=spec.version.source)
+    intents |= {p.business_intent for p in prior}
+    if not spec.features:
+        return
+    found = (await session.execute(select(Feature.name, Feature.tags).where(
+        Feature.name.in_(sorted(set(spec.features)))))).all()
+    refused = {}
+    for name, tags in found:
+        hits = restricted_intents(list(tags or []))
+        bad = sorted(intents & hits) + (["*"] if "*" in hits else [])
+        if bad:
+            refused[name] = bad
+    if refused:
+        listed = "; ".join(f"{n} (restricted in {', '.join(i)})" for n, i in sorted(refused.items()))
+        raise ApiError(422, "feature_restricted",
+                       f"the feature catalog restricts these features for this model: {listed}. The model's "
+                       f"intents are {', '.join(sorted(intents))} (declared, established, and of earlier "
+                       "submissions of the same artifact or commit)",
+                       {"features": refused, "intents": sorted(intents)})
+
+
 async def start_progression(*, session: AsyncSession, app: AppState, principal: Principal, spec_text: bytes,
                             spec_filename: str, uploads: list[Upload], request_id: str | None = None
                             ) -> ProgressionState:
@@ -276,7 +359,13 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
     loaded = app.registry.get(spec.model.business_intent)
     assert loaded is not None  # load_spec checked the intent against the registry
     pid = spec.progression_id
-    if await _read_model(session, pid) is not None or await _workflow_exists(app, pid):
+    # Nothing answers 201 for a start that can only fail: ownership, intent and restricted features
+    # are checked before any workflow exists (the register activity re-checks ownership and intent).
+    await _ownership_refusal(session, principal, spec)
+    await _restricted_features_refusal(session, spec, pid)
+    existing = await _read_model(session, pid)
+    retry_failed = existing is not None and existing.status == Status.failed.value
+    if not retry_failed and (existing is not None or await _workflow_exists(app, pid)):
         if await _started_by(app, pid, request_id):  # only an existing progression can be this request's
             return await _current_state(session, app, pid)
         raise _exists(pid)
@@ -296,7 +385,8 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
         handle = await app.temporal.start_workflow(
             WORKFLOW_NAME, inp, id=pid, task_queue=app.settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            # A version whose workflow failed (recorded as status failed) may be started again.
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             search_attributes=attrs, memo={START_REQUEST_MEMO: request_id} if request_id else None)
     except WorkflowAlreadyStartedError:
         if await _started_by(app, pid, request_id):
@@ -373,8 +463,13 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
         held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
         refusal = Refusal(code="not_a_gate_role", http_status=403,
                           message=f"your roles ({held}) cannot decide on gates")
+    elif app.settings.deciders_sso_only and principal.credential_kind != "sso":
+        refusal = Refusal(code="sso_required", http_status=403,
+                          message="decisions are accepted only from an SSO session in this installation; "
+                                  "API tokens cannot decide")
     elif live:
-        refusal = decision_refusal(state, principal.actor, stage, decision)
+        refusal = decision_refusal(state, principal.actor, stage, decision) or acknowledgement_refusal(
+            state, decision, comment)
     # else: a snapshot (no worker answered the query) may lag the workflow, so it must not refuse a
     # decision the gate now accepts; the workflow's validator applies the same rule, and its refusals
     # are recorded below.
@@ -386,6 +481,19 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     inp = DecideInput(stage=stage, decision=decision, comment=comment, actor=principal.actor,
                       decision_id=decision_id)
+    # One decision per person and gate at a time in this process: the others are refused at once
+    # (409) instead of queueing on the workflow and on database connections.
+    flight = (principal.id, progression_id, stage)
+    if flight in _DECISIONS_IN_FLIGHT and not known:
+        refusal = Refusal(code="decision_in_progress", http_status=409,
+                          message=f"your decision on stage {stage!r} of {progression_id} is being recorded; "
+                                  "one person counts once")
+        await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
+                             comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain)
+        raise _refusal_error(refusal)
+    # The connection goes back to the pool while the workflow works (it may take seconds under load).
+    await session.close()
+    _DECISIONS_IN_FLIGHT.add(flight)
     try:
         result = await handle.execute_update(UPDATE_DECIDE, inp, result_type=DecideResult)
     except WorkflowUpdateFailedError as exc:
@@ -406,7 +514,13 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
                                                                   http_status=409),
                                  source="workflow", chain=app.settings.audit_chain, decision_id=decision_id)
         raise error from None
+    finally:
+        _DECISIONS_IN_FLIGHT.discard(flight)
     return result.state
+
+
+# (user id, progression id, stage) of decisions this process is waiting on the workflow for.
+_DECISIONS_IN_FLIGHT: set[tuple[str, str, str]] = set()
 
 
 def _update_error(exc: WorkflowUpdateFailedError) -> ApiError:
@@ -444,6 +558,8 @@ async def withdraw(*, session: AsyncSession, app: AppState, principal: Principal
     require_act_on_team(principal, Action.withdraw, state.team, f"progression {progression_id}")
     if state.status == Status.withdrawn:
         return await _withdrawn_retry(session, state, request_id)
+    if state.status == Status.in_production and (refusal := withdraw_refusal(state, principal.actor)):
+        raise _refusal_error(refusal)  # the workflow's validator applies the same rule
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     try:
         return await handle.execute_update(

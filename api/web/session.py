@@ -124,7 +124,8 @@ async def session_user(db: AsyncSession, session: WebSession) -> Principal | Non
     user = await db.get(User, session.user_id)
     if user is None or not user.active:
         return None
-    return Principal.of(user)
+    return Principal.of(user, credential_id=f"token:{token.id}", credential_issued_by=token.issued_by,
+                        credential_kind="token")
 
 
 async def verify_csrf(request: Request, session: WebSession) -> None:
