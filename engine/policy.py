@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from engine.durations import parse_duration
-from engine.spec import Slug, StrictModel
+from engine.spec import EvidenceName, Slug, StrictModel
 
 
 class Role(StrEnum):
@@ -73,6 +73,9 @@ class StageDef(StrictModel):
     checks: list[CheckDef] = Field(default_factory=list)
     approvals: list[ApprovalRule] = Field(default_factory=list)
     action: Literal["deploy"] | None = None
+    # Evidence the stage reads besides what its checks reference (e.g. a document its approvers read):
+    # a change to it re-opens the stage. See ``engine.checks.evidence_reads``.
+    requires_evidence: list[EvidenceName] = Field(default_factory=list, max_length=100)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> StageDef:
@@ -86,6 +89,12 @@ class StageDef(StrictModel):
         return self
 
 
+class EvidenceRule(StrictModel):
+    """Per evidence item: ``frozen_after`` names the stage after whose passing the item may not change."""
+
+    frozen_after: StageName | None = None
+
+
 class GovernancePolicy(StrictModel):
     api_version: Literal["progression/v1"] = Field(alias="apiVersion")
     kind: Literal["GovernancePolicy"]
@@ -95,6 +104,9 @@ class GovernancePolicy(StrictModel):
     guidance: list[str] = Field(default_factory=list)
     stages: list[StageDef] = Field(min_length=1)
     revalidation: str | None = None
+    evidence: dict[EvidenceName, EvidenceRule] = Field(default_factory=dict, max_length=100)
+    # The spec must carry ``version.artifact_digest`` (sha256 of the artifact that will be deployed).
+    requires_artifact_digest: bool = False
 
     _check_revalidation = field_validator("revalidation")(classmethod(lambda cls, v: _duration(v)))
 
@@ -103,6 +115,10 @@ class GovernancePolicy(StrictModel):
         names = [s.name for s in self.stages]
         if len(names) != len(set(names)):
             raise ValueError("stage names must be unique")
+        for item, rule in self.evidence.items():
+            if rule.frozen_after is not None and rule.frozen_after not in names:
+                raise ValueError(f"evidence {item!r}: frozen_after names stage {rule.frozen_after!r}, "
+                                 f"which the policy does not have (stages: {', '.join(names)})")
         return self
 
     @property
@@ -122,5 +138,14 @@ class GovernancePolicy(StrictModel):
 
 def policy_hash(policy: GovernancePolicy) -> str:
     """Content hash of the policy's meaning (not its formatting or comments)."""
-    canonical = json.dumps(policy.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    data = policy.model_dump(mode="json", by_alias=True)
+    # Fields added later are left out while at their default, so a policy that does not use them keeps
+    # the hash it had (progressions pinned it).
+    for key, default in (("evidence", {}), ("requires_artifact_digest", False)):
+        if data.get(key) == default:
+            data.pop(key, None)
+    for stage in data.get("stages", []):
+        if stage.get("requires_evidence") == []:
+            stage.pop("requires_evidence", None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
