@@ -158,6 +158,8 @@ class DecisionRow(Base):
     role: Mapped[str | None] = mapped_column(String(32), nullable=True)
     comment: Mapped[str] = mapped_column(Text)
     decided_at: Mapped[datetime] = mapped_column()
+    # sha256 of what the decider saw (engine.lifecycle.basis_parts); NULL before migration 0004
+    basis: Mapped[str | None] = mapped_column(String(80), nullable=True)
 
 
 class EvidenceBlob(Base):
