@@ -561,6 +561,7 @@ class ProgressionWorkflow:
             if self._binding:  # the state may have moved since the validator ran
                 refusal = self._evidence_change_refusal(inp)
                 if refusal is not None:
+                    self._evidence_requests.discard(inp.request_id)  # a retry is judged again, not "done"
                     raise _refuse(refusal)
             now, actor = workflow.now(), inp.actor
             refs = [ref.model_copy(update={"name": name, "added_by": actor.user_id, "added_at": now})
