@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("progression.notify")
 
-NotificationKind = Literal["gate_opened", "escalated", "decided", "finished"]
+NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened"]
 
 
 class Notification(BaseModel):

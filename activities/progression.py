@@ -407,7 +407,7 @@ class ProgressionActivities:
                 await session.execute(_insert_ignore(
                     session, DecisionRow, ["id"], id=d.decision_id, progression_id=state.progression_id,
                     stage=d.stage, decision=d.decision.value, actor_id=d.actor_id, actor_username=d.actor_username,
-                    role=d.role.value if d.role else None, comment=d.comment, decided_at=d.at,
+                    role=d.role.value if d.role else None, comment=d.comment, decided_at=d.at, basis=d.basis,
                     credential_id=d.credential_id, credential_issued_by=d.credential_issued_by))
             rows = [_event_dict(state, e) for e in inp.events]
             if self._local_notifier:

@@ -36,6 +36,8 @@ class Deployment(BaseModel):
     stage: str
     business_intent: str
     policy_hash: str
+    artifact_digest: str | None = None  # sha256:<hex> of the artifact the approvals bound to
+    approval_bases: list[str] = []  # the basis hash of every approval that allowed this deployment
 
 
 class DeploymentReceipt(BaseModel):

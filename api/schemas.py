@@ -31,6 +31,42 @@ class DecisionRequest(Body):
     stage: str = Field(min_length=1, max_length=64)
     decision: DecisionKind
     comment: str = Field(default="", max_length=10_000)
+    # The basis the decider saw: ``stages[i].basis`` of the progression they read. A decision on a basis
+    # that is no longer current is refused (409 stale_basis); without it the decision binds to the basis
+    # current when the workflow accepts it.
+    basis: str | None = Field(default=None, pattern=r"^sha256:[0-9a-f]{64}$")
+
+
+class EvidenceCheck(BaseModel):
+    name: str
+    sha256: str
+    status: Literal["ok", "missing", "corrupted"]
+    actual_sha256: str | None = None
+
+
+class ApprovalCheck(BaseModel):
+    stage: str
+    decision_id: str
+    actor: str
+    basis: str | None  # what the approval bound to
+    current_basis: str | None  # the stage's basis recomputed from the recorded state
+    matches: bool
+    deployed: bool | None = None  # among the approvals the deployment carried (None: not deployed)
+
+
+class ProgressionVerification(BaseModel):
+    """``GET /progressions/{id}/verify``: evidence re-hashed from the store, every counted approval's
+    basis recomputed, and the deployment's approvals compared with them."""
+
+    progression_id: str
+    ok: bool
+    status: str
+    spec_digest: str | None
+    spec_matches: bool | None  # the stored progression.yaml still hashes to the pinned spec digest
+    evidence: list[EvidenceCheck]
+    approvals: list[ApprovalCheck]
+    deployment: dict[str, Any] | None = None
+    problems: list[str]
 
 
 class WithdrawRequest(Body):

@@ -18,7 +18,7 @@ from typing import Any
 
 import cel
 
-from engine.lifecycle import CheckResult, ResolvedFeature
+from engine.lifecycle import READS_ALL, CheckResult, ResolvedFeature
 from engine.policy import StageDef
 from engine.spec import ProgressionSpec
 
@@ -484,3 +484,23 @@ def builtin_checks(is_first_stage: bool) -> list[dict[str, str]]:
         return []
     return [{"id": FEATURES_REGISTERED, "description": FEATURES_REGISTERED_DESCRIPTION,
              "expr": FEATURES_REGISTERED_EXPR}]
+
+
+# ---- which evidence a stage reads ------------------------------------------------------------
+
+
+
+def stage_evidence_reads(stage: StageDef) -> list[str]:
+    """Evidence names a stage reads: ``evidence.<name>`` in its check expressions plus its
+    ``requires_evidence``. ``["*"]`` when an expression reads the evidence map as a whole."""
+    names: set[str] = set(stage.requires_evidence)
+    for check in stage.checks:
+        paths, guarded = referenced_paths(check.expr)
+        names.update(guarded)
+        for path in paths:
+            if path[0] != "evidence":
+                continue
+            if len(path) < 2 or path[1] == WILDCARD or not isinstance(path[1], str):
+                return [READS_ALL]
+            names.add(path[1])
+    return sorted(names)

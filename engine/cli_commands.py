@@ -48,6 +48,7 @@ from engine.sdk import (
     ServerError,
     Unauthorized,
     _intent_of,
+    stage_basis,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -282,9 +283,16 @@ def render_state(state: ProgressionState) -> Group:
                 lines.append(_check_line(stage.name, check.check_id, check.passed, check.reason))
     for stage in state.stages:
         for decision in stage.decisions:
+            bound = ""
+            if decision.basis:
+                bound = f" [basis {decision.basis[7:19]}: " + (
+                    "still matches]" if decision.basis_matches else "evidence changed since]")
             text = (f"  {stage.name}: {decision.decision.value} by {decision.actor_username}"
-                    f"{' (superseded)' if decision.superseded else ''} — {decision.comment}")
+                    f"{' (superseded)' if decision.superseded else ''}{bound} — {decision.comment}")
             lines.append(Text(text, style="dim" if decision.superseded else ""))
+    current = state.stage(state.current_stage) if state.current_stage else None
+    if current is not None and current.basis and current.status == StageStatus.awaiting_approval:
+        lines.append(Text.assemble(("Basis of the open gate: ", "bold"), current.basis))
     if state.next_action:
         lines.append(Text.assemble(("Next: ", "bold"), state.next_action))
     if state.waiting_on:
@@ -568,16 +576,22 @@ def decide(
     stage: Annotated[str, typer.Option("--stage", "-s", help="The stage whose gate you decide.")],
     comment: Annotated[str, typer.Option("--message", "-m", help="Your comment (recorded).")],
     idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key.")] = None,
+    basis: Annotated[str | None, typer.Option(
+        help="The basis you reviewed (shown by 'progression status'); default: the current one, read first. "
+             "A decision on a basis that changed meanwhile is refused.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Approve, reject or request changes on an open gate."""
+    """Approve, reject or request changes on an open gate (bound to the evidence it was made on)."""
     with client() as c:
+        if basis is None:
+            basis = stage_basis(c.get(progression_id), stage)
         state = c.decide(progression_id, stage, decision.value.replace("-", "_"), comment,
-                         idempotency_key=idempotency_key)
+                         idempotency_key=idempotency_key, basis=basis)
     if as_json:
         emit_json(state)
         return
-    out().print(Text(f"Recorded: {decision.value} on {progression_id} stage {stage}"))
+    out().print(Text(f"Recorded: {decision.value} on {progression_id} stage {stage}"
+                     + (f", on basis {basis}" if basis else "")))
     out().print(render_state(state))
 
 
@@ -799,6 +813,33 @@ def audit_export(
         err().print(Text(f"wrote {written} bytes to {output}"))
 
 
+@handle_errors
+def verify(
+    progression_id: Annotated[str, typer.Argument(help="<model-id>@<version-id>")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-hash the evidence and check every counted approval's basis (and the deployment's); exit 1 on a problem."""
+    with client() as c:
+        result = c.verify(progression_id)
+    if as_json:
+        emit_json(result)
+    else:
+        for e in result.evidence:
+            out().print(Text(f"evidence {e.name}: {e.status} {e.sha256}", style="green" if e.status == "ok" else "red"))
+        for a in result.approvals:
+            deployed = "" if a.deployed is None else (" deployed" if a.deployed else " NOT deployed")
+            out().print(Text(f"{a.stage}: {a.actor} approved {a.basis} "
+                             f"{'matches' if a.matches else 'DOES NOT MATCH'}{deployed}",
+                             style="green" if a.matches and a.deployed is not False else "red"))
+        if result.ok:
+            out().print(Text(f"{progression_id}: OK, every counted approval binds to the current evidence",
+                             style="green"))
+        for problem in result.problems:
+            out().print(Text(problem, style="bold red"))
+    if not result.ok:
+        raise typer.Exit(EXIT_ERROR)
+
+
 @audit_app.command("verify")
 @handle_errors
 def audit_verify(as_json: JsonOpt = False) -> None:
@@ -850,6 +891,7 @@ def register(app: typer.Typer) -> None:
     app.command("withdraw")(withdraw)
     app.command("inbox")(inbox)
     app.command("decide")(decide)
+    app.command("verify")(verify)
     app.command("models")(models)
     app.command("policies")(policies)
     app.add_typer(audit_app, name="audit")

@@ -192,6 +192,8 @@ class DecisionRow(Base):
     decided_at: Mapped[datetime] = mapped_column()
     credential_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     credential_issued_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # sha256 of what the decider saw (engine.lifecycle.basis_parts); NULL before migration 0005
+    basis: Mapped[str | None] = mapped_column(String(80), nullable=True)
 
 
 class EvidenceBlob(Base):

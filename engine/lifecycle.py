@@ -8,6 +8,9 @@ workflow's Update validator cannot disagree.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -47,6 +50,7 @@ class EventType(StrEnum):
     changes_requested = "changes.requested"
     evidence_submitted = "evidence.submitted"
     stage_passed = "stage.passed"
+    stage_reopened = "stage.reopened"
     deployment = "deployment.recorded"
     progression_approved = "progression.approved"
     progression_in_production = "progression.in_production"
@@ -174,6 +178,9 @@ class PriorOutcome(Model):
     business_intent: str
     status: str
     match: list[str] = Field(default_factory=list)  # "artifact", "source_commit"
+    # The basis the decision was made on (see ``compute_basis``), and whether it is still the stage's.
+    basis: str | None = None
+    basis_matches: bool | None = None
 
 
 class ApprovalProgress(Model):
@@ -201,6 +208,12 @@ class StageState(Model):
     checks: list[CheckResult] = Field(default_factory=list)
     approvals: list[ApprovalProgress] = Field(default_factory=list)
     decisions: list[DecisionRecord] = Field(default_factory=list)
+    # Evidence names the stage reads (its checks' ``evidence.<name>`` and ``requires_evidence``; "*": all).
+    reads: list[str] | None = None
+    # The basis an approval of this stage binds to now (gate open or passed); a decision sends it back.
+    basis: str | None = None
+    # Evidence items whose change produced the current basis (said in a ``stale_basis`` refusal).
+    basis_changed: list[str] = Field(default_factory=list)
 
 
 class ProgressionState(Model):
@@ -236,6 +249,10 @@ class ProgressionState(Model):
     # must acknowledge each by naming its progression id in the comment.
     prior_rejections: list[PriorOutcome] = Field(default_factory=list)
     failure: str | None = None  # why the workflow failed (status failed)
+    spec_digest: str | None = None  # see engine.spec.spec_digest; part of every decision basis
+    artifact: str | None = None
+    artifact_digest: str | None = None
+    frozen_after: dict[str, str] = Field(default_factory=dict)  # evidence item -> stage (pinned policy)
     seq: int = 0  # bumps on every change; the read model keeps only the newest snapshot
 
     def stage(self, name: str) -> StageState | None:
@@ -278,6 +295,8 @@ class DecideInput(Model):
     comment: str = Field(max_length=10_000)
     actor: Actor
     decision_id: str  # unique per request (idempotency key or a fresh uuid), deduplicates retries
+    # The basis the decider saw (``stages[i].basis`` of the state they read); a stale one is refused.
+    basis: str | None = None
 
 
 class DecideResult(Model):
@@ -455,3 +474,128 @@ def withdraw_refusal(state: ProgressionState, actor: Actor) -> Refusal | None:
         return None
     return Refusal(code="not_owner", http_status=403,
                    message=f"only the submitter or a model_developer of team {state.team!r} may withdraw it")
+
+
+# ---- what an approval binds to ------------------------------------------------------------
+
+REVALIDATION_STAGE = "revalidation"
+READS_ALL = "*"
+# Evidence names that would pose as spec fields: the spec is fixed when the progression starts.
+SPEC_PARTS = {"spec": "spec", "model": "model", "model_id": "model.id", "version": "version",
+              "version_id": "version.id", "source": "version.source", "artifact": "version.artifact",
+              "artifact_digest": "version.artifact_digest", "features": "features",
+              "business_intent": "model.business_intent", "target": "target"}
+
+
+def _route(state: ProgressionState) -> list[StageState]:
+    return [s for s in state.stages if s.name != REVALIDATION_STAGE]
+
+
+def reads_of(state: ProgressionState, stage: StageState, names: Iterable[str]) -> set[str]:
+    """Which of ``names`` the stage reads. Evidence that no stage of the route reads (a document
+    for the reviewers) is read by every stage with an approval gate: a person reads it."""
+    names = set(names)
+    if stage.name == REVALIDATION_STAGE or stage.reads is None or READS_ALL in stage.reads:
+        return names
+    assigned: set[str] = set()
+    for other in _route(state):
+        if other.reads is None or READS_ALL in other.reads:
+            return {n for n in names if n in stage.reads} | (names if stage.approvals else set())
+        assigned.update(other.reads)
+    return {n for n in names if n in stage.reads or (stage.approvals and n not in assigned)}
+
+
+def _covered_stages(state: ProgressionState, stage_name: str) -> list[StageState]:
+    route = _route(state)
+    names = [s.name for s in route]
+    if stage_name in names:
+        return route[: names.index(stage_name) + 1]
+    return route  # revalidation: the whole route
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def basis_parts(state: ProgressionState, stage_name: str) -> dict[str, Any]:
+    """What a decision on ``stage_name`` is made on: the spec and pinned policy, the evidence read by
+    this stage and the stages before it (name -> sha256), and their check results (inputs hashed)."""
+    covered = _covered_stages(state, stage_name)
+    stage = state.stage(stage_name)
+    names: set[str] = set()
+    for s in covered + ([stage] if stage is not None and stage not in covered else []):
+        names |= reads_of(state, s, state.evidence)
+    return {
+        "spec": state.spec_digest,
+        "policy": state.policy_hash,
+        "evidence": {n: state.evidence[n].sha256 for n in sorted(names)},
+        "checks": [{"stage": s.name, "check_id": c.check_id, "passed": c.passed,
+                    "inputs": hashlib.sha256(_canonical(c.inputs).encode()).hexdigest()}
+                   for s in covered for c in s.checks],
+    }
+
+
+def basis_hash(parts: dict[str, Any]) -> str:
+    return "sha256:" + hashlib.sha256(_canonical(parts).encode()).hexdigest()
+
+
+def compute_basis(state: ProgressionState, stage_name: str) -> str:
+    return basis_hash(basis_parts(state, stage_name))
+
+
+def counted_approvals(stage: StageState) -> list[DecisionRecord]:
+    """The approvals that count towards the stage's gate now (not superseded)."""
+    return [d for d in stage.decisions if d.decision == DecisionKind.approve and not d.superseded]
+
+
+def basis_refusal(state: ProgressionState, stage_name: str, seen: str | None) -> Refusal | None:
+    """A decision made on a basis that is no longer the stage's (the evidence changed while the decider
+    was reading). ``None`` when the decider sent no basis: it then binds to the current one."""
+    stage = state.stage(stage_name)
+    if seen is None or stage is None or stage.basis is None or seen == stage.basis:
+        return None
+    changed = ", ".join(stage.basis_changed) or "the evidence or check results"
+    return Refusal(code="stale_basis", http_status=409,
+                   message=f"stage {stage_name!r} changed since you read it ({changed} changed): the basis you "
+                           f"decided on is {seen}, the current one is {stage.basis}; read the progression again "
+                           "and decide on what is current")
+
+
+def evidence_change_refusal(state: ProgressionState, changes: dict[str, str]) -> Refusal | None:
+    """Why evidence ``changes`` (name -> sha256) may not be applied: a name posing as a spec field,
+    a model already approved or in production, or an item frozen after a stage that has passed."""
+    for name in sorted(changes):
+        if name in SPEC_PARTS:
+            field = SPEC_PARTS[name]
+            return Refusal(code="spec_immutable", http_status=409,
+                           message=f"{field}: the spec of progression {state.progression_id} (model id, version, "
+                                   "source, artifact and its digest, features, business intent) cannot change "
+                                   "within a progression; start a new version")
+    changed = {n: h for n, h in changes.items() if n not in state.evidence or state.evidence[n].sha256 != h}
+    if not changed:
+        return None
+    if state.status in (Status.in_production, Status.approved) or state.deployed_at is not None:
+        what = "in production" if state.status == Status.in_production or state.deployed_at else "approved"
+        return Refusal(code="evidence_locked", http_status=409,
+                       message=f"{state.model_id} {state.version_id} is {what}: its evidence "
+                               f"({', '.join(sorted(changed))}) can no longer change; start a new version")
+    for name in sorted(changed):
+        after = state.frozen_after.get(name)
+        frozen_stage = state.stage(after) if after else None
+        if frozen_stage is not None and frozen_stage.status == StageStatus.passed:
+            return Refusal(code="evidence_frozen", http_status=409,
+                           message=f"evidence {name!r} is frozen after stage {after!r}, which has passed: it "
+                                   f"cannot change in progression {state.progression_id}; start a new version")
+    return None
+
+
+def refresh_bases(state: ProgressionState) -> None:
+    """Recompute each gated stage's current basis and whether each decision still matches it."""
+    for stage in state.stages:
+        if not stage.approvals or stage.status in (StageStatus.pending, StageStatus.blocked):
+            stage.basis = None
+        else:
+            stage.basis = compute_basis(state, stage.name)
+        for d in stage.decisions:
+            if d.basis is not None:
+                d.basis_matches = d.basis == stage.basis and not d.superseded

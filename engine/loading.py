@@ -395,6 +395,14 @@ def load_spec(
             problems.append(Problem(filename, _lookup_line(lines, ("model", "business_intent")),
                                     "model.business_intent", registry.unknown_intent_message(intent),
                                     "unknown_intent"))
+        loaded = registry.get(spec.model.business_intent) if spec is not None else None
+        if spec is not None and loaded is not None and loaded.policy.requires_artifact_digest \
+                and spec.version.artifact_digest is None:
+            problems.append(Problem(
+                filename, _lookup_line(lines, ("version",)), "version.artifact_digest",
+                f"the {loaded.intent} policy requires the artifact's digest: add "
+                "'artifact_digest: sha256:<64 hex>' (the sha256 of the artifact's bytes) under version",
+                "artifact_digest_required"))
     if problems or spec is None:
         _raise(InvalidSpec, problems)
     return spec

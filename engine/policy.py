@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from engine.durations import parse_duration
-from engine.spec import Slug, StrictModel
+from engine.spec import EvidenceName, Slug, StrictModel
 
 
 class Role(StrEnum):
@@ -73,6 +73,9 @@ class StageDef(StrictModel):
     checks: list[CheckDef] = Field(default_factory=list)
     approvals: list[ApprovalRule] = Field(default_factory=list)
     action: Literal["deploy"] | None = None
+    # Evidence the stage reads besides what its checks reference (e.g. a document its approvers read):
+    # a change to it re-opens the stage. See ``engine.checks.evidence_reads``.
+    requires_evidence: list[EvidenceName] = Field(default_factory=list, max_length=100)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> StageDef:
@@ -84,6 +87,12 @@ class StageDef(StrictModel):
         if len(roles) != len(set(roles)):
             raise ValueError("each role may appear once in a stage's approvals")
         return self
+
+
+class EvidenceRule(StrictModel):
+    """Per evidence item: ``frozen_after`` names the stage after whose passing the item may not change."""
+
+    frozen_after: StageName | None = None
 
 
 class GovernancePolicy(StrictModel):
@@ -98,6 +107,9 @@ class GovernancePolicy(StrictModel):
     # Groups of stages that must be decided by different people: nobody who decided one stage of a
     # group counts at another stage of it (e.g. independent validation vs. risk review).
     independent_stages: list[list[StageName]] = Field(default_factory=list)
+    evidence: dict[EvidenceName, EvidenceRule] = Field(default_factory=dict, max_length=100)
+    # The spec must carry ``version.artifact_digest`` (sha256 of the artifact that will be deployed).
+    requires_artifact_digest: bool = False
 
     _check_revalidation = field_validator("revalidation")(classmethod(lambda cls, v: _duration(v)))
 
@@ -112,6 +124,10 @@ class GovernancePolicy(StrictModel):
                 raise ValueError(f"independent_stages names stages the policy does not have: {unknown}")
             if len(set(group)) < 2:
                 raise ValueError("each independent_stages group names at least two different stages")
+        for item, rule in self.evidence.items():
+            if rule.frozen_after is not None and rule.frozen_after not in names:
+                raise ValueError(f"evidence {item!r}: frozen_after names stage {rule.frozen_after!r}, "
+                                 f"which the policy does not have (stages: {', '.join(names)})")
         return self
 
     @property
@@ -131,8 +147,14 @@ class GovernancePolicy(StrictModel):
 
 def policy_hash(policy: GovernancePolicy) -> str:
     """Content hash of the policy's meaning (not its formatting or comments)."""
-    # A policy without independent_stages keeps the hash it had before the field existed.
-    exclude = None if policy.independent_stages else {"independent_stages"}
-    canonical = json.dumps(policy.model_dump(mode="json", by_alias=True, exclude=exclude), sort_keys=True,
-                           separators=(",", ":"))
+    data = policy.model_dump(mode="json", by_alias=True)
+    # Fields added later are left out while at their default, so a policy that does not use them keeps
+    # the hash it had (progressions pinned it).
+    for key, default in (("evidence", {}), ("requires_artifact_digest", False), ("independent_stages", [])):
+        if data.get(key) == default:
+            data.pop(key, None)
+    for stage in data.get("stages", []):
+        if stage.get("requires_evidence") == []:
+            stage.pop("requires_evidence", None)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -37,6 +37,7 @@ from api.schemas import (
     PolicyDetail,
     PolicySummary,
     ProgressionPage,
+    ProgressionVerification,
 )
 from engine.lifecycle import DecisionKind, ProgressionDetail, ProgressionState
 from engine.repo import RepositoryUpload, read_repository
@@ -221,6 +222,12 @@ def _upload(source: str | Path | RepositoryUpload) -> RepositoryUpload:
     return source if isinstance(source, RepositoryUpload) else read_repository(Path(source))
 
 
+def stage_basis(state: ProgressionState, stage: str) -> str | None:
+    """The basis a decision on ``stage`` binds to now (``None`` when the stage has no open gate)."""
+    found = state.stage(stage)
+    return found.basis if found is not None else None
+
+
 class _Calls:
     """One place that knows every endpoint: path, parameters and how to read the answer."""
 
@@ -239,11 +246,17 @@ class _Calls:
 
     @staticmethod
     def decide(progression_id: str, stage: str, decision: DecisionKind | str, comment: str,
-               idempotency_key: str | None) -> _Call[ProgressionState]:
+               idempotency_key: str | None, basis: str | None = None) -> _Call[ProgressionState]:
         kind = DecisionKind(str(decision).replace("-", "_"))
-        return _Call("POST", f"/progressions/{_pid(progression_id)}/decisions", _state,
-                     json={"stage": stage, "decision": kind.value, "comment": comment},
+        body = {"stage": stage, "decision": kind.value, "comment": comment}
+        if basis is not None:
+            body["basis"] = basis
+        return _Call("POST", f"/progressions/{_pid(progression_id)}/decisions", _state, json=body,
                      headers=_idem(idempotency_key))
+
+    @staticmethod
+    def verify(progression_id: str) -> _Call[ProgressionVerification]:
+        return _Call("GET", f"/progressions/{_pid(progression_id)}/verify", _as(ProgressionVerification))
 
     @staticmethod
     def add_evidence(progression_id: str, files: EvidenceFiles, idempotency_key: str | None) -> _Call[ProgressionState]:
@@ -369,8 +382,17 @@ class ProgressionClient:
         return self._run(_Calls.list(filters))
 
     def decide(self, progression_id: str, stage: str, decision: DecisionKind | str, comment: str,
-               idempotency_key: str | None = None) -> ProgressionState:
-        return self._run(_Calls.decide(progression_id, stage, decision, comment, idempotency_key))
+               idempotency_key: str | None = None, basis: str | None = None) -> ProgressionState:
+        """Decide on the open gate of ``stage``. ``basis`` is what you decided on (``stages[i].basis`` of
+        the state you read); without it the progression is read first and its current basis is sent, so
+        a change that lands in between is refused (409 stale_basis) instead of being approved unseen."""
+        if basis is None:
+            basis = stage_basis(self.get(progression_id), stage)
+        return self._run(_Calls.decide(progression_id, stage, decision, comment, idempotency_key, basis))
+
+    def verify(self, progression_id: str) -> ProgressionVerification:
+        """Evidence re-hashed and every counted approval's basis checked (``GET .../verify``)."""
+        return self._run(_Calls.verify(progression_id))
 
     def add_evidence(self, progression_id: str, files: EvidenceFiles, *, idempotency_key: str | None = None
                      ) -> ProgressionState:
@@ -483,8 +505,13 @@ class AsyncProgressionClient:
         return await self._run(_Calls.list(filters))
 
     async def decide(self, progression_id: str, stage: str, decision: DecisionKind | str, comment: str,
-                     idempotency_key: str | None = None) -> ProgressionState:
-        return await self._run(_Calls.decide(progression_id, stage, decision, comment, idempotency_key))
+                     idempotency_key: str | None = None, basis: str | None = None) -> ProgressionState:
+        if basis is None:
+            basis = stage_basis(await self.get(progression_id), stage)
+        return await self._run(_Calls.decide(progression_id, stage, decision, comment, idempotency_key, basis))
+
+    async def verify(self, progression_id: str) -> ProgressionVerification:
+        return await self._run(_Calls.verify(progression_id))
 
     async def add_evidence(self, progression_id: str, files: EvidenceFiles, *, idempotency_key: str | None = None
                            ) -> ProgressionState:

@@ -32,6 +32,8 @@ class VersionInfo(StrictModel):
     id: VersionId
     source: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
     artifact: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+    # sha256 of the artifact's bytes: what the approvals bind to and the deployment hands over.
+    artifact_digest: Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")] | None = None
 
 
 def check_relative_path(value: str) -> str:
@@ -75,6 +77,32 @@ class ProgressionSpec(StrictModel):
     @property
     def progression_id(self) -> str:
         return progression_id(self.model.id, self.version.id)
+
+
+def spec_digest(spec: ProgressionSpec) -> str:
+    """Content hash of the spec's meaning (not its YAML formatting)."""
+    import hashlib
+    import json
+
+    data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# The spec fields that identify what is being approved; none of them can change within a progression.
+IDENTITY_FIELDS = ("model.id", "version.id", "version.source", "version.artifact", "version.artifact_digest",
+                   "features", "model.business_intent")
+
+
+def identity_changes(pinned: ProgressionSpec, other: ProgressionSpec) -> list[str]:
+    """The identity fields (see ``IDENTITY_FIELDS``) in which ``other`` differs from ``pinned``."""
+    def value(spec: ProgressionSpec, dotted: str) -> object:
+        obj: object = spec
+        for part in dotted.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    return [f for f in IDENTITY_FIELDS if value(pinned, f) != value(other, f)]
 
 
 def progression_id(model_id: str, version_id: str) -> str:

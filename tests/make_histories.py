@@ -23,6 +23,8 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from engine.lifecycle import Actor
+from engine.policy import Role
 from engine.temporal import temporal_test_server_path
 from tests.conftest import register_search_attributes
 from tests.helpers_workflow import (
@@ -48,8 +50,11 @@ from tests.helpers_workflow import (
 
 HISTORIES = Path(__file__).parent / "histories"
 # The newest generation: progressions started by the current code (record as a local activity; a
-# failed workflow records its failure first).
-CURRENT = HISTORIES / "v3-record-failure"
+# failed workflow records its failure first; approvals bound to their basis: evidence changes re-open
+# the stages that read them).
+CURRENT = HISTORIES / "v4-basis-and-failure"
+FRAUD = CREDIT.parent / "card-fraud-detector"
+FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")
 
 
 async def credit_journey(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
@@ -61,10 +66,10 @@ async def credit_journey(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any
     await wait_state(handle, at_gate("risk_review"))
     await decide(handle, RISK1, "risk_review", "approve", "residual risk accepted")
     await decide(handle, RISK2, "risk_review", "request_changes", "add the out-of-time note")
-    metrics = json.loads((CREDIT / "evidence/metrics.json").read_text())
-    metrics["note"] = "out-of-time sample documented"
-    ref = await put_evidence(env, "metrics", json.dumps(metrics).encode(), "evidence/metrics.json")
-    await submit(handle, DEV2, {"metrics": ref})
+    # Metrics are frozen after validation (credit policy): the answer is in the monitoring plan.
+    plan = (CREDIT / "docs/monitoring_plan.md").read_text() + "\nOut-of-time sample documented.\n"
+    ref = await put_evidence(env, "monitoring_plan", plan.encode(), "docs/monitoring_plan.md")
+    await submit(handle, DEV2, {"monitoring_plan": ref})
     await decide(handle, RISK1, "risk_review", "approve", "still fine")
     await decide(handle, RISK2, "risk_review", "approve", "thanks")
     await wait_state(handle, lambda s: s.status == "in_production")
@@ -75,6 +80,29 @@ async def credit_journey(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any
     await env_ts.sleep(timedelta(days=366))
     await wait_state(handle, lambda s: s.revalidation_overdue)
     await decide(handle, VALIDATOR, "revalidation", "reject", "population drifted; retire")
+
+
+async def fraud_reopened(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
+    """Evidence changed with the risk-review gate open: validation re-opens, blocks, is fixed and re-approved."""
+    await wait_state(handle, at_gate("validation"))
+    await decide(handle, VALIDATOR, "validation", "approve", "validated")
+    await wait_state(handle, at_gate("risk_review"))
+    metrics = json.loads((FRAUD / "evidence/metrics.json").read_text())
+    metrics["operating_point"]["precision"] = 0.41
+    bad = await put_evidence(env, "metrics", json.dumps(metrics).encode(), "evidence/metrics.json")
+    await submit(handle, FRAUD_DEV, {"metrics": bad})
+    await wait_state(handle, lambda s: s.current_stage == "validation" and s.status == "blocked")
+    metrics["operating_point"]["precision"] = 0.87
+    good = await put_evidence(env, "metrics", json.dumps(metrics).encode(), "evidence/metrics.json")
+    await submit(handle, FRAUD_DEV, {"metrics": good})
+    await wait_state(handle, at_gate("validation"))
+    await decide(handle, VALIDATOR, "validation", "approve", "new metrics validated")
+    await wait_state(handle, at_gate("risk_review"))
+    await decide(handle, RISK1, "risk_review", "approve", "accepted")
+    await wait_state(handle, lambda s: s.status == "in_production")
+    await env_ts.sleep(timedelta(days=366))
+    await wait_state(handle, lambda s: s.revalidation_overdue)
+    await decide(handle, VALIDATOR, "revalidation", "reject", "retire")
 
 
 async def marketing_withdrawn(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
@@ -99,6 +127,7 @@ async def main(out: Path) -> None:
                     (await example_input(env, MARKETING, submitted_by=MKT_DEV), marketing_withdrawn),
                     (await example_input(env, CREDIT, submitted_by=STRANGER, version={"id": "3.3.0"},
                                          model={"team": "payments"}), squatted),
+                    (await example_input(env, FRAUD, submitted_by=FRAUD_DEV), fraud_reopened),
                 ]
                 async with worker(env_ts.client, "make-histories", env):
                     for inp, drive in runs:

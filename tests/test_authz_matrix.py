@@ -226,6 +226,9 @@ ROUTES: dict[str, Route] = {
     "GET /api/v1/progressions": Route(api("GET", "/api/v1/progressions?limit=500"), everyone(200),
                                       check_listed("id")),
     "GET /api/v1/progressions/{progression_id}": Route(api("GET", "/api/v1/progressions/{pid}"), READ_OBJECT),
+    # Same readers as the progression itself (the report names evidence digests and approvers).
+    "GET /api/v1/progressions/{progression_id}/verify": Route(api("GET", "/api/v1/progressions/{pid}/verify"),
+                                                              READ_OBJECT),
     "POST /api/v1/progressions/{progression_id}/decisions": Route(
         api("POST", "/api/v1/progressions/{pid}/decisions", body=APPROVE, fresh=True), by_role({
             "developer": (NOT_GATE, HIDDEN), "validator": ((403, "own_team"), OK), "risk_officer": NOT_GATE,

@@ -295,7 +295,13 @@ def test_route_before_start_matches_what_then_happens(cli: CLI, tmp_path: Path) 
     final = follow_until(cli, pid, lambda s: s["status"] == "in_production")
     assert state_shape(final) == route_shape(route)
     text = cli.ok("alice", "status", pid).stdout
-    assert "in_production" in text and "omar approves" in text
+    assert "in_production" in text and "omar approves" in text and "still matches" in text
+    verified = cli.json("alice", "verify", pid)
+    assert verified["ok"] is True and verified["problems"] == []
+    assert [a["stage"] for a in verified["approvals"]] == ["validation", "risk_review", "risk_review"]
+    assert all(a["matches"] and a["deployed"] for a in verified["approvals"])
+    assert "every counted approval binds" in cli.ok("alice", "verify", pid).stdout
+    assert cli.run("sam", "verify", pid).exit_code == 4  # another team's developer cannot read it
 
 
 def test_start_twice_is_refused_and_names_the_existing(cli: CLI, tmp_path: Path) -> None:
@@ -368,10 +374,17 @@ def test_blocked_then_evidence_add_unblocks_then_withdraw(cli: CLI, tmp_path: Pa
     assert state["evidence"]["metrics"]["filename"] == "fixed-metrics.json"
 
     # Named by the file's stem: a second evidence upload the spec declares.
+    seen = next(s for s in state["stages"] if s["name"] == "validation")["basis"]
     card = tmp_path / "model_card.md"
     card.write_text((repo / "docs" / "model_card.md").read_text() + "\n\nRevised.\n")
     by_stem = cli.json("dana", "evidence", "add", pid, card)
     assert by_stem["evidence"]["model_card"]["filename"] == "model_card.md"
+    # The card is read by registration: the journey went back there and came again to the validation gate.
+    state = follow_until(cli, pid, lambda s: s["status"] == "awaiting_approval")
+    current = next(s for s in state["stages"] if s["name"] == "validation")["basis"]
+    assert current != seen
+    stale = cli.run("victor", "decide", pid, "--stage", "validation", "approve", "-m", "x", "--basis", seen)
+    assert stale.exit_code == 3 and "model_card" in stale.output
 
     dashed = tmp_path / "model-card.md"
     dashed.write_text("x")

@@ -140,9 +140,9 @@ async def test_evidence_dropped_response(env: ApiEnv) -> None:
     assert_first_answer(first, retry)
     submitted = [e for e in await events(env, "evidence.submitted") if e.progression_id == pid]
     assert len(submitted) == 1
-    reruns = [e for e in await events(env, "stage.entered") if e.progression_id == pid
-              and (e.payload or {}).get("reason") == "new evidence"]
-    assert len(reruns) == 1  # the stage's checks ran again once, not twice
+    # The model card is read by registration: the journey went back there once, not twice.
+    reruns = [e for e in await events(env, "stage.reopened") if e.progression_id == pid]
+    assert len(reruns) == 1 and reruns[0].stage == "registration"
     state = await wait_for(env, pid, at_gate("validation"))
     assert next(s for s in state["stages"] if s["name"] == "validation")["attempt"] == 2
     assert await env.count(ProgressionEvidence, ProgressionEvidence.progression_id == pid,

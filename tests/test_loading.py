@@ -37,6 +37,11 @@ def registry() -> PolicyRegistry:
     return PolicyRegistry.from_dir(ROOT / "policies")
 
 
+# The credit policy requires the artifact's digest; SPEC leaves it out so its line numbers stay put.
+DIGEST_LINE = "  artifact_digest: sha256:85da4379852f18b3855de31e35760fa9acad8aeb1992f5d13235250e4b17390b\n"
+SPEC_WITH_DIGEST = SPEC.replace("features: [", DIGEST_LINE + "features: [", 1)
+
+
 def refusal(text: str | bytes, **kwargs: object) -> InvalidSpec:
     with pytest.raises(InvalidSpec) as info:
         load_spec(text, **kwargs)  # type: ignore[arg-type]
@@ -47,11 +52,21 @@ def refusal(text: str | bytes, **kwargs: object) -> InvalidSpec:
 
 
 def test_valid_spec_loads(registry: PolicyRegistry) -> None:
-    spec = load_spec(SPEC, registry=registry)
+    spec = load_spec(SPEC_WITH_DIGEST, registry=registry)
     assert spec.model.business_intent == "credit-underwriting"
     assert spec.features == ["bureau_score", "utilization_ratio", "months_since_delinquency"]
     assert spec.evidence["model_card"] == "docs/model_card.md"
     assert spec.progression_id == "retail-credit-scorecard@3.2.0"
+
+
+def test_policy_requiring_an_artifact_digest_names_the_field(registry: PolicyRegistry) -> None:
+    exc = refusal(SPEC, registry=registry)
+    assert exc.details[0]["field"] == "version.artifact_digest" and exc.details[0]["line"] == 8
+    assert "credit-underwriting policy requires the artifact's digest" in exc.message
+    exc = refusal(SPEC_WITH_DIGEST.replace("sha256:85da", "md5:85da"))
+    assert exc.details[0]["field"] == "version.artifact_digest"
+    # without a registry (or under a policy that does not require it) the digest is optional
+    assert load_spec(SPEC).version.artifact_digest is None
 
 
 def test_unknown_key_names_key_and_line() -> None:

@@ -4,7 +4,9 @@ A code change that alters the commands an existing history produced (a non-deter
 change) fails here, before it can break running progressions. Histories live in one directory
 per generation of the workflow's commands (``v1-record-activity``: before the
 ``record-as-local-activity`` patch; ``v2-record-local-activity``: after it; ``v3-record-failure``:
-a failed workflow records its failure, ``record-failure`` patch); every generation
+a failed workflow records its failure, ``record-failure`` patch; ``v3-approval-basis``: approvals
+bound to their basis, ``approval-binds-to-basis`` patch, with evidence that re-opens an earlier stage;
+``v4-basis-and-failure``: both patches); every generation
 must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
 with ``python -m tests.make_histories --out tests/histories/<generation>``.
 """
@@ -20,7 +22,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from workflows.progression import PATCH_RECORD_FAILURE, PATCH_RECORD_LOCAL, ProgressionWorkflow
+from workflows.progression import PATCH_BASIS, PATCH_RECORD_FAILURE, PATCH_RECORD_LOCAL, ProgressionWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 FILES = sorted(HISTORIES.glob("*/*.json"))
@@ -29,7 +31,8 @@ TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside
 
 def test_histories_are_committed() -> None:
     assert FILES, f"no workflow histories in {HISTORIES}"
-    assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity", "v3-record-failure"}
+    assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity", "v3-record-failure",
+                                              "v3-approval-basis", "v4-basis-and-failure"}
 
 
 def _patches_and_record_kinds(text: str) -> tuple[set[str], set[str]]:
@@ -67,11 +70,30 @@ def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
                                                                                "record_failure"]
     else:
         assert PATCH_RECORD_LOCAL in patches and kinds == {"local"} and PATCH_RECORD_FAILURE not in patches
+    assert (PATCH_BASIS in patches) == (path.parent.name in {"v3-approval-basis", "v4-basis-and-failure"})
 
 
 def _activities(text: str) -> list[str]:
     return [e["activityTaskScheduledEventAttributes"]["activityType"]["name"] for e in json.loads(text)["events"]
             if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"]
+
+
+def test_the_new_generation_goes_back_to_an_earlier_stage() -> None:
+    # The fraud history re-opens validation from the risk-review gate: the loop-by-index branch.
+    text = TEXTS[HISTORIES / "v3-approval-basis" / "card-fraud-detector@7.1.0.json"]
+    decoded = [_b64(data) for data in _payload_data(json.loads(text))]
+    # activity inputs carry the state: the validator's approval superseded because the metrics changed
+    assert any('"superseded":true' in d and '"basis_changed":["metrics"]' in d for d in decoded)
+
+
+def _payload_data(node: object) -> list[str]:
+    """Every payload's base64 ``data`` in a history (activity inputs among them)."""
+    if isinstance(node, dict):
+        found = [node["data"]] if isinstance(node.get("data"), str) and "metadata" in node else []
+        return found + [d for v in node.values() for d in _payload_data(v)]
+    if isinstance(node, list):
+        return [d for v in node for d in _payload_data(v)]
+    return []
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.stem}" for p in FILES])

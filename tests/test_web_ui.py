@@ -22,7 +22,17 @@ from temporalio.client import Client
 from api.web.session import COOKIE_NAME
 from engine.db import ApiToken, AuditEvent, DecisionRow
 from engine.lifecycle import EventType
-from tests.helpers_api import CREDIT, ApiEnv, api_env, at_gate, spec_text, start, unique_version, wait_for
+from tests.helpers_api import (
+    CREDIT,
+    ApiEnv,
+    api_env,
+    at_gate,
+    get_state,
+    spec_text,
+    start,
+    unique_version,
+    wait_for,
+)
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -267,11 +277,42 @@ async def test_decisions_through_the_form(env: ApiEnv, people: dict[str, Browser
     dana = await signed_in(people, "dana")
     page = await dana.get(url)
     assert 'name="evidence.metrics"' in page.text and "explain the utilisation cap" in page.text
-    new_metrics = json.dumps({**json.loads((CREDIT / "evidence/metrics.json").read_text())}).encode()
+    # Metrics are frozen once validation passed (credit policy): the answer is the monitoring plan.
+    plan = (CREDIT / "docs/monitoring_plan.md").read_bytes() + b"\nUtilisation is capped at 1.5.\n"
     r = await dana.post(f"{url}/evidence", {}, csrf_from=url,
-                        files={"evidence.metrics": ("metrics.json", new_metrics, "application/json")})
+                        files={"evidence.monitoring_plan": ("monitoring_plan.md", plan, "text/markdown")})
     assert r.status_code == 303 and r.headers["location"] == f"{url}?done=evidence", r.text[:400]
     await wait_for(env, pid, at_gate("risk_review"))
+
+
+async def test_the_form_decides_on_the_basis_the_page_showed(env: ApiEnv, people: dict[str, Browser]) -> None:
+    """The decision form carries the basis of what the page showed: evidence that changed after the page was
+    rendered makes the decision stale (refused in place, saying what changed), never approved unseen."""
+    pid, resp = await start(env, "dana")
+    assert resp.status_code == 201, resp.text
+    state = await wait_for(env, pid, at_gate("validation"))
+    shown = stage_of(state, "validation")["basis"]
+    vera = await signed_in(people, "vera")
+    url = f"/ui/progressions/{pid}"
+    page = await vera.get(url)
+    assert f'name="basis" value="{shown}"' in page.text
+    proxy = ("proxy.md", b"# Proxies\nnone\n" * 30, "text/markdown")
+    r = await env.http.post(f"/api/v1/progressions/{pid}/evidence", headers=env.auth("dana"),
+                            files=[("evidence.proxy_analysis", proxy)])
+    assert r.status_code == 200, r.text
+    await wait_for(env, pid, at_gate("validation"))
+    r = await vera.post(f"{url}/decisions", {"stage": "validation", "decision": "approve", "comment": "ok",
+                                             "basis": shown}, csrf_from=url)
+    assert r.status_code == 409 and "Not recorded:" in r.text and "proxy_analysis" in r.text
+    assert await env.count(DecisionRow, DecisionRow.progression_id == pid) == 0
+    fresh = await vera.get(url)
+    current = stage_of(await get_state(env, pid), "validation")["basis"]
+    assert current != shown and f'name="basis" value="{current}"' in fresh.text
+    r = await vera.post(f"{url}/decisions", {"stage": "validation", "decision": "approve", "comment": "ok",
+                                             "basis": current}, csrf_from=url)
+    assert r.status_code == 303
+    page = await vera.get(url)
+    assert "the current evidence still matches" in page.text
 
 
 async def test_evidence_download_is_authorized(env: ApiEnv, people: dict[str, Browser]) -> None:

@@ -257,16 +257,18 @@ async def test_request_changes_loop_reruns_checks_and_resets_approvals(
             await decide(handle, RISK2, "risk_review", "approve")
         assert refusal_code(info.value) == "gate_not_open"
 
-        metrics = json.loads((CREDIT / "evidence/metrics.json").read_text())
-        metrics["note"] = "adds the 2025 out-of-time sample"
-        ref = await put_evidence(env, "metrics", json.dumps(metrics).encode(), "evidence/metrics.json")
-        after = await submit(handle, DEV2, {"metrics": ref})
+        # The answer: an evidence item no earlier stage reads (metrics are frozen after validation).
+        plan = (CREDIT / "docs/monitoring_plan.md").read_text() + "\nAdds the 2025 out-of-time sample.\n"
+        ref = await put_evidence(env, "monitoring_plan", plan.encode(), "docs/monitoring_plan.md")
+        after = await submit(handle, DEV2, {"monitoring_plan": ref})
         review = after.stage("risk_review")
         assert review is not None
         assert after.status == "awaiting_approval" and review.attempt == 2
         assert review.approvals[0].approved_by == []  # reset: RISK1 must approve again
         assert all(d.superseded for d in review.decisions)
-        assert after.evidence["metrics"].sha256 == ref.sha256 and after.evidence["metrics"].added_by == "u-dev2"
+        assert after.evidence["monitoring_plan"].sha256 == ref.sha256
+        assert after.evidence["monitoring_plan"].added_by == "u-dev2"
+        assert after.stage("validation").status == "passed"  # type: ignore[union-attr]  # does not read it
 
         await decide(handle, RISK1, "risk_review", "approve", "still fine")
         await decide(handle, RISK2, "risk_review", "approve", "thanks")
@@ -286,8 +288,8 @@ async def test_request_changes_loop_reruns_checks_and_resets_approvals(
     async with env.sessionmaker() as session:
         assert (await verify_chain(session)).ok
         links = (await session.execute(ProgressionEvidence.__table__.select().where(
-            ProgressionEvidence.progression_id == pid, ProgressionEvidence.name == "metrics"))).all()
-        assert len(links) == 2  # the original and the new metrics, both kept
+            ProgressionEvidence.progression_id == pid, ProgressionEvidence.name == "monitoring_plan"))).all()
+        assert len(links) == 2  # the original and the new plan, both kept
 
 
 async def test_decide_retry_with_same_decision_id_writes_once(validation_gate, env: Env) -> None:  # type: ignore[no-untyped-def]
@@ -360,9 +362,9 @@ async def test_protected_attribute_blocks_credit_but_not_marketing(
         with pytest.raises(WorkflowUpdateFailedError) as info:
             await decide(credit_handle, VALIDATOR, "validation", "approve")
         assert refusal_code(info.value) == "gate_not_open"
-        # new evidence re-runs the checks, but the features come from the spec: still blocked
-        ref = await put_evidence(env, "model_card", b"# card\n" * 300, "docs/model_card.md")
-        again = await submit(credit_handle, DEV, {"model_card": ref})
+        # new evidence the stage reads re-runs the checks, but the features come from the spec: still blocked
+        ref = await put_evidence(env, "pii_justification", b"# why\n" * 300, "docs/pii.md")
+        again = await submit(credit_handle, DEV, {"pii_justification": ref})
         assert again.status == "blocked" and again.stage("validation").attempt == 2  # type: ignore[union-attr]
 
         passing = await wait_state(marketing_handle, at_gate("validation"))

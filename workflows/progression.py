@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         RegisterInput,
     )
     from activities.promotion import Deployment
+    from engine.checks import stage_evidence_reads
     from engine.lifecycle import (
         FINAL_STATUSES,
         QUERY_STATE,
@@ -68,13 +69,21 @@ with workflow.unsafe.imports_passed_through():
         Status,
         WithdrawInput,
         acknowledgement_refusal,
+        basis_hash,
+        basis_parts,
+        basis_refusal,
+        counted_approvals,
         counting_role,
         decision_refusal,
+        evidence_change_refusal,
         evidence_refusal,
         open_gate_roles,
+        reads_of,
+        refresh_bases,
         withdraw_refusal,
     )
     from engine.policy import ApprovalRule, Role, StageDef
+    from engine.spec import spec_digest
     from engine.temporal import SA_INTENT, SA_MODEL_ID, SA_RISK_TIER, SA_STAGE, SA_STATUS
 
 REVALIDATION_STAGE = "revalidation"
@@ -94,6 +103,10 @@ PATCH_RECORD_LOCAL = "record-as-local-activity"
 # A failed workflow records why (status failed in the read model, a progression.failed audit event)
 # before it fails, so the failure is visible and the owner may start the version again.
 PATCH_RECORD_FAILURE = "record-failure"
+# Approvals bind to their basis: decisions record it, changed evidence re-opens the earliest stage that
+# reads it (superseding that stage's and every later stage's approvals), frozen evidence and evidence
+# of an approved model are refused. Progressions started before the patch keep the old behaviour.
+PATCH_BASIS = "approval-binds-to-basis"
 
 CHECKS_TIMEOUT = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=5)
@@ -128,6 +141,22 @@ class ProgressionWorkflow:
         self._evidence_requests: set[str] = set()
         self._gate_epoch = 0  # bumps when a gate (re)opens, so the SLA wait recomputes its deadline
         self._sa_last: tuple[str | None, str] | None = None
+        self._binding = False  # set in run: PATCH_BASIS
+        self._restart: int | None = None  # route index the main loop goes back to (evidence re-opened it)
+        self._deploying = False
+        self._pin_basis_facts(inp)
+
+    def _pin_basis_facts(self, inp: ProgressionInput) -> None:
+        """Facts of the pinned spec and policy the basis and the evidence rules read (pure)."""
+        state = self._state
+        state.spec_digest = state.spec_digest or spec_digest(inp.spec)
+        state.artifact = inp.spec.version.artifact
+        state.artifact_digest = inp.spec.version.artifact_digest
+        state.frozen_after = {n: r.frozen_after for n, r in inp.policy.evidence.items() if r.frozen_after}
+        for stage in state.stages:
+            stage_def = self._stage_defs.get(stage.name)
+            if stage.reads is None and stage_def is not None:
+                stage.reads = stage_evidence_reads(stage_def)
 
     # ---- construction -------------------------------------------------------------------
 
@@ -199,25 +228,39 @@ class ProgressionWorkflow:
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
 
     async def _run(self, inp: ProgressionInput) -> ProgressionState:
+        self._binding = workflow.patched(PATCH_BASIS)
         self._upsert_search_attributes(everything=True)
         if not self._registered:
             await self._register()
-        route = [self._stage_defs[s.name] for s in self._state.stages if s.name != REVALIDATION_STAGE]
-        for index, stage_def in enumerate(route):
+        route = self._route_defs()
+        index = 0
+        while index < len(route):  # by index: evidence that changes may send it back (``_restart``)
+            stage_def = route[index]
             stage = self._stage(stage_def.name)
             if stage.status == StageStatus.passed:
+                index += 1
                 continue  # resumed after continue-as-new
             if stage.status == StageStatus.pending:
                 async with self._lock:
-                    self._enter_stage(stage)
-                    await self._run_checks(stage_def, stage, first=index == 0)
-            if not await self._wait_stage_ready(stage):
+                    if self._restart is None:  # re-opened while this waited for the lock: go back first
+                        self._enter_stage(stage)
+                        await self._run_checks(stage_def, stage, first=index == 0)
+            ready = await self._wait_stage_ready(stage)
+            if self._closed():
+                return await self._finish()
+            if self._restart is not None:
+                index, self._restart = self._restart, None
+                continue
+            if not ready:
                 return await self._finish()
             if stage_def.action == "deploy":
+                self._deploying = True  # no evidence change while the target works (refused)
                 await self._deploy(stage_def, stage)
+                self._deploying = False
                 if self._closed():
                     return await self._finish()
             self._pass_stage(stage)
+            index += 1
 
         if self._state.status not in FINAL_STATUSES and self._state.status != Status.in_production:
             in_production = self._state.deployed_at is not None and self._state.target == "production"
@@ -231,6 +274,9 @@ class ProgressionWorkflow:
         if self._state.status == Status.in_production and self._input.policy.revalidation_delta:
             await self._revalidation_cycles(self._input.policy.revalidation_delta)
         return await self._finish()
+
+    def _route_defs(self) -> list[StageDef]:
+        return [self._stage_defs[s.name] for s in self._state.stages if s.name != REVALIDATION_STAGE]
 
     async def _register(self) -> None:
         inp = self._input
@@ -261,6 +307,8 @@ class ProgressionWorkflow:
         gate opening, and the wait goes on. Continue-as-new happens here, at a quiet point.
         """
         while True:
+            if self._restart is not None:
+                return True  # the caller goes back to the re-opened stage
             await self._flush()
             epoch = self._gate_epoch
             timeout = self._sla_remaining(stage)
@@ -270,7 +318,7 @@ class ProgressionWorkflow:
             try:
                 await workflow.wait_condition(
                     lambda e=epoch: self._closed() or self._stage_ready(stage) or self._gate_epoch != e  # type: ignore[misc]
-                    or workflow.info().is_continue_as_new_suggested(),
+                    or self._restart is not None or workflow.info().is_continue_as_new_suggested(),
                     timeout=timeout)
             except TimeoutError:
                 continue  # the loop recomputes: escalates what is overdue now
@@ -278,7 +326,7 @@ class ProgressionWorkflow:
             await workflow.wait_condition(workflow.all_handlers_finished)
             if self._closed():
                 return False
-            if self._stage_ready(stage):
+            if self._restart is not None or self._stage_ready(stage):
                 return True
             if workflow.info().is_continue_as_new_suggested():
                 await self._continue_as_new()
@@ -355,7 +403,8 @@ class ProgressionWorkflow:
     def _enter_stage(self, stage: StageState) -> None:
         stage.status = StageStatus.running
         stage.entered_at = workflow.now()
-        stage.attempt = 1
+        # Re-entered after evidence re-opened an earlier stage: a new attempt (deployment keys use it).
+        stage.attempt = stage.attempt + 1 if self._binding and stage.name != REVALIDATION_STAGE else 1
         self._state.current_stage = stage.name
         self._emit(EventType.stage_entered, stage=stage.name, payload={"attempt": stage.attempt})
         self._touch()
@@ -433,10 +482,14 @@ class ProgressionWorkflow:
     async def _deploy(self, stage_def: StageDef, stage: StageState) -> None:
         await self._flush()
         state, spec = self._state, self._input.spec
+        approvals = [{"stage": s.name, "decision_id": d.decision_id, "actor": d.actor_username, "basis": d.basis}
+                     for s in state.stages if s.name != REVALIDATION_STAGE for d in counted_approvals(s)]
         deployment = Deployment(
             deployment_key=f"{state.progression_id}/{stage.name}/{stage.attempt}", progression_id=state.progression_id,
             model_id=state.model_id, version_id=state.version_id, artifact=spec.version.artifact, stage=stage.name,
-            business_intent=state.business_intent, policy_hash=state.policy_hash)
+            business_intent=state.business_intent, policy_hash=state.policy_hash,
+            artifact_digest=spec.version.artifact_digest,
+            approval_bases=[a["basis"] for a in approvals if a["basis"]] if self._binding else [])
         result = await workflow.execute_activity_method(
             ProgressionActivities.deploy, DeployInput(deployment=deployment),
             start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=DEPLOY_RETRY)
@@ -445,7 +498,9 @@ class ProgressionWorkflow:
         state.deployed_at = workflow.now()
         self._emit(EventType.deployment, stage=stage.name, payload={
             "deployment_id": result.receipt.deployment_id, "target": result.receipt.target,
-            "artifact": spec.version.artifact, "details": result.receipt.details})
+            "artifact": spec.version.artifact, "details": result.receipt.details,
+            **({"artifact_digest": spec.version.artifact_digest, "approvals": approvals,
+                "bases": {s.name: s.basis for s in state.stages if s.basis}} if self._binding else {})})
         self._touch()
 
     def _pass_stage(self, stage: StageState) -> None:
@@ -453,7 +508,8 @@ class ProgressionWorkflow:
         stage.completed_at = workflow.now()
         self._emit(EventType.stage_passed, stage=stage.name, payload={
             "attempt": stage.attempt,
-            "approved_by": {a.role.value: a.approved_by for a in stage.approvals}})
+            "approved_by": {a.role.value: a.approved_by for a in stage.approvals},
+            **({"basis": stage.basis} if self._binding and stage.basis else {})})
         self._touch()
 
     # ---- Update: decide -------------------------------------------------------------------
@@ -468,6 +524,8 @@ class ProgressionWorkflow:
             refusal = Refusal(code="comment_required", http_status=409,
                               message=f"a {inp.decision.value.replace('_', ' ')} decision needs a comment "
                                       "saying why")
+        if refusal is None:
+            refusal = basis_refusal(self._state, inp.stage, inp.basis)
         return refusal
 
     def _known_decision(self, decision_id: str) -> bool:
@@ -486,15 +544,19 @@ class ProgressionWorkflow:
         state, stage, actor = self._state, self._stage(inp.stage), inp.actor
         role = counting_role(stage, actor) if inp.decision == DecisionKind.approve else next(
             (a.role for a in stage.approvals if a.role in actor.roles), None)
+        parts = basis_parts(state, stage.name) if self._binding else None
+        basis = basis_hash(parts) if parts is not None else None
         record = DecisionRecord(decision_id=inp.decision_id, stage=stage.name, decision=inp.decision,
                                 actor_id=actor.user_id, actor_username=actor.username, role=role,
                                 comment=inp.comment, at=workflow.now(), credential_id=actor.credential_id,
-                                credential_issued_by=actor.credential_issued_by)
+                                credential_issued_by=actor.credential_issued_by, basis=basis,
+                                basis_matches=True if basis else None)
         stage.decisions.append(record)
         self._emit(EventType.decision_received, stage=stage.name, actor_id=actor.user_id, payload={
             "decision_id": inp.decision_id, "decision": inp.decision.value, "actor": actor.username,
             "role": role.value if role else None, "comment": inp.comment, "attempt": stage.attempt,
-            "credential_id": actor.credential_id, "credential_issued_by": actor.credential_issued_by})
+            "credential_id": actor.credential_id, "credential_issued_by": actor.credential_issued_by,
+            **({"basis": basis, "basis_parts": parts, "basis_seen": inp.basis} if parts is not None else {})})
         if inp.decision == DecisionKind.approve:
             progress = next(a for a in stage.approvals if a.role == role)
             progress.approved_by.append(actor.user_id)
@@ -541,12 +603,21 @@ class ProgressionWorkflow:
                 raise _refuse(Refusal(code="progression_closed", http_status=409,
                                       message=f"progression {self._state.progression_id} is "
                                               f"{self._state.status.value}"))
+            if self._binding:  # the state may have moved since the validator ran
+                refusal = self._evidence_change_refusal(inp)
+                if refusal is not None:
+                    self._evidence_requests.discard(inp.request_id)  # a retry is judged again, not "done"
+                    raise _refuse(refusal)
             now, actor = workflow.now(), inp.actor
             refs = [ref.model_copy(update={"name": name, "added_by": actor.user_id, "added_at": now})
                     for name, ref in sorted(inp.evidence.items())]
             previous = {n: r.sha256 for n, r in self._state.evidence.items()}
+            changed = sorted(r.name for r in refs if previous.get(r.name) != r.sha256)
             for ref in refs:
                 self._state.evidence[ref.name] = ref
+            if self._binding:
+                await self._evidence_changed(inp, refs, previous, changed)
+                return self._state
             stage = self._state.stage(self._state.current_stage) if self._state.current_stage else None
             rerun = stage is not None and stage.status in RERUN_ON_EVIDENCE
             self._emit(EventType.evidence_submitted, stage=stage.name if stage else None, actor_id=actor.user_id,
@@ -563,6 +634,91 @@ class ProgressionWorkflow:
                 await self._run_checks(stage_def, stage, first=stage is self._state.stages[0])
                 await self._flush()
         return self._state
+
+    def _reopen_target(self, changed: list[str]) -> int | None:
+        """The earliest stage that has passed or is current and reads a changed item; else the current
+        stage when it waits for evidence (blocked, changes requested); else ``None``."""
+        route = [s for s in self._state.stages if s.name != REVALIDATION_STAGE]
+        for index, stage in enumerate(route):
+            if stage.status == StageStatus.pending:
+                break
+            if reads_of(self._state, stage, changed):
+                return index
+        current = self._state.current_stage
+        names = [s.name for s in route]
+        waiting = self._state.stage(current) if current else None
+        if waiting is not None and current in names and waiting.status in (StageStatus.blocked,
+                                                                            StageStatus.changes_requested):
+            return names.index(waiting.name)
+        return None
+
+    async def _evidence_changed(self, inp: EvidenceInput, refs: list[EvidenceRef], previous: dict[str, str],
+                                changed: list[str]) -> None:
+        """Apply new evidence (caller holds the lock): go back to the earliest stage it affects."""
+        state, actor = self._state, inp.actor
+        target = self._reopen_target(changed)
+        route = [s for s in state.stages if s.name != REVALIDATION_STAGE]
+        reopened = route[target] if target is not None else None
+        superseded = [d.decision_id for s in route[target:] for d in s.decisions if not d.superseded] \
+            if target is not None else []
+        self._emit(EventType.evidence_submitted, stage=state.current_stage, actor_id=actor.user_id,
+                   payload={"request_id": inp.request_id, "actor": actor.username,
+                            "evidence": {r.name: r.sha256 for r in refs},
+                            "replaced": {r.name: previous[r.name] for r in refs if r.name in previous},
+                            "changed": changed, "reruns_checks": reopened is not None,
+                            "reopens": reopened.name if reopened else None,
+                            "approvals_reset": bool(superseded)})
+        if target is None or reopened is None:
+            self._touch()
+            await self._flush(evidence=refs)
+            return
+        # Synchronously (no await before the gate is closed): a decision cannot slip in on the old gate.
+        from_stage = state.current_stage
+        for later in route[target + 1:]:
+            if later.status != StageStatus.pending:
+                self._supersede(later, changed)
+                later.status = StageStatus.pending
+                later.checks = []
+                later.completed_at = None
+                later.gate_opened_at = None
+        self._supersede(reopened, changed)
+        reopened.attempt += 1
+        reopened.completed_at = None
+        reopened.status = StageStatus.running
+        state.current_stage = reopened.name
+        self._emit(EventType.stage_reopened, stage=reopened.name, actor_id=actor.user_id, payload={
+            "attempt": reopened.attempt, "from_stage": from_stage, "changed": {n: state.evidence[n].sha256
+                                                                               for n in changed},
+            "reason": "evidence changed" if changed else "evidence resubmitted",
+            "superseded_decisions": superseded})
+        roles = sorted({a.role for s in route[target:] for a in s.approvals}, key=lambda r: r.value)
+        self._notify("reopened", [Role.model_developer, *roles], stage=reopened.name,
+                     message=f"stage {reopened.name} of {state.progression_id} re-opened: "
+                             f"{', '.join(changed) or 'evidence'} changed"
+                             + (f"; {len(superseded)} decision(s) superseded" if superseded else ""))
+        self._restart = target
+        self._gate_epoch += 1
+        self._touch()
+        await self._flush(evidence=refs)
+        await self._run_checks(self._stage_defs[reopened.name], reopened, first=target == 0)
+        await self._flush()
+
+    def _supersede(self, stage: StageState, changed: list[str]) -> None:
+        """The stage's decisions stay in the record as superseded; its gate starts over."""
+        for progress in stage.approvals:
+            progress.approved_by = []
+            progress.escalated = False
+            progress.due_at = None
+        stage.decisions = [d.model_copy(update={"superseded": True, "basis_matches": False if d.basis else None})
+                           for d in stage.decisions]
+        stage.basis_changed = list(changed)
+
+    def _evidence_change_refusal(self, inp: EvidenceInput) -> Refusal | None:
+        if self._deploying:
+            return Refusal(code="deployment_in_progress", http_status=409,
+                           message=f"{self._state.progression_id} is being deployed; its evidence cannot change "
+                                   "now (and not after: start a new version)")
+        return evidence_change_refusal(self._state, {n: r.sha256 for n, r in inp.evidence.items()})
 
     def _reset_stage(self, stage: StageState) -> None:
         """New evidence: a new attempt of the stage, the gate's approvals start over."""
@@ -584,6 +740,8 @@ class ProgressionWorkflow:
         refusal = evidence_refusal(self._state, inp.actor)
         if refusal is None and not inp.evidence:
             refusal = Refusal(code="no_evidence", http_status=409, message="no evidence was submitted")
+        if refusal is None and self._binding:
+            refusal = self._evidence_change_refusal(inp)
         if refusal is not None:
             raise _refuse(refusal)
 
@@ -668,6 +826,8 @@ class ProgressionWorkflow:
                 StageStatus.awaiting_approval: Status.awaiting_approval,
                 StageStatus.changes_requested: Status.changes_requested,
             }.get(stage.status if stage else StageStatus.running, Status.running)
+        if self._binding:
+            refresh_bases(state)
         self._guidance(stage)
         self._upsert_search_attributes()
 

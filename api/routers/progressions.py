@@ -18,6 +18,7 @@ from api.schemas import (
     ProgressionDetail,
     ProgressionOut,
     ProgressionPage,
+    ProgressionVerification,
     WithdrawRequest,
 )
 from api.services import progressions as svc
@@ -66,6 +67,13 @@ async def get_progression(progression_id: str, session: SessionDep, user: Curren
                                             progression_id=progression_id)
 
 
+@router.get("/{progression_id}/verify", response_model=ProgressionVerification, responses={**NOT_FOUND},
+            summary="Check that every counted approval binds to the evidence now stored (and deployed)")
+async def verify_progression(progression_id: str, session: SessionDep, user: CurrentUser,
+                             app: StateDep) -> ProgressionVerification:
+    return await svc.verify_progression(session=session, app=app, principal=user, progression_id=progression_id)
+
+
 @router.post("/{progression_id}/decisions", response_model=ProgressionOut, responses=_ACT_ERRORS,
              summary="Approve, reject or request changes on the open gate of a stage")
 async def decide(progression_id: str, body: DecisionRequest, request: Request, session: SessionDep,
@@ -76,7 +84,7 @@ async def decide(progression_id: str, body: DecisionRequest, request: Request, s
     async def produce() -> tuple[int, object]:
         state = await svc.decide(session=session, app=app, principal=user, progression_id=progression_id,
                                  stage=body.stage, decision=body.decision, comment=body.comment,
-                                 decision_id=decision_id)
+                                 decision_id=decision_id, basis=body.basis)
         return 200, state
 
     return await idempotent(request, user, fingerprint("decide", progression_id, body.model_dump(mode="json")),
@@ -88,13 +96,14 @@ async def decide(progression_id: str, body: DecisionRequest, request: Request, s
              summary="Add new or changed evidence; re-runs the current stage's checks")
 async def add_evidence(progression_id: str, request: Request, session: SessionDep, user: CurrentUser,
                        app: StateDep) -> JSONResponse:
-    body = await read_multipart(request, allow_spec=False, require_spec=False)
+    # A 'spec' part is read only to be refused (409 spec_immutable, naming the fields it would change).
+    body = await read_multipart(request, allow_spec=True, require_spec=False)
     key = idempotency_key(request)
     request_id = decision_id_for(user, key, fallback=f"e-{uuid.uuid4().hex}")
 
     async def produce() -> tuple[int, object]:
         state = await svc.add_evidence(session=session, app=app, principal=user, progression_id=progression_id,
-                                       uploads=body.uploads, request_id=request_id)
+                                       uploads=body.uploads, request_id=request_id, spec=body.spec)
         return 200, state
 
     return await idempotent(request, user, fingerprint("evidence", progression_id, body.fingerprint()), produce,

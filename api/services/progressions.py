@@ -38,7 +38,15 @@ from api.authz import (
 )
 from api.deps import AppState
 from api.errors import ApiError
-from api.schemas import Lineage, ProgressionDetail, ProgressionPage, ProgressionSummary
+from api.schemas import (
+    ApprovalCheck,
+    EvidenceCheck,
+    Lineage,
+    ProgressionDetail,
+    ProgressionPage,
+    ProgressionSummary,
+    ProgressionVerification,
+)
 from engine import audit, lineage
 from engine.db import CatalogModel, Feature, ProgressionRow
 from engine.db import utcnow as _utcnow
@@ -60,7 +68,11 @@ from engine.lifecycle import (
     StageState,
     Status,
     acknowledgement_refusal,
+    basis_refusal,
+    compute_basis,
+    counted_approvals,
     decision_refusal,
+    evidence_change_refusal,
     evidence_refusal,
     withdraw_refusal,
 )
@@ -447,7 +459,8 @@ def _closed_or_unavailable(exc: RPCError, progression_id: str) -> ApiError:
 
 
 async def decide(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
-                 stage: str, decision: DecisionKind, comment: str, decision_id: str) -> ProgressionState:
+                 stage: str, decision: DecisionKind, comment: str, decision_id: str,
+                 basis: str | None = None) -> ProgressionState:
     require(principal, Action.read_progression)
     state, live = await _load_state(session, app, progression_id)
     if state is None:
@@ -468,8 +481,8 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
                           message="decisions are accepted only from an SSO session in this installation; "
                                   "API tokens cannot decide")
     elif live:
-        refusal = decision_refusal(state, principal.actor, stage, decision) or acknowledgement_refusal(
-            state, decision, comment)
+        refusal = (decision_refusal(state, principal.actor, stage, decision)
+                   or acknowledgement_refusal(state, decision, comment) or basis_refusal(state, stage, basis))
     # else: a snapshot (no worker answered the query) may lag the workflow, so it must not refuse a
     # decision the gate now accepts; the workflow's validator applies the same rule, and its refusals
     # are recorded below.
@@ -480,7 +493,7 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
         raise _refusal_error(refusal)
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     inp = DecideInput(stage=stage, decision=decision, comment=comment, actor=principal.actor,
-                      decision_id=decision_id)
+                      decision_id=decision_id, basis=basis)
     # One decision per person and gate at a time in this process: the others are refused at once
     # (409) instead of queueing on the workflow and on database connections.
     flight = (principal.id, progression_id, stage)
@@ -528,14 +541,19 @@ def _update_error(exc: WorkflowUpdateFailedError) -> ApiError:
 
 
 async def add_evidence(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
-                       uploads: list[Upload], request_id: str) -> ProgressionState:
+                       uploads: list[Upload], request_id: str, spec: bytes | None = None) -> ProgressionState:
     state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
     require_act_on_team(principal, Action.add_evidence, state.team, f"progression {progression_id}")
+    if spec is not None:
+        raise await _spec_immutable(session, state, spec)
     if not uploads:
         raise ApiError(422, "no_evidence", "send at least one 'evidence.<name>' file part")
     check_evidence_names(uploads, None)
-    # The workflow validator applies the same rule; checking first means a refused upload stores nothing.
-    refusal = evidence_refusal(state, principal.actor)
+    # The workflow validator applies the same rules; checking first means a refused upload stores nothing.
+    from engine.evidence import sha256_hex
+
+    refusal = evidence_refusal(state, principal.actor) or evidence_change_refusal(
+        state, {up.name: sha256_hex(up.data) for up in uploads})
     if refusal is not None:
         raise _refusal_error(refusal)
     refs = await store_evidence(session, app, uploads, principal)
@@ -548,6 +566,27 @@ async def add_evidence(*, session: AsyncSession, app: AppState, principal: Princ
         raise _update_error(exc) from None
     except RPCError as exc:
         raise _closed_or_unavailable(exc, progression_id) from None
+
+
+async def _spec_immutable(session: AsyncSession, state: ProgressionState, text: bytes) -> ApiError:
+    """A spec sent to a running progression: refused, naming the identity fields it would change."""
+    from engine.db import ModelVersion
+    from engine.errors import ProgressionError
+    from engine.spec import identity_changes
+
+    row = await session.scalar(select(ModelVersion).where(ModelVersion.model_id == state.model_id,
+                                                          ModelVersion.version_id == state.version_id))
+    changes: list[str] = []
+    if row is not None:
+        try:
+            changes = identity_changes(load_spec(row.spec_yaml), load_spec(text))
+        except ProgressionError:
+            changes = []
+    named = ", ".join(changes) if changes else "spec"
+    return ApiError(409, "spec_immutable",
+                    f"{named}: the spec of progression {state.progression_id} (model id, version, source, artifact "
+                    "and its digest, features, business intent) is fixed when it starts; start a new version",
+                    {"refusal": "spec_immutable", "fields": changes or ["spec"]})
 
 
 async def withdraw(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
@@ -594,3 +633,78 @@ async def _withdrawn_retry(session: AsyncSession, state: ProgressionState, reque
         raise ApiError(503, "withdrawal_pending", "the withdrawal is being recorded; retry shortly")
     raise ApiError(409, "progression_closed", f"progression {state.progression_id} is withdrawn",
                    {"refusal": "progression_closed"})
+
+
+# ---- verification ----------------------------------------------------------------------------
+
+
+async def verify_progression(*, session: AsyncSession, app: AppState, principal: Principal,
+                             progression_id: str) -> ProgressionVerification:
+    """Recompute what the approvals bound to from the stores, without trusting the recorded bases:
+    every evidence blob re-hashed, the pinned spec re-hashed, each counted approval's basis compared
+    with the basis recomputed from the recorded state, and with what the deployment carried."""
+    from engine.db import AuditEvent, ModelVersion
+    from engine.errors import NotFound
+    from engine.evidence import EvidenceCorrupted, EvidenceStore
+    from engine.spec import spec_digest
+
+    state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
+    problems: list[str] = []
+    store = EvidenceStore(app.settings.evidence_dir)
+    checked: list[EvidenceCheck] = []
+    for name, ref in sorted(state.evidence.items()):
+        try:
+            await asyncio.to_thread(store.get, ref.sha256)
+            checked.append(EvidenceCheck(name=name, sha256=ref.sha256, status="ok"))
+        except EvidenceCorrupted as exc:
+            actual = str(exc.details.get("actual_sha256")) if exc.details else None
+            checked.append(EvidenceCheck(name=name, sha256=ref.sha256, status="corrupted", actual_sha256=actual))
+            problems.append(f"evidence {name!r}: the stored file no longer hashes to {ref.sha256} (now {actual})")
+        except NotFound:
+            checked.append(EvidenceCheck(name=name, sha256=ref.sha256, status="missing"))
+            problems.append(f"evidence {name!r}: {ref.sha256} is not in the evidence store")
+
+    spec_matches: bool | None = None
+    row = await session.scalar(select(ModelVersion).where(ModelVersion.model_id == state.model_id,
+                                                          ModelVersion.version_id == state.version_id))
+    if row is not None and state.spec_digest is not None:
+        spec_matches = spec_digest(load_spec(row.spec_yaml)) == state.spec_digest
+        if not spec_matches:
+            problems.append("the stored progression.yaml no longer hashes to the pinned spec digest")
+
+    deployment: dict[str, Any] | None = None
+    payload = await session.scalar(select(AuditEvent.payload).where(
+        AuditEvent.progression_id == state.progression_id, AuditEvent.event_type == EventType.deployment.value
+    ).order_by(AuditEvent.seq.desc()).limit(1))
+    deployed_ids: dict[str, str | None] | None = None
+    if payload is not None:
+        deployment = {k: payload.get(k) for k in ("deployment_id", "target", "artifact", "artifact_digest",
+                                                  "approvals")}
+        deployed_ids = {a["decision_id"]: a.get("basis") for a in payload.get("approvals") or []}
+
+    approvals: list[ApprovalCheck] = []
+    for stage in state.stages:
+        counted = counted_approvals(stage)
+        if not counted:
+            continue
+        current = compute_basis(state, stage.name)
+        for d in counted:
+            matches = d.basis is not None and d.basis == current
+            deployed = None
+            if deployed_ids is not None and stage.name != "revalidation":
+                deployed = d.decision_id in deployed_ids and deployed_ids[d.decision_id] == d.basis
+                if not deployed:
+                    problems.append(f"approval {d.decision_id} by {d.actor_username} on {stage.name} is not the "
+                                    "one the deployment carried")
+            if d.basis is None:
+                problems.append(f"approval {d.decision_id} by {d.actor_username} on {stage.name} was recorded "
+                                "before approvals bound to a basis: it cannot be verified")
+            elif not matches:
+                problems.append(f"approval {d.decision_id} by {d.actor_username} on {stage.name} approved basis "
+                                f"{d.basis}; the recorded state now gives {current}")
+            approvals.append(ApprovalCheck(stage=stage.name, decision_id=d.decision_id, actor=d.actor_username,
+                                           basis=d.basis, current_basis=current, matches=matches,
+                                           deployed=deployed))
+    return ProgressionVerification(progression_id=state.progression_id, ok=not problems, status=state.status.value,
+                                   spec_digest=state.spec_digest, spec_matches=spec_matches, evidence=checked,
+                                   approvals=approvals, deployment=deployment, problems=problems)

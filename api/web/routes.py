@@ -437,6 +437,7 @@ _FLASH = {
     "started": "The progression started. Its first stage's checks are running.",
 }
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
+_BASIS = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @router.post("/progressions/{progression_id}/decisions")
@@ -448,6 +449,8 @@ async def decide_form(web: PostWeb, progression_id: str) -> Response:
     raw_decision = str(form.get("decision") or "")
     comment = str(form.get("comment") or "").strip()
     nonce = str(form.get("decision_nonce") or "")
+    # The basis the page showed (hidden field): a decision on evidence that changed since is refused.
+    basis = str(form.get("basis") or "") or None
     state = await call(get_progression(session=web.db, app=web.app, principal=web.user,
                                        progression_id=progression_id))
     kept = {"decision": raw_decision, "comment": comment}
@@ -461,13 +464,16 @@ async def decide_form(web: PostWeb, progression_id: str) -> Response:
         problem = "A comment is required to reject or to request changes: tell the developer why."
     if len(comment) > COMMENT_MAX:
         problem = f"The comment is longer than {COMMENT_MAX} characters."
+    if basis is not None and not _BASIS.match(basis):
+        problem = "The page sent an invalid basis; reload the page and decide on what it shows."
     if problem is None:
         assert decision is not None
         # The nonce rendered with the form makes a double submission one decision, not two.
         decision_id = f"web-{web.user.id}-{nonce if _NONCE.match(nonce) else uuid.uuid4().hex}"
         try:
             new_state = await decide(session=web.db, app=web.app, principal=web.user, progression_id=progression_id,
-                                     stage=stage, decision=decision, comment=comment, decision_id=decision_id)
+                                     stage=stage, decision=decision, comment=comment, decision_id=decision_id,
+                                     basis=basis)
         except ProgressionError as exc:
             problem, status = exc.message, exc.status
         else:
