@@ -167,6 +167,9 @@ class DecisionRecord(Model):
     superseded: bool = False
     credential_id: str | None = None  # the token / SSO session the decision was made with
     credential_issued_by: str | None = None
+    # The basis the decision was made on (see ``compute_basis``), and whether it is still the stage's.
+    basis: str | None = None
+    basis_matches: bool | None = None
 
 
 class PriorOutcome(Model):
@@ -178,9 +181,6 @@ class PriorOutcome(Model):
     business_intent: str
     status: str
     match: list[str] = Field(default_factory=list)  # "artifact", "source_commit"
-    # The basis the decision was made on (see ``compute_basis``), and whether it is still the stage's.
-    basis: str | None = None
-    basis_matches: bool | None = None
 
 
 class ApprovalProgress(Model):
