@@ -780,6 +780,11 @@ class Traffic:
                                 "comment": comment or f"{who}: {decision} on {stage}"}
         if (basis := gate_basis(state, stage)) is not None:
             body["basis"] = basis
+        if decision == "approve" and state and state.get("prior_rejections"):
+            # Versions of one example share its artifact and commit: after a scripted rejection, an
+            # approval acknowledges it by name (else 409 prior_rejection_unacknowledged, by design).
+            body["comment"] += "; acknowledged earlier rejection(s): " + ", ".join(
+                p["progression_id"] for p in state["prior_rejections"])
         ok = (200, 201) if refused is None else (refused[0], 200, 201, 403, 404, 409)
         status, answer = await self.client.post(
             who, f"/api/v1/progressions/{pid}/decisions", key=key, json=body, ok=ok,
@@ -800,7 +805,7 @@ class Traffic:
         await self.client.post(who, f"/api/v1/progressions/{ack.pid}/evidence", key=key,
                                files=[(f"evidence.{name}", (rel, data, "application/octet-stream"))],
                                on_send=self._on_send("checks", ack.pid))
-        ack.steps.append(model.Step("evidence"))
+        ack.steps.append(model.Step("evidence", items=(name,)))
         ack.evidence_requests.append(self.client.decision_id(who, key))
 
     async def _script(self, index: int, ack: Acknowledged) -> None:
@@ -894,7 +899,7 @@ def _read_example(repo: Path) -> tuple[dict[str, Any], dict[str, tuple[str, byte
 
 def _routes() -> tuple[dict[str, list[model.StageFacts]], dict[str, bool]]:
     """Route facts and "has revalidation" per script, from the policies the workers load."""
-    from engine.checks import builtin_checks
+    from engine.checks import builtin_checks, stage_evidence_reads
     from engine.loading import PolicyRegistry
 
     registry = PolicyRegistry.from_dir(PROJECT_ROOT / "policies")
@@ -906,7 +911,7 @@ def _routes() -> tuple[dict[str, list[model.StageFacts]], dict[str, bool]]:
         assert loaded is not None, spec["model"]["business_intent"]
         policy = loaded.policy
         first = [c["id"] for c in builtin_checks(True)]
-        routes[script] = model.route_facts(policy.route_for(spec["target"]), first)
+        routes[script] = model.route_facts(policy.route_for(spec["target"]), first, stage_evidence_reads)
         revalidates[script] = policy.revalidation_delta is not None
     return routes, revalidates
 

@@ -8,8 +8,8 @@ evidence...). It imports nothing from the engine at run time: the route is given
 An audit event is reduced to a key ``(event_type, stage, attempt, detail)``:
 
 - ``attempt``: the stage attempt the event belongs to: the payload's ``attempt`` when it has one,
-  otherwise the attempt of the stage's latest ``stage.entered`` before it in the trail (``None`` for
-  events without a stage, or on a stage never entered);
+  otherwise the attempt of the stage's latest ``stage.entered`` or ``stage.reopened`` before it in
+  the trail (``None`` for events without a stage, or on a stage never entered);
 - ``detail``: ``check_id`` for ``check.evaluated``, the decision for ``decision.received``, the
   refusal ``code`` for ``decision.refused``, the notification ``kind`` for ``notification.sent``,
   otherwise ``None``.
@@ -22,7 +22,7 @@ of keys; :func:`trail_keys` reduces a real trail the same way; :func:`compare` s
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,8 @@ class StageFacts:
     checks: tuple[str, ...] = ()  # check ids, built-in first-stage checks included
     approvals: tuple[tuple[str, int], ...] = ()  # (role, count)
     action: str | None = None
+    # Evidence names the stage's checks read (``engine.checks.stage_evidence_reads``); None: all of it.
+    reads: tuple[str, ...] | None = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Step:
     decision: str | None = None
     role: str | None = None
     code: str | None = None
+    items: tuple[str, ...] = ()  # evidence: the names uploaded (each with new content)
 
 
 @dataclass
@@ -66,15 +69,29 @@ class _Stage:
     approved: Counter[str] = field(default_factory=Counter)
 
 
-def route_facts(stages: Iterable[Any], builtin_first: Sequence[str]) -> list[StageFacts]:
-    """Facts of a route given as ``engine.policy.StageDef`` objects (duck-typed) and the first stage's
-    built-in check ids (``engine.checks.builtin_checks(True)``)."""
+def route_facts(stages: Iterable[Any], builtin_first: Sequence[str],
+                reads: Callable[[Any], Sequence[str]] | None = None) -> list[StageFacts]:
+    """Facts of a route given as ``engine.policy.StageDef`` objects (duck-typed), the first stage's
+    built-in check ids (``engine.checks.builtin_checks(True)``) and the function that says which
+    evidence a stage reads (``engine.checks.stage_evidence_reads``; ``"*"`` means all of it)."""
     facts = []
     for i, s in enumerate(stages):
         ids = tuple(builtin_first if i == 0 else ()) + tuple(c.id for c in s.checks)
-        facts.append(StageFacts(name=s.name, checks=ids, action=s.action,
+        names = tuple(reads(s)) if reads is not None else ()
+        facts.append(StageFacts(name=s.name, checks=ids, action=s.action, reads=None if "*" in names else names,
                                 approvals=tuple((str(getattr(a.role, "value", a.role)), a.count) for a in s.approvals)))
     return facts
+
+
+def _reads(route: Sequence[StageFacts], stage: StageFacts, names: Sequence[str]) -> bool:
+    """Whether ``stage`` reads any of ``names`` (``engine.lifecycle.reads_of``): evidence that no stage
+    of the route reads is read by every stage with an approval gate."""
+    if stage.reads is None:
+        return bool(names)
+    if any(other.reads is None for other in route):
+        return any(n in stage.reads for n in names) or bool(stage.approvals and names)
+    assigned = {n for other in route for n in (other.reads or ())}
+    return any(n in stage.reads or (bool(stage.approvals) and n not in assigned) for n in names)
 
 
 def expected_events(route: Sequence[StageFacts], steps: Sequence[Step], *,
@@ -126,9 +143,20 @@ def expected_events(route: Sequence[StageFacts], steps: Sequence[Step], *,
             emit("progression.in_production")
             emit("notification.sent", None, None, "finished")
             return
-        s.attempt = 1
-        emit("stage.entered", s.facts.name, 1)
+        s.attempt += 1  # a stage entered again after evidence re-opened an earlier one: a new attempt
+        emit("stage.entered", s.facts.name, s.attempt)
         run_checks(s)
+
+    def reopen_target(items: Sequence[str]) -> _Stage | None:
+        """The earliest stage passed or current that reads an uploaded item; else the current stage
+        when it waits for evidence (blocked, changes requested); else none (nothing re-runs)."""
+        for st in stages:
+            if st.status == "pending":
+                break
+            if _reads(route, st.facts, items):
+                return st
+        cur = current()
+        return cur if cur is not None and cur.status in ("blocked", "changes_requested") else None
 
     emit("progression.started")
     advance()
@@ -160,12 +188,20 @@ def expected_events(route: Sequence[StageFacts], steps: Sequence[Step], *,
                 emit("changes.requested", name, s.attempt)
         elif step.kind == "evidence":
             emit("evidence.submitted", name, s.attempt)
-            if s.status in ("blocked", "gate", "changes_requested"):
-                if s.status == "blocked" and name == blocked_until_evidence:
+            target = reopen_target(step.items)
+            if target is not None:
+                # Approvals bind to their basis: the earliest stage reading the change re-opens, every
+                # later stage starts over (entered again, with a new attempt, when the route gets there).
+                for later in stages[stages.index(target) + 1:]:
+                    if later.status != "pending":
+                        later.status = "pending"
+                if target.status == "blocked" and target.facts.name == blocked_until_evidence:
                     unblocked = True
-                s.attempt += 1
-                emit("stage.entered", name, s.attempt)
-                run_checks(s)
+                target.status = "running"
+                target.attempt += 1
+                emit("stage.reopened", target.facts.name, target.attempt)
+                emit("notification.sent", target.facts.name, target.attempt, "reopened")
+                run_checks(target)
         elif step.kind == "withdraw":
             closed = True
             emit("progression.withdrawn", name, s.attempt)
@@ -182,7 +218,7 @@ def trail_keys(events: Iterable[tuple[str, str | None, Mapping[str, Any] | None]
     for event_type, stage, payload in events:
         payload = payload or {}
         attempt = payload.get("attempt")
-        if event_type == "stage.entered" and stage is not None and isinstance(attempt, int):
+        if event_type in ("stage.entered", "stage.reopened") and stage is not None and isinstance(attempt, int):
             attempts[stage] = attempt
         if not isinstance(attempt, int):
             attempt = attempts.get(stage) if stage is not None else None
