@@ -17,6 +17,7 @@ from sqlalchemy import select
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 
+from engine.database import upgrade
 from engine.db import ApiToken, AuditEvent, DecisionRow, ProgressionRow, User
 from engine.identity import InvalidIdentity, actor_for, create_user
 from engine.lifecycle import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput, DecisionKind, ProgressionInput
@@ -470,6 +471,7 @@ async def test_users_cli_records_bootstrap_grants_and_refuses_an_admin_decider(t
 
     env = {**os.environ, "PROGRESSION_DATA_DIR": str(tmp_path), "PROGRESSION_ENV": "test"}
     env.pop("PROGRESSION_DATABASE_URL", None)
+    await upgrade(f"sqlite+aiosqlite:///{tmp_path / 'progression.db'}")  # the stack's database (make run made it)
     code, _, err = await run_cli("users", "create", "rita", "--role", "model_risk_officer", "--team", "model-risk",
                                  env=env)
     assert code == 0, err
