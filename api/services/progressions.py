@@ -502,7 +502,8 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
                           message=f"your decision on stage {stage!r} of {progression_id} is being recorded; "
                                   "one person counts once")
         await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
-                             comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain)
+                             comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain,
+                             decision_id=decision_id)  # a retried request records its refusal once
         raise _refusal_error(refusal)
     # The connection goes back to the pool while the workflow works (it may take seconds under load).
     await session.close()
