@@ -63,7 +63,7 @@ VOLUME ["/data"]
 EXPOSE 8000
 
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-m", "engine.serve", "healthcheck"]
+  CMD ["python", "-m", "launch.serve", "healthcheck"]
 
-ENTRYPOINT ["python", "-m", "engine.serve"]
+ENTRYPOINT ["python", "-m", "launch.serve"]
 CMD ["api"]

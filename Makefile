@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m engine.run
+	$(PY) -m launch.run
 
 # Lint and type-check first (seconds), then every test against real Temporal servers and databases.
 test: lint
@@ -33,7 +33,7 @@ reliability: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy engine workflows activities api
+	$(VENV)/bin/mypy engine workflows activities api client launch
 
 # Every benchmark at full size (about 35 minutes on 2 cores; see docs/PERFORMANCE.md). BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)

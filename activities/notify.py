@@ -8,32 +8,17 @@ line; ``WebhookNotifier`` POSTs signed JSON (same signing as the webhook promoti
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
+from activities.contract import Notification
 from activities.promotion import post_signed
-from engine.policy import Role
 
 if TYPE_CHECKING:
     from engine.settings import Settings
 
 log = logging.getLogger("progression.notify")
-
-NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened"]
-
-
-class Notification(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    event_id: str  # stable across retries; also the id of the notification.sent audit event
-    kind: NotificationKind
-    progression_id: str
-    model_id: str
-    stage: str | None = None
-    roles: list[Role] = Field(default_factory=list)  # who should act or know
-    message: str
 
 
 class Notifier(Protocol):

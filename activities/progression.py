@@ -14,7 +14,6 @@ import logging
 from datetime import datetime
 from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import CursorResult, Table, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -22,8 +21,26 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.notify import Notification, Notifier
-from activities.promotion import Deployment, DeploymentReceipt, PromotionTarget
+from activities.contract import (
+    DEPLOY,
+    EVALUATE_CHECKS,
+    RECORD,
+    RECORD_FAILURE,
+    REGISTER_PROGRESSION,
+    AuditEventIn,
+    DeployInput,
+    DeployResult,
+    EvaluateChecksInput,
+    EvaluateChecksResult,
+    Notification,
+    RecordFailureInput,
+    RecordInput,
+    RecordResult,
+    RegisterInput,
+    RegisterResult,
+)
+from activities.notify import Notifier
+from activities.promotion import PromotionTarget
 from engine import audit, checks, features, lineage
 from engine.db import (
     CatalogModel,
@@ -35,98 +52,19 @@ from engine.db import (
 )
 from engine.evidence import EvidenceCorrupted, EvidenceStore, record_blob
 from engine.lifecycle import (
-    CheckResult,
-    DecisionRecord,
     EventType,
     EvidenceRef,
-    PriorOutcome,
     ProgressionState,
     StageStatus,
     Status,
     gate_record,
 )
-from engine.policy import StageDef
-from engine.spec import ProgressionSpec
 
 log = logging.getLogger("progression.activities")
 
 # Attempts after which a failing notification channel is given up on (recorded as undelivered)
 # instead of holding the progression hostage.
 NOTIFY_MAX_ATTEMPTS = 5
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AuditEventIn(_Model):
-    """An audit event built by the workflow; ``progression_id``/``model_id`` come from the state."""
-
-    event_id: str
-    event_type: EventType
-    occurred_at: datetime
-    actor_id: str | None = None
-    stage: str | None = None
-    payload: dict[str, Any] = Field(default_factory=dict)
-
-
-class RegisterInput(_Model):
-    state: ProgressionState
-    spec: ProgressionSpec
-    spec_yaml: str
-    events: list[AuditEventIn]
-
-
-class RegisterResult(_Model):
-    created: bool  # False when a retry found the rows already written
-    # Earlier rejections of the same artifact or source commit (any model id).
-    prior_rejections: list[PriorOutcome] = Field(default_factory=list)
-
-
-class RecordFailureInput(_Model):
-    """A failed workflow: the state (status failed, with the reason) and its progression.failed event."""
-
-    state: ProgressionState
-    spec: ProgressionSpec
-    events: list[AuditEventIn]
-
-
-class EvaluateChecksInput(_Model):
-    state: ProgressionState  # pinned spec facts + evidence refs; also synced to the read model
-    spec: ProgressionSpec
-    stage: StageDef
-    is_first_stage: bool
-    now: datetime  # workflow time, so results do not depend on when a retry runs
-    event_id_prefix: str  # check events get f"{prefix}/{check_id}"
-    events_before: list[AuditEventIn] = Field(default_factory=list)  # e.g. stage.entered, appended first
-
-
-class EvaluateChecksResult(_Model):
-    results: list[CheckResult]
-
-
-class RecordInput(_Model):
-    """Events to append, the state to mirror, and optionally a decision row and evidence links."""
-
-    state: ProgressionState
-    events: list[AuditEventIn] = Field(default_factory=list)
-    decision: DecisionRecord | None = None
-    evidence: list[EvidenceRef] = Field(default_factory=list)
-    notifications: list[Notification] = Field(default_factory=list)
-
-
-class RecordResult(_Model):
-    events_written: int
-    read_model_updated: bool
-    notifications_sent: int
-
-
-class DeployInput(_Model):
-    deployment: Deployment
-
-
-class DeployResult(_Model):
-    receipt: DeploymentReceipt
 
 
 def _event_dict(state: ProgressionState, event: AuditEventIn) -> dict[str, Any]:
@@ -284,7 +222,7 @@ class ProgressionActivities:
 
     # ---- activities -----------------------------------------------------------------------
 
-    @activity.defn(name="register_progression")
+    @activity.defn(name=REGISTER_PROGRESSION)
     async def register_progression(self, inp: RegisterInput) -> RegisterResult:
         """Upsert model and version, create the read-model row, link evidence, append progression.started."""
         state, spec = inp.state, inp.spec
@@ -334,7 +272,7 @@ class ProgressionActivities:
                                                  artifact=spec.version.artifact, source=spec.version.source)
         return RegisterResult(created=created, prior_rejections=[p for p in prior if p.status == "rejected"])
 
-    @activity.defn(name="record_failure")
+    @activity.defn(name=RECORD_FAILURE)
     async def record_failure(self, inp: RecordFailureInput) -> RecordResult:
         """The workflow failed: the read model says ``failed`` with the reason; ``progression.failed`` is appended.
 
@@ -362,7 +300,7 @@ class ProgressionActivities:
             await self._append(session, state, inp.events)
         return RecordResult(events_written=len(inp.events), read_model_updated=updated, notifications_sent=0)
 
-    @activity.defn(name="evaluate_checks")
+    @activity.defn(name=EVALUATE_CHECKS)
     async def evaluate_checks(self, inp: EvaluateChecksInput) -> EvaluateChecksResult:
         """Evaluate one stage's checks over the stored evidence; one ``check.evaluated`` event per check."""
         state = inp.state
@@ -395,7 +333,7 @@ class ProgressionActivities:
             await self._sync_read_model(session, state)
         return EvaluateChecksResult(results=results)
 
-    @activity.defn(name="record")
+    @activity.defn(name=RECORD)
     async def record(self, inp: RecordInput) -> RecordResult:
         """Append events, write a decision row and evidence links, mirror the state; then notify."""
         state = inp.state
@@ -420,7 +358,7 @@ class ProgressionActivities:
         sent = await self._send(state, inp.notifications)
         return RecordResult(events_written=written, read_model_updated=updated, notifications_sent=sent)
 
-    @activity.defn(name="deploy")
+    @activity.defn(name=DEPLOY)
     async def deploy(self, inp: DeployInput) -> DeployResult:
         """Hand the version to the promotion target; a failure raises and Temporal retries."""
         receipt = await self.promotion_target.deploy(inp.deployment)

@@ -14,36 +14,14 @@ import json
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict
+
+from activities.contract import Deployment, DeploymentReceipt
 
 if TYPE_CHECKING:
     from engine.settings import Settings
 
 SIGNATURE_HEADER = "X-Progression-Signature"
 EVENT_ID_HEADER = "X-Progression-Event-Id"
-
-
-class Deployment(BaseModel):
-    """What to promote; ``deployment_key`` is the same on every retry of one deployment."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    deployment_key: str
-    progression_id: str
-    model_id: str
-    version_id: str
-    artifact: str
-    stage: str
-    business_intent: str
-    policy_hash: str
-    artifact_digest: str | None = None  # sha256:<hex> of the artifact the approvals bound to
-    approval_bases: list[str] = []  # the basis hash of every approval that allowed this deployment
-
-
-class DeploymentReceipt(BaseModel):
-    deployment_id: str
-    target: str
-    details: dict[str, Any] = {}
 
 
 class PromotionTarget(Protocol):

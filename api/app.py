@@ -20,11 +20,13 @@ from api.errors import install_error_handlers
 from api.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
 from api.routers import audit, features, inbox, models, ops, policies, progressions, users
 from api.services.policies import record_policy_versions
+from api.web import mount_web
+from engine.database import upgrade
 from engine.db import make_engine, make_sessionmaker
 from engine.identity import JWTVerifier
 from engine.loading import PolicyRegistry
 from engine.settings import Settings, get_settings
-from engine.temporal import connect
+from workflows.contract import connect
 
 API_DESCRIPTION = """Progression: governance of the model development lifecycle.
 
@@ -41,7 +43,6 @@ def temporal_address(settings: Settings) -> str:
 
 def _mount_web_ui(app: FastAPI) -> None:
     """The web UI (api/web, api/templates, api/static) rides on the same app and service functions."""
-    from api.web import mount_web
 
     mount_web(app)
 
@@ -61,8 +62,6 @@ def create_app(
         engine = None
         sm = sessionmaker
         if sm is None:
-            from engine.database import upgrade
-
             url = settings.resolved_database_url
             if url.startswith("sqlite"):
                 settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -153,8 +153,6 @@ class BodyLimitMiddleware:
 
 
 def metrics_content_type() -> str:
-    from prometheus_client import CONTENT_TYPE_LATEST
-
     return CONTENT_TYPE_LATEST
 
 

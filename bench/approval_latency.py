@@ -2,7 +2,7 @@
 
     python -m bench.approval_latency [--samples 300] [--db sqlite|postgresql]
 
-The product runs as two processes (``engine.serve api`` and ``engine.serve worker``) on a fresh
+The product runs as two processes (``launch.serve api`` and ``launch.serve worker``) on a fresh
 database and a Temporal dev server on loopback. ``2 x samples`` marketing progressions are parked
 at their validation gate; then decisions alternate, one at a time: ``POST /decisions`` over HTTP
 (token check, idempotency record, workflow query, segregation-of-duties check, Update, audit
@@ -33,8 +33,9 @@ from bench.common import (
 
 
 async def main(args: argparse.Namespace) -> Report:
-    from engine.lifecycle import UPDATE_DECIDE, Actor, DecideInput, DecideResult, DecisionKind
+    from engine.lifecycle import Actor, DecisionKind
     from engine.policy import Role
+    from workflows.contract import UPDATE_DECIDE, DecideInput, DecideResult
 
     report = Report("approval_latency", "python -m bench.approval_latency",
                     params={"samples": args.samples, "db": args.db})

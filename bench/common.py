@@ -32,8 +32,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from engine.settings import PROJECT_ROOT
-from engine.temporal import SEARCH_ATTRIBUTE_KEYS, temporal_cli_path
+from launch.binaries import temporal_cli_path
 from tests.helpers_api import free_port
+from workflows.contract import SEARCH_ATTRIBUTE_KEYS
 
 PG_ADMIN_DSN = os.environ.get("PROGRESSION_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PYTHON = sys.executable
@@ -265,7 +266,7 @@ BENCH_PEOPLE: dict[str, tuple[list[str], str | None]] = {
 
 @dataclass
 class Stack:
-    """The product running as two processes (``engine.serve api`` and ``engine.serve worker``)."""
+    """The product running as two processes (``launch.serve api`` and ``launch.serve worker``)."""
 
     base_url: str
     database_url: str
@@ -316,7 +317,7 @@ async def product_stack(temporal_address: str, database_url: str, *, extra_env: 
                "PROGRESSION_TASK_QUEUE": task_queue, "PROGRESSION_API_HOST": "127.0.0.1",
                "PROGRESSION_API_PORT": str(port), **(extra_env or {})}
         log = open(Path(tmp) / "processes.log", "wb")  # noqa: SIM115, ASYNC230 - setup, closed below
-        procs = [subprocess.Popen([PYTHON, "-m", "engine.serve", role], cwd=PROJECT_ROOT, env=env,  # noqa: ASYNC220
+        procs = [subprocess.Popen([PYTHON, "-m", "launch.serve", role], cwd=PROJECT_ROOT, env=env,  # noqa: ASYNC220
                                   stdout=log, stderr=subprocess.STDOUT) for role in ("worker", "api")]
         base_url = f"http://127.0.0.1:{port}"
         try:

@@ -68,7 +68,7 @@ async def park(client: Client, stack: Stack, base: Any, n: int, tag: str, sm: An
     burst of 10,000 simultaneous starts parked 291 in 20 minutes. Parked ones sit in a wait and are
     evicted harmlessly.
     """
-    from engine.lifecycle import WORKFLOW_NAME
+    from workflows.contract import WORKFLOW_NAME
 
     async def start(i: int) -> str:
         spec = base.spec.model_copy(update={"version": base.spec.version.model_copy(

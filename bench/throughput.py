@@ -68,8 +68,9 @@ async def bare_journey(client: Client, task_queue: str, i: int) -> None:
 
 
 def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awaitable[None]]:
-    from engine.lifecycle import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput, DecisionKind
+    from engine.lifecycle import DecisionKind
     from tests import helpers_workflow as hw
+    from workflows.contract import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput
 
     def gate(stage: str) -> Callable[[dict[str, Any]], bool]:
         return lambda s: s["current_stage"] == stage and s["status"] == "awaiting_approval"
@@ -104,12 +105,12 @@ async def engine_env(client: Client, db: str, *, engine_kw: dict[str, Any] | Non
     from activities.progression import ProgressionActivities
     from activities.promotion import RecordingPromotionTarget
     from engine.db import make_engine, make_sessionmaker
-    from engine.worker import build_worker
+    from launch.worker import build_worker
     from tests import helpers_workflow as hw
 
     with fresh_database(db) as url, tempfile.TemporaryDirectory(prefix="progression-bench-") as tmp:
         async with hw.app_env(url, Path(tmp)) as env:
-            # The same database settings as the product's worker (engine.worker.build_activities).
+            # The same database settings as the product's worker (launch.worker.build_activities).
             engine = make_engine(url, **{"sqlite_single_connection": True, **(engine_kw or {})})
             sm = make_sessionmaker(engine)
             env.activities = ProgressionActivities(sm, env.store, RecordingPromotionTarget(), LogNotifier(),

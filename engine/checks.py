@@ -12,15 +12,16 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from importlib.metadata import version as _dist_version
 from typing import Any
 
 import cel
 
-from engine.lifecycle import READS_ALL, CheckResult, ResolvedFeature
+from engine.lifecycle import CheckResult, ResolvedFeature
 from engine.policy import StageDef
+from engine.reads import VARIABLES, WILDCARD, Path, bound_names, referenced_paths
 from engine.spec import ProgressionSpec
+from engine.yaml_safe import YamlProblem, safe_load_yaml
 
 EVALUATOR = f"common-expression-language {_dist_version('common-expression-language')}"
 
@@ -30,8 +31,6 @@ FEATURES_REGISTERED_DESCRIPTION = "Every feature is registered in the feature ca
 FEATURES_REGISTERED_EXPR = "features.all(f, f.known)"
 
 # Variables a check may read (see build_context); anything else is a typo caught at policy load.
-VARIABLES = frozenset({"spec", "model", "version", "evidence", "features", "feature_names", "target", "now"})
-_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 
 MISSING = "<missing>"
 _MAX_INPUT_CHARS = 2000
@@ -64,7 +63,7 @@ def compile_expr(expr: str) -> cel.Program:
 def compile_checked(expr: str) -> cel.Program:
     """:func:`compile_expr` plus a static check that every free variable is one a check can read."""
     program = compile_expr(expr)
-    bound = _bound_names(_tokens(expr))
+    bound = bound_names(expr)
     unknown = sorted(set(program.variables()) - VARIABLES - bound)
     if unknown:
         raise ExpressionError(f"unknown variable {unknown[0]!r}; a check can read {', '.join(sorted(VARIABLES))}")
@@ -76,96 +75,6 @@ def _parser_message(text: str) -> str:
     if match:
         return f"{match.group(3).strip()} (at line {match.group(1)}, column {match.group(2)} of the expression)"
     return text.splitlines()[0] if text else "invalid expression"
-
-
-# ---- a tiny tokenizer: enough to find the paths an expression reads --------------------------
-
-_TOKEN = re.compile(r"""\s*(?:(?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|(?P<num>\d+(?:\.\d+)?[uU]?)"""
-                    r"""|(?P<id>[A-Za-z_]\w*)|(?P<op>\S))""")
-
-
-@dataclass(frozen=True)
-class _Tok:
-    kind: str
-    text: str
-
-
-def _tokens(expr: str) -> list[_Tok]:
-    out: list[_Tok] = []
-    for m in _TOKEN.finditer(expr):
-        kind = m.lastgroup or "op"
-        out.append(_Tok(kind, m.group(kind)))
-    return out
-
-
-def _bound_names(tokens: list[_Tok]) -> set[str]:
-    """Names bound by comprehension macros: ``x`` in ``list.all(x, ...)``."""
-    bound: set[str] = set()
-    for i in range(1, len(tokens) - 3):
-        t = tokens[i]
-        if (t.kind == "id" and t.text in _MACROS and tokens[i - 1].text == "." and tokens[i + 1].text == "("
-                and tokens[i + 2].kind == "id" and tokens[i + 3].text == ","):
-            bound.add(tokens[i + 2].text)
-    return bound
-
-
-WILDCARD = "*"
-Path = tuple[str | int, ...]
-
-
-def _literal(tok: _Tok) -> str | int | None:
-    if tok.kind == "str":
-        try:
-            return str(json.loads('"' + tok.text[1:-1].replace('"', '\\"') + '"'))
-        except ValueError:
-            return tok.text[1:-1]
-    if tok.kind == "num" and tok.text.isdigit():
-        return int(tok.text)
-    return None
-
-
-def referenced_paths(expr: str) -> tuple[list[Path], set[str]]:
-    """Paths the expression reads from the context, and evidence names guarded by ``has(evidence.x)``.
-
-    ``evidence.fairness.groups[g].air`` gives ``("evidence", "fairness", "groups", "*", "air")``;
-    a method call (``.all(``) ends a path.
-    """
-    tokens = _tokens(expr)
-    bound = _bound_names(tokens)
-    paths: list[Path] = []
-    guarded: set[str] = set()
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if tok.kind != "id" or tok.text not in VARIABLES or tok.text in bound or (i and tokens[i - 1].text == "."):
-            i += 1
-            continue
-        start = i
-        path: list[str | int] = [tok.text]
-        i += 1
-        while i < len(tokens):
-            if tokens[i].text == "." and i + 1 < len(tokens) and tokens[i + 1].kind == "id":
-                if i + 2 < len(tokens) and tokens[i + 2].text == "(":
-                    break  # a method or macro call, not a field
-                path.append(tokens[i + 1].text)
-                i += 2
-            elif tokens[i].text == "[":
-                depth, j = 1, i + 1
-                while j < len(tokens) and depth:
-                    depth += {"[": 1, "]": -1}.get(tokens[j].text, 0)
-                    j += 1
-                inner = tokens[i + 1: j - 1]
-                literal = _literal(inner[0]) if len(inner) == 1 else None
-                path.append(literal if literal is not None else WILDCARD)
-                i = j
-            else:
-                break
-        paths.append(tuple(path))
-        if (len(path) == 2 and path[0] == "evidence" and start >= 2 and tokens[start - 2].text == "has"
-                and tokens[start - 1].text == "(" and i < len(tokens) and tokens[i].text == ")"):
-            guarded.add(str(path[1]))
-    unique = list(dict.fromkeys(paths))
-    return unique, guarded
 
 
 def _resolve(value: Any, path: Path) -> Any:
@@ -217,7 +126,6 @@ def evidence_value(data: bytes, filename: str | None, media_type: str | None) ->
     A structured file that does not parse is handed over as its text, so a check that reads a
     field of it fails with a reason that says the evidence is text, not a crash.
     """
-    from engine.loading import YamlProblem, safe_load_yaml  # local: loading imports this module
 
     name = (filename or "").lower()
     media = (media_type or "").lower()
@@ -487,20 +395,3 @@ def builtin_checks(is_first_stage: bool) -> list[dict[str, str]]:
 
 
 # ---- which evidence a stage reads ------------------------------------------------------------
-
-
-
-def stage_evidence_reads(stage: StageDef) -> list[str]:
-    """Evidence names a stage reads: ``evidence.<name>`` in its check expressions plus its
-    ``requires_evidence``. ``["*"]`` when an expression reads the evidence map as a whole."""
-    names: set[str] = set(stage.requires_evidence)
-    for check in stage.checks:
-        paths, guarded = referenced_paths(check.expr)
-        names.update(guarded)
-        for path in paths:
-            if path[0] != "evidence":
-                continue
-            if len(path) < 2 or path[1] == WILDCARD or not isinstance(path[1], str):
-                return [READS_ALL]
-            names.add(path[1])
-    return sorted(names)

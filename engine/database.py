@@ -65,7 +65,7 @@ async def ensure_chain_head(session: AsyncSession) -> None:
 
 
 SQLITE_HINT = "start the stack with `make run` or set PROGRESSION_DATA_DIR"
-SERVER_HINT = "run the migrations (`python -m engine.serve migrate`) or set PROGRESSION_DATABASE_URL"
+SERVER_HINT = "run the migrations (`python -m launch.serve migrate`) or set PROGRESSION_DATABASE_URL"
 
 
 def sqlite_file(url: str) -> Path | None:

@@ -17,23 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.policy import GovernancePolicy, Role
-from engine.spec import ProgressionSpec
-
-WORKFLOW_NAME = "ProgressionWorkflow"
-UPDATE_DECIDE = "decide"
-UPDATE_SUBMIT_EVIDENCE = "submit_evidence"
-UPDATE_WITHDRAW = "withdraw"
-QUERY_STATE = "state"
-
-# Custom search attributes, registered on the embedded dev server at start.
-SEARCH_ATTRIBUTES = {
-    "ModelId": "Keyword",
-    "BusinessIntent": "Keyword",
-    "RiskTier": "Int",
-    "ProgressionStage": "Keyword",
-    "ProgressionStatus": "Keyword",
-}
+from engine.policy import Role
 
 
 class EventType(StrEnum):
@@ -273,48 +257,6 @@ class ProgressionDetail(ProgressionState):
     """``GET /progressions/{id}``: the state plus its lineage (never part of the workflow's state)."""
 
     lineage: Lineage | None = None
-
-
-# ---- workflow input / update inputs and results -------------------------------------------
-
-
-class ProgressionInput(Model):
-    spec: ProgressionSpec
-    spec_yaml: str
-    policy: GovernancePolicy
-    policy_hash: str
-    evidence: dict[str, EvidenceRef]
-    submitted_by: Actor
-    # Carried across continue-as-new so the history stays bounded without losing the state.
-    resume_state: ProgressionState | None = None
-
-
-class DecideInput(Model):
-    stage: str
-    decision: DecisionKind
-    comment: str = Field(max_length=10_000)
-    actor: Actor
-    decision_id: str  # unique per request (idempotency key or a fresh uuid), deduplicates retries
-    # The basis the decider saw (``stages[i].basis`` of the state they read); a stale one is refused.
-    basis: str | None = None
-
-
-class DecideResult(Model):
-    accepted: bool
-    decision_id: str
-    state: ProgressionState
-
-
-class EvidenceInput(Model):
-    evidence: dict[str, EvidenceRef]
-    actor: Actor
-    request_id: str
-
-
-class WithdrawInput(Model):
-    reason: str = Field(max_length=10_000)
-    actor: Actor
-    request_id: str
 
 
 class Refusal(Model):

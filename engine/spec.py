@@ -6,6 +6,8 @@ errors that name the file, the field path and the line.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import posixpath
 from typing import Annotated, Literal
 
@@ -81,8 +83,6 @@ class ProgressionSpec(StrictModel):
 
 def spec_digest(spec: ProgressionSpec) -> str:
     """Content hash of the spec's meaning (not its YAML formatting)."""
-    import hashlib
-    import json
 
     data = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -5,8 +5,8 @@
 It runs the production topology as separate processes on loopback: the Temporal dev server on a
 database file (its own ports), a private PostgreSQL cluster the harness creates (``initdb`` in a
 temporary directory, its own port) reached through a TCP proxy the harness owns, the API
-(``reliability.harness_api``: ``engine.serve api``) and the workers (``reliability.harness_worker``:
-``engine.serve worker`` with test-only knobs). Several people drive N progressions over HTTP through
+(``reliability.harness_api``: ``launch.serve api``) and the workers (``reliability.harness_worker``:
+``launch.serve worker`` with test-only knobs). Several people drive N progressions over HTTP through
 seven scripted lifecycles (approvals to production, a rejection, a change request answered with new
 evidence, a withdrawal, new evidence at an open gate, a stage blocked until its evidence arrives),
 with segregation-of-duties refusals and stale decisions mixed in, while faults are fired one after
@@ -55,12 +55,12 @@ import httpx
 import psycopg
 import yaml
 
-from engine.lifecycle import SEARCH_ATTRIBUTES
 from engine.settings import PROJECT_ROOT
-from engine.temporal import connect, temporal_cli_path
+from launch.binaries import temporal_cli_path
 from reliability import expected_events as model
 from reliability.db_proxy import TcpProxy
 from reliability.pg_cluster import PgCluster
+from workflows.contract import SEARCH_ATTRIBUTES, connect
 
 EXAMPLES = PROJECT_ROOT / "examples"
 FAULT_KINDS = ("worker_kill", "api_kill", "temporal_sigkill", "temporal_sigterm", "postgres_crash", "db_outage")
@@ -260,7 +260,7 @@ class Stack:
     # -- Temporal
 
     def start_temporal(self) -> None:
-        """Like engine.run.start_embedded_temporal, on our own ports and headless."""
+        """Like launch.run.start_embedded_temporal, on our own ports and headless."""
         args = [temporal_cli_path(), "server", "start-dev", "--ip", "127.0.0.1",
                 "--port", str(self.temporal_port), "--http-port", str(self.temporal_http_port),
                 "--metrics-port", str(self.temporal_metrics_port), "--headless",
@@ -899,8 +899,9 @@ def _read_example(repo: Path) -> tuple[dict[str, Any], dict[str, tuple[str, byte
 
 def _routes() -> tuple[dict[str, list[model.StageFacts]], dict[str, bool]]:
     """Route facts and "has revalidation" per script, from the policies the workers load."""
-    from engine.checks import builtin_checks, stage_evidence_reads
+    from engine.checks import builtin_checks
     from engine.loading import PolicyRegistry
+    from engine.reads import stage_evidence_reads
 
     registry = PolicyRegistry.from_dir(PROJECT_ROOT / "policies")
     routes: dict[str, list[model.StageFacts]] = {}
@@ -926,7 +927,8 @@ async def temporal_view(stack: Stack, acks: list[Acknowledged], revalidates: dic
     """Temporal's own view of every progression: runs, status, state, nothing pending."""
     from temporalio.client import WorkflowExecutionStatus as S
 
-    from engine.lifecycle import QUERY_STATE, ProgressionState
+    from engine.lifecycle import ProgressionState
+    from workflows.contract import QUERY_STATE
 
     client = await connect(stack.temporal_address, "default")
     pids = {a.pid for a in acks if a.started}

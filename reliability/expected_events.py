@@ -41,7 +41,7 @@ class StageFacts:
     checks: tuple[str, ...] = ()  # check ids, built-in first-stage checks included
     approvals: tuple[tuple[str, int], ...] = ()  # (role, count)
     action: str | None = None
-    # Evidence names the stage's checks read (``engine.checks.stage_evidence_reads``); None: all of it.
+    # Evidence names the stage's checks read (``engine.reads.stage_evidence_reads``); None: all of it.
     reads: tuple[str, ...] | None = ()
 
 
@@ -73,7 +73,7 @@ def route_facts(stages: Iterable[Any], builtin_first: Sequence[str],
                 reads: Callable[[Any], Sequence[str]] | None = None) -> list[StageFacts]:
     """Facts of a route given as ``engine.policy.StageDef`` objects (duck-typed), the first stage's
     built-in check ids (``engine.checks.builtin_checks(True)``) and the function that says which
-    evidence a stage reads (``engine.checks.stage_evidence_reads``; ``"*"`` means all of it)."""
+    evidence a stage reads (``engine.reads.stage_evidence_reads``; ``"*"`` means all of it)."""
     facts = []
     for i, s in enumerate(stages):
         ids = tuple(builtin_first if i == 0 else ()) + tuple(c.id for c in s.checks)

@@ -1,4 +1,4 @@
-"""The harness's API process: the product API (``engine.serve api``) with one test-only knob.
+"""The harness's API process: the product API (``launch.serve api``) with one test-only knob.
 
     python -m reliability.harness_api
 
@@ -20,6 +20,6 @@ if __name__ == "__main__":
         import api.idempotency
 
         api.idempotency.STALE_AFTER = timedelta(seconds=float(stale))
-    from engine.serve import main
+    from launch.serve import main
 
     sys.exit(main(["api"]))

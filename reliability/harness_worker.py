@@ -2,7 +2,7 @@
 
     python -m reliability.harness_worker
 
-It runs ``engine.worker.run_worker`` with the product's workflow and activities; the environment
+It runs ``launch.worker.run_worker`` with the product's workflow and activities; the environment
 may add, for the crash harness only:
 
 - ``CRASH_HARNESS_ACTIVITY_DELAY`` (seconds): ``evaluate_checks`` and ``deploy`` take that much
@@ -28,16 +28,16 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.progression import (
+from activities.contract import (
     AuditEventIn,
     DeployInput,
     DeployResult,
     EvaluateChecksInput,
     EvaluateChecksResult,
-    ProgressionActivities,
     RecordInput,
     RecordResult,
 )
+from activities.progression import ProgressionActivities
 from engine.lifecycle import EventType
 
 MUTATIONS = ("duplicate_check_event", "drop_gate_opened")
@@ -77,7 +77,7 @@ class HarnessActivities(ProgressionActivities):
 
 def _configure() -> dict[str, Any]:
     """Apply the knobs; returns extra ``Worker`` arguments."""
-    import engine.worker as product_worker
+    import launch.worker as product_worker
 
     HarnessActivities.delay = float(os.environ.get("CRASH_HARNESS_ACTIVITY_DELAY") or 0)
     mutation = os.environ.get("CRASH_HARNESS_MUTATION") or None
@@ -86,7 +86,7 @@ def _configure() -> dict[str, Any]:
     HarnessActivities.mutation = mutation
     if mutation:
         log.warning("INJECTED BUG for the crash harness: %s", mutation)
-    # engine.worker builds ProgressionActivities by name: point it at the harness's subclass.
+    # launch.worker builds ProgressionActivities by name: point it at the harness's subclass.
     product_worker.ProgressionActivities = HarnessActivities  # type: ignore[misc]
     extra: dict[str, Any] = {}
     timeout = os.environ.get("CRASH_HARNESS_ACTIVITY_TIMEOUT")
@@ -102,7 +102,7 @@ def _configure() -> dict[str, Any]:
 
 
 async def _main() -> None:
-    import engine.worker as product_worker
+    import launch.worker as product_worker
 
     extra = _configure()
     build = product_worker.build_worker

@@ -19,7 +19,8 @@ from temporalio.common import SearchAttributeIndexedValueType
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from engine.temporal import SEARCH_ATTRIBUTE_KEYS, temporal_cli_path, temporal_test_server_path
+from launch.binaries import temporal_cli_path, temporal_test_server_path
+from workflows.contract import SEARCH_ATTRIBUTE_KEYS
 
 PG_ADMIN_DSN = os.environ.get("PROGRESSION_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 

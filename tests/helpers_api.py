@@ -79,7 +79,7 @@ async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *
     from activities.promotion import RecordingPromotionTarget
     from engine.evidence import EvidenceStore
     from engine.features import seed_features
-    from engine.worker import build_worker
+    from launch.worker import build_worker
 
     await upgrade(url)
     engine = make_engine(url)

@@ -28,27 +28,24 @@ from engine.database import upgrade
 from engine.db import AuditEvent, DecisionRow, make_engine, make_sessionmaker
 from engine.evidence import EvidenceStore, record_blob
 from engine.features import seed_features
-from engine.lifecycle import (
+from engine.lifecycle import Actor, DecisionKind, EvidenceRef, ProgressionState
+from engine.loading import PolicyRegistry, load_spec
+from engine.policy import Role
+from engine.settings import PROJECT_ROOT
+from engine.spec import ProgressionSpec
+from launch.worker import build_worker
+from workflows.contract import (
     QUERY_STATE,
     UPDATE_DECIDE,
     UPDATE_SUBMIT_EVIDENCE,
     UPDATE_WITHDRAW,
     WORKFLOW_NAME,
-    Actor,
     DecideInput,
     DecideResult,
-    DecisionKind,
     EvidenceInput,
-    EvidenceRef,
     ProgressionInput,
-    ProgressionState,
     WithdrawInput,
 )
-from engine.loading import PolicyRegistry, load_spec
-from engine.policy import Role
-from engine.settings import PROJECT_ROOT
-from engine.spec import ProgressionSpec
-from engine.worker import build_worker
 
 EXAMPLES = PROJECT_ROOT / "examples"
 POLICIES = PROJECT_ROOT / "policies"

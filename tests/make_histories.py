@@ -25,7 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.lifecycle import Actor
 from engine.policy import Role
-from engine.temporal import temporal_test_server_path
+from launch.binaries import temporal_test_server_path
 from tests.conftest import register_search_attributes
 from tests.helpers_workflow import (
     CREDIT,

@@ -20,20 +20,10 @@ import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
+from activities.contract import Deployment, DeploymentReceipt
 from activities.notify import LogNotifier
 from activities.progression import ProgressionActivities
-from activities.promotion import Deployment, DeploymentReceipt
-from engine.lifecycle import (
-    SPEC_PARTS,
-    UPDATE_DECIDE,
-    Actor,
-    DecideInput,
-    DecideResult,
-    DecisionKind,
-    ProgressionState,
-    compute_basis,
-    counted_approvals,
-)
+from engine.lifecycle import SPEC_PARTS, Actor, DecisionKind, ProgressionState, compute_basis, counted_approvals
 from engine.policy import Role
 from tests.helpers_workflow import (
     CREDIT,
@@ -57,6 +47,7 @@ from tests.helpers_workflow import (
     wait_state,
     worker,
 )
+from workflows.contract import UPDATE_DECIDE, DecideInput, DecideResult
 
 FRAUD = EXAMPLES / "card-fraud-detector"
 FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")

@@ -21,16 +21,7 @@ from hypothesis import strategies as st
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 
-from engine.lifecycle import (
-    UPDATE_DECIDE,
-    Actor,
-    DecideInput,
-    DecideResult,
-    DecisionKind,
-    ProgressionState,
-    compute_basis,
-    counted_approvals,
-)
+from engine.lifecycle import Actor, DecisionKind, ProgressionState, compute_basis, counted_approvals
 from tests.helpers_workflow import (
     RISK1,
     VALIDATOR,
@@ -45,6 +36,7 @@ from tests.helpers_workflow import (
     worker,
 )
 from tests.test_basis import FRAUD, FRAUD_DEV
+from workflows.contract import UPDATE_DECIDE, DecideInput, DecideResult
 
 RISK3 = Actor(user_id="u-risk3", username="ria.risk", roles=RISK1.roles, team="model-risk")
 VALIDATOR2 = Actor(user_id="u-val2", username="vic.validator", roles=VALIDATOR.roles, team="validation")

@@ -88,7 +88,7 @@ def _serve(api: LiveAPI, port: int, ready: threading.Event, stop: threading.Even
            errors: list[BaseException]) -> None:
     async def main() -> None:
         from api.app import create_app
-        from engine.worker import run_worker
+        from launch.worker import run_worker
 
         await _prepare(api.settings, api)
         server = uvicorn.Server(uvicorn.Config(create_app(api.settings), host="127.0.0.1", port=port,
@@ -172,7 +172,7 @@ def make_repo(tmp_path: Path, source: Path = CREDIT, *, version: str | None = No
 
 
 def cli_app() -> Any:
-    from engine.cli import app
+    from client.cli import app
 
     return app
 

@@ -1,5 +1,5 @@
 """The production topology as files: docker-compose.yml, its helpers under deploy/, the Dockerfile,
-and the image's entry point (engine.serve).
+and the image's entry point (launch.serve).
 
 No Docker engine runs on these machines. The compose file is validated against the compose-spec
 JSON schema that the PyPI package ``check-jsonschema`` vendors (never downloaded at test time),
@@ -30,12 +30,12 @@ from sqlalchemy import create_engine, inspect
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.testing import WorkflowEnvironment
 
-from engine import serve
 from engine.database import sync_url
-from engine.lifecycle import SEARCH_ATTRIBUTES
 from engine.settings import DEV_SECRET, PROJECT_ROOT, Settings
-from engine.temporal import temporal_cli_path
+from launch import serve
+from launch.binaries import temporal_cli_path
 from tests.helpers_api import free_port
+from workflows.contract import SEARCH_ATTRIBUTES
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 WEBHOOKS_OVERRIDE = PROJECT_ROOT / "deploy" / "compose.webhooks.yml"
@@ -275,7 +275,7 @@ def test_health_checks(compose: dict[str, Any]) -> None:
         assert check and not check.get("disable") and check.get("test"), f"{name}: no health check"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["temporal"]["healthcheck"]["test"][1:5] == ["temporal", "operator", "cluster", "health"]
-    assert services["api"]["healthcheck"]["test"][1:] == ["python", "-m", "engine.serve", "healthcheck"]
+    assert services["api"]["healthcheck"]["test"][1:] == ["python", "-m", "launch.serve", "healthcheck"]
 
 
 def test_start_order_uses_depends_on_conditions(compose: dict[str, Any]) -> None:
@@ -484,10 +484,10 @@ def test_dockerfile_runs_as_non_root_with_the_serve_entry_point() -> None:
     last_user = max(i for i, (kw, _) in enumerate(instructions) if kw == "USER")
     entry = max(i for i, (kw, _) in enumerate(instructions) if kw == "ENTRYPOINT")
     assert last_user < entry
-    assert json.loads(dict(instructions)["ENTRYPOINT"]) == ["python", "-m", "engine.serve"]
+    assert json.loads(dict(instructions)["ENTRYPOINT"]) == ["python", "-m", "launch.serve"]
     assert json.loads(dict(instructions)["CMD"]) == ["api"]
     healthcheck = dict(instructions)["HEALTHCHECK"]
-    assert '"engine.serve", "healthcheck"' in healthcheck and "--interval=" in healthcheck
+    assert '"launch.serve", "healthcheck"' in healthcheck and "--interval=" in healthcheck
 
 
 def test_dockerfile_installs_runtime_dependencies_only() -> None:
@@ -508,7 +508,7 @@ def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
     assert {".git", ".venv", ".data", ".env", "tests"} <= ignored
 
 
-# --- engine.serve: the image's entry point ---------------------------------------------------------
+# --- launch.serve: the image's entry point ---------------------------------------------------------
 
 
 def _clean_progression_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from engine.database import upgrade
 from engine.db import ApiToken, AuditEvent, DecisionRow, ProgressionRow, User
 from engine.identity import InvalidIdentity, actor_for, create_user
-from engine.lifecycle import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput, DecisionKind, ProgressionInput
+from engine.lifecycle import DecisionKind
 from engine.loading import load_spec
 from tests.helpers_api import (
     CREDIT,
@@ -41,6 +41,7 @@ from tests.helpers_api import (
     wait_for,
     wait_read_model,
 )
+from workflows.contract import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput, ProgressionInput
 
 
 @pytest.fixture
@@ -234,7 +235,7 @@ async def test_attack4_a_model_in_production_cannot_be_withdrawn(env: ApiEnv) ->
         assert r.status_code == 409 and r.json()["code"] == "in_production", r.text
         assert "retire" in r.json()["message"]
     # The workflow's validator refuses it too.
-    from engine.lifecycle import UPDATE_WITHDRAW, WithdrawInput
+    from workflows.contract import UPDATE_WITHDRAW, WithdrawInput
 
     async with env.sessionmaker() as session:
         dana = await session.get(User, env.user_ids["dana"])

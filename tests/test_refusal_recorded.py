@@ -22,7 +22,7 @@ from activities.progression import ProgressionActivities
 from activities.promotion import RecordingPromotionTarget
 from engine.db import IdempotencyRecord
 from engine.evidence import EvidenceStore
-from engine.worker import build_worker
+from launch.worker import build_worker
 from tests.helpers_api import ApiEnv, api_env, at_gate, audit_events, decide, start, wait_for, wait_read_model
 
 

@@ -12,9 +12,8 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from engine.lifecycle import ProgressionState, Status
-from engine.repo import read_repository
-from engine.sdk import (
+from client.repo import read_repository
+from client.sdk import (
     AsyncProgressionClient,
     ConflictError,
     ConnectionFailed,
@@ -28,6 +27,7 @@ from engine.sdk import (
     error_from_response,
     evidence_parts,
 )
+from engine.lifecycle import ProgressionState, Status
 from tests.helpers_api import CREDIT, ApiEnv, api_env
 from tests.test_cli import LiveAPI, free_port, live_api, make_repo  # noqa: F401 - live_api is a fixture
 

@@ -3,7 +3,7 @@
 What docker-compose.yml runs, as separate processes on loopback: a Temporal server standing in for
 the cluster (the dev server from the venv, search attributes registered by the same one-shot script
 compose runs), the application database on the local PostgreSQL, the migrations job, the API and
-TWO workers (``python -m engine.serve api|worker|migrate`` with PROGRESSION_* variables and
+TWO workers (``python -m launch.serve api|worker|migrate`` with PROGRESSION_* variables and
 PROGRESSION_ENV=production), and a webhook receiver that checks every HMAC signature. A credit
 journey walks to ``in_production`` over HTTP with five people's tokens (made by the CLI), and either
 worker carries it alone: one is killed at the first gate and the other finishes that stage; a
@@ -39,11 +39,11 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from engine.lifecycle import SEARCH_ATTRIBUTES
-from engine.repo import read_repository
+from client.repo import read_repository
 from engine.settings import PROJECT_ROOT
-from engine.temporal import temporal_cli_path
+from launch.binaries import temporal_cli_path
 from tests.helpers_api import free_port
+from workflows.contract import SEARCH_ATTRIBUTES
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -273,7 +273,7 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
     await _run(["/bin/sh", str(REGISTER_SCRIPT)], {
         "PATH": env.get("PATH", "/usr/bin:/bin"), "TEMPORAL_ADDRESS": address, "TEMPORAL_NAMESPACE": "default",
         "SEARCH_ATTRIBUTES": attributes, "TEMPORAL_CLI": temporal_cli_path(), "WAIT_SECONDS": "30"})
-    await _run([python, "-m", "engine.serve", "migrate"], env)
+    await _run([python, "-m", "launch.serve", "migrate"], env)
 
     # 2. People, with the administrators' CLI (token on the last line).
     cli = str(Path(python).parent / "progression")
@@ -284,8 +284,8 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
     assert all(t.startswith("prg_") for t in tokens.values()), tokens
 
     # 3. The long-running processes: one API, two workers.
-    api = processes.start("api", [python, "-m", "engine.serve", "api"], env)
-    workers = [processes.start(f"worker-{i}", [python, "-m", "engine.serve", "worker"], env) for i in (1, 2)]
+    api = processes.start("api", [python, "-m", "launch.serve", "api"], env)
+    workers = [processes.start(f"worker-{i}", [python, "-m", "launch.serve", "worker"], env) for i in (1, 2)]
 
     def identity(proc: subprocess.Popen[bytes]) -> str:
         return f"{proc.pid}@{socket.gethostname()}"  # the SDK's default worker identity
@@ -353,7 +353,7 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
         await _eventually(lambda: gate_open("risk_review"), "the risk review gate", processes)
 
         # worker-1 is replaced (as compose restarts a container), then worker-2 dies too.
-        replacement = processes.start("worker-3", [python, "-m", "engine.serve", "worker"], env)
+        replacement = processes.start("worker-3", [python, "-m", "launch.serve", "worker"], env)
         await _eventually(lambda: _true("polling task queue" in processes.log("worker-3")),
                           "the replacement worker polling", processes)
         processes.kill("worker-2")

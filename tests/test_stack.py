@@ -1,7 +1,7 @@
-"""One data directory, one stack (engine.stack, engine.run): attacks of a user who starts things twice.
+"""One data directory, one stack (launch.stack, launch.run): attacks of a user who starts things twice.
 
-Real processes: ``python -m engine.run`` (what ``make run`` runs) on free ports and a temporary data
-directory, the ``progression`` CLI and ``python -m engine.serve worker``. Every wait is bounded and
+Real processes: ``python -m launch.run`` (what ``make run`` runs) on free ports and a temporary data
+directory, the ``progression`` CLI and ``python -m launch.serve worker``. Every wait is bounded and
 every process a test started (and every child of it) is killed at teardown, whatever the outcome.
 All of them start real processes, so all are ``slow`` (``make test`` runs them, ``make test-fast`` does not).
 """
@@ -109,7 +109,7 @@ class Processes:
     def start(self, stack: Stack, name: str) -> Stack:
         stack.output = self.logs / f"{name}.out"
         with open(stack.output, "wb") as out:
-            stack.proc = subprocess.Popen([PYTHON, "-m", "engine.run"], env=stack.env(), cwd=PROJECT_ROOT,
+            stack.proc = subprocess.Popen([PYTHON, "-m", "launch.run"], env=stack.env(), cwd=PROJECT_ROOT,
                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.started.append(stack.proc)
         self.track(stack.proc.pid)
@@ -339,7 +339,7 @@ def test_users_create_on_an_unmigrated_postgres_database_refuses(tmp_path: Path,
 
 def test_a_worker_without_a_database_refuses_and_creates_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    code, out, err = _run([PYTHON, "-m", "engine.serve", "worker"],
+    code, out, err = _run([PYTHON, "-m", "launch.serve", "worker"],
                           {**_base_env(), "PROGRESSION_DATA_DIR": str(data_dir),
                            "PROGRESSION_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}, PROJECT_ROOT)
     assert code != 0 and f"no database at {data_dir.resolve() / 'progression.db'}" in err, err

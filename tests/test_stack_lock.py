@@ -1,6 +1,6 @@
-"""engine.stack in-process (fast): the data directory lock, the port claims, whose socket is on a port.
+"""launch.stack in-process (fast): the data directory lock, the port claims, whose socket is on a port.
 
-The same situations with real ``python -m engine.run`` processes are in tests/test_stack.py (slow).
+The same situations with real ``python -m launch.run`` processes are in tests/test_stack.py (slow).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.settings import Settings
-from engine.stack import StackRefused, acquire_data_dir, claim_ports, listens_on
+from launch.stack import StackRefused, acquire_data_dir, claim_ports, listens_on
 from tests.helpers_api import free_port
 
 

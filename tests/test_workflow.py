@@ -387,7 +387,8 @@ async def test_resume_state_continues_where_it_stood(temporal_client: Client, ta
     """What continue-as-new does: a new run from ``resume_state`` keeps approvals, evidence and the gate."""
     from temporalio.common import WorkflowIDReusePolicy
 
-    from engine.lifecycle import WORKFLOW_NAME, ProgressionState
+    from engine.lifecycle import ProgressionState
+    from workflows.contract import WORKFLOW_NAME
 
     inp = await example_input(env, CREDIT, version=unique_version())
     pid = inp.spec.progression_id
@@ -466,8 +467,9 @@ async def test_webhook_promotion_target_signs_and_raises_on_failure(receiver: _R
 
     import httpx
 
-    from activities.notify import Notification, WebhookNotifier
-    from activities.promotion import Deployment, WebhookPromotionTarget
+    from activities.contract import Deployment, Notification
+    from activities.notify import WebhookNotifier
+    from activities.promotion import WebhookPromotionTarget
 
     deployment = Deployment(deployment_key="m@1/production/1", progression_id="m@1", model_id="m", version_id="1",
                             artifact="s3://m/1", stage="production", business_intent="credit-underwriting",
@@ -514,7 +516,7 @@ async def test_build_targets_from_settings(tmp_path: Path) -> None:
 async def test_worker_refuses_to_start_on_a_bad_policy(tmp_path: Path) -> None:
     from engine.errors import InvalidPolicy
     from engine.settings import Settings
-    from engine.worker import run_worker
+    from launch.worker import run_worker
 
     policies = tmp_path / "policies"
     policies.mkdir()

@@ -34,40 +34,39 @@ from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.notify import Notification, NotificationKind
-    from activities.progression import (
+    from activities.contract import (
+        DEPLOY,
+        EVALUATE_CHECKS,
+        RECORD,
+        RECORD_FAILURE,
+        REGISTER_PROGRESSION,
         AuditEventIn,
         DeployInput,
+        Deployment,
+        DeployResult,
         EvaluateChecksInput,
-        ProgressionActivities,
+        EvaluateChecksResult,
+        Notification,
+        NotificationKind,
         RecordFailureInput,
         RecordInput,
+        RecordResult,
         RegisterInput,
+        RegisterResult,
     )
-    from activities.promotion import Deployment
-    from engine.checks import stage_evidence_reads
     from engine.lifecycle import (
         FINAL_STATUSES,
-        QUERY_STATE,
-        UPDATE_DECIDE,
-        UPDATE_SUBMIT_EVIDENCE,
-        UPDATE_WITHDRAW,
-        WORKFLOW_NAME,
+        REVALIDATION_STAGE,
         ApprovalProgress,
-        DecideInput,
-        DecideResult,
         DecisionKind,
         DecisionRecord,
         EventType,
-        EvidenceInput,
         EvidenceRef,
-        ProgressionInput,
         ProgressionState,
         Refusal,
         StageState,
         StageStatus,
         Status,
-        WithdrawInput,
         acknowledgement_refusal,
         basis_hash,
         basis_parts,
@@ -83,10 +82,26 @@ with workflow.unsafe.imports_passed_through():
         withdraw_refusal,
     )
     from engine.policy import ApprovalRule, Role, StageDef
+    from engine.reads import stage_evidence_reads
     from engine.spec import spec_digest
-    from engine.temporal import SA_INTENT, SA_MODEL_ID, SA_RISK_TIER, SA_STAGE, SA_STATUS
+    from workflows.contract import (
+        QUERY_STATE,
+        SA_INTENT,
+        SA_MODEL_ID,
+        SA_RISK_TIER,
+        SA_STAGE,
+        SA_STATUS,
+        UPDATE_DECIDE,
+        UPDATE_SUBMIT_EVIDENCE,
+        UPDATE_WITHDRAW,
+        WORKFLOW_NAME,
+        DecideInput,
+        DecideResult,
+        EvidenceInput,
+        ProgressionInput,
+        WithdrawInput,
+    )
 
-REVALIDATION_STAGE = "revalidation"
 
 # Business errors raised by activities: retrying cannot help.
 NON_RETRYABLE = ["evidence_missing", "model_mismatch", "invalid_input"]
@@ -222,9 +237,9 @@ class ProgressionWorkflow:
         self._emit(EventType.progression_failed, stage=state.current_stage, payload={
             "code": code, "reason": message, "registered": self._registered})
         events, self._events = self._events, []
-        await workflow.execute_activity_method(
-            ProgressionActivities.record_failure,
-            RecordFailureInput(state=state, spec=self._input.spec, events=events),
+        await workflow.execute_activity(
+            RECORD_FAILURE,
+            RecordFailureInput(state=state, spec=self._input.spec, events=events), result_type=RecordResult,
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
 
     async def _run(self, inp: ProgressionInput) -> ProgressionState:
@@ -290,9 +305,10 @@ class ProgressionWorkflow:
         })
         self._touch()
         events, self._events = self._events, []
-        registered = await workflow.execute_activity_method(
-            ProgressionActivities.register_progression,
+        registered = await workflow.execute_activity(
+            REGISTER_PROGRESSION,
             RegisterInput(state=self._state, spec=inp.spec, spec_yaml=inp.spec_yaml, events=events),
+            result_type=RegisterResult,
             start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
         # Earlier rejections of the same artifact or commit (found by the activity, so recorded in
         # history): every decider sees them and an approval must acknowledge them.
@@ -415,12 +431,12 @@ class ProgressionWorkflow:
         self._touch()
         if stage_def.checks or first:
             events, self._events = self._events, []
-            result = await workflow.execute_activity_method(
-                ProgressionActivities.evaluate_checks,
+            result = await workflow.execute_activity(
+                EVALUATE_CHECKS,
                 EvaluateChecksInput(state=self._state, spec=self._input.spec, stage=stage_def,
                                     is_first_stage=first, now=workflow.now(),
                                     event_id_prefix=str(workflow.uuid4()), events_before=events),
-                start_to_close_timeout=CHECKS_TIMEOUT, retry_policy=DB_RETRY)
+                result_type=EvaluateChecksResult, start_to_close_timeout=CHECKS_TIMEOUT, retry_policy=DB_RETRY)
             self._synced_seq = max(self._synced_seq, self._state.seq)
             stage.checks = result.results
         if self._closed():
@@ -490,8 +506,8 @@ class ProgressionWorkflow:
             business_intent=state.business_intent, policy_hash=state.policy_hash,
             artifact_digest=spec.version.artifact_digest,
             approval_bases=[a["basis"] for a in approvals if a["basis"]] if self._binding else [])
-        result = await workflow.execute_activity_method(
-            ProgressionActivities.deploy, DeployInput(deployment=deployment),
+        result = await workflow.execute_activity(
+            DEPLOY, DeployInput(deployment=deployment), result_type=DeployResult,
             start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=DEPLOY_RETRY)
         if self._closed():
             return  # withdrawn while the target was working: the withdrawal stands
@@ -807,11 +823,11 @@ class ProgressionWorkflow:
         record = RecordInput(state=self._state, events=events, decision=decision, evidence=evidence or [],
                              notifications=notes)
         if workflow.patched(PATCH_RECORD_LOCAL):
-            await workflow.execute_local_activity_method(
-                ProgressionActivities.record, record, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+            await workflow.execute_local_activity(
+                RECORD, record, result_type=RecordResult, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
         else:  # progressions started before the patch keep their recorded commands
-            await workflow.execute_activity_method(
-                ProgressionActivities.record, record, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+            await workflow.execute_activity(
+                RECORD, record, result_type=RecordResult, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
         self._synced_seq = max(self._synced_seq, seq)
 
     def _touch(self) -> None:

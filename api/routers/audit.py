@@ -10,8 +10,9 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import COMMON_ERRORS
-from api.schemas import AuditPage, ChainVerificationOut
 from api.services import audit as svc
+from engine.audit import ChainVerification
+from engine.wire import AuditPage
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=COMMON_ERRORS)
 
@@ -56,6 +57,6 @@ async def export(
                              headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-@router.get("/verify", response_model=ChainVerificationOut, summary="Verify the hash chain end to end")
-async def verify(session: SessionDep, user: CurrentUser) -> ChainVerificationOut:
+@router.get("/verify", response_model=ChainVerification, summary="Verify the hash chain end to end")
+async def verify(session: SessionDep, user: CurrentUser) -> ChainVerification:
     return await svc.verify(session=session, principal=user)

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 
 from api.deps import CurrentUser, SessionDep
 from api.errors import COMMON_ERRORS
-from api.schemas import Inbox
 from api.services import inbox as svc
+from engine.wire import Inbox
 
 router = APIRouter(prefix="/api/v1", tags=["inbox"], responses=COMMON_ERRORS)
 

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 
 from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
-from api.schemas import MAX_OFFSET, IntentChange, ModelDetail, ModelPage
+from api.schemas import MAX_OFFSET, IntentChange
 from api.services import catalog as svc
+from engine.wire import ModelDetail, ModelPage
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"], responses=COMMON_ERRORS)
 

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Request
 from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import BODY_ERRORS, COMMON_ERRORS, NOT_FOUND, ApiError
 from api.multipart import read_multipart
-from api.schemas import DryRunRequest, DryRunResult, PolicyDetail, PolicySummary
+from api.schemas import DryRunRequest
 from api.services import policies as svc
 from engine.checks import evidence_value
+from engine.wire import DryRunResult, PolicyDetail, PolicySummary
 
 router = APIRouter(prefix="/api/v1/policies", tags=["policies"], responses=COMMON_ERRORS)
 

@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.authz import Action, Principal, require, visible_team_filter
 from api.errors import ApiError
-from api.schemas import AuditEventOut, AuditPage, ChainVerificationOut
-from engine.audit import event_to_dict, verify_chain
+from engine.audit import ChainVerification, event_to_dict, verify_chain
 from engine.db import AuditEvent, CatalogModel
+from engine.wire import AuditEventOut, AuditPage
 
 CSV_COLUMNS = ["seq", "event_id", "event_type", "occurred_at", "recorded_at", "actor_id", "progression_id",
                "model_id", "stage", "payload", "prev_hash", "hash"]
@@ -140,7 +140,6 @@ def _cell(value: Any) -> Any:
     return "" if value is None else value
 
 
-async def verify(*, session: AsyncSession, principal: Principal) -> ChainVerificationOut:
+async def verify(*, session: AsyncSession, principal: Principal) -> ChainVerification:
     require(principal, Action.verify_audit)
-    result = await verify_chain(session)
-    return ChainVerificationOut.model_validate(result.model_dump())
+    return await verify_chain(session)

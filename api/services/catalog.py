@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.authz import Action, Principal, require, require_visible, visible_team_filter
 from api.deps import AppState
 from api.errors import ApiError
-from api.schemas import ModelDetail, ModelOut, ModelPage, VersionOut
-from engine.db import CatalogModel, ModelVersion, ProgressionRow
+from engine import audit
+from engine.db import CatalogModel, ModelVersion, ProgressionRow, utcnow
+from engine.lifecycle import EventType
+from engine.policy import Role
 from engine.spec import progression_id
+from engine.wire import ModelDetail, ModelOut, ModelPage, VersionOut
 
 
 async def _progressions_by_model(session: AsyncSession, model_ids: list[str]) -> dict[str, list[ProgressionRow]]:
@@ -82,12 +87,7 @@ async def change_intent(*, session: AsyncSession, app: AppState, principal: Prin
                         reason: str) -> ModelDetail:
     """A model's intent is fixed once registered; only a model risk officer, independent of the owning team,
     changes it (audited). Running progressions keep the policy they started under."""
-    import uuid
 
-    from engine import audit
-    from engine.db import utcnow
-    from engine.lifecycle import EventType
-    from engine.policy import Role
 
     require(principal, Action.read_catalog)
     model = await session.get(CatalogModel, model_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,6 +14,7 @@ from api.errors import ApiError
 from api.schemas import FeatureIn, FeatureList, FeatureOut
 from engine import audit
 from engine.db import Feature, utcnow
+from engine.features import upsert_feature
 from engine.lifecycle import EventType
 from engine.spec import FeatureName
 
@@ -32,7 +34,6 @@ async def list_features(*, session: AsyncSession, principal: Principal, tag: str
 async def put_feature(*, session: AsyncSession, principal: Principal, name: str, body: FeatureIn,
                       chain: bool = True) -> FeatureOut:
     require(principal, Action.write_features)
-    from pydantic import TypeAdapter, ValidationError
 
     try:
         TypeAdapter(FeatureName).validate_python(name)
@@ -46,7 +47,6 @@ async def put_feature(*, session: AsyncSession, principal: Principal, name: str,
     if previous is not None and previous == {"description": body.description, "tags": tags}:
         # PUT is idempotent: a repeat (e.g. a retry after a lost answer) changes nothing and records nothing.
         return _out(before)
-    from engine.features import upsert_feature
 
     result = await upsert_feature(session, name=name, description=body.description, tags=tags,
                                   updated_by=principal.username)

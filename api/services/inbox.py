@@ -9,9 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.authz import Action, Principal, require
-from api.schemas import Inbox, InboxItem
 from engine.db import ProgressionRow, utcnow
 from engine.lifecycle import FINAL_STATUSES, StageState, gate_refusal
+from engine.wire import Inbox, InboxItem
 
 
 async def inbox(*, session: AsyncSession, principal: Principal, limit: int = 200) -> Inbox:

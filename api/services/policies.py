@@ -11,7 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.authz import Action, Principal, require
 from api.errors import ApiError
-from api.schemas import (
+from engine import audit
+from engine.checks import builtin_checks, evaluate_stage
+from engine.db import PolicyVersion, utcnow
+from engine.features import resolve_features
+from engine.lifecycle import EventType
+from engine.loading import LoadedPolicy, PolicyRegistry, load_spec
+from engine.wire import (
     ApprovalOut,
     CheckOut,
     DryRunCheck,
@@ -22,10 +28,6 @@ from api.schemas import (
     PolicyVersionOut,
     StageRouteOut,
 )
-from engine import audit
-from engine.db import PolicyVersion, utcnow
-from engine.lifecycle import EventType
-from engine.loading import LoadedPolicy, PolicyRegistry, load_spec
 
 
 def _summary(loaded: LoadedPolicy) -> dict[str, Any]:
@@ -53,8 +55,6 @@ async def list_policies(*, session: AsyncSession, principal: Principal,
 
 async def get_policy(*, session: AsyncSession, principal: Principal, registry: PolicyRegistry,
                      intent: str) -> PolicyDetail:
-    from engine.checks import builtin_checks
-
     require(principal, Action.read_policies)
     loaded = _get(registry, intent)
     route = []
@@ -108,8 +108,6 @@ def _evidence_from_json(value: Any) -> Any:
 async def dry_run(*, session: AsyncSession, principal: Principal, registry: PolicyRegistry, intent: str,
                   spec_text: str | bytes, evidence: dict[str, Any], max_yaml_bytes: int) -> DryRunResult:
     """The route a spec would take under ``intent``'s policy and what passes now. Reads only."""
-    from engine.checks import evaluate_stage
-    from engine.features import resolve_features
 
     require(principal, Action.dry_run)
     loaded = _get(registry, intent)

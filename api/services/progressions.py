@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
@@ -38,31 +39,16 @@ from api.authz import (
 )
 from api.deps import AppState
 from api.errors import ApiError
-from api.schemas import (
-    ApprovalCheck,
-    EvidenceCheck,
-    Lineage,
-    ProgressionDetail,
-    ProgressionPage,
-    ProgressionSummary,
-    ProgressionVerification,
-)
+from api.schemas import Lineage, ProgressionDetail
 from engine import audit, lineage
-from engine.db import CatalogModel, Feature, ProgressionRow
+from engine.db import AuditEvent, CatalogModel, Feature, ModelVersion, ProgressionRow
 from engine.db import utcnow as _utcnow
+from engine.errors import NotFound, ProgressionError
+from engine.evidence import EvidenceCorrupted, EvidenceStore, guess_media_type, record_blob, sha256_hex
 from engine.lifecycle import (
-    QUERY_STATE,
-    UPDATE_DECIDE,
-    UPDATE_SUBMIT_EVIDENCE,
-    UPDATE_WITHDRAW,
-    WORKFLOW_NAME,
-    DecideInput,
-    DecideResult,
     DecisionKind,
     EventType,
-    EvidenceInput,
     EvidenceRef,
-    ProgressionInput,
     ProgressionState,
     Refusal,
     StageState,
@@ -77,8 +63,25 @@ from engine.lifecycle import (
     withdraw_refusal,
 )
 from engine.loading import load_spec
-from engine.spec import EvidenceName
-from engine.temporal import SA_INTENT, SA_MODEL_ID, SA_RISK_TIER, SA_STAGE, SA_STATUS
+from engine.spec import EvidenceName, identity_changes, spec_digest
+from engine.wire import ApprovalCheck, EvidenceCheck, ProgressionPage, ProgressionSummary, ProgressionVerification
+from workflows.contract import (
+    QUERY_STATE,
+    SA_INTENT,
+    SA_MODEL_ID,
+    SA_RISK_TIER,
+    SA_STAGE,
+    SA_STATUS,
+    UPDATE_DECIDE,
+    UPDATE_SUBMIT_EVIDENCE,
+    UPDATE_WITHDRAW,
+    WORKFLOW_NAME,
+    DecideInput,
+    DecideResult,
+    EvidenceInput,
+    ProgressionInput,
+    WithdrawInput,
+)
 
 QUERY_TIMEOUT = timedelta(seconds=10)
 EVIDENCE_PREFIX = "evidence."
@@ -146,7 +149,6 @@ async def get_progression(*, session: AsyncSession, app: AppState, principal: Pr
 async def get_progression_detail(*, session: AsyncSession, app: AppState, principal: Principal,
                                  progression_id: str) -> ProgressionDetail:
     """The progression with its lineage (other versions of the model; same artifact or commit anywhere)."""
-    from engine.db import ModelVersion
 
     state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
     version = (await session.execute(select(ModelVersion).where(
@@ -205,7 +207,6 @@ async def list_progressions(*, session: AsyncSession, principal: Principal, mode
 async def store_evidence(session: AsyncSession, app: AppState, uploads: list[Upload],
                          principal: Principal) -> dict[str, EvidenceRef]:
     """Store blobs content-addressed and record their metadata (commits). Same bytes -> same blob."""
-    from engine.evidence import EvidenceStore, guess_media_type, record_blob
 
     store = EvidenceStore(app.settings.evidence_dir)
     refs: dict[str, EvidenceRef] = {}
@@ -221,8 +222,6 @@ async def store_evidence(session: AsyncSession, app: AppState, uploads: list[Upl
 
 
 def check_evidence_names(uploads: list[Upload], allowed: set[str] | None) -> None:
-    from pydantic import TypeAdapter, ValidationError
-
     adapter = TypeAdapter(EvidenceName)
     seen: set[str] = set()
     for up in uploads:
@@ -551,7 +550,6 @@ async def add_evidence(*, session: AsyncSession, app: AppState, principal: Princ
         raise ApiError(422, "no_evidence", "send at least one 'evidence.<name>' file part")
     check_evidence_names(uploads, None)
     # The workflow validator applies the same rules; checking first means a refused upload stores nothing.
-    from engine.evidence import sha256_hex
 
     refusal = evidence_refusal(state, principal.actor) or evidence_change_refusal(
         state, {up.name: sha256_hex(up.data) for up in uploads})
@@ -571,9 +569,6 @@ async def add_evidence(*, session: AsyncSession, app: AppState, principal: Princ
 
 async def _spec_immutable(session: AsyncSession, state: ProgressionState, text: bytes) -> ApiError:
     """A spec sent to a running progression: refused, naming the identity fields it would change."""
-    from engine.db import ModelVersion
-    from engine.errors import ProgressionError
-    from engine.spec import identity_changes
 
     row = await session.scalar(select(ModelVersion).where(ModelVersion.model_id == state.model_id,
                                                           ModelVersion.version_id == state.version_id))
@@ -592,8 +587,6 @@ async def _spec_immutable(session: AsyncSession, state: ProgressionState, text: 
 
 async def withdraw(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
                    reason: str, request_id: str) -> ProgressionState:
-    from engine.lifecycle import WithdrawInput
-
     state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
     require_act_on_team(principal, Action.withdraw, state.team, f"progression {progression_id}")
     if state.status == Status.withdrawn:
@@ -622,7 +615,6 @@ async def withdraw(*, session: AsyncSession, app: AppState, principal: Principal
 
 async def _withdrawn_retry(session: AsyncSession, state: ProgressionState, request_id: str) -> ProgressionState:
     """A withdrawn progression: the state when ``request_id`` is the withdrawal (a retry), else 409."""
-    from engine.db import AuditEvent
 
     payloads = (await session.scalars(select(AuditEvent.payload).where(
         AuditEvent.progression_id == state.progression_id,
@@ -644,10 +636,6 @@ async def verify_progression(*, session: AsyncSession, app: AppState, principal:
     """Recompute what the approvals bound to from the stores, without trusting the recorded bases:
     every evidence blob re-hashed, the pinned spec re-hashed, each counted approval's basis compared
     with the basis recomputed from the recorded state, and with what the deployment carried."""
-    from engine.db import AuditEvent, ModelVersion
-    from engine.errors import NotFound
-    from engine.evidence import EvidenceCorrupted, EvidenceStore
-    from engine.spec import spec_digest
 
     state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
     problems: list[str] = []

@@ -18,18 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.authz import Action, Principal, require
 from api.errors import ApiError
-from api.schemas import (
-    EnrollmentCreated,
-    Me,
-    NewToken,
-    RoleGrantOut,
-    TokenOut,
-    UserCreate,
-    UserCreated,
-    UserOut,
-)
+from api.schemas import EnrollmentCreated, Me, NewToken, RoleGrantOut, TokenOut, UserCreate, UserCreated, UserOut
 from engine import audit
 from engine.db import ApiToken, RoleGrant, User, utcnow
+from engine.errors import NotFound
 from engine.identity import (
     check_role_combination,
     create_enrollment,
@@ -193,7 +185,6 @@ async def new_enrollment(*, session: AsyncSession, principal: Principal, user_id
 
 async def enroll(*, session: AsyncSession, code: str, name: str, chain: bool = True) -> NewToken:
     """The person redeems their one-time code (no other credential needed) for their own token."""
-    from engine.errors import NotFound
 
     try:
         user, row, token, enrollment = await redeem_enrollment(session, code, name=name)

@@ -10,6 +10,7 @@ same status code the API would answer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import secrets
@@ -33,6 +34,19 @@ from starlette.datastructures import UploadFile
 from api.authz import Action, Principal, allowed, require, require_act_on_team
 from api.deps import AppState, SessionDep, app_state
 from api.errors import ApiError
+from api.services.audit import AuditFilters, export_events, list_events, verify
+from api.services.catalog import get_model, list_models
+from api.services.inbox import inbox
+from api.services.policies import dry_run, get_policy, parse_json_evidence
+from api.services.progressions import (
+    Upload,
+    add_evidence,
+    decide,
+    get_progression,
+    list_progressions,
+    start_progression,
+    withdraw,
+)
 from api.web.session import (
     CSRF_FIELD,
     CsrfFailed,
@@ -45,9 +59,11 @@ from api.web.session import (
     verify_csrf,
     write_cookie,
 )
-from engine.db import ApiToken
+from engine.db import ApiToken, User
+from engine.durations import human_duration
 from engine.errors import ProgressionError
-from engine.identity import authenticate_token, hash_token
+from engine.evidence import EvidenceStore
+from engine.identity import authenticate_token, get_user_by_username, hash_token
 from engine.lifecycle import (
     FINAL_STATUSES,
     DecisionKind,
@@ -56,6 +72,7 @@ from engine.lifecycle import (
     Refusal,
     StageState,
     StageStatus,
+    Status,
     decision_refusal,
 )
 
@@ -218,23 +235,7 @@ def _safe_next(value: str | None) -> str:
 # ---- formatting helpers for the templates --------------------------------------------------
 
 
-def human_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    s = int(abs(seconds))
-    days, rest = divmod(s, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    if days:
-        text = f"{days}d {hours}h"
-    elif hours:
-        text = f"{hours}h {minutes}m"
-    else:
-        text = f"{minutes}m"
-    return text
-
-
-templates.env.filters["duration"] = human_duration
+templates.env.filters["duration"] = functools.partial(human_duration, parts=2, smallest="m", empty="—", signed=False)
 templates.env.filters["words"] = lambda v: str(v).replace("_", " ")
 # Upper-case the first letter only (Jinja's ``capitalize`` lower-cases the rest, e.g. ids and "SLA").
 templates.env.filters["sentence"] = lambda v: str(v)[:1].upper() + str(v)[1:]
@@ -297,8 +298,6 @@ async def logout(web: AnyWeb) -> Response:
 
 @router.get("/inbox", name="ui_inbox")
 async def inbox_page(web: UserWeb) -> Response:
-    from api.services.inbox import inbox
-
     box = await call(inbox(session=web.db, principal=web.user))
     return render(web.request, "inbox.html", {"title": "Inbox", "active": "inbox", "inbox": box})
 
@@ -306,8 +305,6 @@ async def inbox_page(web: UserWeb) -> Response:
 @router.get("/progressions", name="ui_progressions")
 async def progressions_page(web: UserWeb, model: str | None = None, intent: str | None = None,
                             status: str | None = None, offset: int = 0) -> Response:
-    from api.services.progressions import list_progressions
-
     filters = {"model": model or None, "intent": intent or None, "status": status or None}
     page = await call(list_progressions(session=web.db, principal=web.user, limit=PAGE_SIZE,
                                         offset=max(offset, 0), **filters))
@@ -319,8 +316,6 @@ async def progressions_page(web: UserWeb, model: str | None = None, intent: str 
 
 
 def _statuses() -> list[Any]:
-    from engine.lifecycle import Status
-
     return list(Status)
 
 
@@ -420,8 +415,6 @@ def _progression_response(web: Web, ctx: dict[str, Any], status: int = 200) -> R
 
 @router.get("/progressions/{progression_id}", name="ui_progression")
 async def progression_page(web: UserWeb, progression_id: str, done: str | None = None) -> Response:
-    from api.services.progressions import get_progression
-
     state = await call(get_progression(session=web.db, app=web.app, principal=web.user,
                                        progression_id=progression_id))
     flash = _FLASH.get(done or "")
@@ -442,8 +435,6 @@ _BASIS = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 @router.post("/progressions/{progression_id}/decisions")
 async def decide_form(web: PostWeb, progression_id: str) -> Response:
-    from api.services.progressions import decide, get_progression
-
     form = await web.request.form()
     stage = str(form.get("stage") or "")
     raw_decision = str(form.get("decision") or "")
@@ -490,8 +481,6 @@ async def decide_form(web: PostWeb, progression_id: str) -> Response:
 
 @router.get("/progressions/{progression_id}/evidence/{name}", name="ui_evidence")
 async def evidence_download(web: UserWeb, progression_id: str, name: str) -> Response:
-    from api.services.progressions import get_progression
-
     state = await call(get_progression(session=web.db, app=web.app, principal=web.user,
                                        progression_id=progression_id))
     ref = state.evidence.get(name)
@@ -510,7 +499,6 @@ async def evidence_download(web: UserWeb, progression_id: str, name: str) -> Res
 
 async def _read_blob(app: AppState, sha256: str) -> bytes | None:
     """Evidence bytes from the content-addressed store (the same ``exists``/``get`` the activities use)."""
-    from engine.evidence import EvidenceStore
 
     if not re.fullmatch(r"[0-9a-f]{64}", sha256):
         return None
@@ -522,8 +510,6 @@ async def _read_blob(app: AppState, sha256: str) -> bytes | None:
 
 
 async def _uploads(form: Any, prefix: str = "evidence.") -> list[Any]:
-    from api.services.progressions import Upload
-
     uploads = []
     for key, value in form.multi_items():
         if key.startswith(prefix) and isinstance(value, UploadFile) and value.filename:
@@ -536,8 +522,6 @@ async def _uploads(form: Any, prefix: str = "evidence.") -> list[Any]:
 
 @router.post("/progressions/{progression_id}/evidence")
 async def evidence_form(web: PostWeb, progression_id: str) -> Response:
-    from api.services.progressions import Upload, add_evidence, get_progression
-
     form = await web.request.form()
     uploads = await _uploads(form)
     new_name, new_file = str(form.get("new_name") or "").strip(), form.get("new_file")
@@ -562,8 +546,6 @@ async def evidence_form(web: PostWeb, progression_id: str) -> Response:
 
 @router.post("/progressions/{progression_id}/withdraw")
 async def withdraw_form(web: PostWeb, progression_id: str) -> Response:
-    from api.services.progressions import get_progression, withdraw
-
     form = await web.request.form()
     reason = str(form.get("reason") or "").strip()
     try:
@@ -599,7 +581,6 @@ def match_evidence(spec_text: bytes, files: list[tuple[str, bytes, str | None]])
 
     Returns the uploads and the file names that match no declared evidence.
     """
-    from api.services.progressions import Upload
 
     try:
         data = yaml.safe_load(spec_text) or {}
@@ -625,8 +606,6 @@ def match_evidence(spec_text: bytes, files: list[tuple[str, bytes, str | None]])
 
 @router.post("/start")
 async def start_form(web: PostWeb) -> Response:
-    from api.services.progressions import start_progression
-
     form = await web.request.form()
     spec_upload = form.get("spec_file")
     spec_text = b""
@@ -682,8 +661,6 @@ def _problem_text(exc: ProgressionError) -> str:
 
 @router.get("/models", name="ui_models")
 async def models_page(web: UserWeb, intent: str | None = None, offset: int = 0) -> Response:
-    from api.services.catalog import list_models
-
     page = await call(list_models(session=web.db, principal=web.user, intent=intent or None, limit=PAGE_SIZE,
                                   offset=max(offset, 0)))
     return render(web.request, "models.html", {"title": "Models", "active": "models", "page": page,
@@ -692,8 +669,6 @@ async def models_page(web: UserWeb, intent: str | None = None, offset: int = 0) 
 
 @router.get("/models/{model_id}", name="ui_model")
 async def model_page(web: UserWeb, model_id: str) -> Response:
-    from api.services.catalog import get_model
-
     model = await call(get_model(session=web.db, principal=web.user, model_id=model_id))
     return render(web.request, "model.html", {"title": model.name, "active": "models", "model": model,
                                               "now": datetime.now(UTC)})
@@ -704,8 +679,6 @@ async def model_page(web: UserWeb, model_id: str) -> Response:
 
 @router.get("/policies", name="ui_policies")
 async def policies_page(web: UserWeb) -> Response:
-    from api.services.policies import get_policy
-
     require_or_page(web.user, Action.read_policies)
     details = [await call(get_policy(session=web.db, principal=web.user, registry=web.app.registry, intent=i))
                for i in web.app.registry.intents()]
@@ -721,16 +694,12 @@ async def dry_run_page(web: UserWeb) -> Response:
 
 @router.get("/policies/{intent}", name="ui_policy")
 async def policy_page(web: UserWeb, intent: str) -> Response:
-    from api.services.policies import get_policy
-
     policy = await call(get_policy(session=web.db, principal=web.user, registry=web.app.registry, intent=intent))
     return render(web.request, "policy.html", {"title": policy.title, "active": "policies", "policy": policy})
 
 
 @router.post("/policies/dry-run")
 async def dry_run_form(web: PostWeb) -> Response:
-    from api.services.policies import dry_run, parse_json_evidence
-
     form = await web.request.form()
     spec_text = str(form.get("spec") or "")
     evidence_text = str(form.get("evidence") or "").strip()
@@ -804,8 +773,6 @@ def _parse_when(value: str, field: str) -> datetime | None:
 
 async def _service_filters(web: Web, f: AuditForm) -> Any:
     """The API service's filters; an actor may be typed as a username (resolved) or a user id."""
-    from api.services.audit import AuditFilters
-    from engine.identity import get_user_by_username
 
     actor_id: str | None = None
     if f.actor:
@@ -827,8 +794,6 @@ def _audit_form(progression: str | None, model: str | None, actor: str | None, e
 async def audit_page(web: UserWeb, progression: str | None = None, model: str | None = None,
                      actor: str | None = None, event_type: str | None = None, since: str | None = None,
                      until: str | None = None, cursor: str | None = None, page_no: int = 1) -> Response:
-    from api.services.audit import list_events
-
     f = _audit_form(progression, model, actor, event_type, since, until)
     filters = await _service_filters(web, f)
     page = await call(list_events(session=web.db, principal=web.user, filters=filters, cursor=cursor or None,
@@ -847,8 +812,6 @@ async def audit_page(web: UserWeb, progression: str | None = None, model: str | 
 
 
 async def _usernames(db: AsyncSession, ids: set[str]) -> dict[str, str]:
-    from engine.db import User
-
     if not ids:
         return {}
     rows = await db.execute(select(User.id, User.username).where(User.id.in_(ids)))
@@ -859,8 +822,6 @@ async def _usernames(db: AsyncSession, ids: set[str]) -> dict[str, str]:
 async def audit_export(web: UserWeb, format: str = "csv", progression: str | None = None, model: str | None = None,
                        actor: str | None = None, event_type: str | None = None, since: str | None = None,
                        until: str | None = None) -> Response:
-    from api.services.audit import export_events
-
     f = _audit_form(progression, model, actor, event_type, since, until)
     filters = await _service_filters(web, f)
     stream = await call(export_events(sessionmaker=web.app.sessionmaker, principal=web.user, filters=filters,
@@ -872,8 +833,6 @@ async def audit_export(web: UserWeb, format: str = "csv", progression: str | Non
 
 @router.post("/audit/verify")
 async def audit_verify(web: PostWeb) -> Response:
-    from api.services.audit import verify
-
     result = await call(verify(session=web.db, principal=web.user))
     name = "_verify_result.html" if web.htmx else "verify.html"
     return render(web.request, name, {"title": "Audit chain verification", "active": "audit", "result": result})

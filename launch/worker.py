@@ -1,6 +1,6 @@
 """The Temporal worker: the progression workflow and its activities.
 
-``python -m engine.worker`` runs one with settings from the environment. Policies are loaded
+``python -m launch.worker`` runs one with settings from the environment. Policies are loaded
 and validated once at start: a bad policy refuses the worker (file, field, line), instead of
 failing a progression at 2 a.m.
 """
@@ -18,11 +18,13 @@ from temporalio.worker import Worker
 from activities.notify import build_notifier
 from activities.progression import ProgressionActivities
 from activities.promotion import build_promotion_target
+from engine.database import require_database
 from engine.db import make_engine, make_sessionmaker
+from engine.errors import NoDatabase
 from engine.evidence import EvidenceStore
 from engine.loading import PolicyRegistry
 from engine.settings import Settings, get_settings
-from engine.temporal import connect
+from workflows.contract import connect
 from workflows.progression import ProgressionWorkflow
 
 log = logging.getLogger("progression.worker")
@@ -64,9 +66,15 @@ async def run_worker(settings: Settings | None = None) -> None:
         await engine.dispose()
 
 
-def main() -> None:
-    from engine.serve import refuse_without_database
+def refuse_without_database(settings: Settings) -> None:
+    """A worker needs the migrated database; with SQLite it would otherwise create an empty file."""
+    try:
+        asyncio.run(require_database(settings.resolved_database_url, server=False))
+    except NoDatabase as exc:
+        raise SystemExit(f"progression: refusing to start: {exc.message}") from None
 
+
+def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     refuse_without_database(get_settings())
     try:

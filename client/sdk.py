@@ -6,7 +6,7 @@ shapes. Errors raise typed exceptions carrying the API's ``code``, ``message``,
 ``details`` and HTTP status; a server that cannot be reached raises
 :class:`ConnectionFailed`.
 
-    from engine.sdk import ProgressionClient
+    from client.sdk import ProgressionClient
     with ProgressionClient("http://127.0.0.1:8000", token) as client:
         state = client.start("examples/retail-credit-scorecard")
         print(state.status, state.next_action)
@@ -23,12 +23,15 @@ from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
+import yaml
 from pydantic import BaseModel
 
-from api.schemas import (
+from client.repo import RepositoryUpload, read_repository
+from engine.audit import ChainVerification
+from engine.lifecycle import DecisionKind, ProgressionDetail, ProgressionState
+from engine.wire import (
     AuditEventOut,
     AuditPage,
-    ChainVerificationOut,
     DryRunResult,
     InboxItem,
     ModelDetail,
@@ -39,8 +42,6 @@ from api.schemas import (
     ProgressionPage,
     ProgressionVerification,
 )
-from engine.lifecycle import DecisionKind, ProgressionDetail, ProgressionState
-from engine.repo import RepositoryUpload, read_repository
 
 API_PREFIX = "/api/v1"
 T = TypeVar("T")
@@ -303,8 +304,8 @@ class _Calls:
         return _Call("GET", "/audit/export", _bytes, params=_clean({**filters, "format": format}))
 
     @staticmethod
-    def audit_verify() -> _Call[ChainVerificationOut]:
-        return _Call("GET", "/audit/verify", _as(ChainVerificationOut))
+    def audit_verify() -> _Call[ChainVerification]:
+        return _Call("GET", "/audit/verify", _as(ChainVerification))
 
 
 AuditFormat = Literal["csv", "jsonl"]
@@ -312,7 +313,6 @@ AuditFormat = Literal["csv", "jsonl"]
 
 def _intent_of(source: str | Path | RepositoryUpload) -> str:
     """The business intent named by the repository's progression.yaml (the server validates the rest)."""
-    import yaml
 
     upload = _upload(source)
     try:
@@ -459,7 +459,7 @@ class ProgressionClient:
             raise _connection_error(exc, self.base_url) from None
         return written
 
-    def audit_verify(self) -> ChainVerificationOut:
+    def audit_verify(self) -> ChainVerification:
         return self._run(_Calls.audit_verify())
 
 
@@ -560,7 +560,7 @@ class AsyncProgressionClient:
     async def audit_export(self, format: AuditFormat = "jsonl", **filters: Any) -> bytes:
         return await self._run(_Calls.audit_export(format, filters))
 
-    async def audit_verify(self) -> ChainVerificationOut:
+    async def audit_verify(self) -> ChainVerification:
         return await self._run(_Calls.audit_verify())
 
 

@@ -1,6 +1,6 @@
-"""The ``progression`` command. This module owns the ``users`` group (it talks to the database
-directly, so an administrator can create the first user before anyone holds a token);
-every other command lives in :mod:`engine.cli_commands` and talks to the HTTP API.
+"""``progression users``: users and API tokens, straight in the database (for administrators).
+
+It talks to the database, not the API, so an administrator can create the first user before anyone holds a token.
 """
 
 from __future__ import annotations
@@ -9,23 +9,21 @@ import asyncio
 from typing import Annotated
 
 import typer
+from sqlalchemy import select
 
+from engine import audit
+from engine.database import require_database, upgrade
+from engine.db import User, make_engine, make_sessionmaker, utcnow
+from engine.errors import ProgressionError
+from engine.identity import create_user, role_grants
+from engine.lifecycle import EventType
 from engine.settings import get_settings
 
-app = typer.Typer(name="progression", help="Governance of the model development lifecycle.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
 users_app = typer.Typer(help="Users and API tokens (direct database access; for administrators).",
                         no_args_is_help=True)
-app.add_typer(users_app, name="users")
 
 
 async def _create_user(username: str, roles: list[str], team: str | None, display_name: str) -> tuple[str, str]:
-    from engine import audit
-    from engine.database import require_database, upgrade
-    from engine.db import make_engine, make_sessionmaker, utcnow
-    from engine.identity import create_user
-    from engine.lifecycle import EventType
-
     settings = get_settings()
     url = settings.resolved_database_url
     # Never create one: a user in a database no stack reads gets a token every request answers 401 to.
@@ -55,7 +53,6 @@ def users_create(
     display_name: Annotated[str, typer.Option("--display-name", help="full name")] = "",
 ) -> None:
     """Create a user; prints the new API token as the LAST line (shown only once)."""
-    from engine.errors import ProgressionError
 
     try:
         user_id, token = asyncio.run(_create_user(name, role, team, display_name))
@@ -68,10 +65,6 @@ def users_create(
 
 
 async def _list_users() -> list[tuple[str, str, str, list[tuple[str, str, str, str]]]]:
-    from engine.database import upgrade
-    from engine.db import User, make_engine, make_sessionmaker
-    from engine.identity import role_grants
-
     settings = get_settings()
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
@@ -80,8 +73,6 @@ async def _list_users() -> list[tuple[str, str, str, list[tuple[str, str, str, s
     engine = make_engine(url)
     try:
         async with make_sessionmaker(engine)() as session:
-            from sqlalchemy import select
-
             users = list((await session.execute(select(User).order_by(User.username))).scalars())
             grants = await role_grants(session)
             return [(u.username, u.team or "-", ",".join(u.roles or []) or "-",
@@ -98,13 +89,3 @@ def users_list() -> None:
         typer.echo(f"{username:20s} team={team:20s} roles={roles}")
         for role, status, proposed, approved in grants:
             typer.echo(f"    {role:20s} {status:9s} proposed by {proposed}, approved by {approved}")
-
-
-def _register_http_commands() -> None:
-    """The HTTP commands (login, start, status, decide, ...) live in engine.cli_commands."""
-    from engine.cli_commands import register
-
-    register(app)
-
-
-_register_http_commands()

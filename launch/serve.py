@@ -1,11 +1,11 @@
 """Entry point of the production image: one process role per container.
 
-    python -m engine.serve api        # the HTTP API (uvicorn on api.app:create_app)
-    python -m engine.serve worker     # a Temporal worker: workflows and activities
-    python -m engine.serve migrate    # Alembic migrations to head, then exit
-    python -m engine.serve healthcheck  # probe this container's API /healthz (Docker HEALTHCHECK)
+    python -m launch.serve api        # the HTTP API (uvicorn on api.app:create_app)
+    python -m launch.serve worker     # a Temporal worker: workflows and activities
+    python -m launch.serve migrate    # Alembic migrations to head, then exit
+    python -m launch.serve healthcheck  # probe this container's API /healthz (Docker HEALTHCHECK)
 
-Unlike ``make run`` (engine.run), nothing embedded is started here: the Temporal cluster and the
+Unlike ``make run`` (launch.run), nothing embedded is started here: the Temporal cluster and the
 database are given by ``PROGRESSION_*`` settings, and production settings refuse defaults.
 Every role reads the same settings, so a misconfigured deployment fails at start, in every
 container, with the same message.
@@ -39,8 +39,12 @@ def load_settings() -> Settings:
         raise SystemExit(f"progression: refusing to start: {problems}") from None
 
 
+# Each role imports what it needs when it runs, not at module load: the image's HEALTHCHECK runs this module
+# every 30 s and must stay light (no uvicorn, SQLAlchemy or Temporal SDK for a probe).
+
+
 def run_api(settings: Settings) -> None:
-    import uvicorn
+    import uvicorn  # local: the role's own dependency (see above)
 
     # The factory, not an app built here: uvicorn owns the event loop and the app's lifespan.
     uvicorn.run(
@@ -57,7 +61,7 @@ def run_api(settings: Settings) -> None:
 
 
 async def _worker_main(settings: Settings) -> None:
-    from engine.worker import run_worker
+    from launch.worker import run_worker  # local: the role's own dependency (see above)
 
     task = asyncio.ensure_future(run_worker(settings))
     loop = asyncio.get_running_loop()
@@ -72,43 +76,21 @@ async def _worker_main(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings) -> None:
+    from launch.worker import refuse_without_database  # local: the role's own dependency (see above)
+
     refuse_without_database(settings)
     asyncio.run(_worker_main(settings))
 
 
-def refuse_without_database(settings: Settings) -> None:
-    """A worker needs the migrated database; with SQLite it would otherwise create an empty file."""
-    from engine.database import require_database
-    from engine.errors import NoDatabase
-
-    try:
-        asyncio.run(require_database(settings.resolved_database_url, server=False))
-    except NoDatabase as exc:
-        raise SystemExit(f"progression: refusing to start: {exc.message}") from None
-
-
 def run_migrate(settings: Settings) -> None:
-    from engine.database import upgrade_sync
+    from engine.database import upgrade_sync  # local: the role's own dependency (see above)
+    from launch.seed import seed_feature_catalog  # local: likewise
 
     upgrade_sync(settings.resolved_database_url)
     log.info("database migrated to head")
-    inserted = asyncio.run(_seed_feature_catalog(settings))
+    inserted = asyncio.run(seed_feature_catalog(settings))
     log.info("feature catalog: %d features added from %s (existing entries are never overwritten)",
              inserted, settings.features_file)
-
-
-async def _seed_feature_catalog(settings: Settings) -> int:
-    from engine.db import make_engine, make_sessionmaker
-    from engine.features import seed_features
-
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            inserted = await seed_features(session, settings.features_file)
-            await session.commit()
-            return inserted
-    finally:
-        await engine.dispose()
 
 
 def healthcheck(settings: Settings, timeout: float = 3.0) -> int:
@@ -124,7 +106,7 @@ def healthcheck(settings: Settings, timeout: float = 3.0) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.serve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m launch.serve", description=__doc__.splitlines()[0])
     parser.add_argument("role", choices=ROLES, help="which process this container runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,4 +1,4 @@
-"""One data directory, one stack: what ``make run`` (engine.run) claims before it starts anything.
+"""One data directory, one stack: what ``make run`` (launch.run) claims before it starts anything.
 
 - An OS lock (``flock``) on ``<data dir>/stack.lock``, held for the life of the orchestrator. The
   kernel drops it when the process ends, however it ends, so a crash never leaves a stale lock. The

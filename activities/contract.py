@@ -1,0 +1,135 @@
+"""The activities' contract: their names and their pydantic inputs and results, nothing else.
+
+The workflow schedules activities by these names with these models; the implementations (progression.py,
+notify.py, promotion.py) take and return them. No database, HTTP or CEL here, so the workflow can import it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.lifecycle import CheckResult, DecisionRecord, EventType, EvidenceRef, PriorOutcome, ProgressionState
+from engine.policy import Role, StageDef
+from engine.spec import ProgressionSpec
+
+# Activity names (``@activity.defn(name=...)``): what the workflow's history records for each.
+REGISTER_PROGRESSION = "register_progression"
+RECORD_FAILURE = "record_failure"
+EVALUATE_CHECKS = "evaluate_checks"
+RECORD = "record"
+DEPLOY = "deploy"
+
+
+NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened"]
+
+
+class Notification(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str  # stable across retries; also the id of the notification.sent audit event
+    kind: NotificationKind
+    progression_id: str
+    model_id: str
+    stage: str | None = None
+    roles: list[Role] = Field(default_factory=list)  # who should act or know
+    message: str
+
+
+class Deployment(BaseModel):
+    """What to promote; ``deployment_key`` is the same on every retry of one deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deployment_key: str
+    progression_id: str
+    model_id: str
+    version_id: str
+    artifact: str
+    stage: str
+    business_intent: str
+    policy_hash: str
+    artifact_digest: str | None = None  # sha256:<hex> of the artifact the approvals bound to
+    approval_bases: list[str] = []  # the basis hash of every approval that allowed this deployment
+
+
+class DeploymentReceipt(BaseModel):
+    deployment_id: str
+    target: str
+    details: dict[str, Any] = {}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AuditEventIn(_Model):
+    """An audit event built by the workflow; ``progression_id``/``model_id`` come from the state."""
+
+    event_id: str
+    event_type: EventType
+    occurred_at: datetime
+    actor_id: str | None = None
+    stage: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class RegisterInput(_Model):
+    state: ProgressionState
+    spec: ProgressionSpec
+    spec_yaml: str
+    events: list[AuditEventIn]
+
+
+class RegisterResult(_Model):
+    created: bool  # False when a retry found the rows already written
+    # Earlier rejections of the same artifact or source commit (any model id).
+    prior_rejections: list[PriorOutcome] = Field(default_factory=list)
+
+
+class RecordFailureInput(_Model):
+    """A failed workflow: the state (status failed, with the reason) and its progression.failed event."""
+
+    state: ProgressionState
+    spec: ProgressionSpec
+    events: list[AuditEventIn]
+
+
+class EvaluateChecksInput(_Model):
+    state: ProgressionState  # pinned spec facts + evidence refs; also synced to the read model
+    spec: ProgressionSpec
+    stage: StageDef
+    is_first_stage: bool
+    now: datetime  # workflow time, so results do not depend on when a retry runs
+    event_id_prefix: str  # check events get f"{prefix}/{check_id}"
+    events_before: list[AuditEventIn] = Field(default_factory=list)  # e.g. stage.entered, appended first
+
+
+class EvaluateChecksResult(_Model):
+    results: list[CheckResult]
+
+
+class RecordInput(_Model):
+    """Events to append, the state to mirror, and optionally a decision row and evidence links."""
+
+    state: ProgressionState
+    events: list[AuditEventIn] = Field(default_factory=list)
+    decision: DecisionRecord | None = None
+    evidence: list[EvidenceRef] = Field(default_factory=list)
+    notifications: list[Notification] = Field(default_factory=list)
+
+
+class RecordResult(_Model):
+    events_written: int
+    read_model_updated: bool
+    notifications_sent: int
+
+
+class DeployInput(_Model):
+    deployment: Deployment
+
+
+class DeployResult(_Model):
+    receipt: DeploymentReceipt

@@ -1,0 +1,237 @@
+"""Commands on one progression's journey: route (dry run), start, status, evidence add, withdraw, list."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from client.cli.common import (
+    EXIT_CHECKS_FAIL,
+    EXIT_ERROR,
+    EXIT_INVALID,
+    JsonOpt,
+    client,
+    emit_json,
+    err,
+    fail,
+    handle_errors,
+    out,
+)
+from client.cli.render import _ago, _row, render_route, render_state
+from client.repo import SPEC_FILENAME, RepositoryUpload, read_repository
+from client.sdk import InvalidInput, NotFound, _intent_of
+from engine.lifecycle import ProgressionState, Status
+from engine.wire import PolicyDetail
+
+
+def _line_of(text: bytes, key: str) -> int | None:
+    for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
+        if line.strip().startswith(f"{key}:"):
+            return number
+    return None
+
+
+def _repo(repo_dir: Path) -> RepositoryUpload:
+    spec = repo_dir / SPEC_FILENAME
+    if not spec.is_file():
+        fail(f"{spec}: not found; run in a model repository or pass its directory", EXIT_INVALID)
+    return read_repository(repo_dir)
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+RepoArg = Annotated[Path, typer.Argument(help="The model repository (with progression.yaml).")]
+
+
+@handle_errors
+def route(
+    repo_dir: RepoArg = Path("."),
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 6 when a check fails now.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Dry run: the route this repository would take now — stages, checks, approvals, what to fix first."""
+    upload = _repo(repo_dir)
+    with client() as c:
+        intent = _intent_of(upload)
+        try:
+            result = c.dry_run(intent, upload)
+        except NotFound as exc:
+            if not (isinstance(exc.details, dict) and exc.details.get("intent") == intent):
+                raise
+            # The intent came from the spec: a typo there is invalid input, pointed at its line.
+            line = _line_of(upload.spec_yaml, "business_intent")
+            where = f"{SPEC_FILENAME}:{line}" if line else SPEC_FILENAME
+            raise InvalidInput(f"{where}: model.business_intent: {exc.message}", code="unknown_intent",
+                               details=exc.details, status=exc.status) from None
+        try:
+            policy: PolicyDetail | None = c.policy(result.intent)
+        except NotFound:
+            policy = None
+    if as_json:
+        body = result.model_dump(mode="json")
+        if policy is not None:
+            body["policy"] = {"title": policy.title, "risk_tier": policy.risk_tier, "hash": policy.hash}
+        body["local_missing_evidence"] = upload.missing
+        emit_json(body)
+    else:
+        out().print(render_route(result, policy, upload))
+    if strict and result.checks_failing:
+        raise typer.Exit(EXIT_CHECKS_FAIL)
+
+
+@handle_errors
+def start(
+    repo_dir: RepoArg = Path("."),
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key (e.g. the CI job id).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a progression: upload progression.yaml and the evidence it names; print the id and the route."""
+    upload = _repo(repo_dir)
+    if upload.missing:
+        missing = ", ".join(f"{n} ({p})" for n, p in sorted(upload.missing.items()))
+        err().print(Text(f"warning: evidence not found in the repository: {missing}", style="yellow"))
+    with client() as c:
+        state = c.start(upload, idempotency_key=idempotency_key)
+    if as_json:
+        emit_json(state)
+        return
+    console = out()
+    console.print(Text.assemble("Started ", (state.progression_id, "bold")))
+    console.print(render_state(state))
+
+
+def _waits_on_person_or_ended(state: ProgressionState) -> bool:
+    return state.status != Status.running
+
+
+@handle_errors
+def status(
+    progression_id: Annotated[str, typer.Argument(help="<model-id>@<version-id>")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Update until it waits on a person or ends.")]
+    = False,
+    interval: Annotated[float, typer.Option(help="Seconds between polls with --follow.", min=0.05)] = 2.0,
+    timeout: Annotated[float | None, typer.Option(help="Give up following after this many seconds.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The route with done / current / next stages, checks, approvals and who acts next."""
+    with client() as c:
+        state = c.get(progression_id)
+        if not follow:
+            if as_json:
+                emit_json(state)
+            else:
+                out().print(render_state(state))
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        console = out()
+        if as_json:
+            # One JSON document per line per change, so a script can stream it. Never an older state than one
+            # already shown (when the workflow does not answer in time the API serves its last recorded snapshot).
+            last = -1
+            while True:
+                if state.seq > last:
+                    sys.stdout.write(state.model_dump_json() + "\n")
+                    sys.stdout.flush()
+                    last = state.seq
+                if _waits_on_person_or_ended(state) or (deadline and time.monotonic() > deadline):
+                    break
+                time.sleep(interval)
+                state = c.get(progression_id)
+        elif console.is_terminal:
+            with Live(render_state(state), console=console, refresh_per_second=4) as live:
+                while not _waits_on_person_or_ended(state) and not (deadline and time.monotonic() > deadline):
+                    time.sleep(interval)
+                    state = c.get(progression_id)
+                    live.update(render_state(state))
+        else:
+            last = -1
+            while True:
+                if state.seq > last:
+                    console.print(render_state(state))
+                    last = state.seq
+                if _waits_on_person_or_ended(state) or (deadline and time.monotonic() > deadline):
+                    break
+                time.sleep(interval)
+                state = c.get(progression_id)
+    if not _waits_on_person_or_ended(state):
+        fail(f"{progression_id} is still {state.status.value} after {timeout}s", EXIT_ERROR)
+
+
+_NAME_FILE = re.compile(r"^([a-z][a-z0-9_]{0,63})=(.+)$")
+
+
+@handle_errors
+def evidence_add(
+    progression_id: Annotated[str, typer.Argument(help="<model-id>@<version-id>")],
+    files: Annotated[list[str], typer.Argument(help="FILE (named by its stem) or NAME=FILE.")],
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add or replace evidence; the current stage's checks run again."""
+    named: dict[str, Path] = {}
+    for item in files:
+        match = _NAME_FILE.match(item)
+        name, path = (match.group(1), Path(match.group(2))) if match else (Path(item).stem, Path(item))
+        if not path.is_file():
+            fail(f"{path}: no such file", EXIT_INVALID)
+        if name in named:
+            fail(f"evidence {name!r} is given twice ({named[name]} and {path})", EXIT_INVALID)
+        named[name] = path
+    with client() as c:
+        state = c.add_evidence(progression_id, named, idempotency_key=idempotency_key)
+    if as_json:
+        emit_json(state)
+        return
+    out().print(Text(f"Evidence {', '.join(sorted(named))} added to {progression_id}"))
+    out().print(render_state(state))
+
+
+@handle_errors
+def withdraw(
+    progression_id: Annotated[str, typer.Argument(help="<model-id>@<version-id>")],
+    reason: Annotated[str, typer.Option("--reason", "-r", help="Why it stops (recorded in the audit trail).")],
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop a progression (the submitting team only)."""
+    with client() as c:
+        state = c.withdraw(progression_id, reason, idempotency_key=idempotency_key)
+    if as_json:
+        emit_json(state)
+        return
+    out().print(Text(f"{state.progression_id} is {state.status.value}"))
+
+
+
+@handle_errors
+def list_progressions(
+    model: Annotated[str | None, typer.Option(help="Model id.")] = None,
+    intent: Annotated[str | None, typer.Option(help="Business intent.")] = None,
+    stage: Annotated[str | None, typer.Option(help="Current stage.")] = None,
+    status_: Annotated[str | None, typer.Option("--status", help="Status.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.", min=1)] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """Progressions you can see, newest first."""
+    with client() as c:
+        page = c.list(model=model, intent=intent, stage=stage, status=status_, limit=limit)
+    if as_json:
+        emit_json(page)
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("progression", "intent", "tier", "status", "stage", "waiting on", "updated"):
+        table.add_column(col)
+    for p in page.items:
+        _row(table, p.id, p.business_intent, str(p.risk_tier), p.status, p.current_stage or "-",
+                      ", ".join(p.waiting_on) or "-", f"{_ago(p.updated_at)} ago")
+    out().print(table)
+
+

@@ -1,0 +1,236 @@
+"""The HTTP API's response bodies that its clients read too (the SDK, the CLI, the web UI's templates).
+
+One definition, imported by ``api`` (which serves them) and ``client`` (which parses them): pure pydantic, no
+behaviour, so the client never imports the API. Request bodies and admin-only payloads stay in ``api.schemas``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from engine.policy import Role
+
+
+class EvidenceCheck(BaseModel):
+    name: str
+    sha256: str
+    status: Literal["ok", "missing", "corrupted"]
+    actual_sha256: str | None = None
+
+
+class ApprovalCheck(BaseModel):
+    stage: str
+    decision_id: str
+    actor: str
+    basis: str | None  # what the approval bound to
+    current_basis: str | None  # the stage's basis recomputed from the recorded state
+    matches: bool
+    deployed: bool | None = None  # among the approvals the deployment carried (None: not deployed)
+
+
+class ProgressionVerification(BaseModel):
+    """``GET /progressions/{id}/verify``: evidence re-hashed from the store, every counted approval's
+    basis recomputed, and the deployment's approvals compared with them."""
+
+    progression_id: str
+    ok: bool
+    status: str
+    spec_digest: str | None
+    spec_matches: bool | None  # the stored progression.yaml still hashes to the pinned spec digest
+    evidence: list[EvidenceCheck]
+    approvals: list[ApprovalCheck]
+    deployment: dict[str, Any] | None = None
+    problems: list[str]
+
+
+class ProgressionSummary(BaseModel):
+    id: str
+    model_id: str
+    version_id: str
+    team: str
+    business_intent: str
+    risk_tier: int
+    status: str
+    current_stage: str | None
+    waiting_on: list[str]
+    submitted_by: str
+    gate_opened_at: datetime | None
+    sla_due_at: datetime | None
+    escalated: bool
+    revalidation_due_at: datetime | None
+    revalidation_overdue: bool
+    started_at: datetime
+    updated_at: datetime
+
+
+class ProgressionPage(BaseModel):
+    items: list[ProgressionSummary]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class InboxItem(BaseModel):
+    progression_id: str
+    model_id: str
+    model_name: str
+    version_id: str
+    team: str
+    business_intent: str
+    risk_tier: int
+    stage: str
+    roles: list[Role] = Field(description="the caller's roles this gate is waiting on")
+    approvals: list[dict[str, Any]]
+    gate_opened_at: datetime | None
+    waiting_seconds: float | None
+    sla_due_at: datetime | None
+    seconds_to_sla: float | None = Field(description="negative when the SLA has passed")
+    escalated: bool
+    submitted_by: str
+
+
+class Inbox(BaseModel):
+    items: list[InboxItem]
+    total: int
+
+
+class VersionOut(BaseModel):
+    version_id: str
+    source: str
+    artifact: str
+    features: list[str]
+    created_at: datetime
+    progression_id: str | None = None
+    status: str | None = None
+    current_stage: str | None = None
+    waiting_on: list[str] = Field(default_factory=list)
+    revalidation_due_at: datetime | None = None
+    revalidation_overdue: bool = False
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    team: str
+    business_intent: str
+    created_at: datetime
+    updated_at: datetime
+    latest_version: str | None = None
+    latest_status: str | None = None
+    versions_count: int = 0
+    revalidation_overdue: bool = False
+
+
+class ModelDetail(ModelOut):
+    versions: list[VersionOut]
+
+
+class ModelPage(BaseModel):
+    items: list[ModelOut]
+    total: int
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+class PolicyVersionOut(BaseModel):
+    policy_hash: str
+    title: str
+    risk_tier: int
+    active: bool
+    published_at: datetime
+
+
+class PolicySummary(BaseModel):
+    intent: str
+    title: str
+    risk_tier: int
+    hash: str
+    stages: list[str]
+    revalidation: str | None
+
+
+class CheckOut(BaseModel):
+    id: str
+    description: str
+    expr: str
+    builtin: bool = False
+
+
+class ApprovalOut(BaseModel):
+    role: Role
+    count: int
+    sla: str | None = None
+    escalate_to: Role | None = None
+
+
+class StageRouteOut(BaseModel):
+    name: str
+    description: str | None = None
+    checks: list[CheckOut]
+    approvals: list[ApprovalOut]
+    action: str | None = None
+
+
+class PolicyDetail(PolicySummary):
+    guidance: list[str]
+    route: list[StageRouteOut]
+    yaml: str
+    versions: list[PolicyVersionOut]
+
+
+class DryRunCheck(BaseModel):
+    id: str
+    description: str
+    passed: bool
+    reason: str
+
+
+class DryRunStage(BaseModel):
+    name: str
+    checks: list[DryRunCheck]
+    approvals: list[ApprovalOut]
+    action: str | None = None
+    passes_now: bool
+
+
+class DryRunResult(BaseModel):
+    intent: str
+    policy_hash: str
+    progression_id: str
+    target: str
+    route: list[DryRunStage]
+    checks_passing: int
+    checks_failing: int
+    approvals_needed: list[dict[str, Any]]
+    unknown_features: list[str]
+    missing_evidence: list[str]
+    fix_first: DryRunCheck | None = Field(description="the first failing check on the route, if any")
+    fix_first_stage: str | None = None
+
+
+class AuditEventOut(BaseModel):
+    seq: int
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    recorded_at: datetime
+    actor_id: str | None
+    progression_id: str | None
+    model_id: str | None
+    stage: str | None
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None = Field(
+        description="pass as ?cursor= for the next page (also to poll for newer events later)")
+    has_more: bool = Field(description="more matching events exist after this page right now")
+    limit: int

@@ -1,0 +1,80 @@
+"""The progression workflow's contract: what a caller needs to start it, update it, query it and find it.
+
+One definition each of the workflow's name, its Update and query names, their input and result models, and the
+search attributes (the keys the workflow upserts and the names and kinds a Temporal server registers). The API,
+the worker, the launcher and the workflow itself import them from here; nothing here touches a database or CEL.
+The data converter is part of the contract too: every party connects with :func:`connect`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from temporalio.client import Client
+from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from engine.lifecycle import Actor, DecisionKind, EvidenceRef, Model, ProgressionState
+from engine.policy import GovernancePolicy
+from engine.spec import ProgressionSpec
+
+WORKFLOW_NAME = "ProgressionWorkflow"
+UPDATE_DECIDE = "decide"
+UPDATE_SUBMIT_EVIDENCE = "submit_evidence"
+UPDATE_WITHDRAW = "withdraw"
+QUERY_STATE = "state"
+
+# Custom search attributes: upserted by the workflow, filtered on by the API, registered on every server.
+SA_MODEL_ID = SearchAttributeKey.for_keyword("ModelId")
+SA_INTENT = SearchAttributeKey.for_keyword("BusinessIntent")
+SA_RISK_TIER = SearchAttributeKey.for_int("RiskTier")
+SA_STAGE = SearchAttributeKey.for_keyword("ProgressionStage")
+SA_STATUS = SearchAttributeKey.for_keyword("ProgressionStatus")
+SEARCH_ATTRIBUTE_KEYS: list[SearchAttributeKey[Any]] = [SA_MODEL_ID, SA_INTENT, SA_RISK_TIER, SA_STAGE, SA_STATUS]
+# The same keys as the Temporal CLI spells them (``--name ModelId --type Keyword``), derived from the keys above.
+_CLI_TYPE = {SearchAttributeIndexedValueType.KEYWORD: "Keyword", SearchAttributeIndexedValueType.INT: "Int"}
+SEARCH_ATTRIBUTES: dict[str, str] = {key.name: _CLI_TYPE[key.indexed_value_type] for key in SEARCH_ATTRIBUTE_KEYS}
+
+
+class ProgressionInput(Model):
+    spec: ProgressionSpec
+    spec_yaml: str
+    policy: GovernancePolicy
+    policy_hash: str
+    evidence: dict[str, EvidenceRef]
+    submitted_by: Actor
+    # Carried across continue-as-new so the history stays bounded without losing the state.
+    resume_state: ProgressionState | None = None
+
+
+class DecideInput(Model):
+    stage: str
+    decision: DecisionKind
+    comment: str = Field(max_length=10_000)
+    actor: Actor
+    decision_id: str  # unique per request (idempotency key or a fresh uuid), deduplicates retries
+    # The basis the decider saw (``stages[i].basis`` of the state they read); a stale one is refused.
+    basis: str | None = None
+
+
+class DecideResult(Model):
+    accepted: bool
+    decision_id: str
+    state: ProgressionState
+
+
+class EvidenceInput(Model):
+    evidence: dict[str, EvidenceRef]
+    actor: Actor
+    request_id: str
+
+
+class WithdrawInput(Model):
+    reason: str = Field(max_length=10_000)
+    actor: Actor
+    request_id: str
+
+
+async def connect(address: str, namespace: str) -> Client:
+    return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
