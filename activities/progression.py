@@ -51,6 +51,7 @@ from engine.db import (
     ProgressionRow,
 )
 from engine.evidence import EvidenceCorrupted, EvidenceStore, record_blob
+from engine.guidance import guided
 from engine.lifecycle import (
     EventType,
     EvidenceRef,
@@ -88,7 +89,8 @@ def _insert_ignore(session: AsyncSession, model: type[Any], keys: list[str], **v
 
 
 def _read_model_values(state: ProgressionState) -> dict[str, Any]:
-    """The columns of the progressions row derived from a state snapshot."""
+    """The columns of the progressions row derived from a state snapshot (with its guidance, in words)."""
+    state = guided(state)
     stage = state.stage(state.current_stage) if state.current_stage else None
     gate_open = stage is not None and stage.status == StageStatus.awaiting_approval
     dues = [a.due_at for a in stage.approvals if a.due_at and not a.satisfied] if gate_open and stage else []

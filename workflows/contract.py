@@ -37,6 +37,17 @@ _CLI_TYPE = {SearchAttributeIndexedValueType.KEYWORD: "Keyword", SearchAttribute
 SEARCH_ATTRIBUTES: dict[str, str] = {key.name: _CLI_TYPE[key.indexed_value_type] for key in SEARCH_ATTRIBUTE_KEYS}
 
 
+class WorkflowMemory(Model):
+    """What a run remembers beyond the state, carried across continue-as-new beside ``resume_state``.
+
+    Only what deduplication needs: ids of evidence submissions already applied, so a client's retry that reaches
+    the next run is answered, not applied twice. Decisions need nothing here (the state's decisions carry their
+    ids); everything else the workflow keeps is per run (locks, pending events) or derived from the state.
+    """
+
+    evidence_requests: list[str] = Field(default_factory=list)
+
+
 class ProgressionInput(Model):
     spec: ProgressionSpec
     spec_yaml: str
@@ -46,6 +57,7 @@ class ProgressionInput(Model):
     submitted_by: Actor
     # Carried across continue-as-new so the history stays bounded without losing the state.
     resume_state: ProgressionState | None = None
+    resume_memory: WorkflowMemory | None = None
 
 
 class DecideInput(Model):

@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         RegisterInput,
         RegisterResult,
     )
+    from engine.guidance import FAILED_ACTION, guidance, guided
     from engine.lifecycle import (
         FINAL_STATUSES,
         REVALIDATION_STAGE,
@@ -100,6 +101,7 @@ with workflow.unsafe.imports_passed_through():
         EvidenceInput,
         ProgressionInput,
         WithdrawInput,
+        WorkflowMemory,
     )
 
 
@@ -122,6 +124,11 @@ PATCH_RECORD_FAILURE = "record-failure"
 # reads it (superseding that stage's and every later stage's approvals), frozen evidence and evidence
 # of an approved model are refused. Progressions started before the patch keep the old behaviour.
 PATCH_BASIS = "approval-binds-to-basis"
+# Guidance (who acts next, what is missing, in words) is computed by engine.guidance where a state leaves the
+# workflow, not kept in it. Progressions started before the patch keep filling it in on every change.
+PATCH_GUIDANCE = "guidance-outside-the-workflow"
+# Continue-as-new carries the workflow's memory (WorkflowMemory) beside its state, so deduplication survives it.
+PATCH_MEMORY = "carry-memory-across-continue-as-new"
 
 CHECKS_TIMEOUT = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=5)
@@ -132,10 +139,6 @@ RERUN_ON_EVIDENCE = {StageStatus.blocked, StageStatus.changes_requested, StageSt
 
 def _refuse(refusal: Refusal) -> ApplicationError:
     return ApplicationError(refusal.message, refusal.model_dump(), type=refusal.code, non_retryable=True)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} more {word} approval" + ("s" if n != 1 else "")
 
 
 @workflow.defn(name=WORKFLOW_NAME)
@@ -153,10 +156,12 @@ class ProgressionWorkflow:
         self._registered = inp.resume_state is not None
         self._decision_results: dict[str, DecideResult] = {}
         self._decisions_recorded: set[str] = set()
-        self._evidence_requests: set[str] = set()
+        # Ids of applied evidence submissions: a retry is answered, not applied again (carried across continue-as-new).
+        self._evidence_requests: set[str] = set(inp.resume_memory.evidence_requests if inp.resume_memory else [])
         self._gate_epoch = 0  # bumps when a gate (re)opens, so the SLA wait recomputes its deadline
         self._sa_last: tuple[str | None, str] | None = None
         self._binding = False  # set in run: PATCH_BASIS
+        self._guidance_in_state = False  # set in run: PATCH_GUIDANCE
         self._restart: int | None = None  # route index the main loop goes back to (evidence re-opened it)
         self._deploying = False
         self._pin_basis_facts(inp)
@@ -205,7 +210,7 @@ class ProgressionWorkflow:
 
     @workflow.query(name=QUERY_STATE)
     def state(self) -> ProgressionState:
-        return self._state
+        return guided(self._state)
 
     # ---- main loop ------------------------------------------------------------------------
 
@@ -228,9 +233,8 @@ class ProgressionWorkflow:
         state = self._state
         state.status = Status.failed
         state.failure = f"{code}: {message}"
-        state.waiting_on, state.missing = [], []
-        state.next_action = ("nothing: the progression failed; the owning team may start this version again "
-                             "once the cause is fixed")
+        if self._guidance_in_state:
+            state.waiting_on, state.missing, state.next_action = [], [], FAILED_ACTION
         state.seq += 1
         state.updated_at = workflow.now()
         self._upsert_search_attributes()
@@ -244,6 +248,7 @@ class ProgressionWorkflow:
 
     async def _run(self, inp: ProgressionInput) -> ProgressionState:
         self._binding = workflow.patched(PATCH_BASIS)
+        self._guidance_in_state = not workflow.patched(PATCH_GUIDANCE)
         self._upsert_search_attributes(everything=True)
         if not self._registered:
             await self._register()
@@ -403,11 +408,14 @@ class ProgressionWorkflow:
     async def _finish(self) -> ProgressionState:
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
-        return self._state
+        return guided(self._state)
 
     async def _continue_as_new(self) -> None:
         await self._flush()
-        workflow.continue_as_new(self._input.model_copy(update={"resume_state": self._snapshot()}))
+        carried: dict[str, Any] = {"resume_state": self._snapshot()}
+        if workflow.patched(PATCH_MEMORY):  # runs continued before the patch forgot their evidence request ids
+            carried["resume_memory"] = WorkflowMemory(evidence_requests=sorted(self._evidence_requests))
+        workflow.continue_as_new(self._input.model_copy(update=carried))
 
     # ---- stage steps ----------------------------------------------------------------------
 
@@ -553,7 +561,7 @@ class ProgressionWorkflow:
             await workflow.wait_condition(lambda: inp.decision_id in self._decisions_recorded
                                           or inp.decision_id not in self._decision_results)
             return self._decision_results.get(inp.decision_id) or DecideResult(
-                accepted=True, decision_id=inp.decision_id, state=self._snapshot())
+                accepted=True, decision_id=inp.decision_id, state=guided(self._snapshot()))
         refusal = self._decide_refusal(inp)
         if refusal is not None:  # the state moved between validator and handler
             raise _refuse(refusal)
@@ -594,7 +602,7 @@ class ProgressionWorkflow:
         self._notify("decided", [Role.model_developer],
                      f"{actor.username} decided {inp.decision.value} on stage {stage.name}", stage=stage.name)
         self._touch()
-        result = DecideResult(accepted=True, decision_id=inp.decision_id, state=self._snapshot())
+        result = DecideResult(accepted=True, decision_id=inp.decision_id, state=guided(self._snapshot()))
         self._decision_results[inp.decision_id] = result
         await self._flush(decision=record)
         self._decisions_recorded.add(inp.decision_id)
@@ -611,7 +619,7 @@ class ProgressionWorkflow:
     @workflow.update(name=UPDATE_SUBMIT_EVIDENCE)
     async def submit_evidence(self, inp: EvidenceInput) -> ProgressionState:
         if inp.request_id in self._evidence_requests:
-            return self._snapshot()
+            return guided(self._snapshot())
         self._evidence_requests.add(inp.request_id)
         await workflow.wait_condition(lambda: self._registered)
         async with self._lock:
@@ -633,7 +641,7 @@ class ProgressionWorkflow:
                 self._state.evidence[ref.name] = ref
             if self._binding:
                 await self._evidence_changed(inp, refs, previous, changed)
-                return self._state
+                return guided(self._state)
             stage = self._state.stage(self._state.current_stage) if self._state.current_stage else None
             rerun = stage is not None and stage.status in RERUN_ON_EVIDENCE
             self._emit(EventType.evidence_submitted, stage=stage.name if stage else None, actor_id=actor.user_id,
@@ -649,7 +657,7 @@ class ProgressionWorkflow:
                 stage_def = self._stage_defs[stage.name]
                 await self._run_checks(stage_def, stage, first=stage is self._state.stages[0])
                 await self._flush()
-        return self._state
+        return guided(self._state)
 
     def _reopen_target(self, changed: list[str]) -> int | None:
         """The earliest stage that has passed or is current and reads a changed item; else the current
@@ -766,7 +774,7 @@ class ProgressionWorkflow:
     @workflow.update(name=UPDATE_WITHDRAW)
     async def withdraw(self, inp: WithdrawInput) -> ProgressionState:
         if self._closed():  # withdrawn between validator and handler
-            return self._snapshot()
+            return guided(self._snapshot())
         await workflow.wait_condition(lambda: self._registered)
         state = self._state
         stage = state.stage(state.current_stage) if state.current_stage else None
@@ -779,7 +787,7 @@ class ProgressionWorkflow:
         self._notify("finished", [], f"{state.progression_id} was withdrawn by {inp.actor.username}")
         self._touch()
         await self._flush()
-        return self._state
+        return guided(self._state)
 
     @withdraw.validator
     def _validate_withdraw(self, inp: WithdrawInput) -> None:
@@ -831,7 +839,7 @@ class ProgressionWorkflow:
         self._synced_seq = max(self._synced_seq, seq)
 
     def _touch(self) -> None:
-        """After every change: bump seq, recompute status and guidance, keep search attributes current."""
+        """After every change: bump seq, recompute status (and bases), keep search attributes current."""
         state = self._state
         state.seq += 1
         state.updated_at = workflow.now()
@@ -844,49 +852,10 @@ class ProgressionWorkflow:
             }.get(stage.status if stage else StageStatus.running, Status.running)
         if self._binding:
             refresh_bases(state)
-        self._guidance(stage)
+        if self._guidance_in_state:  # progressions started before PATCH_GUIDANCE keep it in their state
+            for name, value in guidance(state).items():
+                setattr(state, name, value)
         self._upsert_search_attributes()
-
-    def _guidance(self, stage: StageState | None) -> None:
-        """Who acts next and what is missing, in words."""
-        state = self._state
-        waiting: list[Role] = []
-        missing: list[str] = []
-        if state.status in FINAL_STATUSES:
-            action = f"nothing: the progression is {state.status.value}"
-        elif stage is None:
-            if state.status == Status.in_production and state.revalidation_due_at:
-                action = f"nothing until revalidation is due on {state.revalidation_due_at.date().isoformat()}"
-            else:
-                action = f"nothing: the progression is {state.status.value.replace('_', ' ')}"
-        elif stage.status == StageStatus.blocked:
-            waiting = [Role.model_developer]
-            missing = [f"check {c.check_id} failed: {c.reason}" for c in stage.checks if not c.passed]
-            action = f"a model_developer of team {state.team} submits evidence that fixes the failing checks " \
-                     f"of stage {stage.name}"
-        elif stage.status == StageStatus.changes_requested:
-            waiting = [Role.model_developer]
-            last = next((d for d in reversed(stage.decisions) if d.decision == DecisionKind.request_changes), None)
-            if last:
-                missing = [f"changes requested by {last.actor_username}: {last.comment}"]
-            action = f"a model_developer of team {state.team} answers the change request on stage {stage.name} " \
-                     "with new evidence"
-        elif stage.status == StageStatus.awaiting_approval:
-            waiting = open_gate_roles(stage)
-            missing = [_plural(a.count - len(a.approved_by), a.role.value) for a in stage.approvals
-                       if not a.satisfied]
-            escalated = [a for a in stage.approvals if a.escalated and not a.satisfied]
-            action = f"{' and '.join(r.value for r in waiting)} decide on stage {stage.name}"
-            if escalated:
-                action += " (past SLA, escalated to " + ", ".join(
-                    (a.escalate_to or a.role).value for a in escalated) + ")"
-        else:
-            action = f"the engine is working on stage {stage.name}"
-        if state.revalidation_overdue:
-            missing.append("revalidation is overdue")
-        state.waiting_on = waiting
-        state.missing = missing
-        state.next_action = action
 
     def _upsert_search_attributes(self, *, everything: bool = False) -> None:
         state = self._state

@@ -1,0 +1,67 @@
+"""Who acts next and what is missing, in words: computed from a progression's state, never stored by the workflow.
+
+The workflow keeps the facts (stages, checks, approvals, decisions); this pure function turns them into the
+``waiting_on``, ``missing`` and ``next_action`` a person reads. It runs where a state leaves the workflow (query
+and Update results) and where the read model is written (the ``record`` activities), so the prose can change
+without touching durable code or replaying histories.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.lifecycle import FINAL_STATUSES, DecisionKind, ProgressionState, StageStatus, Status, open_gate_roles
+from engine.policy import Role
+
+FAILED_ACTION = ("nothing: the progression failed; the owning team may start this version again once the cause "
+                 "is fixed")
+
+
+def _more(n: int, role: str) -> str:
+    return f"{n} more {role} approval" + ("s" if n != 1 else "")
+
+
+def guidance(state: ProgressionState) -> dict[str, Any]:
+    """``waiting_on``, ``missing`` and ``next_action`` for the state as it stands."""
+    if state.status == Status.failed:
+        return {"waiting_on": [], "missing": [], "next_action": FAILED_ACTION}
+    stage = state.stage(state.current_stage) if state.current_stage else None
+    waiting: list[Role] = []
+    missing: list[str] = []
+    if state.status in FINAL_STATUSES:
+        action = f"nothing: the progression is {state.status.value}"
+    elif stage is None:
+        if state.status == Status.in_production and state.revalidation_due_at:
+            action = f"nothing until revalidation is due on {state.revalidation_due_at.date().isoformat()}"
+        else:
+            action = f"nothing: the progression is {state.status.value.replace('_', ' ')}"
+    elif stage.status == StageStatus.blocked:
+        waiting = [Role.model_developer]
+        missing = [f"check {c.check_id} failed: {c.reason}" for c in stage.checks if not c.passed]
+        action = f"a model_developer of team {state.team} submits evidence that fixes the failing checks " \
+                 f"of stage {stage.name}"
+    elif stage.status == StageStatus.changes_requested:
+        waiting = [Role.model_developer]
+        last = next((d for d in reversed(stage.decisions) if d.decision == DecisionKind.request_changes), None)
+        if last:
+            missing = [f"changes requested by {last.actor_username}: {last.comment}"]
+        action = f"a model_developer of team {state.team} answers the change request on stage {stage.name} " \
+                 "with new evidence"
+    elif stage.status == StageStatus.awaiting_approval:
+        waiting = open_gate_roles(stage)
+        missing = [_more(a.count - len(a.approved_by), a.role.value) for a in stage.approvals if not a.satisfied]
+        escalated = [a for a in stage.approvals if a.escalated and not a.satisfied]
+        action = f"{' and '.join(r.value for r in waiting)} decide on stage {stage.name}"
+        if escalated:
+            action += " (past SLA, escalated to " + ", ".join(
+                (a.escalate_to or a.role).value for a in escalated) + ")"
+    else:
+        action = f"the engine is working on stage {stage.name}"
+    if state.revalidation_overdue:
+        missing.append("revalidation is overdue")
+    return {"waiting_on": waiting, "missing": missing, "next_action": action}
+
+
+def guided(state: ProgressionState) -> ProgressionState:
+    """A copy of the state with its guidance filled in (the state itself is left as it is)."""
+    return state.model_copy(update=guidance(state))
