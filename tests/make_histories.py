@@ -51,8 +51,8 @@ from tests.helpers_workflow import (
 HISTORIES = Path(__file__).parent / "histories"
 # The newest generation: progressions started by the current code (record as a local activity; a
 # failed workflow records its failure first; approvals bound to their basis: evidence changes re-open
-# the stages that read them).
-CURRENT = HISTORIES / "v4-basis-and-failure"
+# the stages that read them; guidance computed outside the workflow).
+CURRENT = HISTORIES / "v5-guidance-outside"
 FRAUD = CREDIT.parent / "card-fraud-detector"
 FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")
 
