@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-import httpx
-
 from activities.contract import Notification
-from activities.promotion import post_signed
+from activities.webhook import SignedWebhook
 
 if TYPE_CHECKING:
     from engine.settings import Settings
@@ -42,20 +40,11 @@ class LogNotifier:
                  ",".join(r.value for r in notification.roles), notification.message)
 
 
-class WebhookNotifier:
+class WebhookNotifier(SignedWebhook):
     name = "webhook"
 
-    def __init__(self, url: str, secret: str, *, timeout: float = 30.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.url = url
-        self.secret = secret
-        self.timeout = timeout
-        self.transport = transport
-
     async def send(self, notification: Notification) -> None:
-        payload = {"type": "notification", **notification.model_dump(mode="json")}
-        await post_signed(self.url, self.secret, notification.event_id, payload, timeout=self.timeout,
-                          transport=self.transport)
+        await self.post(notification.event_id, {"type": "notification", **notification.model_dump(mode="json")})
 
 
 def build_notifier(settings: Settings) -> Notifier:

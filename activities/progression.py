@@ -14,9 +14,7 @@ import logging
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -49,6 +47,7 @@ from engine.db import (
     ModelVersion,
     ProgressionEvidence,
     ProgressionRow,
+    insert_ignore,
 )
 from engine.evidence import EvidenceCorrupted, EvidenceStore, record_blob
 from engine.guidance import guided
@@ -79,13 +78,6 @@ def _event_dict(state: ProgressionState, event: AuditEventIn) -> dict[str, Any]:
         "stage": event.stage,
         "payload": event.payload,
     }
-
-
-def _insert_ignore(session: AsyncSession, model: type[Any], keys: list[str], **values: Any) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING (SQLite and PostgreSQL): concurrent creators of the same row
-    neither fail nor need a retry; the caller reads the row afterwards if it needs it."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    return insert(cast(Table, model.__table__)).values(**values).on_conflict_do_nothing(index_elements=keys)
 
 
 def _read_model_values(state: ProgressionState) -> dict[str, Any]:
@@ -230,7 +222,7 @@ class ProgressionActivities:
         state, spec = inp.state, inp.spec
         async with self.sessionmaker() as session, session.begin():
             # Insert-or-ignore: the first concurrent starts of a new model must not collide on the key.
-            inserted = await session.execute(_insert_ignore(
+            inserted = await session.execute(insert_ignore(
                 session, CatalogModel, ["id"], id=spec.model.id, name=spec.model.name, team=spec.model.team,
                 business_intent=spec.model.business_intent))
             model = await session.get(CatalogModel, spec.model.id)
@@ -246,7 +238,7 @@ class ProgressionActivities:
             else:
                 model.name = spec.model.name
             await session.flush()
-            await session.execute(_insert_ignore(
+            await session.execute(insert_ignore(
                 session, ModelVersion, ["model_id", "version_id"], model_id=spec.model.id,
                 version_id=spec.version.id, source=spec.version.source, artifact=spec.version.artifact,
                 features=list(spec.features), spec_yaml=inp.spec_yaml))
@@ -283,7 +275,7 @@ class ProgressionActivities:
         """
         state, spec = inp.state, inp.spec
         async with self.sessionmaker() as session, session.begin():
-            await session.execute(_insert_ignore(
+            await session.execute(insert_ignore(
                 session, CatalogModel, ["id"], id=spec.model.id, name=spec.model.name, team=spec.model.team,
                 business_intent=spec.model.business_intent))
             row = await session.get(ProgressionRow, state.progression_id)
@@ -344,7 +336,7 @@ class ProgressionActivities:
                 await self._link_evidence(session, state.progression_id, inp.evidence, None, state.updated_at)
             if inp.decision is not None:
                 d = inp.decision
-                await session.execute(_insert_ignore(
+                await session.execute(insert_ignore(
                     session, DecisionRow, ["id"], id=d.decision_id, progression_id=state.progression_id,
                     stage=d.stage, decision=d.decision.value, actor_id=d.actor_id, actor_username=d.actor_username,
                     role=d.role.value if d.role else None, comment=d.comment, decided_at=d.at, basis=d.basis,

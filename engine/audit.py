@@ -45,11 +45,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.db import AuditChainHead, AuditEvent, utcnow
+from engine.db import AuditChainHead, AuditEvent, insert_ignore, utcnow
 
 GENESIS_HASH = "0" * 64
 CHAIN_HEAD_ID = 1
@@ -140,14 +138,9 @@ async def _lock_head(session: AsyncSession) -> tuple[int, str]:
             return int(row[0]), str(row[1])
         # Schema made without the migration (create_all): create the genesis row once, race-free.
         await session.execute(
-            _insert_ignore(dialect, head, [{"id": CHAIN_HEAD_ID, "last_seq": 0, "last_hash": GENESIS_HASH}], ["id"])
+            insert_ignore(session, head, ["id"], id=CHAIN_HEAD_ID, last_seq=0, last_hash=GENESIS_HASH)
         )
     raise RuntimeError("audit_chain_head row could not be created")
-
-
-def _insert_ignore(dialect: str, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> Any:
-    ins = pg_insert(table) if dialect == "postgresql" else sqlite_insert(table)
-    return ins.values(rows).on_conflict_do_nothing(index_elements=keys)
 
 
 def _event_id_in(session: AsyncSession, ids: list[str]) -> ColumnElement[bool]:

@@ -24,8 +24,24 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def dialect_insert(session: AsyncSession, table: Any) -> Any:
+    """An INSERT for the session's database (PostgreSQL or SQLite), which both give ``on_conflict_do_*``."""
+    table = getattr(table, "__table__", table)
+    return pg_insert(table) if session.get_bind().dialect.name == "postgresql" else sqlite_insert(table)
+
+
+def insert_ignore(session: AsyncSession, table: Any, keys: list[str], rows: list[dict[str, Any]] | None = None,
+                  **columns: Any) -> Any:
+    """INSERT ... ON CONFLICT (keys) DO NOTHING of ``rows`` or of one row given as ``columns``: concurrent
+    creators of the same row neither fail nor need a retry; the caller reads the row afterwards if it needs it."""
+    return dialect_insert(session, table).values(rows if rows is not None else columns).on_conflict_do_nothing(
+        index_elements=keys)
 
 
 def utcnow() -> datetime:

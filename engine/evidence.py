@@ -18,14 +18,10 @@ import re
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import cast
 
-from sqlalchemy import Table
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.db import EvidenceBlob, utcnow
+from engine.db import EvidenceBlob, insert_ignore, utcnow
 from engine.errors import NotFound, ProgressionError
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -105,14 +101,9 @@ async def record_blob(
     session: AsyncSession, *, sha256: str, size: int, media_type: str, created_at: datetime | None = None
 ) -> None:
     """Insert the blob's metadata row unless it exists (idempotent; inside the caller's transaction)."""
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = (
-        insert(cast(Table, EvidenceBlob.__table__))
-        .values(sha256=sha256, size=size, media_type=media_type, created_at=created_at or utcnow())
-        .on_conflict_do_nothing(index_elements=["sha256"])
-    )
-    await session.execute(stmt)
+    await session.execute(insert_ignore(
+        session, EvidenceBlob, ["sha256"], sha256=sha256, size=size, media_type=media_type,
+        created_at=created_at or utcnow()))
 
 
 _BY_SUFFIX = {

@@ -10,19 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from engine.db import Feature, utcnow
+from engine.db import Feature, dialect_insert, insert_ignore, utcnow
 from engine.lifecycle import ResolvedFeature
 from engine.loading import load_feature_catalog
 
 SEED_ACTOR = "seed"
-
-
-def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 def _tags(tags: Sequence[str]) -> list[str]:
@@ -55,7 +49,7 @@ async def seed_features(session: AsyncSession, path: Path) -> int:
         return 0
     # ON CONFLICT DO NOTHING: a second process seeding at the same moment is not an error.
     result = await session.execute(
-        _insert(session)(Feature.__table__).values(rows).on_conflict_do_nothing(index_elements=["name"])
+        insert_ignore(session, Feature, ["name"], rows)
     )
     inserted = result.rowcount  # type: ignore[attr-defined]
     return inserted if isinstance(inserted, int) and inserted >= 0 else len(rows)
@@ -81,7 +75,7 @@ async def upsert_feature(
 ) -> Feature:
     """Create or replace one feature (the admin's ``PUT /features/{name}``); in the caller's transaction."""
     values = {"description": description, "tags": _tags(tags), "updated_at": utcnow(), "updated_by": updated_by}
-    stmt = _insert(session)(Feature.__table__).values(name=name, **values)
+    stmt = dialect_insert(session, Feature).values(name=name, **values)
     await session.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
     feature = await session.get(Feature, name, populate_existing=True)
     assert feature is not None
