@@ -347,6 +347,14 @@ def acknowledgement_refusal(state: ProgressionState, decision: DecisionKind, com
                            "naming its progression id in the comment (and say what changed)")
 
 
+def comment_refusal(decision: DecisionKind, comment: str) -> Refusal | None:
+    """A rejection or a change request says why (an approval may be silent)."""
+    if decision == DecisionKind.approve or comment.strip():
+        return None
+    return Refusal(code="comment_required", http_status=409,
+                   message="a comment is required to reject or to request changes: tell the developer why")
+
+
 def _gate_role_refusal(stage: StageState, actor: Actor) -> Refusal | None:
     gate_roles = {a.role for a in stage.approvals}
     if not gate_roles.intersection(actor.roles):

@@ -72,6 +72,7 @@ with workflow.unsafe.imports_passed_through():
         basis_hash,
         basis_parts,
         basis_refusal,
+        comment_refusal,
         counted_approvals,
         counting_role,
         decision_refusal,
@@ -544,10 +545,8 @@ class ProgressionWorkflow:
         refusal = decision_refusal(self._state, inp.actor, inp.stage, inp.decision)
         if refusal is None:
             refusal = acknowledgement_refusal(self._state, inp.decision, inp.comment)
-        if refusal is None and inp.decision != DecisionKind.approve and not inp.comment.strip():
-            refusal = Refusal(code="comment_required", http_status=409,
-                              message=f"a {inp.decision.value.replace('_', ' ')} decision needs a comment "
-                                      "saying why")
+        if refusal is None:
+            refusal = comment_refusal(inp.decision, inp.comment)
         if refusal is None:
             refusal = basis_refusal(self._state, inp.stage, inp.basis)
         return refusal

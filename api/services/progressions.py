@@ -457,6 +457,14 @@ def _closed_or_unavailable(exc: RPCError, progression_id: str) -> ApiError:
     return ApiError(503, "temporal_unavailable", f"the workflow service did not answer: {exc.message}")
 
 
+def deciding_role_refusal(principal: Principal) -> Refusal | None:
+    """Refused before any gate rule when none of the caller's roles decides gates (the API and the web UI)."""
+    if Action.decide in principal.actions:
+        return None
+    held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
+    return Refusal(code="not_a_gate_role", http_status=403, message=f"your roles ({held}) cannot decide on gates")
+
+
 async def decide(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
                  stage: str, decision: DecisionKind, comment: str, decision_id: str,
                  basis: str | None = None) -> ProgressionState:
@@ -471,10 +479,8 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
     refusal: Refusal | None = None
     if known:
         pass  # the workflow answers a known decision_id with its first result
-    elif Action.decide not in principal.actions:
-        held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
-        refusal = Refusal(code="not_a_gate_role", http_status=403,
-                          message=f"your roles ({held}) cannot decide on gates")
+    elif (role := deciding_role_refusal(principal)) is not None:
+        refusal = role
     elif app.settings.deciders_sso_only and principal.credential_kind != "sso":
         refusal = Refusal(code="sso_required", http_status=403,
                           message="decisions are accepted only from an SSO session in this installation; "

@@ -21,6 +21,7 @@ from engine.lifecycle import (
     StageStatus,
     Status,
     acknowledgement_refusal,
+    comment_refusal,
     counting_role,
     decision_refusal,
     evidence_refusal,
@@ -179,3 +180,10 @@ def test_who_may_add_evidence(actor: Actor, allowed: bool) -> None:
 ])
 def test_who_may_withdraw(actor: Actor, status: Status, code: str | None) -> None:
     assert _code(withdraw_refusal(_state(status=status), actor)) == code
+
+
+def test_a_rejection_or_change_request_says_why() -> None:
+    assert _code(comment_refusal(DecisionKind.reject, "  ")) == "comment_required"
+    assert _code(comment_refusal(DecisionKind.request_changes, "")) == "comment_required"
+    assert comment_refusal(DecisionKind.approve, "") is None
+    assert comment_refusal(DecisionKind.reject, "fails the fairness bar") is None
