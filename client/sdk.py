@@ -31,6 +31,7 @@ from engine.audit import ChainVerification
 from engine.lifecycle import DecisionKind, ProgressionDetail, ProgressionState
 from engine.wire import (
     AuditEventOut,
+    AuditFilter,
     AuditPage,
     DryRunResult,
     InboxItem,
@@ -296,12 +297,12 @@ class _Calls:
 
     @staticmethod
     def audit_page(filters: Mapping[str, Any], cursor: str | None, limit: int | None) -> _Call[AuditPage]:
-        params = _clean({**filters, "cursor": cursor, "limit": limit})
+        params = {**AuditFilter(**filters).query_params(), **_clean({"cursor": cursor, "limit": limit})}
         return _Call("GET", "/audit/events", _as(AuditPage), params=params)
 
     @staticmethod
     def audit_export(format: str, filters: Mapping[str, Any]) -> _Call[bytes]:
-        return _Call("GET", "/audit/export", _bytes, params=_clean({**filters, "format": format}))
+        return _Call("GET", "/audit/export", _bytes, params={**AuditFilter(**filters).query_params(), "format": format})
 
     @staticmethod
     def audit_verify() -> _Call[ChainVerification]:
@@ -430,8 +431,8 @@ class ProgressionClient:
         return self._run(_Calls.dry_run(intent or _intent_of(upload), upload))
 
     def audit_events(self, *, page_size: int | None = None, **filters: Any) -> Iterator[AuditEventOut]:
-        """Every matching event, page after page. Filters: ``progression``, ``model``, ``actor``,
-        ``event_type``, ``since``, ``until``."""
+        """Every matching event, page after page. Filters: the fields of :class:`engine.wire.AuditFilter`
+        (``progression``, ``model``, ``actor``, ``event_type``, ``since``, ``until``); an unknown one is refused."""
         cursor: str | None = None
         while True:
             page = self._run(_Calls.audit_page(filters, cursor, page_size))

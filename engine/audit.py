@@ -48,6 +48,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.db import AuditChainHead, AuditEvent, insert_ignore, utcnow
+from engine.wire import AuditFilter
 
 GENESIS_HASH = "0" * 64
 CHAIN_HEAD_ID = 1
@@ -472,6 +473,12 @@ def _filters(
     if until is not None:
         conds.append(occurred < _utc(until))
     return conds
+
+
+def filter_conditions(f: AuditFilter) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of an :class:`~engine.wire.AuditFilter` (the API adds the caller's team)."""
+    return _filters(progression_id=f.progression, model_id=f.model, actor_id=f.actor, event_type=f.event_types(),
+                    since=f.since, until=f.until)
 
 
 async def list_events(

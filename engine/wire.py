@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.policy import Role
 
@@ -234,3 +234,27 @@ class AuditPage(BaseModel):
         description="pass as ?cursor= for the next page (also to poll for newer events later)")
     has_more: bool = Field(description="more matching events exist after this page right now")
     limit: int
+
+
+class AuditFilter(BaseModel):
+    """Which audit events: every field given must match. One spelling for the API's query parameters, the
+    service, the engine's query, the web explorer's form, the CLI's options and the SDK's keywords."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    progression: str | None = None  # progression id
+    model: str | None = None  # model id
+    actor: str | None = None  # user id
+    event_type: str | None = None  # one type or a comma-separated list
+    since: datetime | None = None  # occurred_at >= since
+    until: datetime | None = None  # occurred_at < until
+
+    def event_types(self) -> list[str] | None:
+        if self.event_type is None:
+            return None
+        return [t.strip() for t in self.event_type.split(",") if t.strip()]
+
+    def query_params(self) -> dict[str, str]:
+        """The filter as the API's query parameters (ISO-8601 times), leaving out what is not set."""
+        return {name: value.isoformat() if isinstance(value, datetime) else str(value)
+                for name, value in self.model_dump().items() if value is not None}

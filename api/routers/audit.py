@@ -12,14 +12,14 @@ from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import COMMON_ERRORS
 from api.services import audit as svc
 from engine.audit import ChainVerification
-from engine.wire import AuditPage
+from engine.wire import AuditFilter, AuditPage
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=COMMON_ERRORS)
 
 
 def _filters(progression: str | None, model: str | None, actor: str | None, event_type: str | None,
-             since: datetime | None, until: datetime | None) -> svc.AuditFilters:
-    return svc.AuditFilters(progression=progression, model=model, actor=actor, event_type=event_type,
+             since: datetime | None, until: datetime | None) -> AuditFilter:
+    return AuditFilter(progression=progression, model=model, actor=actor, event_type=event_type,
                             since=since, until=until)
 
 

@@ -13,8 +13,6 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
@@ -22,23 +20,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.authz import Action, Principal, require, visible_team_filter
 from api.errors import ApiError
-from engine.audit import ChainVerification, event_to_dict, verify_chain
+from engine.audit import ChainVerification, event_to_dict, filter_conditions, verify_chain
 from engine.db import AuditEvent, CatalogModel
-from engine.wire import AuditEventOut, AuditPage
+from engine.wire import AuditEventOut, AuditFilter, AuditPage
 
 CSV_COLUMNS = ["seq", "event_id", "event_type", "occurred_at", "recorded_at", "actor_id", "progression_id",
                "model_id", "stage", "payload", "prev_hash", "hash"]
 EXPORT_BATCH = 1000
-
-
-@dataclass
-class AuditFilters:
-    progression: str | None = None
-    model: str | None = None
-    actor: str | None = None
-    event_type: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
 
 
 def encode_cursor(seq: int) -> str:
@@ -56,21 +44,8 @@ def decode_cursor(cursor: str) -> int:
         raise ApiError(422, "invalid_cursor", "cursor is not one this API returned", {"cursor": cursor}) from None
 
 
-def _conditions(principal: Principal, f: AuditFilters) -> list[ColumnElement[bool]]:
-    conds: list[ColumnElement[bool]] = []
-    if f.progression is not None:
-        conds.append(AuditEvent.progression_id == f.progression)
-    if f.model is not None:
-        conds.append(AuditEvent.model_id == f.model)
-    if f.actor is not None:
-        conds.append(AuditEvent.actor_id == f.actor)
-    if f.event_type is not None:
-        types = [t.strip() for t in f.event_type.split(",") if t.strip()]
-        conds.append(AuditEvent.event_type.in_(types))
-    if f.since is not None:
-        conds.append(AuditEvent.occurred_at >= f.since)
-    if f.until is not None:
-        conds.append(AuditEvent.occurred_at < f.until)
+def _conditions(principal: Principal, f: AuditFilter) -> list[ColumnElement[bool]]:
+    conds = filter_conditions(f)
     team = visible_team_filter(principal)
     if team is not None:
         conds.append(AuditEvent.model_id.in_(select(CatalogModel.id).where(CatalogModel.team == team)))
@@ -81,7 +56,7 @@ def _out(ev: AuditEvent) -> AuditEventOut:
     return AuditEventOut.model_validate(event_to_dict(ev))
 
 
-async def list_events(*, session: AsyncSession, principal: Principal, filters: AuditFilters,
+async def list_events(*, session: AsyncSession, principal: Principal, filters: AuditFilter,
                       cursor: str | None, limit: int) -> AuditPage:
     require(principal, Action.read_audit)
     conds = _conditions(principal, filters)
@@ -98,7 +73,7 @@ async def list_events(*, session: AsyncSession, principal: Principal, filters: A
 
 
 async def export_events(*, sessionmaker: async_sessionmaker[AsyncSession], principal: Principal,
-                        filters: AuditFilters, fmt: str) -> AsyncIterator[bytes]:
+                        filters: AuditFilter, fmt: str) -> AsyncIterator[bytes]:
     """Stream every matching event up to the newest at the start (a consistent snapshot by seq)."""
     require(principal, Action.export_audit)
     if fmt not in ("csv", "jsonl"):

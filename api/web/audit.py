@@ -13,13 +13,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.authz import Action, allowed
-from api.services.audit import AuditFilters, export_events, list_events, verify
+from api.services.audit import export_events, list_events, verify
 from api.web.render import PAGE_SIZE, UI, PostWeb, UserWeb, Web, WebError, call, finish, render
 from engine.db import User
 from engine.identity import get_user_by_username
 from engine.lifecycle import (
     EventType,
 )
+from engine.wire import AuditFilter
 
 router = APIRouter(prefix=UI, include_in_schema=False)
 
@@ -59,7 +60,7 @@ async def _service_filters(web: Web, f: AuditForm) -> Any:
     if f.actor:
         user = await get_user_by_username(web.db, f.actor)
         actor_id = user.id if user is not None else f.actor
-    return AuditFilters(progression=f.progression or None, model=f.model or None, actor=actor_id,
+    return AuditFilter(progression=f.progression or None, model=f.model or None, actor=actor_id,
                         event_type=f.event_type or None, since=_parse_when(f.since, "since"),
                         until=_parse_when(f.until, "until"))
 

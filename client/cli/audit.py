@@ -14,6 +14,7 @@ from rich.text import Text
 
 from client.cli.common import EXIT_ERROR, EXIT_INVALID, JsonOpt, client, emit_json, err, fail, handle_errors, out
 from client.cli.render import _row
+from engine.wire import AuditFilter
 
 # ---- audit -----------------------------------------------------------------------------------
 
@@ -33,8 +34,9 @@ def _parse_time(value: str | None, option: str) -> datetime | None:
 
 def _audit_filters(progression: str | None, model: str | None, actor: str | None, event_type: str | None,
                    since: str | None, until: str | None) -> dict[str, Any]:
-    return {"progression": progression, "model": model, "actor": actor, "event_type": event_type,
-            "since": _parse_time(since, "--since"), "until": _parse_time(until, "--until")}
+    """The options as the SDK's audit keywords (the fields of :class:`engine.wire.AuditFilter`)."""
+    return AuditFilter(progression=progression, model=model, actor=actor, event_type=event_type,
+                       since=_parse_time(since, "--since"), until=_parse_time(until, "--until")).model_dump()
 
 
 ProgressionOpt = Annotated[str | None, typer.Option("--progression", help="Progression id.")]
