@@ -30,7 +30,6 @@ from typing import Any
 from typing import cast as typed
 
 from pydantic import BaseModel
-from pydantic_core import to_jsonable_python
 from sqlalchemy import (
     ColumnElement,
     String,
@@ -48,6 +47,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.db import AuditChainHead, AuditEvent, insert_ignore, utcnow
+from engine.payload import json_payload
 from engine.wire import AuditFilter
 
 GENESIS_HASH = "0" * 64
@@ -73,14 +73,6 @@ def _iso(value: datetime) -> str:
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
     return value.isoformat(timespec="microseconds")[:26] + "Z"
-
-
-def normalize_payload(payload: Any) -> dict[str, Any]:
-    """The payload as it will read back from the JSON column (datetimes, enums, models made JSON)."""
-    data = json.loads(json.dumps(payload, default=to_jsonable_python, allow_nan=False))
-    if not isinstance(data, dict):
-        raise TypeError("audit payload must be a JSON object")
-    return data
 
 
 def canonical_event(
@@ -229,7 +221,7 @@ async def append_events(
         fields: dict[str, Any] = {k: spec.get(k) for k in _EVENT_FIELDS}
         fields["event_type"] = str(fields["event_type"])
         fields["occurred_at"] = _utc(fields["occurred_at"])
-        payload = normalize_payload(spec.get("payload") or {})
+        payload = json_payload(spec.get("payload") or {})
         last_seq += 1
         if chain:
             prev_hash = last_hash

@@ -107,16 +107,19 @@ def format_path(path: Path) -> str:
 # ---- evidence and context ------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    """Values CEL and JSON both accept: dates become ISO strings, naive datetimes become UTC."""
+def cel_value(value: Any) -> Any:
+    """Evidence as CEL reads it: datetimes stay timestamps (naive ones taken as UTC), dates become ISO strings.
+
+    Not a JSON normaliser (that is engine.payload.json_payload): CEL compares timestamps, JSON has none.
+    """
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): cel_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [cel_value(v) for v in value]
     return value
 
 
@@ -135,13 +138,13 @@ def evidence_value(data: bytes, filename: str | None, media_type: str | None) ->
         return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     if name.endswith(".json") or "json" in media:
         try:
-            return _plain(json.loads(text))
+            return cel_value(json.loads(text))
         except ValueError:
             return text
     if name.endswith((".yaml", ".yml")) or "yaml" in media:
         try:
             value, _ = safe_load_yaml(text, filename=filename or "evidence.yaml", max_bytes=len(data) + 1)
-            return _plain(value)
+            return cel_value(value)
         except YamlProblem:
             return text
     return text
@@ -165,7 +168,7 @@ def build_context(
         "spec": plain_spec,
         "model": plain_spec["model"],
         "version": plain_spec["version"],
-        "evidence": {name: _plain(value) for name, value in evidence.items()},
+        "evidence": {name: cel_value(value) for name, value in evidence.items()},
         "features": [_feature_dict(f) for f in features],
         "feature_names": [f.name for f in features],
         "target": spec.target,

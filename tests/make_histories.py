@@ -52,7 +52,7 @@ HISTORIES = Path(__file__).parent / "histories"
 # The newest generation: progressions started by the current code (record as a local activity; a
 # failed workflow records its failure first; approvals bound to their basis: evidence changes re-open
 # the stages that read them; guidance computed outside the workflow).
-CURRENT = HISTORIES / "v5-guidance-outside"
+CURRENT = HISTORIES / "v5-read-side-guidance"
 FRAUD = CREDIT.parent / "card-fraud-detector"
 FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")
 

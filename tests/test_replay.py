@@ -6,8 +6,9 @@ per generation of the workflow's commands (``v1-record-activity``: before the
 ``record-as-local-activity`` patch; ``v2-record-local-activity``: after it; ``v3-record-failure``:
 a failed workflow records its failure, ``record-failure`` patch; ``v3-approval-basis``: approvals
 bound to their basis, ``approval-binds-to-basis`` patch, with evidence that re-opens an earlier stage;
-``v4-basis-and-failure``: both patches; ``v5-guidance-outside``: guidance computed by engine.guidance outside the
-workflow, ``guidance-outside-the-workflow`` patch); every generation
+``v4-basis-and-failure``: both patches; ``v5-read-side-guidance``: guidance computed by engine.guidance outside the
+workflow and payloads normalised by engine.payload, ``guidance-outside-the-workflow`` and
+``one-json-payload-normaliser`` patches); every generation
 must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
 with ``python -m tests.make_histories --out tests/histories/<generation>``.
 """
@@ -26,6 +27,7 @@ from temporalio.worker import Replayer
 from workflows.progression import (
     PATCH_BASIS,
     PATCH_GUIDANCE,
+    PATCH_JSON_PAYLOAD,
     PATCH_RECORD_FAILURE,
     PATCH_RECORD_LOCAL,
     ProgressionWorkflow,
@@ -39,7 +41,7 @@ TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside
 def test_histories_are_committed() -> None:
     assert FILES, f"no workflow histories in {HISTORIES}"
     assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity", "v3-record-failure",
-                                              "v3-approval-basis", "v4-basis-and-failure", "v5-guidance-outside"}
+                                              "v3-approval-basis", "v4-basis-and-failure", "v5-read-side-guidance"}
 
 
 def _patches_and_record_kinds(text: str) -> tuple[set[str], set[str]]:
@@ -78,9 +80,10 @@ def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
     else:
         assert PATCH_RECORD_LOCAL in patches and kinds == {"local"} and PATCH_RECORD_FAILURE not in patches
     assert (PATCH_BASIS in patches) == (path.parent.name in {"v3-approval-basis", "v4-basis-and-failure",
-                                                             "v5-guidance-outside"})
+                                                             "v5-read-side-guidance"})
     # Guidance in words left the workflow (engine.guidance): only the newest generation took that branch.
-    assert (PATCH_GUIDANCE in patches) == (path.parent.name == "v5-guidance-outside")
+    assert (PATCH_GUIDANCE in patches) == (path.parent.name == "v5-read-side-guidance")
+    assert (PATCH_JSON_PAYLOAD in patches) == (path.parent.name == "v5-read-side-guidance")
 
 
 def _activities(text: str) -> list[str]:

@@ -83,6 +83,7 @@ with workflow.unsafe.imports_passed_through():
         refresh_bases,
         withdraw_refusal,
     )
+    from engine.payload import json_payload
     from engine.policy import ApprovalRule, Role, StageDef
     from engine.reads import stage_evidence_reads
     from engine.spec import spec_digest
@@ -128,6 +129,9 @@ PATCH_BASIS = "approval-binds-to-basis"
 # Guidance (who acts next, what is missing, in words) is computed by engine.guidance where a state leaves the
 # workflow, not kept in it. Progressions started before the patch keep filling it in on every change.
 PATCH_GUIDANCE = "guidance-outside-the-workflow"
+# Event payloads are normalised by engine.payload.json_payload, as the audit append does (one spelling of a JSON
+# payload); progressions started before the patch keep their own conversion (datetimes as isoformat()).
+PATCH_JSON_PAYLOAD = "one-json-payload-normaliser"
 # Continue-as-new carries the workflow's memory (WorkflowMemory) beside its state, so deduplication survives it.
 PATCH_MEMORY = "carry-memory-across-continue-as-new"
 
@@ -163,6 +167,7 @@ class ProgressionWorkflow:
         self._sa_last: tuple[str | None, str] | None = None
         self._binding = False  # set in run: PATCH_BASIS
         self._guidance_in_state = False  # set in run: PATCH_GUIDANCE
+        self._one_normaliser = False  # set in run: PATCH_JSON_PAYLOAD
         self._restart: int | None = None  # route index the main loop goes back to (evidence re-opened it)
         self._deploying = False
         self._pin_basis_facts(inp)
@@ -250,6 +255,7 @@ class ProgressionWorkflow:
     async def _run(self, inp: ProgressionInput) -> ProgressionState:
         self._binding = workflow.patched(PATCH_BASIS)
         self._guidance_in_state = not workflow.patched(PATCH_GUIDANCE)
+        self._one_normaliser = workflow.patched(PATCH_JSON_PAYLOAD)
         self._upsert_search_attributes(everything=True)
         if not self._registered:
             await self._register()
@@ -800,7 +806,7 @@ class ProgressionWorkflow:
               payload: dict[str, Any] | None = None) -> None:
         self._events.append(AuditEventIn(
             event_id=str(workflow.uuid4()), event_type=event_type, occurred_at=workflow.now(), actor_id=actor_id,
-            stage=stage, payload=_jsonable(payload or {})))
+            stage=stage, payload=json_payload(payload or {}) if self._one_normaliser else _jsonable(payload or {})))
 
     def _notify(self, kind: NotificationKind, roles: list[Role], message: str = "", *,
                 stage: str | None = None) -> None:
@@ -871,7 +877,7 @@ class ProgressionWorkflow:
 
 
 def _jsonable(value: Any) -> Any:
-    """Payloads travel through the data converter and into JSON columns: datetimes become ISO strings."""
+    """Before PATCH_JSON_PAYLOAD: datetimes as ``isoformat()`` strings (engine.payload spells them ``...Z``)."""
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
