@@ -27,12 +27,12 @@ import yaml
 from pydantic import BaseModel
 
 from client.repo import RepositoryUpload, read_repository
-from engine.audit import ChainVerification
 from engine.lifecycle import DecisionKind, ProgressionDetail, ProgressionState
 from engine.wire import (
     AuditEventOut,
     AuditFilter,
     AuditPage,
+    ChainVerification,
     DryRunResult,
     InboxItem,
     ModelDetail,

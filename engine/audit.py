@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from typing import Any
 from typing import cast as typed
 
-from pydantic import BaseModel
 from sqlalchemy import (
     ColumnElement,
     String,
@@ -48,7 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.db import AuditChainHead, AuditEvent, insert_ignore, utcnow
 from engine.payload import json_payload
-from engine.wire import AuditFilter
+from engine.wire import AuditFilter, ChainVerification
 
 GENESIS_HASH = "0" * 64
 CHAIN_HEAD_ID = 1
@@ -241,25 +240,6 @@ async def append_events(
 
 
 # --------------------------------------------------------------------------- verify
-
-
-class ChainVerification(BaseModel):
-    """Result of :func:`verify_chain`.
-
-    ``problem`` starts with a kind: ``edited`` (content does not match its hash), ``broken_link``
-    (prev_hash is not the previous event's hash: an event was inserted, removed or moved),
-    ``missing`` (a seq is absent: deleted), ``beyond_head`` (rows after the chain head: inserted),
-    ``head_mismatch`` (the head row disagrees with the last event), ``unchained`` (written with
-    chain=False).
-    """
-
-    ok: bool
-    events_checked: int
-    head_seq: int
-    head_hash: str
-    first_bad_seq: int | None = None
-    first_bad_event_id: str | None = None
-    problem: str | None = None
 
 
 _events = _EVENTS

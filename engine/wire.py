@@ -258,3 +258,22 @@ class AuditFilter(BaseModel):
         """The filter as the API's query parameters (ISO-8601 times), leaving out what is not set."""
         return {name: value.isoformat() if isinstance(value, datetime) else str(value)
                 for name, value in self.model_dump().items() if value is not None}
+
+
+class ChainVerification(BaseModel):
+    """Result of :func:`engine.audit.verify_chain` (``GET /api/v1/audit/verify``).
+
+    ``problem`` starts with a kind: ``edited`` (content does not match its hash), ``broken_link``
+    (prev_hash is not the previous event's hash: an event was inserted, removed or moved),
+    ``missing`` (a seq is absent: deleted), ``beyond_head`` (rows after the chain head: inserted),
+    ``head_mismatch`` (the head row disagrees with the last event), ``unchained`` (written with
+    chain=False).
+    """
+
+    ok: bool
+    events_checked: int
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    first_bad_event_id: str | None = None
+    problem: str | None = None

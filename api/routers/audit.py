@@ -11,8 +11,7 @@ from fastapi.responses import StreamingResponse
 from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import COMMON_ERRORS
 from api.services import audit as svc
-from engine.audit import ChainVerification
-from engine.wire import AuditFilter, AuditPage
+from engine.wire import AuditFilter, AuditPage, ChainVerification
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=COMMON_ERRORS)
 

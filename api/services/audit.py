@@ -20,9 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.authz import Action, Principal, require, visible_team_filter
 from api.errors import ApiError
-from engine.audit import ChainVerification, event_to_dict, filter_conditions, verify_chain
+from engine.audit import event_to_dict, filter_conditions, verify_chain
 from engine.db import AuditEvent, CatalogModel
-from engine.wire import AuditEventOut, AuditFilter, AuditPage
+from engine.wire import AuditEventOut, AuditFilter, AuditPage, ChainVerification
 
 CSV_COLUMNS = ["seq", "event_id", "event_type", "occurred_at", "recorded_at", "actor_id", "progression_id",
                "model_id", "stage", "payload", "prev_hash", "hash"]
