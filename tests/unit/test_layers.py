@@ -2,8 +2,9 @@
 
 The contracts: launch over api and client (independent of each other), over workflows, over activities, over the
 engine; the engine imports none of the layers above; the workflow imports only contracts and pure engine modules;
-the client never imports the API, and its SDK needs no database; no import cycles inside a package. The attacks copy the product's packages to a
-temporary directory, add one forbidden import, and run the same linter there: each must be reported by name.
+the client never imports the API, and its SDK needs no database; no import cycles inside a package. The attacks
+copy the product's packages to a temporary directory, add one forbidden import, and run the same linter there:
+each must be reported by name.
 """
 
 from __future__ import annotations
