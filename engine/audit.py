@@ -524,32 +524,16 @@ async def _dense_window(session: AsyncSession, window: list[ColumnElement[bool]]
     return abs(last - first) >= factor * max(0, first - (after_seq or 0))
 
 
-async def iter_events(
-    session: AsyncSession,
-    *,
-    progression_id: str | None = None,
-    model_id: str | None = None,
-    actor_id: str | None = None,
-    event_type: str | Sequence[str] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    after_seq: int | None = None,
-    batch_size: int = 1000,
-) -> AsyncIterator[AuditEvent]:
-    """Stream every matching event in ``seq`` order, one keyset page at a time (for exports)."""
+async def iter_events(session: AsyncSession, *, after_seq: int | None = None, batch_size: int = 1000,
+                      **filters: Any) -> AsyncIterator[AuditEvent]:
+    """Stream every matching event in ``seq`` order, one keyset page at a time (for exports).
+
+    ``filters`` are those of :func:`list_events` (``progression_id``, ``model_id``, ``actor_id``, ``event_type``,
+    ``since``, ``until``).
+    """
     cursor = after_seq
     while True:
-        page = await list_events(
-            session,
-            progression_id=progression_id,
-            model_id=model_id,
-            actor_id=actor_id,
-            event_type=event_type,
-            since=since,
-            until=until,
-            after_seq=cursor,
-            limit=batch_size,
-        )
+        page = await list_events(session, **filters, after_seq=cursor, limit=batch_size)
         for ev in page:
             yield ev
         if len(page) < batch_size:

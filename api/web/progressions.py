@@ -6,6 +6,7 @@ import asyncio
 import re
 import secrets
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -280,36 +281,37 @@ async def evidence_form(web: PostWeb, progression_id: str) -> Response:
     if new_name and isinstance(new_file, UploadFile) and new_file.filename:
         uploads.append(Upload(name=new_name, filename=new_file.filename, data=await new_file.read(),
                               content_type=new_file.content_type))
-    try:
+    async def apply() -> ProgressionState:
         if not uploads:
             raise ApiError(422, "no_evidence", "Choose at least one file to upload.")
-        new_state = await add_evidence(session=web.db, app=web.app, principal=web.user,
-                                       progression_id=progression_id, uploads=uploads,
-                                       request_id=f"web-{uuid.uuid4().hex}")
-    except ProgressionError as exc:
-        state = await call(get_progression(session=web.db, app=web.app, principal=web.user,
-                                           progression_id=progression_id))
-        ctx = await _progression_context(web, state, evidence_error=exc.message)
-        return _progression_response(web, ctx, status=exc.status)
-    if web.htmx:
-        return _progression_response(web, await _progression_context(web, new_state, flash=_FLASH["evidence"]))
-    return redirect(web.request, f"{UI}/progressions/{progression_id}?done=evidence")
+        return await add_evidence(session=web.db, app=web.app, principal=web.user, progression_id=progression_id,
+                                  uploads=uploads, request_id=f"web-{uuid.uuid4().hex}")
+
+    return await _act(web, progression_id, "evidence", apply())
 
 
 @router.post("/progressions/{progression_id}/withdraw")
 async def withdraw_form(web: PostWeb, progression_id: str) -> Response:
     form = await web.request.form()
     reason = str(form.get("reason") or "").strip()
-    try:
+    async def apply() -> ProgressionState:
         if not reason:
             raise ApiError(422, "reason_required", "Give a reason for withdrawing: it goes into the audit trail.")
-        new_state = await withdraw(session=web.db, app=web.app, principal=web.user, progression_id=progression_id,
-                                   reason=reason, request_id=f"web-{uuid.uuid4().hex}")
+        return await withdraw(session=web.db, app=web.app, principal=web.user, progression_id=progression_id,
+                              reason=reason, request_id=f"web-{uuid.uuid4().hex}")
+
+    return await _act(web, progression_id, "withdraw", apply())
+
+
+async def _act(web: Web, progression_id: str, action: str, change: Awaitable[ProgressionState]) -> Response:
+    """Apply a form's change; a refusal is shown in place on the progression's page (``<action>_error``)."""
+    try:
+        new_state = await change
     except ProgressionError as exc:
         state = await call(get_progression(session=web.db, app=web.app, principal=web.user,
                                            progression_id=progression_id))
-        ctx = await _progression_context(web, state, withdraw_error=exc.message)
+        ctx = await _progression_context(web, state, **{f"{action}_error": exc.message})
         return _progression_response(web, ctx, status=exc.status)
     if web.htmx:
-        return _progression_response(web, await _progression_context(web, new_state, flash=_FLASH["withdraw"]))
-    return redirect(web.request, f"{UI}/progressions/{progression_id}?done=withdraw")
+        return _progression_response(web, await _progression_context(web, new_state, flash=_FLASH[action]))
+    return redirect(web.request, f"{UI}/progressions/{progression_id}?done={action}")

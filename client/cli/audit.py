@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from client.cli.common import EXIT_ERROR, EXIT_INVALID, JsonOpt, client, emit_json, err, fail, handle_errors, out
-from client.cli.render import _row
+from client.cli.render import add_row, columns
 from engine.wire import AuditFilter
 
 # ---- audit -----------------------------------------------------------------------------------
@@ -73,12 +72,10 @@ def audit(
     if as_json:
         emit_json(events)
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("seq", "when", "type", "progression", "stage", "actor", "summary"):
-        table.add_column(col)
+    table = columns("seq", "when", "type", "progression", "stage", "actor", "summary")
     for e in events:
         summary = _event_summary(e.payload)
-        _row(table, str(e.seq), f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", e.event_type, e.progression_id or "-",
+        add_row(table, str(e.seq), f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", e.event_type, e.progression_id or "-",
                       e.stage or "-", (e.actor_id or "-")[:12], summary)
     out().print(table)
     if len(events) >= limit:

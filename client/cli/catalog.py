@@ -6,11 +6,10 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from client.cli.common import JsonOpt, client, emit_json, handle_errors, out
-from client.cli.render import _row
+from client.cli.render import add_row, columns
 
 
 @handle_errors
@@ -28,14 +27,12 @@ def models(
             console = out()
             console.print(Text.assemble((detail.id, "bold"), f"  {detail.name} · team {detail.team} · "
                                                              f"{detail.business_intent}"))
-            table = Table(box=None, header_style="bold", pad_edge=False)
-            for col in ("version", "status", "stage", "waiting on", "revalidation"):
-                table.add_column(col)
+            table = columns("version", "status", "stage", "waiting on", "revalidation")
             for v in detail.versions:
                 reval = "" if v.revalidation_due_at is None else f"{v.revalidation_due_at:%Y-%m-%d}"
                 if v.revalidation_overdue:
                     reval += " OVERDUE"
-                _row(table, v.version_id, v.status or "-", v.current_stage or "-", ", ".join(v.waiting_on) or "-",
+                add_row(table, v.version_id, v.status or "-", v.current_stage or "-", ", ".join(v.waiting_on) or "-",
                               reval)
             console.print(table)
             return
@@ -43,12 +40,10 @@ def models(
     if as_json:
         emit_json(items)
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("model", "name", "team", "intent", "latest", "status", "versions"):
-        table.add_column(col)
+    table = columns("model", "name", "team", "intent", "latest", "status", "versions")
     for m in items:
         status_text = (m.latest_status or "-") + (" (revalidation overdue)" if m.revalidation_overdue else "")
-        _row(table, m.id, m.name, m.team, m.business_intent, m.latest_version or "-", status_text,
+        add_row(table, m.id, m.name, m.team, m.business_intent, m.latest_version or "-", status_text,
                       str(m.versions_count))
     out().print(table)
 
@@ -65,11 +60,9 @@ def policies(
             if as_json:
                 emit_json(items)
                 return
-            table = Table(box=None, header_style="bold", pad_edge=False)
-            for col in ("intent", "title", "tier", "stages", "revalidation", "hash"):
-                table.add_column(col)
+            table = columns("intent", "title", "tier", "stages", "revalidation", "hash")
             for p in items:
-                _row(table, p.intent, p.title, str(p.risk_tier), " → ".join(p.stages), p.revalidation or "-",
+                add_row(table, p.intent, p.title, str(p.risk_tier), " → ".join(p.stages), p.revalidation or "-",
                               p.hash[:19])
             out().print(table)
             return

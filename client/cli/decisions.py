@@ -6,11 +6,10 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from client.cli.common import JsonOpt, client, emit_json, handle_errors, out
-from client.cli.render import _row, render_state
+from client.cli.render import add_row, columns, render_state
 from client.sdk import stage_basis
 from engine.durations import human_duration
 
@@ -27,16 +26,14 @@ def inbox(as_json: JsonOpt = False) -> None:
     if not items:
         console.print("Nothing is waiting on you.")
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("progression", "stage", "intent", "tier", "your role", "approvals", "waiting", "SLA left"):
-        table.add_column(col)
+    table = columns("progression", "stage", "intent", "tier", "your role", "approvals", "waiting", "SLA left")
     for item in items:
         approvals = ", ".join(f"{a.get('role')} {len(a.get('approved_by') or [])}/{a.get('count')}"
                               for a in item.approvals)
         sla = "-" if item.seconds_to_sla is None else human_duration(item.seconds_to_sla)
         if item.escalated:
             sla += " (escalated)"
-        _row(table, item.progression_id, item.stage, item.business_intent, str(item.risk_tier),
+        add_row(table, item.progression_id, item.stage, item.business_intent, str(item.risk_tier),
                       ", ".join(r.value for r in item.roles), approvals, human_duration(item.waiting_seconds), sla)
     console.print(table)
     console.print(Text("Decide with: progression decide ID --stage STAGE approve|reject|request-changes -m COMMENT",

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from client.cli.common import (
@@ -25,7 +24,7 @@ from client.cli.common import (
     handle_errors,
     out,
 )
-from client.cli.render import _ago, _row, render_route, render_state
+from client.cli.render import add_row, ago, columns, render_route, render_state
 from client.repo import SPEC_FILENAME, RepositoryUpload, read_repository
 from client.sdk import InvalidInput, NotFound, _intent_of
 from engine.lifecycle import ProgressionState, Status
@@ -226,12 +225,10 @@ def list_progressions(
     if as_json:
         emit_json(page)
         return
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col in ("progression", "intent", "tier", "status", "stage", "waiting on", "updated"):
-        table.add_column(col)
+    table = columns("progression", "intent", "tier", "status", "stage", "waiting on", "updated")
     for p in page.items:
-        _row(table, p.id, p.business_intent, str(p.risk_tier), p.status, p.current_stage or "-",
-                      ", ".join(p.waiting_on) or "-", f"{_ago(p.updated_at)} ago")
+        add_row(table, p.id, p.business_intent, str(p.risk_tier), p.status, p.current_stage or "-",
+                      ", ".join(p.waiting_on) or "-", f"{ago(p.updated_at)} ago")
     out().print(table)
 
 

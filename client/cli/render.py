@@ -28,7 +28,7 @@ _STAGE_MARK = {
 }
 
 
-def _ago(when: datetime | None, now: datetime | None = None) -> str:
+def ago(when: datetime | None, now: datetime | None = None) -> str:
     if when is None:
         return ""
     now = now or datetime.now(UTC)
@@ -78,7 +78,7 @@ def render_state(state: ProgressionState) -> Group:
         if stage.name == state.current_stage and where == "next":
             where = "current"
         name = stage.name + (f" [{stage.action}]" if stage.action else "")
-        _row(table, Text(mark, style=style), name, Text(stage.status.value, style=style), where,
+        add_row(table, Text(mark, style=style), name, Text(stage.status.value, style=style), where,
                       _checks_text(stage), _approval_text(stage))
     lines: list[Any] = [head, sub, table]
     for stage in state.stages:
@@ -109,7 +109,15 @@ def render_state(state: ProgressionState) -> Group:
     return Group(*lines)
 
 
-def _row(table: Table, *cells: str | Text) -> None:
+def columns(*names: str) -> Table:
+    """A plain table with these column headings (every listing looks the same)."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in names:
+        table.add_column(name)
+    return table
+
+
+def add_row(table: Table, *cells: str | Text) -> None:
     # Plain text, never console markup: ids, comments and reasons may contain '[...]'.
     table.add_row(*(Text(c) if isinstance(c, str) else c for c in cells))
 
