@@ -19,6 +19,8 @@ COPY engine ./engine
 COPY workflows ./workflows
 COPY activities ./activities
 COPY api ./api
+COPY client ./client
+COPY launch ./launch
 COPY migrations ./migrations
 # Runtime dependencies only: no [dev] extra (no pytest, ruff, mypy, test servers).
 RUN pip install .
@@ -54,6 +56,8 @@ COPY engine ./engine
 COPY workflows ./workflows
 COPY activities ./activities
 COPY api ./api
+COPY client ./client
+COPY launch ./launch
 COPY migrations ./migrations
 COPY policies ./policies
 

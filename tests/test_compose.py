@@ -497,7 +497,8 @@ def test_dockerfile_installs_runtime_dependencies_only() -> None:
     assert "[dev]" not in runs and "pytest" not in runs and "apt-get install" not in runs
     copied = {rest.split()[-1].removeprefix("./") for kw, rest in instructions if kw == "COPY"}
     # Everything the processes read at run time is in the image: code, policies, Alembic versions.
-    for needed in ("engine", "workflows", "activities", "api", "migrations", "policies", "alembic.ini"):
+    for needed in ("engine", "workflows", "activities", "api", "client", "launch", "migrations", "policies",
+                   "alembic.ini"):
         assert needed in copied, f"{needed} not copied into the image"
     env = " ".join(rest for kw, rest in instructions if kw == "ENV")
     assert "PROGRESSION_ENV=production" in env and "PROGRESSION_API_HOST=0.0.0.0" in env
