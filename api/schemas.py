@@ -12,8 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Lineage and ProgressionDetail (GET /progressions/{id}) live with the state, so the SDK reads them too.
-from engine.lifecycle import DecisionKind, Lineage, ProgressionDetail, ProgressionState  # noqa: F401
+from engine.lifecycle import DecisionKind, ProgressionState
 from engine.policy import Role
 
 # Paging offsets beyond this are refused (422): the databases overflow on offsets past 64 bits.

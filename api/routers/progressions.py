@@ -12,8 +12,9 @@ from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
 from api.idempotency import decision_id_for, fingerprint, idempotency_key, idempotent
 from api.multipart import multipart_openapi, read_multipart
-from api.schemas import MAX_OFFSET, DecisionRequest, ProgressionDetail, ProgressionOut, WithdrawRequest
+from api.schemas import MAX_OFFSET, DecisionRequest, ProgressionOut, WithdrawRequest
 from api.services import progressions as svc
+from engine.lifecycle import ProgressionDetail
 from engine.wire import ProgressionPage, ProgressionVerification
 
 router = APIRouter(prefix="/api/v1/progressions", tags=["progressions"], responses=COMMON_ERRORS)

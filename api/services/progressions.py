@@ -39,7 +39,6 @@ from api.authz import (
 )
 from api.deps import AppState
 from api.errors import ApiError
-from api.schemas import Lineage, ProgressionDetail
 from engine import audit, lineage
 from engine.db import AuditEvent, CatalogModel, Feature, ModelVersion, ProgressionRow
 from engine.db import utcnow as _utcnow
@@ -49,6 +48,8 @@ from engine.lifecycle import (
     DecisionKind,
     EventType,
     EvidenceRef,
+    Lineage,
+    ProgressionDetail,
     ProgressionState,
     Refusal,
     StageState,
