@@ -33,7 +33,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.settings import PROJECT_ROOT
 from engine.temporal import SEARCH_ATTRIBUTE_KEYS, temporal_cli_path
-from tests.helpers_api import free_port
+from testing.api import free_port
 
 PG_ADMIN_DSN = os.environ.get("PROGRESSION_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PYTHON = sys.executable
@@ -355,7 +355,7 @@ def http_client(stack: Stack, connections: int = 64) -> httpx.AsyncClient:
 
 def upload_files(repo: str, version: str) -> tuple[str, list[tuple[str, tuple[str, bytes, str]]]]:
     """(progression id, multipart files) of an example repository under a fresh version id."""
-    from tests.helpers_api import EXAMPLES, upload
+    from testing.api import EXAMPLES, upload
 
     return upload(EXAMPLES / repo, version=version)
 

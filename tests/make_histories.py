@@ -1,4 +1,4 @@
-"""Regenerate the committed workflow histories that tests/test_replay.py replays.
+"""Regenerate the committed workflow histories that tests/workflow/test_replay.py replays.
 
     .venv/bin/python -m tests.make_histories [--out tests/histories/<generation>]
 
@@ -26,8 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 from engine.lifecycle import Actor
 from engine.policy import Role
 from engine.temporal import temporal_test_server_path
-from tests.conftest import register_search_attributes
-from tests.helpers_workflow import (
+from testing.workflow import (
     CREDIT,
     DEV2,
     MARKETING,
@@ -47,6 +46,7 @@ from tests.helpers_workflow import (
     withdraw,
     worker,
 )
+from tests.conftest import register_search_attributes
 
 HISTORIES = Path(__file__).parent / "histories"
 # The newest generation: progressions started by the current code (record as a local activity; a
