@@ -8,7 +8,6 @@ fresh task queue and the app (lifespan included) behind ``httpx.AsyncClient`` wi
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,17 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 import yaml
 from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
+from activities.notify import LogNotifier
+from activities.progression import ProgressionActivities
+from activities.promotion import RecordingPromotionTarget
 from api.app import create_app
-from engine.database import upgrade
-from engine.db import make_engine, make_sessionmaker
-from engine.identity import create_user
+from engine.db import AuditEvent, ProgressionRow, make_engine, make_sessionmaker
+from engine.evidence import EvidenceStore
 from engine.settings import Settings
+from engine.worker import build_worker
+from testing.databases import prepare_database
+from testing.people import create_people
+from testing.polling import eventually
+from testing.processes import free_port
 
 # The example repositories and the cached policy registry are shared with the workflow tests.
 from testing.workflow import CREDIT, EXAMPLES, MARKETING, POLICIES, registry  # noqa: F401 - re-exported
@@ -74,25 +81,12 @@ def make_settings(tmp_path: Path, url: str, task_queue: str, **overrides: Any) -
 @asynccontextmanager
 async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *, worker: bool = True,
                   **overrides: Any) -> AsyncIterator[ApiEnv]:
-    from activities.notify import LogNotifier
-    from activities.progression import ProgressionActivities
-    from activities.promotion import RecordingPromotionTarget
-    from engine.evidence import EvidenceStore
-    from engine.features import seed_features
-    from engine.worker import build_worker
-
-    await upgrade(url)
+    await prepare_database(url)
     engine = make_engine(url)
     sm = make_sessionmaker(engine)
     settings = make_settings(tmp_path, url, task_queue, **overrides)
     async with sm() as session:
-        await seed_features(session, POLICIES / "features.yaml")
-        await session.commit()
-    tokens, ids = {}, {}
-    async with sm() as session:
-        for name, (roles, team) in PEOPLE.items():
-            user, token = await create_user(session, username=name, roles=roles, team=team)
-            tokens[name], ids[name] = token, user.id
+        tokens, ids = await create_people(session, PEOPLE)
         await session.commit()
     activities = ProgressionActivities(sm, EvidenceStore(settings.evidence_dir), RecordingPromotionTarget(),
                                        LogNotifier(), audit_chain=True)
@@ -159,35 +153,32 @@ async def get_state(env: ApiEnv, pid: str, who: str = "ann") -> dict[str, Any]:
     return resp.json()  # type: ignore[no-any-return]
 
 
-async def wait_for(env: ApiEnv, pid: str, predicate: Callable[[dict[str, Any]], bool], *,
-                   attempts: int = 300) -> dict[str, Any]:
-    """Poll GET until ``predicate`` holds (bounded by attempts; asserts behaviour, not time)."""
+async def wait_for(env: ApiEnv, pid: str, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Poll GET until ``predicate`` holds."""
     last: dict[str, Any] = {}
-    for _ in range(attempts):
+
+    async def probe() -> dict[str, Any] | None:
+        nonlocal last
         last = await get_state(env, pid)
-        if predicate(last):
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"state never matched: status={last.get('status')} stage={last.get('current_stage')} "
-                         f"missing={last.get('missing')}")
+        return last if predicate(last) else None
+
+    return await eventually(probe, f"state of {pid}", describe=lambda _: (
+        f"status={last.get('status')} stage={last.get('current_stage')} missing={last.get('missing')}"))
 
 
 def at_gate(stage: str) -> Callable[[dict[str, Any]], bool]:
     return lambda s: s["current_stage"] == stage and s["status"] == "awaiting_approval"
 
 
-async def wait_read_model(env: ApiEnv, pid: str, predicate: Callable[[Any], bool], *, attempts: int = 300) -> Any:
+async def wait_read_model(env: ApiEnv, pid: str, predicate: Callable[[Any], bool]) -> Any:
     """Poll the read-model row (written by the workflow's activities) until ``predicate`` holds."""
-    from engine.db import ProgressionRow
 
-    row = None
-    for _ in range(attempts):
+    async def probe() -> ProgressionRow | None:
         async with env.sessionmaker() as session:
             row = await session.get(ProgressionRow, pid)
-        if row is not None and predicate(row):
-            return row
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"read model never matched: {row and (row.status, row.current_stage)}")
+        return row if row is not None and predicate(row) else None
+
+    return await eventually(probe, f"read model of {pid}")
 
 
 async def decide(env: ApiEnv, who: str, pid: str, stage: str, decision: str = "approve",
@@ -198,8 +189,6 @@ async def decide(env: ApiEnv, who: str, pid: str, stage: str, decision: str = "a
 
 
 async def audit_events(env: ApiEnv, pid: str, event_type: str | None = None) -> list[Any]:
-    from engine.db import AuditEvent
-
     async with env.sessionmaker() as session:
         q = select(AuditEvent).where(AuditEvent.progression_id == pid)
         if event_type:
@@ -207,38 +196,32 @@ async def audit_events(env: ApiEnv, pid: str, event_type: str | None = None) -> 
         return list((await session.scalars(q.order_by(AuditEvent.seq))).all())
 
 
-async def wait_audit(env: ApiEnv, pid: str, event_type: str, *, where: Callable[[Any], bool] = lambda e: True,
-                     attempts: int = 300) -> list[Any]:
+async def wait_audit(env: ApiEnv, pid: str, event_type: str, *, where: Callable[[Any], bool] = lambda e: True
+                     ) -> list[Any]:
     """Events of a type once one matching ``where`` is there (the workflow writes some after the read model)."""
-    for _ in range(attempts):
+
+    async def probe() -> list[Any] | None:
         events = await audit_events(env, pid, event_type)
-        if any(where(e) for e in events):
-            return events
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no {event_type} event for {pid}")
+        return events if any(where(e) for e in events) else None
 
-
-def free_port() -> int:
-    """A free TCP port on loopback (servers in tests listen on loopback only)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return await eventually(probe, f"a {event_type} event for {pid}")
 
 
 @asynccontextmanager
 async def serve_http(app: Any) -> AsyncIterator[str]:
     """uvicorn on loopback in this event loop (the app's lifespan already ran); yields the base URL."""
-    import uvicorn
-
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     try:
-        for _ in range(400):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.05)
-        assert server.started, "uvicorn did not start"
+
+        async def started() -> bool:
+            if task.done():
+                task.result()  # raises what stopped it
+                raise AssertionError("uvicorn exited before it started")
+            return bool(server.started)
+
+        await eventually(started, "uvicorn started")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True

@@ -6,7 +6,6 @@ temporary directory, the example repositories and the policies from ``policies/`
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,10 +23,8 @@ from temporalio.worker import Worker
 from activities.notify import LogNotifier
 from activities.progression import ProgressionActivities
 from activities.promotion import RecordingPromotionTarget
-from engine.database import upgrade
 from engine.db import AuditEvent, DecisionRow, make_engine, make_sessionmaker
 from engine.evidence import EvidenceStore, record_blob
-from engine.features import seed_features
 from engine.lifecycle import (
     QUERY_STATE,
     UPDATE_DECIDE,
@@ -49,6 +46,8 @@ from engine.policy import Role
 from engine.settings import PROJECT_ROOT
 from engine.spec import ProgressionSpec
 from engine.worker import build_worker
+from testing.databases import prepare_database
+from testing.polling import eventually
 
 EXAMPLES = PROJECT_ROOT / "examples"
 POLICIES = PROJECT_ROOT / "policies"
@@ -93,12 +92,9 @@ class Env:
 @asynccontextmanager
 async def app_env(url: str, tmp_path: Path) -> AsyncIterator[Env]:
     """A migrated database with the seeded feature catalog, an evidence store and the activities."""
-    await upgrade(url)
+    await prepare_database(url)
     engine = make_engine(url)
     sessionmaker = make_sessionmaker(engine)
-    async with sessionmaker() as session:
-        await seed_features(session, POLICIES / "features.yaml")
-        await session.commit()
     store = EvidenceStore(tmp_path / "evidence")
     target, notifier = RecordingPromotionTarget(), LogNotifier()
     activities = ProgressionActivities(sessionmaker, store, target, notifier, audit_chain=True)
@@ -168,17 +164,18 @@ async def state(handle: WorkflowHandle[Any, Any]) -> ProgressionState:
     return await handle.query(QUERY_STATE, result_type=ProgressionState)
 
 
-async def wait_state(handle: WorkflowHandle[Any, Any], predicate: Callable[[ProgressionState], bool],
-                     *, attempts: int = 300) -> ProgressionState:
-    """Poll the query until ``predicate`` holds (bounded by attempts, not by a clock assertion)."""
-    last = None
-    for _ in range(attempts):
+async def wait_state(handle: WorkflowHandle[Any, Any], predicate: Callable[[ProgressionState], bool]
+                     ) -> ProgressionState:
+    """Poll the query until ``predicate`` holds."""
+    last: ProgressionState | None = None
+
+    async def probe() -> ProgressionState | None:
+        nonlocal last
         last = await state(handle)
-        if predicate(last):
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"state never matched; last: status={last and last.status} "
-                         f"stage={last and last.current_stage} missing={last and last.missing}")
+        return last if predicate(last) else None
+
+    return await eventually(probe, f"state of {handle.id}", describe=lambda _: (
+        f"status={last and last.status} stage={last and last.current_stage} missing={last and last.missing}"))
 
 
 def at_gate(stage: str) -> Callable[[ProgressionState], bool]:
@@ -245,13 +242,11 @@ def accepted_update_ids(history: Any) -> list[str]:
     return ids
 
 
-async def wait_events(env: Env, progression_id: str, event_type: str, n: int = 1, *, attempts: int = 300
-                      ) -> list[AuditEvent]:
+async def wait_events(env: Env, progression_id: str, event_type: str, n: int = 1) -> list[AuditEvent]:
     """Audit events are written by activities just after the state changes: poll until ``n`` are there."""
-    found: list[AuditEvent] = []
-    for _ in range(attempts):
+
+    async def probe() -> list[AuditEvent] | None:
         found = await events(env, progression_id, event_type)
-        if len(found) >= n:
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"expected {n} {event_type} events, found {len(found)}")
+        return found if len(found) >= n else None
+
+    return await eventually(probe, f"{n} {event_type} events of {progression_id}")

@@ -15,9 +15,8 @@ import os
 import shutil
 import stat
 import threading
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner, Result
 
 from engine.settings import PROJECT_ROOT, Settings
-from testing.api import free_port
+from testing.polling import eventually_sync
+from testing.processes import free_port
 
 EXAMPLES = PROJECT_ROOT / "examples"
 CREDIT = EXAMPLES / "retail-credit-scorecard"
@@ -234,15 +234,14 @@ def follow(cli: CLI, user: str, pid: str) -> dict[str, Any]:
     return lines[-1]
 
 
-def follow_until(cli: CLI, pid: str, done: Any, attempts: int = 50) -> dict[str, Any]:
-    """Follow again while the state is between two people (e.g. a gate just satisfied); bounded."""
-    state: dict[str, Any] = {}
-    for _ in range(attempts):
+def follow_until(cli: CLI, pid: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Follow again while the state is between two people (e.g. a gate just satisfied)."""
+
+    def probe() -> dict[str, Any] | None:
         state = follow(cli, "dana", pid)
-        if done(state):
-            return state
-        time.sleep(0.1)
-    raise AssertionError(f"{pid} never matched: {state.get('status')} at {state.get('current_stage')}")
+        return state if done(state) else None
+
+    return eventually_sync(probe, f"{pid} in the expected state")
 
 
 # ---- the developer's walk: route, start, status, the whole journey ---------------------------

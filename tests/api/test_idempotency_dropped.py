@@ -39,6 +39,7 @@ from testing.api import (
     upload,
     wait_for,
 )
+from testing.polling import eventually
 
 
 class DroppingTransport(httpx.AsyncBaseTransport):
@@ -222,18 +223,22 @@ async def test_decision_retried_while_first_in_flight(env: ApiEnv) -> None:
     body = {"stage": "validation", "decision": "approve", "comment": "reviewed"}
     url = f"/api/v1/progressions/{pid}/decisions"
     first = asyncio.create_task(env.http.post(url, json=body, headers=headers))  # keeps running server-side
-    for _ in range(200):  # the client gives up once the server has taken the request
-        if await env.count(IdempotencyRecord, IdempotencyRecord.key == "inflight-1") or first.done():
-            break
-        await asyncio.sleep(0.01)
+
+    async def taken() -> bool:  # the client gives up once the server has taken the request
+        return bool(await env.count(IdempotencyRecord, IdempotencyRecord.key == "inflight-1")) or first.done()
+
+    await eventually(taken, "the first request's idempotency record")
     answers = []
-    for _ in range(200):
+
+    async def answered() -> httpx.Response | None:
         retry = await env.http.post(url, json=body, headers=headers)
         answers.append(retry.status_code)
         if retry.status_code != 409:
-            break
+            return retry
         assert retry.json()["code"] == "idempotency_in_flight"
-        await asyncio.sleep(0.05)
+        return None
+
+    retry = await eventually(answered, "the retry answered with the first request's answer")
     original = await first
     assert original.status_code == 200, original.text
     assert retry.status_code == 200 and retry.json() == original.json(), answers

@@ -11,6 +11,7 @@ Found by the crash harness's stale decisions under faults:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from temporalio.client import Client
 from activities.notify import LogNotifier
 from activities.progression import ProgressionActivities
 from activities.promotion import RecordingPromotionTarget
+from api.services import progressions
 from engine.db import IdempotencyRecord
 from engine.evidence import EvidenceStore
 from engine.worker import build_worker
@@ -32,7 +34,8 @@ async def env(database_url: str, tmp_path: Path, temporal_client: Client, task_q
         yield e
 
 
-async def test_stale_decision_on_a_closed_progression_without_workers_is_recorded(env: ApiEnv) -> None:
+async def test_stale_decision_on_a_closed_progression_without_workers_is_recorded(
+        env: ApiEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     """The attack: decide on a withdrawn progression while no worker answers, hoping to leave no trace."""
     activities = ProgressionActivities(env.sessionmaker, EvidenceStore(env.settings.evidence_dir),
                                        RecordingPromotionTarget(), LogNotifier())
@@ -44,7 +47,9 @@ async def test_stale_decision_on_a_closed_progression_without_workers_is_recorde
                                         headers=env.auth("dana"))
         assert withdrawn.status_code == 200, withdrawn.text
         await wait_read_model(env, pid, lambda row: row.status == "withdrawn")
-    # No worker now: the state query fails, the API only has the snapshot.
+    # No worker now: the state query fails, the API only has the snapshot. No worker can answer, so the
+    # query's deadline only decides how long each request waits for nothing (10 s in the product).
+    monkeypatch.setattr(progressions, "QUERY_TIMEOUT", timedelta(seconds=1))
     answer = await decide(env, "vera", pid, "validation", **{"Idempotency-Key": "stale-1"})
     assert answer.status_code == 409, answer.text
     assert answer.json()["code"] == "progression_closed"

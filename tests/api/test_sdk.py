@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -29,6 +29,7 @@ from engine.sdk import (
     evidence_parts,
 )
 from testing.api import CREDIT, ApiEnv, api_env
+from testing.polling import eventually
 from tests.api.test_cli import LiveAPI, free_port, live_api, make_repo  # noqa: F401 - live_api is a fixture
 
 # ---- async client over ASGI ------------------------------------------------------------------
@@ -44,15 +45,13 @@ def aclient(env: ApiEnv, who: str) -> AsyncProgressionClient:
     return AsyncProgressionClient("http://api.test", env.tokens[who], transport=httpx.ASGITransport(app=env.app))
 
 
-async def until(client: AsyncProgressionClient, pid: str, done: object) -> ProgressionState:
-    import asyncio
-
-    for _ in range(300):
+async def until(client: AsyncProgressionClient, pid: str, done: Callable[[ProgressionState], bool]
+                ) -> ProgressionState:
+    async def probe() -> ProgressionState | None:
         state = await client.get(pid)
-        if done(state):  # type: ignore[operator]
-            return state
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{pid} never reached the expected state: {state.status} {state.current_stage}")
+        return state if done(state) else None
+
+    return await eventually(probe, f"{pid} in the expected state")
 
 
 async def test_async_client_walks_the_credit_journey(env: ApiEnv, tmp_path: Path) -> None:

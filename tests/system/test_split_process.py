@@ -17,14 +17,12 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,7 +41,9 @@ from engine.lifecycle import SEARCH_ATTRIBUTES
 from engine.repo import read_repository
 from engine.settings import PROJECT_ROOT
 from engine.temporal import temporal_cli_path
-from testing.api import free_port
+from testing.polling import eventually
+from testing.processes import Processes, ProductStack, processes
+from testing.temporal import dev_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -140,69 +140,18 @@ async def cluster() -> AsyncIterator[WorkflowEnvironment]:
     Eager activity execution is off, as on a cluster by default: activity tasks then go through
     the task queue to whichever worker polls, instead of back to the worker that scheduled them.
     """
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli_path(),
-        dev_server_log_level="error",
-        dev_server_extra_args=["--dynamic-config-value", "system.enableActivityEagerExecution=false"],
-    )
-    try:
+    async with dev_server(search_attributes=False,
+                          extra_args=["--dynamic-config-value", "system.enableActivityEagerExecution=false"]) as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 # --- processes -----------------------------------------------------------------------------------
 
 
-class Processes:
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
-        log.close()
-        self.running.append((name, proc))
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")
-
-    def assert_alive(self) -> None:
-        for name, proc in self.running:
-            assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}"
-
-    def kill(self, name: str) -> None:
-        """SIGKILL, as a crashed host or an OOM kill: no graceful shutdown, no goodbye to the server."""
-        proc = next(p for n, p in self.running if n == name)
-        proc.kill()
-        proc.wait(timeout=30)
-        self.running = [(n, p) for n, p in self.running if n != name]
-
-    def stop(self) -> None:
-        for _, proc in self.running:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for _, proc in self.running:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.stop()
-
-
-def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PROGRESSION_")}
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    with processes(tmp_path / "logs") as running:
+        yield running
 
 
 async def _run(args: list[str], env: dict[str, str], timeout: float = 60) -> str:
@@ -212,24 +161,6 @@ async def _run(args: list[str], env: dict[str, str], timeout: float = 60) -> str
     text = out.decode(errors="replace")
     assert proc.returncode == 0, f"{' '.join(args)} failed ({proc.returncode}):\n{text}"
     return text
-
-
-async def _eventually(probe: Callable[[], Awaitable[Any]], what: str, processes: Processes,
-                      timeout: float = 45.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: Any = None
-    while True:
-        processes.assert_alive()
-        last = await probe()
-        if last:
-            return last
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
-        await asyncio.sleep(0.2)
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _pollers(client: Client, task_queue: str) -> set[str]:
@@ -243,28 +174,21 @@ async def _pollers(client: Client, task_queue: str) -> set[str]:
 
 
 async def test_split_process_credit_journey(postgres_url: str, cluster: WorkflowEnvironment,
-                                            receiver: tuple[Receiver, str], processes: Processes,
+                                            receiver: tuple[Receiver, str], procs: Processes,
                                             tmp_path: Path) -> None:
     hooks, hook_url = receiver
     client = cluster.client
     address = client.service_client.config.target_host
     task_queue = f"split-{secrets.token_hex(4)}"
-    api_port = free_port()
-    env = {
-        **_base_env(),
+    stack = ProductStack(procs, postgres_url, address, tmp_path / "data", task_queue, settings={
         "PROGRESSION_ENV": "production",
-        "PROGRESSION_DATABASE_URL": postgres_url,
-        "PROGRESSION_TEMPORAL_ADDRESS": address,
         "PROGRESSION_TEMPORAL_NAMESPACE": "default",
-        "PROGRESSION_TASK_QUEUE": task_queue,
         "PROGRESSION_SECRET_KEY": secrets.token_urlsafe(48),
-        "PROGRESSION_DATA_DIR": str(tmp_path / "data"),
-        "PROGRESSION_API_HOST": "127.0.0.1",
-        "PROGRESSION_API_PORT": str(api_port),
         "PROGRESSION_PROMOTION_TARGET": "webhook",
         "PROGRESSION_WEBHOOK_URL": hook_url,
         "PROGRESSION_WEBHOOK_SECRET": hooks.secret,
-    }
+    })
+    env = stack.env()
     python = sys.executable
 
     # 1. The one-shot jobs, in compose's order: search attributes and migrations.
@@ -284,32 +208,24 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
     assert all(t.startswith("prg_") for t in tokens.values()), tokens
 
     # 3. The long-running processes: one API, two workers.
-    api = processes.start("api", [python, "-m", "engine.serve", "api"], env)
-    workers = [processes.start(f"worker-{i}", [python, "-m", "engine.serve", "worker"], env) for i in (1, 2)]
+    api = stack.start_api()
+    workers = [stack.start_worker(f"worker-{i}") for i in (1, 2)]
 
     def identity(proc: subprocess.Popen[bytes]) -> str:
         return f"{proc.pid}@{socket.gethostname()}"  # the SDK's default worker identity
 
-    base = f"http://127.0.0.1:{api_port}"
+    await stack.wait_ready()
 
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-
-        async def ready() -> bool:
-            try:
-                return (await http.get("/readyz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await _eventually(ready, "the API to be ready", processes)
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
 
         async def both_polling() -> bool:
             # DescribeTaskQueue answers from the root partition only, so a worker polling other
             # partitions may be missing there: its own start line counts too.
             pollers = await _pollers(client, task_queue)
-            return all(f"{w.pid}@" in " ".join(pollers) or "polling task queue" in processes.log(f"worker-{i}")
+            return all(f"{w.pid}@" in " ".join(pollers) or "polling task queue" in procs.log(f"worker-{i}")
                        for i, w in enumerate(workers, start=1))
 
-        await _eventually(both_polling, "both workers polling the task queue", processes)
+        await eventually(both_polling, "both workers polling the task queue", alive=procs.assert_alive)
 
         def auth(name: str) -> dict[str, str]:
             return {"Authorization": f"Bearer {tokens[name]}"}
@@ -346,17 +262,20 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
             assert response.status_code == 200, response.text
 
         # 5. One validator, then two different risk officers; a worker dies at each gate.
-        await _eventually(lambda: gate_open("validation"), "the validation gate", processes)
-        processes.kill("worker-1")
+        await eventually(lambda: gate_open("validation"), "the validation gate", alive=procs.assert_alive)
+        procs.kill("worker-1")
         await decide("victor", "validation")
         # worker-2 alone ran the rest of the validation stage and opened the next gate.
-        await _eventually(lambda: gate_open("risk_review"), "the risk review gate", processes)
+        await eventually(lambda: gate_open("risk_review"), "the risk review gate", alive=procs.assert_alive)
 
         # worker-1 is replaced (as compose restarts a container), then worker-2 dies too.
-        replacement = processes.start("worker-3", [python, "-m", "engine.serve", "worker"], env)
-        await _eventually(lambda: _true("polling task queue" in processes.log("worker-3")),
-                          "the replacement worker polling", processes)
-        processes.kill("worker-2")
+        replacement = stack.start_worker("worker-3")
+
+        async def replacement_polling() -> bool:
+            return "polling task queue" in procs.log("worker-3")
+
+        await eventually(replacement_polling, "the replacement worker polling", alive=procs.assert_alive)
+        procs.kill("worker-2")
         await decide("rita", "risk_review")
         await decide("omar", "risk_review")
 
@@ -364,7 +283,7 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
             s = await state()
             return s if s["status"] == "in_production" else None
 
-        final = await _eventually(in_production, "in_production", processes, timeout=60)
+        final = await eventually(in_production, "in_production", alive=procs.assert_alive, timeout=60)
         assert final["deployed_at"] is not None
         assert api.poll() is None
 
@@ -374,7 +293,7 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
             delivered = list(hooks.deliveries)
         return delivered if any(d.payload.get("kind") == "finished" for d in delivered) else []
 
-    deliveries = await _eventually(finished_notified, "the 'finished' notification", processes)
+    deliveries = await eventually(finished_notified, "the 'finished' notification", alive=procs.assert_alive)
     assert deliveries and all(d.signature_ok for d in deliveries), [d for d in deliveries if not d.signature_ok]
     assert all(d.event_id for d in deliveries)
     assert not verify_signature("not-the-secret", json.dumps(deliveries[0].payload).encode(),
@@ -394,7 +313,7 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
     async def listed() -> list[Any]:
         return [w async for w in client.list_workflows(query)]
 
-    executions = await _eventually(listed, "the workflow in visibility", processes)
+    executions = await eventually(listed, "the workflow in visibility", alive=procs.assert_alive)
     assert len(executions) == 1
     assert set(SEARCH_ATTRIBUTES) <= set(executions[0].search_attributes)
     history = await client.get_workflow_handle(executions[0].id).fetch_history()

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +26,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.database import upgrade
 from engine.settings import PROJECT_ROOT
-from testing.api import free_port
+from testing.polling import NeverHappened, eventually_sync
+from testing.processes import Processes, base_env, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -72,10 +72,6 @@ def _answers(port: int) -> bool:
         return False
 
 
-def _base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PROGRESSION_")}
-
-
 @dataclass
 class Stack:
     data_dir: Path
@@ -86,7 +82,7 @@ class Stack:
     output: Path | None = None
 
     def env(self) -> dict[str, str]:
-        return {**_base_env(), "PROGRESSION_DATA_DIR": str(self.data_dir),
+        return {**base_env(), "PROGRESSION_DATA_DIR": str(self.data_dir),
                 "PROGRESSION_TEMPORAL_PORT": str(self.temporal_port),
                 "PROGRESSION_TEMPORAL_UI_PORT": str(self.ui_port), "PROGRESSION_API_PORT": str(self.api_port)}
 
@@ -98,20 +94,17 @@ class Stack:
         return self.output.read_text(errors="replace") if self.output and self.output.exists() else ""
 
 
-class Processes:
-    """Every orchestrator a test starts, and every child seen; all killed at teardown."""
+class Orchestrators:
+    """Every orchestrator a test starts (``testing.processes``, each in a new session as a terminal's
+    ``make run``), and every child of one seen; all killed at teardown, the children by pid."""
 
     def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: list[subprocess.Popen[bytes]] = []
+        self.procs = Processes(logs, new_session=True)
         self.seen: dict[int, str] = {}  # pid -> start time
 
     def start(self, stack: Stack, name: str) -> Stack:
-        stack.output = self.logs / f"{name}.out"
-        with open(stack.output, "wb") as out:
-            stack.proc = subprocess.Popen([PYTHON, "-m", "engine.run"], env=stack.env(), cwd=PROJECT_ROOT,
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.started.append(stack.proc)
+        stack.proc = self.procs.start(name, [PYTHON, "-m", "engine.run"], stack.env())
+        stack.output = self.procs.log_path(name)
         self.track(stack.proc.pid)
         return stack
 
@@ -128,42 +121,39 @@ class Processes:
 
     def wait_running(self, stack: Stack) -> None:
         assert stack.proc is not None
-        deadline = time.monotonic() + UP_TIMEOUT
-        while "Progression is running." not in stack.text():
-            tail = stack.text()[-3000:]
-            assert stack.proc.poll() is None, f"the stack exited with {stack.proc.returncode}:\n{tail}"
-            assert time.monotonic() < deadline, f"the stack was not up within {UP_TIMEOUT:.0f}s:\n{tail}"
-            self.track(stack.proc.pid)
-            time.sleep(0.5)
-        self.track(stack.proc.pid)
+        proc = stack.proc
+
+        def running() -> bool:
+            self.track(proc.pid)
+            return "Progression is running." in stack.text()
+
+        def alive() -> None:
+            assert proc.poll() is None, f"the stack exited with {proc.returncode}:\n{stack.text()[-3000:]}"
+
+        eventually_sync(running, "the stack running", timeout=UP_TIMEOUT, alive=alive, max_interval=0.5,
+                        describe=lambda _: stack.text()[-3000:])
+        self.track(proc.pid)
 
     def cleanup(self) -> None:
-        for proc in self.started:
+        for proc in self.procs.running.values():
             if proc.poll() is None:
                 self.track(proc.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        for proc in self.started:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self.procs.stop_all()
         for pid in self.alive(set(self.seen)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
+def processes(tmp_path: Path) -> Iterator[Orchestrators]:
+    procs = Orchestrators(tmp_path)
     try:
         yield procs
     finally:
         procs.cleanup()
 
 
-def run_refused(processes: Processes, stack: Stack, name: str) -> str:
+def run_refused(processes: Orchestrators, stack: Stack, name: str) -> str:
     """Start a stack that must be refused: it exits non-zero before starting anything; returns its output."""
     processes.start(stack, name)
     assert stack.proc is not None
@@ -183,7 +173,7 @@ def run_refused(processes: Processes, stack: Stack, name: str) -> str:
 
 
 def test_second_start_on_the_same_data_directory_is_refused_naming_the_running_stack(
-        processes: Processes, tmp_path: Path) -> None:
+        processes: Orchestrators, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     first = processes.start(Stack(data_dir), "first")
     processes.wait_running(first)
@@ -212,7 +202,7 @@ def test_second_start_on_the_same_data_directory_is_refused_naming_the_running_s
 # --- kill -9 of the orchestrator ---------------------------------------------------------------------
 
 
-def test_kill_9_of_the_orchestrator_leaves_nothing_behind(processes: Processes, tmp_path: Path) -> None:
+def test_kill_9_of_the_orchestrator_leaves_nothing_behind(processes: Orchestrators, tmp_path: Path) -> None:
     stack = processes.start(Stack(tmp_path / "data"), "stack")
     processes.wait_running(stack)
     assert stack.proc is not None
@@ -222,9 +212,12 @@ def test_kill_9_of_the_orchestrator_leaves_nothing_behind(processes: Processes, 
 
     os.kill(stack.proc.pid, signal.SIGKILL)  # only the orchestrator, not its process group
     stack.proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while (processes.alive(pids) or any(_answers(p) for p in stack.ports)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+
+    def all_gone() -> bool:
+        return not processes.alive(pids) and not any(_answers(p) for p in stack.ports)
+
+    with contextlib.suppress(NeverHappened):  # the assertions below name what survived
+        eventually_sync(all_gone, "every child and port of the killed stack gone", max_interval=0.2)
     survivors = processes.alive(pids)
     assert not survivors, [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for p in survivors]
     assert not [p for p in stack.ports if _answers(p)], "a port of the killed stack still answers"
@@ -267,7 +260,7 @@ def http_squatter() -> Iterator[int]:
 
 
 def test_a_temporal_server_already_on_the_port_is_refused_never_attached(
-        processes: Processes, tmp_path: Path, temporal_env: WorkflowEnvironment) -> None:
+        processes: Orchestrators, tmp_path: Path, temporal_env: WorkflowEnvironment) -> None:
     # A Temporal server this stack did not start (an orphan of an earlier run, say) answers on the port.
     port = int(temporal_env.client.service_client.config.target_host.rsplit(":", 1)[1])
     stack = Stack(tmp_path / "data", temporal_port=port)
@@ -276,7 +269,7 @@ def test_a_temporal_server_already_on_the_port_is_refused_never_attached(
     assert "PROGRESSION_TEMPORAL_PORT" in message, message
 
 
-def test_an_api_port_already_taken_is_refused(processes: Processes, tmp_path: Path, http_squatter: int) -> None:
+def test_an_api_port_already_taken_is_refused(processes: Orchestrators, tmp_path: Path, http_squatter: int) -> None:
     stack = Stack(tmp_path / "data", api_port=http_squatter)
     message = run_refused(processes, stack, "squatted-api")
     assert f"port 127.0.0.1:{http_squatter} is already taken" in message, message
@@ -295,7 +288,7 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str
 def test_users_create_without_a_database_refuses_and_creates_nothing(tmp_path: Path) -> None:
     # As the issue found it: no PROGRESSION_DATA_DIR, run from some directory.
     code, out, err = _run([CLI, "users", "create", "mallory", "--role", "admin", "--team", "platform"],
-                          _base_env(), tmp_path)
+                          base_env(), tmp_path)
     assert code != 0, out
     expected = tmp_path.resolve() / ".data" / "progression.db"
     assert f"no database at {expected}" in err, err
@@ -306,7 +299,7 @@ def test_users_create_without_a_database_refuses_and_creates_nothing(tmp_path: P
     # A data directory that does not exist (a typo in PROGRESSION_DATA_DIR) is not created either.
     typo = tmp_path / "no-such-dir"
     code, out, err = _run([CLI, "users", "create", "mallory", "--role", "admin"],
-                          {**_base_env(), "PROGRESSION_DATA_DIR": str(typo)}, tmp_path)
+                          {**base_env(), "PROGRESSION_DATA_DIR": str(typo)}, tmp_path)
     assert code != 0 and f"no database at {typo / 'progression.db'}" in err, err
     assert not typo.exists()
 
@@ -314,7 +307,7 @@ def test_users_create_without_a_database_refuses_and_creates_nothing(tmp_path: P
 async def test_users_create_with_the_stack_database_works(tmp_path: Path) -> None:
     await upgrade(f"sqlite+aiosqlite:///{tmp_path / 'progression.db'}")
     code, out, err = _run([CLI, "users", "create", "ann", "--role", "auditor"],
-                          {**_base_env(), "PROGRESSION_DATA_DIR": str(tmp_path)}, tmp_path)
+                          {**base_env(), "PROGRESSION_DATA_DIR": str(tmp_path)}, tmp_path)
     assert code == 0, err
     assert out.strip().splitlines()[-1].startswith("prg_")
 
@@ -322,7 +315,7 @@ async def test_users_create_with_the_stack_database_works(tmp_path: Path) -> Non
 def test_users_create_on_an_empty_sqlite_file_refuses(tmp_path: Path) -> None:
     (tmp_path / "progression.db").touch()  # not a database any stack made
     code, out, err = _run([CLI, "users", "create", "mallory", "--role", "admin"],
-                          {**_base_env(), "PROGRESSION_DATA_DIR": str(tmp_path)}, tmp_path)
+                          {**base_env(), "PROGRESSION_DATA_DIR": str(tmp_path)}, tmp_path)
     assert code != 0 and "no Progression schema in" in err, err
     assert "prg_" not in out
 
@@ -330,7 +323,7 @@ def test_users_create_on_an_empty_sqlite_file_refuses(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_users_create_on_an_unmigrated_postgres_database_refuses(tmp_path: Path, postgres_url: str) -> None:
     code, out, err = _run([CLI, "users", "create", "mallory", "--role", "admin"],
-                          {**_base_env(), "PROGRESSION_DATABASE_URL": postgres_url}, tmp_path)
+                          {**base_env(), "PROGRESSION_DATABASE_URL": postgres_url}, tmp_path)
     assert code != 0 and "no Progression schema in" in err, err
     with psycopg.connect(postgres_url.replace("postgresql+psycopg", "postgresql")) as conn:
         tables = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'").fetchone()
@@ -340,7 +333,7 @@ def test_users_create_on_an_unmigrated_postgres_database_refuses(tmp_path: Path,
 def test_a_worker_without_a_database_refuses_and_creates_nothing(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     code, out, err = _run([PYTHON, "-m", "engine.serve", "worker"],
-                          {**_base_env(), "PROGRESSION_DATA_DIR": str(data_dir),
+                          {**base_env(), "PROGRESSION_DATA_DIR": str(data_dir),
                            "PROGRESSION_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}"}, PROJECT_ROOT)
     assert code != 0 and f"no database at {data_dir.resolve() / 'progression.db'}" in err, err
     assert not data_dir.exists()

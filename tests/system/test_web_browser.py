@@ -13,7 +13,6 @@ never a browser of its own (no ``playwright install``).
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -27,6 +26,7 @@ from temporalio.client import Client
 
 from engine.settings import PROJECT_ROOT
 from testing.api import CREDIT, ApiEnv, api_env, serve_http, spec_text, unique_version
+from testing.polling import eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
@@ -82,14 +82,16 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-async def reload_until(page: Page, text: str, attempts: int = 150) -> None:
-    """Reload until ``text`` is on the page (the workflow moves on asynchronously); bounded by attempts."""
-    for _ in range(attempts):
+async def reload_until(page: Page, text: str) -> None:
+    """Reload until ``text`` is on the page (the workflow moves on asynchronously)."""
+
+    async def shown() -> bool:
         if await page.get_by_text(text, exact=False).count():
-            return
-        await asyncio.sleep(0.2)
+            return True
         await page.reload()
-    raise AssertionError(f"{text!r} never appeared on {page.url}")
+        return False
+
+    await eventually(shown, f"{text!r} on {page.url}", max_interval=0.2)
 
 
 async def start_credit_model(live: Live, page: Page) -> str:

@@ -35,7 +35,7 @@ from engine.database import sync_url
 from engine.lifecycle import SEARCH_ATTRIBUTES
 from engine.settings import DEV_SECRET, PROJECT_ROOT, Settings
 from engine.temporal import temporal_cli_path
-from testing.api import free_port
+from testing.processes import free_port
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 WEBHOOKS_OVERRIDE = PROJECT_ROOT / "deploy" / "compose.webhooks.yml"

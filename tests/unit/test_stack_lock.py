@@ -13,7 +13,7 @@ import pytest
 
 from engine.settings import Settings
 from engine.stack import StackRefused, acquire_data_dir, claim_ports, listens_on
-from testing.api import free_port
+from testing.processes import free_port
 
 
 def settings_for(data_dir: Path, **kw: int) -> Settings:
