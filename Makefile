@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast install lint bench clean reliability
+.PHONY: run test test-fast test-soak install lint bench clean reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,10 +21,19 @@ run: $(STAMP)
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# The inner loop: unit and in-process tests on SQLite. Leaves out the `slow` tests (real processes: whole
-# stacks, the CLI in a subprocess, the crash harness, fuzzing, benchmark smoke runs) and the `postgres` ones.
+# The inner loop: tests/unit, tests/workflow and tests/api on SQLite, spread over the cores (pytest-xdist: one
+# Temporal dev server per xdist worker, each test file whole on one worker for its module fixtures). Leaves
+# out the `slow` tests (tests/system: whole stacks, CLI subprocesses, a browser, the crash harness, fuzzing,
+# benchmark smoke runs; and the full authorization matrix) and the `postgres` ones.
+FAST_WORKERS ?= auto
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not postgres"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not postgres" -n $(FAST_WORKERS) --dist loadfile
+
+# Issue 14's proof: SOAK_RUNS rounds, each two fresh clones running `make $(SOAK_TARGET)` side by side; log in .soak/.
+SOAK_RUNS ?= 5
+SOAK_TARGET ?= test
+test-soak:
+	scripts/soak.sh $(SOAK_RUNS) $(SOAK_TARGET)
 
 # Crash/restart/outage harness, full size: 1,000 progressions, every fault kind (docs/RELIABILITY.md).
 RELIABILITY_ARGS ?= --progressions 1000 --seed 2026 --concurrency 12

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import select
 from temporalio.client import Client
 
 from engine.db import DecisionRow, EvidenceBlob
@@ -29,6 +30,7 @@ from testing.api import (
     start,
     unique_version,
     upload,
+    wait_audit,
     wait_for,
 )
 
@@ -85,8 +87,6 @@ async def test_stale_basis_is_refused_and_recorded_then_the_current_one_counts(e
 
 
 async def _rows(env: ApiEnv, pid: str) -> list[DecisionRow]:
-    from sqlalchemy import select
-
     async with env.sessionmaker() as session:
         return list((await session.scalars(select(DecisionRow).where(DecisionRow.progression_id == pid))).all())
 
@@ -187,7 +187,6 @@ async def test_verify_checks_bases_and_deployment_and_detects_a_tampered_blob(en
 
 
 async def _wait_deployment(env: ApiEnv, pid: str):  # type: ignore[no-untyped-def]
-    from testing.api import wait_audit
 
     [event] = await wait_audit(env, pid, "deployment.recorded")
     return event

@@ -15,7 +15,19 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from api.app import create_app
-from engine.db import AuditEvent, CatalogModel, EvidenceBlob, IdempotencyRecord, PolicyVersion, User, utcnow
+from api.idempotency import fingerprint
+from engine.database import upgrade
+from engine.db import (
+    AuditEvent,
+    CatalogModel,
+    EvidenceBlob,
+    IdempotencyRecord,
+    PolicyVersion,
+    User,
+    make_engine,
+    make_sessionmaker,
+    utcnow,
+)
 from testing.api import CREDIT, ApiEnv, api_env, make_settings, registry, serve_http, spec_text, upload
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
@@ -144,7 +156,6 @@ async def test_users_tokens_and_idempotent_create(env: ApiEnv) -> None:
 async def test_idempotency_in_flight_answers_409(env: ApiEnv) -> None:
     key = f"k-{uuid.uuid4()}"
     body = {"username": "olga", "roles": ["auditor"]}
-    from api.idempotency import fingerprint
 
     async with env.sessionmaker() as session:  # a first request still running (status NULL)
         session.add(IdempotencyRecord(user_id=env.user_ids["adam"], key=key, method="POST", path="/api/v1/users",
@@ -231,9 +242,6 @@ async def test_operations_endpoints(env: ApiEnv) -> None:
 
 
 async def test_readyz_503_when_temporal_unreachable(sqlite_url: str, tmp_path: Path) -> None:
-    from engine.database import upgrade
-    from engine.db import make_engine, make_sessionmaker
-
     await upgrade(sqlite_url)
     engine = make_engine(sqlite_url)
     dead = await Client.connect("127.0.0.1:1", lazy=True, data_converter=pydantic_data_converter)

@@ -33,7 +33,7 @@ from sqlalchemy import select
 from starlette.routing import Mount
 from temporalio.client import Client
 
-from engine.db import AuditEvent, DecisionRow, User
+from engine.db import AuditEvent, CatalogModel, DecisionRow, RoleGrant, User, utcnow
 from engine.identity import create_user, issue_token
 from engine.settings import PROJECT_ROOT
 from testing.api import CREDIT, ApiEnv, api_env, at_gate, spec_text, start, unique_version, upload, wait_for
@@ -191,8 +191,6 @@ def propose_grant() -> Send:
 def approve_grant() -> Send:
     """Each cell approves a grant of its own, proposed by another admin (maker-checker: never the caller)."""
     async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
-        from engine.db import RoleGrant, utcnow
-
         user_id = await _fresh_user(ctx)
         async with ctx.env.sessionmaker() as session:
             grant = RoleGrant(id=str(uuid.uuid4()), user_id=user_id, role="model_validator", status="pending",
@@ -207,8 +205,6 @@ def approve_grant() -> Send:
 def change_intent() -> Send:
     """Each cell changes the intent of a retail-risk model of its own (the target model stays credit)."""
     async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
-        from engine.db import CatalogModel
-
         model_id = f"matrix-{uuid.uuid4().hex[:8]}"
         async with ctx.env.sessionmaker() as session:
             session.add(CatalogModel(id=model_id, name="Matrix", team="retail-risk",

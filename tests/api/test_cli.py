@@ -28,7 +28,13 @@ import yaml
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner, Result
 
+from api.app import create_app
+from engine.cli import app
+from engine.db import make_engine, make_sessionmaker
 from engine.settings import PROJECT_ROOT, Settings
+from engine.worker import run_worker
+from testing.databases import prepare_database
+from testing.people import create_people
 from testing.polling import eventually_sync
 from testing.processes import free_port
 
@@ -58,28 +64,14 @@ class LiveAPI:
 
 async def _prepare(settings: Settings, api: LiveAPI) -> None:
     """Migrate, seed the feature catalog, create the users (through engine.identity)."""
-    from engine.database import upgrade
-    from engine.db import make_engine, make_sessionmaker
-    from engine.identity import create_user
-
-    await upgrade(settings.resolved_database_url)
+    await prepare_database(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
-    sessions = make_sessionmaker(engine)
     try:
-        try:
-            from engine.features import seed_features
-        except ImportError:  # pragma: no cover - older tree without the catalog seeder
-            seed_features = None
-        if seed_features is not None:
-            async with sessions() as session:
-                await seed_features(session, settings.features_file)
-                await session.commit()
-        for username, roles, team in USERS:
-            async with sessions() as session:
-                user, token = await create_user(session, username=username, roles=roles, team=team)
-                await session.commit()
-                api.tokens[username] = token
-                api.user_ids[username] = user.id
+        async with make_sessionmaker(engine)() as session:
+            tokens, ids = await create_people(session, {name: (roles, team) for name, roles, team in USERS})
+            await session.commit()
+        api.tokens.update(tokens)
+        api.user_ids.update(ids)
     finally:
         await engine.dispose()
 
@@ -87,9 +79,6 @@ async def _prepare(settings: Settings, api: LiveAPI) -> None:
 def _serve(api: LiveAPI, port: int, ready: threading.Event, stop: threading.Event,
            errors: list[BaseException]) -> None:
     async def main() -> None:
-        from api.app import create_app
-        from engine.worker import run_worker
-
         await _prepare(api.settings, api)
         server = uvicorn.Server(uvicorn.Config(create_app(api.settings), host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="on"))
@@ -172,8 +161,6 @@ def make_repo(tmp_path: Path, source: Path = CREDIT, *, version: str | None = No
 
 
 def cli_app() -> Any:
-    from engine.cli import app
-
     return app
 
 
@@ -236,7 +223,6 @@ def follow(cli: CLI, user: str, pid: str) -> dict[str, Any]:
 
 def follow_until(cli: CLI, pid: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """Follow again while the state is between two people (e.g. a gate just satisfied)."""
-
     def probe() -> dict[str, Any] | None:
         state = follow(cli, "dana", pid)
         return state if done(state) else None

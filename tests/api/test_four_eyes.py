@@ -6,6 +6,7 @@ before the issue (the old answer is named in each test) and passes now.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,10 +17,20 @@ import pytest
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.service import RPCError
 
 from engine.db import ApiToken, AuditEvent, DecisionRow, ProgressionRow, User
 from engine.identity import InvalidIdentity, actor_for, create_user
-from engine.lifecycle import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput, DecisionKind, ProgressionInput
+from engine.lifecycle import (
+    UPDATE_DECIDE,
+    UPDATE_WITHDRAW,
+    WORKFLOW_NAME,
+    DecideInput,
+    DecisionKind,
+    EvidenceRef,
+    ProgressionInput,
+    WithdrawInput,
+)
 from engine.loading import load_spec
 from testing.api import (
     CREDIT,
@@ -40,6 +51,7 @@ from testing.api import (
     wait_for,
     wait_read_model,
 )
+from tests.api.test_api_identity import make_jwks, sso_token
 
 
 @pytest.fixture
@@ -233,7 +245,6 @@ async def test_attack4_a_model_in_production_cannot_be_withdrawn(env: ApiEnv) ->
         assert r.status_code == 409 and r.json()["code"] == "in_production", r.text
         assert "retire" in r.json()["message"]
     # The workflow's validator refuses it too.
-    from engine.lifecycle import UPDATE_WITHDRAW, WithdrawInput
 
     async with env.sessionmaker() as session:
         dana = await session.get(User, env.user_ids["dana"])
@@ -285,7 +296,6 @@ async def test_attack5_a_failed_workflow_is_visible_and_its_version_can_start_ag
     async with env.sessionmaker() as session:
         sam = await session.get(User, env.user_ids["sam"])
         assert sam is not None
-    from engine.lifecycle import EvidenceRef
 
     inp = ProgressionInput(spec=spec, spec_yaml=text, policy=loaded.policy, policy_hash=loaded.hash,
                            evidence={k: EvidenceRef.model_validate(v) for k, v in state["evidence"].items()},
@@ -317,8 +327,6 @@ async def test_attack5_a_failed_workflow_is_visible_and_its_version_can_start_ag
 
 
 async def _workflow_exists(env: ApiEnv, pid: str) -> bool:
-    from temporalio.service import RPCError
-
     try:
         await env.temporal.get_workflow_handle(pid).describe()
         return True
@@ -328,8 +336,6 @@ async def _workflow_exists(env: ApiEnv, pid: str) -> bool:
 
 async def _page_as(env: ApiEnv, who: str, path: str) -> str:
     """A web UI page through a real sign-in (CSRF token from the login form)."""
-    import re
-
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app), base_url="http://api.test") as browser:
         login = await browser.get("/ui/login")
         csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
@@ -441,8 +447,6 @@ async def _twenty_concurrent_decisions(env: ApiEnv) -> None:
 async def test_sso_decisions_name_the_session_and_sso_only_accepts_them(sqlite_url: str, tmp_path: Path,
                                                                         temporal_client: Client,
                                                                         task_queue: str) -> None:
-    from tests.api.test_api_identity import make_jwks, sso_token
-
     key, jwks = make_jwks(tmp_path)
     async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, deciders_sso_only=True,
                        jwt_issuer="https://sso.bank.test", jwt_audience="progression", jwt_jwks=str(jwks)) as env:

@@ -153,7 +153,7 @@ def test_sync_client_over_http(live_api: LiveAPI, tmp_path: Path) -> None:  # no
     repo = make_repo(tmp_path, version="7.2.0")
     pid = "retail-credit-scorecard@7.2.0"
     with ProgressionClient(live_api.url, live_api.tokens["dana"]) as dana, \
-            ProgressionClient(live_api.url, live_api.tokens["alice"], timeout=10) as alice:
+            ProgressionClient(live_api.url, live_api.tokens["alice"], timeout=120) as alice:
         route = dana.dry_run("credit-underwriting", read_repository(repo))
         assert route.progression_id == pid
         state = dana.start(repo)

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, update
 from temporalio.client import Client
 
 from api.web.session import COOKIE_NAME
@@ -49,7 +50,6 @@ def csrf_of(html: str) -> str:
 
 class Browser:
     """One person's cookie jar against the app (httpx keeps cookies per client)."""
-
     def __init__(self, env: ApiEnv) -> None:
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app), base_url="http://api.test",
                                       timeout=60, follow_redirects=False)
@@ -151,7 +151,6 @@ async def test_a_revoked_token_ends_the_browser_session(env: ApiEnv, people: dic
     b = await signed_in(people, "ann")
     assert (await b.get("/ui/audit")).status_code == 200
     async with env.sessionmaker() as session:
-        from sqlalchemy import update
 
         await session.execute(update(ApiToken).where(ApiToken.user_id == env.user_ids["ann"])
                               .values(revoked_at=__import__("engine.db", fromlist=["utcnow"]).utcnow()))
@@ -426,7 +425,6 @@ async def test_auditor_filters_exports_and_verifies(env: ApiEnv, people: dict[st
 
     # Tamper with one event: the same button names the first bad event.
     async with env.sessionmaker() as session:
-        from sqlalchemy import select
 
         ev = (await session.scalars(select(AuditEvent).where(AuditEvent.progression_id == pid)
                                     .order_by(AuditEvent.seq))).first()

@@ -216,7 +216,7 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
 
     await stack.wait_ready()
 
-    async with httpx.AsyncClient(base_url=stack.base_url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=120) as http:  # a decision waits out a dead worker
 
         async def both_polling() -> bool:
             # DescribeTaskQueue answers from the root partition only, so a worker polling other
@@ -283,7 +283,7 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
             s = await state()
             return s if s["status"] == "in_production" else None
 
-        final = await eventually(in_production, "in_production", alive=procs.assert_alive, timeout=60)
+        final = await eventually(in_production, "in_production", alive=procs.assert_alive, timeout=180)
         assert final["deployed_at"] is not None
         assert api.poll() is None
 

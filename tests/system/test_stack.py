@@ -9,6 +9,7 @@ All of them start real processes, so all are ``slow`` (``make test`` runs them, 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -97,7 +98,6 @@ class Stack:
 class Orchestrators:
     """Every orchestrator a test starts (``testing.processes``, each in a new session as a terminal's
     ``make run``), and every child of one seen; all killed at teardown, the children by pid."""
-
     def __init__(self, logs: Path) -> None:
         self.procs = Processes(logs, new_session=True)
         self.seen: dict[int, str] = {}  # pid -> start time
@@ -223,7 +223,6 @@ def test_kill_9_of_the_orchestrator_leaves_nothing_behind(processes: Orchestrato
     assert not [p for p in stack.ports if _answers(p)], "a port of the killed stack still answers"
 
     # No stale lock: a new stack may take the data directory at once (its lock is free).
-    import fcntl
 
     fd = os.open(stack.data_dir / "stack.lock", os.O_RDWR)
     try:
@@ -238,7 +237,6 @@ def test_kill_9_of_the_orchestrator_leaves_nothing_behind(processes: Orchestrato
 @pytest.fixture
 def http_squatter() -> Iterator[int]:
     """Something else on a port, answering 200 to everything (as another API's /readyz would)."""
-
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self.send_response(200)

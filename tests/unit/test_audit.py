@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -12,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from engine.audit import (
     GENESIS_HASH,
+    _dense_window,
+    _filters,
     append_event,
     append_events,
     canonical_event,
@@ -341,7 +344,6 @@ async def test_time_windows_page_exactly_whatever_plan_the_query_takes(
     # Events recorded out of time order (a retried activity appends late), windows from empty to
     # the whole table, paged by the seq cursor: on SQLite the engine picks a plan per window
     # (walk seq / range-scan the time index); every page must equal the rows a plain filter gives.
-    import random
 
     rng = random.Random(5)
     minutes = list(range(300))
@@ -367,8 +369,6 @@ async def test_time_windows_page_exactly_whatever_plan_the_query_takes(
                     break
                 cursor = page[-1].seq
             if s.get_bind().dialect.name == "sqlite" and (since or until):
-                from engine.audit import _dense_window, _filters
-
                 dense_seen.add(await _dense_window(s, _filters(since=since, until=until), None))
         assert got == expected, (lo, hi)
     if dense_seen:

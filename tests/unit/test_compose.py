@@ -27,20 +27,16 @@ import jsonschema
 import pytest
 import yaml
 from sqlalchemy import create_engine, inspect
-from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-from temporalio.testing import WorkflowEnvironment
 
 from engine import serve
 from engine.database import sync_url
 from engine.lifecycle import SEARCH_ATTRIBUTES
 from engine.settings import DEV_SECRET, PROJECT_ROOT, Settings
-from engine.temporal import temporal_cli_path
 from testing.processes import free_port
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 WEBHOOKS_OVERRIDE = PROJECT_ROOT / "deploy" / "compose.webhooks.yml"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
-REGISTER_SCRIPT = PROJECT_ROOT / "deploy" / "temporal" / "register-search-attributes.sh"
 
 # Values a deployer would export; long enough for the production settings' checks.
 DEPLOY_ENV = {
@@ -403,54 +399,6 @@ def test_postgres_init_creates_both_databases_without_literal_passwords() -> Non
         assert f"CREATE DATABASE {db} OWNER" in script
     assert "PASSWORD :'" in script  # psql variables, never a spliced-in string
     assert not re.search(r"PASSWORD\s+'", script)
-
-
-# --- the search-attribute one-shot against a real Temporal server ---------------------------------
-
-
-@pytest.fixture(scope="module")
-async def bare_temporal() -> Any:
-    """A dev server with no custom search attributes, like a freshly set-up cluster."""
-    env = await WorkflowEnvironment.start_local(dev_server_existing_path=temporal_cli_path(),
-                                                dev_server_log_level="error")
-    try:
-        yield env
-    finally:
-        await env.shutdown()
-
-
-def _run_register(address: str, attributes: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TEMPORAL_ADDRESS": address,
-           "TEMPORAL_NAMESPACE": "default", "SEARCH_ATTRIBUTES": attributes,
-           "TEMPORAL_CLI": temporal_cli_path(), "WAIT_SECONDS": "30"}
-    return subprocess.run(["/bin/sh", str(REGISTER_SCRIPT)], env=env, capture_output=True, text=True, timeout=120)
-
-
-@pytest.mark.slow  # a Temporal server of its own and the script in a shell
-async def test_register_script_registers_the_attributes(bare_temporal: WorkflowEnvironment,
-                                                        compose: dict[str, Any]) -> None:
-    client = bare_temporal.client
-    address = client.service_client.config.target_host
-    request = ListSearchAttributesRequest(namespace="default")
-    before = (await client.operator_service.list_search_attributes(request)).custom_attributes
-    assert not set(SEARCH_ATTRIBUTES) & set(before)
-
-    attributes = compose["services"]["search-attributes"]["environment"]["SEARCH_ATTRIBUTES"]
-    first = _run_register(address, attributes)
-    assert first.returncode == 0, first.stderr
-    after = (await client.operator_service.list_search_attributes(request)).custom_attributes
-    assert {name: after[name] for name in SEARCH_ATTRIBUTES} == {
-        name: getattr(__import__("temporalio.api.enums.v1", fromlist=["IndexedValueType"]).IndexedValueType,
-                      f"INDEXED_VALUE_TYPE_{kind.upper()}")
-        for name, kind in SEARCH_ATTRIBUTES.items()
-    }
-    # A second run (container restart) changes nothing and succeeds.
-    again = _run_register(address, attributes)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already registered") == len(SEARCH_ATTRIBUTES)
-    # An attribute registered with another type is an error, not silently accepted.
-    conflict = _run_register(address, "RiskTier=Keyword")
-    assert conflict.returncode != 0 and "RiskTier exists as Int, expected Keyword" in conflict.stderr
 
 
 # --- Dockerfile, at lint level ---------------------------------------------------------------------

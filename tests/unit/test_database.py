@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -14,6 +15,16 @@ from sqlalchemy import create_engine, inspect, text
 from engine.audit import GENESIS_HASH
 from engine.database import alembic_config, ensure_chain_head, sync_url, upgrade, upgrade_sync
 from engine.db import AuditChainHead, Base, Team, make_engine, make_sessionmaker
+from engine.lifecycle import (
+    ApprovalProgress,
+    CheckResult,
+    ProgressionState,
+    StageState,
+    StageStatus,
+    Status,
+    gate_record,
+)
+from engine.policy import Role
 from engine.settings import PROJECT_ROOT
 
 
@@ -112,18 +123,6 @@ async def test_gate_record_migration_fills_existing_rows_like_the_worker_does(da
     # Rows written before 0003 have no ``gate``; the migration derives it from their snapshots, and
     # must give exactly what the worker now writes (engine.lifecycle.gate_record), or the inbox of
     # an upgraded installation would differ from a fresh one.
-    import json
-
-    from engine.lifecycle import (
-        ApprovalProgress,
-        CheckResult,
-        ProgressionState,
-        StageState,
-        StageStatus,
-        Status,
-        gate_record,
-    )
-    from engine.policy import Role
 
     cfg = alembic_config(database_url)
     command.upgrade(cfg, "0002")

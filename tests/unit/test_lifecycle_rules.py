@@ -25,7 +25,7 @@ from engine.lifecycle import (
     decision_refusal,
     withdraw_refusal,
 )
-from engine.policy import GovernancePolicy, Role
+from engine.policy import GovernancePolicy, Role, policy_hash
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 DEV = Actor(user_id="u-dev", username="dana", roles=[Role.model_developer], team="retail-risk")
@@ -125,7 +125,6 @@ def test_policy_independent_stages_are_validated_and_keep_old_hashes() -> None:
         GovernancePolicy.model_validate({**base, "independent_stages": [["a", "zz"]]})
     with pytest.raises(ValueError, match="at least two"):
         GovernancePolicy.model_validate({**base, "independent_stages": [["a", "a"]]})
-    from engine.policy import policy_hash
 
     plain = GovernancePolicy.model_validate(base)
     with_rule = GovernancePolicy.model_validate({**base, "independent_stages": [["a", "b"]]})

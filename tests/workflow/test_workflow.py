@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import http.server
 import json
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.exceptions import ApplicationError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from activities.notify import LogNotifier, Notification, WebhookNotifier, build_notifier
+from activities.promotion import Deployment, RecordingPromotionTarget, WebhookPromotionTarget, build_promotion_target
 from engine.audit import verify_chain
 from engine.db import DecisionRow, ModelVersion, ProgressionEvidence, ProgressionRow
-from engine.policy import Role
+from engine.errors import InvalidPolicy
+from engine.lifecycle import WORKFLOW_NAME, ProgressionState
+from engine.policy import ApprovalRule, Role, policy_hash
+from engine.settings import Settings
+from engine.worker import run_worker
 from testing.workflow import (
     CREDIT,
     DEV,
@@ -137,8 +149,6 @@ async def test_full_credit_flow_postgres(temporal_client: Client, task_queue: st
 
 async def test_second_start_of_same_version_is_refused(temporal_client: Client, task_queue: str,
                                                        env: Env) -> None:
-    from temporalio.exceptions import WorkflowAlreadyStartedError
-
     inp = await example_input(env, CREDIT, version=unique_version())
     async with worker(temporal_client, task_queue, env):
         handle = await start(temporal_client, inp, task_queue)
@@ -385,10 +395,6 @@ async def test_protected_attribute_blocks_credit_but_not_marketing(
 
 async def test_resume_state_continues_where_it_stood(temporal_client: Client, task_queue: str, env: Env) -> None:
     """What continue-as-new does: a new run from ``resume_state`` keeps approvals, evidence and the gate."""
-    from temporalio.common import WorkflowIDReusePolicy
-
-    from engine.lifecycle import WORKFLOW_NAME, ProgressionState
-
     inp = await example_input(env, CREDIT, version=unique_version())
     pid = inp.spec.progression_id
     async with worker(temporal_client, task_queue, env):
@@ -422,11 +428,7 @@ async def test_resume_state_continues_where_it_stood(temporal_client: Client, ta
 
 class _Receiver:
     """A real HTTP server on 127.0.0.1 that records requests and answers with a configurable status."""
-
     def __init__(self) -> None:
-        import http.server
-        import threading
-
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.status = 200
         receiver = self
@@ -461,14 +463,6 @@ def receiver():  # type: ignore[no-untyped-def]
 
 
 async def test_webhook_promotion_target_signs_and_raises_on_failure(receiver: _Receiver) -> None:
-    import hashlib
-    import hmac
-
-    import httpx
-
-    from activities.notify import Notification, WebhookNotifier
-    from activities.promotion import Deployment, WebhookPromotionTarget
-
     deployment = Deployment(deployment_key="m@1/production/1", progression_id="m@1", model_id="m", version_id="1",
                             artifact="s3://m/1", stage="production", business_intent="credit-underwriting",
                             policy_hash="sha256:abc")
@@ -497,9 +491,6 @@ async def test_webhook_promotion_target_signs_and_raises_on_failure(receiver: _R
 
 
 async def test_build_targets_from_settings(tmp_path: Path) -> None:
-    from activities.notify import LogNotifier, WebhookNotifier, build_notifier
-    from activities.promotion import RecordingPromotionTarget, WebhookPromotionTarget, build_promotion_target
-    from engine.settings import Settings
 
     plain = Settings(data_dir=tmp_path)
     assert isinstance(build_promotion_target(plain), RecordingPromotionTarget)
@@ -512,10 +503,6 @@ async def test_build_targets_from_settings(tmp_path: Path) -> None:
 
 
 async def test_worker_refuses_to_start_on_a_bad_policy(tmp_path: Path) -> None:
-    from engine.errors import InvalidPolicy
-    from engine.settings import Settings
-    from engine.worker import run_worker
-
     policies = tmp_path / "policies"
     policies.mkdir()
     good = (CREDIT.parent.parent / "policies" / "credit-underwriting.yaml").read_text()
@@ -530,8 +517,6 @@ async def test_worker_refuses_to_start_on_a_bad_policy(tmp_path: Path) -> None:
 
 async def test_refused_quorum_met_for_role(temporal_client: Client, task_queue: str, env: Env) -> None:
     """A gate of two roles: once the validator part is complete, a second validator is refused."""
-    from engine.policy import ApprovalRule, policy_hash
-
     inp = await example_input(env, CREDIT, version=unique_version())
     stages = list(inp.policy.stages)
     validation = inp.policy.stage("validation")
