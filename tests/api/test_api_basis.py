@@ -9,20 +9,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 import yaml
 from sqlalchemy import select
-from temporalio.client import Client
 
 from engine.db import DecisionRow, EvidenceBlob
 from engine.evidence import EvidenceStore
 from testing.api import (
     CREDIT,
     ApiEnv,
-    api_env,
     at_gate,
     audit_events,
     get_state,
@@ -33,12 +28,6 @@ from testing.api import (
     wait_audit,
     wait_for,
 )
-
-
-@pytest.fixture
-async def env(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[ApiEnv]:
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue) as e:
-        yield e
 
 
 def basis_of(state: dict[str, object], stage: str) -> str:

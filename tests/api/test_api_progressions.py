@@ -13,20 +13,15 @@ import csv
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import select
-from temporalio.client import Client
 
 from engine import audit as audit_mod
 from engine.db import AuditEvent, CatalogModel, DecisionRow, EvidenceBlob, ModelVersion, ProgressionRow, utcnow
 from testing.api import (
     CREDIT,
     ApiEnv,
-    api_env,
     at_gate,
     audit_events,
     decide,
@@ -37,12 +32,6 @@ from testing.api import (
     wait_for,
     wait_read_model,
 )
-
-
-@pytest.fixture
-async def env(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[ApiEnv]:
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue) as e:
-        yield e
 
 
 async def snapshot(env: ApiEnv, pid: str) -> dict[str, Any]:

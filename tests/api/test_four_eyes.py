@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +51,6 @@ from testing.api import (
     wait_read_model,
 )
 from tests.api.test_api_identity import make_jwks, sso_token
-
-
-@pytest.fixture
-async def env(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[ApiEnv]:
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue) as e:
-        yield e
 
 
 async def person(env: ApiEnv, username: str, roles: list[str], team: str | None) -> None:

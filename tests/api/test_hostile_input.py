@@ -10,15 +10,12 @@ of cases.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
-from temporalio.client import Client
 
 from engine.db import (
     AuditEvent,
@@ -30,15 +27,9 @@ from engine.db import (
     ProgressionRow,
     User,
 )
-from testing.api import CREDIT, ApiEnv, api_env, at_gate, spec_text, start, unique_version, upload, wait_for
+from testing.api import CREDIT, ApiEnv, at_gate, spec_text, start, unique_version, upload, wait_for
 
 TABLES = (ProgressionRow, CatalogModel, ModelVersion, EvidenceBlob, DecisionRow, AuditEvent, IdempotencyRecord, User)
-
-
-@pytest.fixture
-async def env(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[ApiEnv]:
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue) as e:
-        yield e
 
 
 async def snapshot(env: ApiEnv) -> dict[str, int]:

@@ -12,13 +12,11 @@ import io
 import json
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select, update
-from temporalio.client import Client
 
 from api.web.session import COOKIE_NAME
 from engine.db import ApiToken, AuditEvent, DecisionRow
@@ -26,7 +24,6 @@ from engine.lifecycle import EventType
 from testing.api import (
     CREDIT,
     ApiEnv,
-    api_env,
     at_gate,
     get_state,
     spec_text,
@@ -76,12 +73,6 @@ class Browser:
                                csrf_from="/ui/login")
         assert resp.status_code == 303 and resp.headers["location"] == "/ui/models", resp.text[:500]
         return resp
-
-
-@pytest.fixture
-async def env(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[ApiEnv]:
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=True) as e:
-        yield e
 
 
 @pytest.fixture

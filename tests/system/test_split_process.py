@@ -24,7 +24,6 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from engine.lifecycle import SEARCH_ATTRIBUTES
 from engine.repo import read_repository
 from engine.settings import PROJECT_ROOT
 from engine.temporal import temporal_cli_path
+from testing.http import QuietHandler, http_server
 from testing.polling import eventually
 from testing.processes import Processes, ProductStack, processes
 from testing.temporal import dev_server
@@ -106,7 +106,7 @@ class Receiver:
 def receiver() -> Iterator[tuple[Receiver, str]]:
     state = Receiver(secret=secrets.token_hex(32))
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             status, answer = state.handle(self.path, self.headers, body)
@@ -117,17 +117,8 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
             self.end_headers()
             self.wfile.write(raw)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state, f"http://127.0.0.1:{server.server_address[1]}/hooks/progression"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Handler) as port:
+        yield state, f"http://127.0.0.1:{port}/hooks/progression"
 
 
 # --- the cluster stand-in ------------------------------------------------------------------------

@@ -15,10 +15,8 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
@@ -27,6 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.database import upgrade
 from engine.settings import PROJECT_ROOT
+from testing.http import QuietHandler, http_server
 from testing.polling import NeverHappened, eventually_sync
 from testing.processes import Processes, base_env, free_port
 
@@ -237,24 +236,15 @@ def test_kill_9_of_the_orchestrator_leaves_nothing_behind(processes: Orchestrato
 @pytest.fixture
 def http_squatter() -> Iterator[int]:
     """Something else on a port, answering 200 to everything (as another API's /readyz would)."""
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self.send_response(200)
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"{}")
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Handler) as port:
+        yield port
 
 
 def test_a_temporal_server_already_on_the_port_is_refused_never_attached(

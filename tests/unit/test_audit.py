@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -24,22 +23,11 @@ from engine.audit import (
     list_events,
     verify_chain,
 )
-from engine.database import upgrade
-from engine.db import AuditChainHead, AuditEvent, make_engine, make_sessionmaker
+from engine.db import AuditChainHead, AuditEvent
 from engine.lifecycle import EventType
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 events_t = AuditEvent.__table__
-
-
-@pytest.fixture
-async def sm(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    await upgrade(database_url)
-    engine = make_engine(database_url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        await engine.dispose()
 
 
 def ev(i: int, **kw: object) -> dict[str, object]:

@@ -16,9 +16,7 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from engine import serve
 from engine.database import sync_url
 from engine.lifecycle import SEARCH_ATTRIBUTES
 from engine.settings import DEV_SECRET, PROJECT_ROOT, Settings
+from testing.http import QuietHandler, http_server
 from testing.processes import free_port
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
@@ -494,28 +493,19 @@ def test_serve_migrate_brings_the_database_to_head(database_url: str, monkeypatc
 
 
 def test_serve_healthcheck_probes_the_local_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Health(BaseHTTPRequestHandler):
+    class Health(QuietHandler):
         status = 200
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self.send_response(self.status if self.path == "/healthz" else 404)
             self.end_headers()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(Health) as port:
         _clean_progression_env(monkeypatch)
         monkeypatch.setenv("PROGRESSION_API_HOST", "0.0.0.0")  # as in the image: probe via loopback
-        monkeypatch.setenv("PROGRESSION_API_PORT", str(server.server_address[1]))
+        monkeypatch.setenv("PROGRESSION_API_PORT", str(port))
         assert serve.main(["healthcheck"]) == 0
         Health.status = 503
         assert serve.main(["healthcheck"]) == 1
-    finally:
-        server.shutdown()
-        server.server_close()
     monkeypatch.setenv("PROGRESSION_API_PORT", str(free_port()))
     assert serve.main(["healthcheck"]) == 1  # nothing listening

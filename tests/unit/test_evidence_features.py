@@ -5,29 +5,16 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from engine.database import upgrade
-from engine.db import EvidenceBlob, Feature, make_engine, make_sessionmaker
+from engine.db import EvidenceBlob, Feature
 from engine.errors import InvalidPolicy, NotFound
 from engine.evidence import EvidenceCorrupted, EvidenceStore, guess_media_type, record_blob
 from engine.features import list_features, resolve_features, seed_features, upsert_feature
-
-
-@pytest.fixture
-async def sm(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    await upgrade(database_url)
-    engine = make_engine(database_url)
-    try:
-        yield make_sessionmaker(engine)
-    finally:
-        await engine.dispose()
-
 
 # ------------------------------------------------------------------ evidence store
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,7 +42,6 @@ from testing.workflow import (
     RISK2,
     VALIDATOR,
     Env,
-    app_env,
     at_gate,
     decision_rows,
     example_input,
@@ -60,12 +57,6 @@ from testing.workflow import (
 
 FRAUD = EXAMPLES / "card-fraud-detector"
 FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")
-
-
-@pytest.fixture
-async def env(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Env]:
-    async with app_env(sqlite_url, tmp_path) as e:
-        yield e
 
 
 def refusal(exc: WorkflowUpdateFailedError) -> tuple[str, str]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import http.server
 import json
-import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,6 +26,7 @@ from engine.lifecycle import WORKFLOW_NAME, ProgressionState
 from engine.policy import ApprovalRule, Role, policy_hash
 from engine.settings import Settings
 from engine.worker import run_worker
+from testing.http import QuietHandler, http_server
 from testing.workflow import (
     CREDIT,
     DEV,
@@ -58,12 +57,6 @@ from testing.workflow import (
     withdraw,
     worker,
 )
-
-
-@pytest.fixture
-async def env(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Env]:
-    async with app_env(sqlite_url, tmp_path) as e:
-        yield e
 
 
 def refusal_code(exc: WorkflowUpdateFailedError) -> str:
@@ -427,39 +420,30 @@ async def test_resume_state_continues_where_it_stood(temporal_client: Client, ta
 
 
 class _Receiver:
-    """A real HTTP server on 127.0.0.1 that records requests and answers with a configurable status."""
-    def __init__(self) -> None:
+    """What a real HTTP server on 127.0.0.1 received, and the status it answers with."""
+
+    def __init__(self, url: str) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.status = 200
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append(({k: v for k, v in self.headers.items()}, body))
-                self.send_response(receiver.status)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b'{"deployment_id": "remote-42"}')
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.url = url
 
 
 @pytest.fixture
-def receiver():  # type: ignore[no-untyped-def]
-    r = _Receiver()
-    yield r
-    r.close()
+def receiver() -> Iterator[_Receiver]:
+    received: list[_Receiver] = []
+
+    class Handler(QuietHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received[0].requests.append(({k: v for k, v in self.headers.items()}, body))
+            self.send_response(received[0].status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"deployment_id": "remote-42"}')
+
+    with http_server(Handler) as port:
+        received.append(_Receiver(f"http://127.0.0.1:{port}/hook"))
+        yield received[0]
 
 
 async def test_webhook_promotion_target_signs_and_raises_on_failure(receiver: _Receiver) -> None:

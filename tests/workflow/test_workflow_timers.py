@@ -6,9 +6,7 @@ run for real.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
@@ -23,7 +21,6 @@ from testing.workflow import (
     RISK1,
     VALIDATOR,
     Env,
-    app_env,
     at_gate,
     decide,
     events,
@@ -37,12 +34,6 @@ from testing.workflow import (
     withdraw,
     worker,
 )
-
-
-@pytest.fixture
-async def env(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Env]:
-    async with app_env(sqlite_url, tmp_path) as e:
-        yield e
 
 
 async def test_sla_expiry_escalates_once_and_gate_keeps_waiting(
