@@ -15,7 +15,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-FIRST_INTERVAL = 0.01
+FIRST_INTERVAL = 0.05
 MAX_INTERVAL = 0.1
 # Generous on purpose: 2 loaded cores shared with other test runs. A failure, not a timing, is asserted.
 DEFAULT_TIMEOUT = 90.0

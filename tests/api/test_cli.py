@@ -38,6 +38,10 @@ from testing.people import create_people
 from testing.polling import eventually_sync
 from testing.processes import free_port
 
+# A whole stack in a thread (uvicorn on a port, the worker of `engine.serve`) and every CLI journey through it:
+# `make test` runs these, the inner loop does not.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = PROJECT_ROOT / "examples"
 CREDIT = EXAMPLES / "retail-credit-scorecard"
 

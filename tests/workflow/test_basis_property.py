@@ -46,6 +46,9 @@ from testing.workflow import (
 )
 from tests.workflow.test_basis import FRAUD, FRAUD_DEV
 
+# Hypothesis drives whole journeys on the time-skipping server: `make test` runs it, the inner loop does not.
+pytestmark = pytest.mark.slow
+
 RISK3 = Actor(user_id="u-risk3", username="ria.risk", roles=RISK1.roles, team="model-risk")
 VALIDATOR2 = Actor(user_id="u-val2", username="vic.validator", roles=VALIDATOR.roles, team="validation")
 DECIDERS = {"validation": [VALIDATOR, VALIDATOR2], "risk_review": [RISK1, RISK3]}
