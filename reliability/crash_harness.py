@@ -199,7 +199,7 @@ class Stack:
         self.pg = PgCluster(free_port())
         self.pg_host, self.pg_port, self.pg_user = "127.0.0.1", self.pg.port, self.pg.user
         self.proxy = TcpProxy(self.pg_host, self.pg_port)
-        self.product = ProductStack(
+        self.product = ProductStack(  # database_url is set again by start_proxy, once the proxy has its port
             self.procs, self.proxied_url, self.temporal_address, workdir / "data", f"crash-{secrets.token_hex(4)}",
             settings={"PROGRESSION_ENV": "production", "PROGRESSION_SECRET_KEY": "crash-harness-" + "k" * 40},
             api_command=("reliability.harness_api",), worker_command=("reliability.harness_worker",),
@@ -208,6 +208,11 @@ class Stack:
         # Held while a fault kills and restarts processes, so the supervisor does not restart them too.
         self.restart_lock = asyncio.Lock()
         self.supervisor_restarts = Counter[str]()
+
+    async def start_proxy(self) -> None:
+        """Listen in front of PostgreSQL; the API and workers connect through it (its port is known now)."""
+        await self.proxy.start()
+        self.product.database_url = self.proxied_url
 
     @property
     def temporal_address(self) -> str:
@@ -1019,7 +1024,7 @@ async def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
               f"Temporal on {stack.temporal_address}")
     try:
         await asyncio.to_thread(stack.create_database)
-        await stack.proxy.start()
+        await stack.start_proxy()
         stack.start_temporal()
         await stack.wait_temporal()
         tokens, ids = await seed(stack)
