@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast install lint bench clean reliability
+.PHONY: run test test-fast test-soak install lint bench clean reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,14 +17,29 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m launch.run
 
+# Test processes keep compiled bytecode under .venv/pycache (outside the source tree), even where the
+# environment sets PYTHONDONTWRITEBYTECODE: otherwise every process (and every xdist worker) compiles the
+# project and the tests again, about 6 s of CPU each.
+TEST_ENV := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/$(VENV)/pycache
+
 # Lint and type-check first (seconds), then every test against real Temporal servers and databases.
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider
 
-# The inner loop: unit and in-process tests on SQLite. Leaves out the `slow` tests (real processes: whole
-# stacks, the CLI in a subprocess, the crash harness, fuzzing, benchmark smoke runs) and the `postgres` ones.
+# The inner loop: tests/unit, tests/workflow and tests/api on SQLite, spread over the cores (pytest-xdist: one
+# Temporal dev server per xdist worker, each test file whole on one worker for its module fixtures). Leaves
+# out the `slow` tests (tests/system: whole stacks, CLI subprocesses, a browser, the crash harness, fuzzing,
+# benchmark smoke runs; not even collected) and the few `slow` and `postgres` tests of the other tiers.
+FAST_WORKERS ?= auto
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not postgres"
+	$(TEST_ENV) $(PY) -m pytest -q -p no:cacheprovider -m "not slow and not postgres" -n $(FAST_WORKERS) --dist loadfile \
+		tests/unit tests/workflow tests/api
+
+# Issue 14's proof: SOAK_RUNS rounds, each two fresh clones running `make $(SOAK_TARGET)` side by side; log in .soak/.
+SOAK_RUNS ?= 5
+SOAK_TARGET ?= test
+test-soak:
+	scripts/soak.sh $(SOAK_RUNS) $(SOAK_TARGET)
 
 # Crash/restart/outage harness, full size: 1,000 progressions, every fault kind (docs/RELIABILITY.md).
 RELIABILITY_ARGS ?= --progressions 1000 --seed 2026 --concurrency 12

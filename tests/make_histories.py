@@ -1,4 +1,4 @@
-"""Regenerate the committed workflow histories that tests/test_replay.py replays.
+"""Regenerate the committed workflow histories that tests/workflow/test_replay.py replays.
 
     .venv/bin/python -m tests.make_histories [--out tests/histories/<generation>]
 
@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import WorkflowFailureError, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from engine.lifecycle import Actor
 from engine.policy import Role
-from launch.binaries import temporal_test_server_path
-from tests.conftest import register_search_attributes
-from tests.helpers_workflow import (
+from testing.temporal import time_skipping_server
+from testing.workflow import (
     CREDIT,
     DEV2,
     MARKETING,
@@ -115,10 +113,7 @@ async def squatted(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]
 
 
 async def main(out: Path) -> None:
-    env_ts = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=temporal_test_server_path(), data_converter=pydantic_data_converter)
-    try:
-        await register_search_attributes(env_ts.client)
+    async with time_skipping_server() as env_ts:
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite+aiosqlite:///{Path(tmp) / 'progression.db'}"
             async with app_env(url, Path(tmp)) as env:
@@ -141,8 +136,6 @@ async def main(out: Path) -> None:
                         path = out / f"{handle.id}.json"
                         path.write_text(history.to_json())
                         print(f"{path}: {len(history.events)} events, final status {status}")
-    finally:
-        await env_ts.shutdown()
 
 
 if __name__ == "__main__":

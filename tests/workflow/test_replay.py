@@ -1,0 +1,119 @@
+"""Replay every committed workflow history against the current ProgressionWorkflow.
+
+A code change that alters the commands an existing history produced (a non-deterministic
+change) fails here, before it can break running progressions. Histories live in one directory
+per generation of the workflow's commands (``v1-record-activity``: before the
+``record-as-local-activity`` patch; ``v2-record-local-activity``: after it; ``v3-record-failure``:
+a failed workflow records its failure, ``record-failure`` patch; ``v3-approval-basis``: approvals
+bound to their basis, ``approval-binds-to-basis`` patch, with evidence that re-opens an earlier stage;
+``v4-basis-and-failure``: both patches; ``v5-read-side-guidance``: guidance computed by engine.guidance outside the
+workflow and payloads normalised by engine.payload, ``guidance-outside-the-workflow`` and
+``one-json-payload-normaliser`` patches); every generation
+must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
+with ``python -m tests.make_histories --out tests/histories/<generation>``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from workflows.progression import (
+    PATCH_BASIS,
+    PATCH_GUIDANCE,
+    PATCH_JSON_PAYLOAD,
+    PATCH_RECORD_FAILURE,
+    PATCH_RECORD_LOCAL,
+    ProgressionWorkflow,
+)
+
+HISTORIES = Path(__file__).parent.parent / "histories"
+FILES = sorted(HISTORIES.glob("*/*.json"))
+TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside the event loop
+
+
+def test_histories_are_committed() -> None:
+    assert FILES, f"no workflow histories in {HISTORIES}"
+    assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity", "v3-record-failure",
+                                              "v3-approval-basis", "v4-basis-and-failure", "v5-read-side-guidance"}
+
+
+def _patches_and_record_kinds(text: str) -> tuple[set[str], set[str]]:
+    """Patch ids recorded in a history, and how ``record`` ran: as an activity task or a local one."""
+    patches: set[str] = set()
+    kinds: set[str] = set()
+    for event in json.loads(text)["events"]:
+        if event["eventType"] == "EVENT_TYPE_MARKER_RECORDED":
+            attrs = event["markerRecordedEventAttributes"]
+            if attrs["markerName"] == "core_patch":
+                patches.add(json.loads(_b64(attrs["details"]["patch-data"]["payloads"][0]["data"]))["id"])
+            elif attrs["markerName"] == "core_local_activity":
+                kinds.add("local")
+        elif event["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED":
+            if event["activityTaskScheduledEventAttributes"]["activityType"]["name"] == "record":
+                kinds.add("task")
+    return patches, kinds
+
+
+def _b64(data: str) -> str:
+    return base64.b64decode(data).decode()
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.stem}" for p in FILES])
+def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
+    # Without this, regenerating every directory with the new code would leave the old branch untested.
+    patches, kinds = _patches_and_record_kinds(TEXTS[path])
+    if path.parent.name == "v1-record-activity":
+        assert PATCH_RECORD_LOCAL not in patches and kinds == {"task"}
+    elif path.stem == "retail-credit-scorecard@3.3.0" and path.parent.name == "v2-record-local-activity":
+        # Before the record-failure patch: registration failed and the workflow failed with no record.
+        assert PATCH_RECORD_FAILURE not in patches and _activities(TEXTS[path]) == ["register_progression"]
+    elif path.stem == "retail-credit-scorecard@3.3.0":  # v3: registration failed, the failure was recorded
+        assert PATCH_RECORD_FAILURE in patches and _activities(TEXTS[path]) == ["register_progression",
+                                                                               "record_failure"]
+    else:
+        assert PATCH_RECORD_LOCAL in patches and kinds == {"local"} and PATCH_RECORD_FAILURE not in patches
+    assert (PATCH_BASIS in patches) == (path.parent.name in {"v3-approval-basis", "v4-basis-and-failure",
+                                                             "v5-read-side-guidance"})
+    # Guidance in words left the workflow (engine.guidance): only the newest generation took that branch.
+    assert (PATCH_GUIDANCE in patches) == (path.parent.name == "v5-read-side-guidance")
+    assert (PATCH_JSON_PAYLOAD in patches) == (path.parent.name == "v5-read-side-guidance")
+
+
+def _activities(text: str) -> list[str]:
+    return [e["activityTaskScheduledEventAttributes"]["activityType"]["name"] for e in json.loads(text)["events"]
+            if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"]
+
+
+def test_the_new_generation_goes_back_to_an_earlier_stage() -> None:
+    # The fraud history re-opens validation from the risk-review gate: the loop-by-index branch.
+    text = TEXTS[HISTORIES / "v3-approval-basis" / "card-fraud-detector@7.1.0.json"]
+    decoded = [_b64(data) for data in _payload_data(json.loads(text))]
+    # activity inputs carry the state: the validator's approval superseded because the metrics changed
+    assert any('"superseded":true' in d and '"basis_changed":["metrics"]' in d for d in decoded)
+
+
+def _payload_data(node: object) -> list[str]:
+    """Every payload's base64 ``data`` in a history (activity inputs among them)."""
+    if isinstance(node, dict):
+        found = [node["data"]] if isinstance(node.get("data"), str) and "metadata" in node else []
+        return found + [d for v in node.values() for d in _payload_data(v)]
+    if isinstance(node, list):
+        return [d for v in node for d in _payload_data(v)]
+    return []
+
+
+@pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.stem}" for p in FILES])
+async def test_replay(path: Path) -> None:
+    # File name == workflow id (the progression id, "<model>@<version>").
+    history = WorkflowHistory.from_json(path.stem, TEXTS[path])
+    assert history.events, path
+    replayer = Replayer(workflows=[ProgressionWorkflow], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
+    assert result.replay_failure is None
