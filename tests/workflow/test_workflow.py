@@ -17,8 +17,9 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from activities.notify import LogNotifier, Notification, WebhookNotifier, build_notifier
-from activities.promotion import Deployment, RecordingPromotionTarget, WebhookPromotionTarget, build_promotion_target
+from activities.contract import Deployment, Notification
+from activities.notify import LogNotifier, WebhookNotifier, build_notifier
+from activities.promotion import RecordingPromotionTarget, WebhookPromotionTarget, build_promotion_target
 from engine.audit import verify_chain
 from engine.db import DecisionRow, ModelVersion, ProgressionEvidence, ProgressionRow
 from engine.errors import InvalidPolicy
