@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("progression.notify")
 
-NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened"]
+NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened", "finding", "exception",
+                           "flagged"]
 
 
 class Notification(BaseModel):

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.governance import governance_snapshot
 from activities.notify import Notification, Notifier
 from activities.promotion import Deployment, DeploymentReceipt, PromotionTarget
 from engine import audit, checks, features, lineage
@@ -39,6 +40,7 @@ from engine.lifecycle import (
     DecisionRecord,
     EventType,
     EvidenceRef,
+    GovernanceSnapshot,
     PriorOutcome,
     ProgressionState,
     StageStatus,
@@ -81,6 +83,8 @@ class RegisterResult(_Model):
     created: bool  # False when a retry found the rows already written
     # Earlier rejections of the same artifact or source commit (any model id).
     prior_rejections: list[PriorOutcome] = Field(default_factory=list)
+    # The model's findings and exceptions when the progression registered (its first governance snapshot).
+    governance: GovernanceSnapshot | None = None
 
 
 class RecordFailureInput(_Model):
@@ -332,7 +336,9 @@ class ProgressionActivities:
             await self._append(session, state, inp.events)
             prior = await lineage.prior_outcomes(session, progression_id=state.progression_id,
                                                  artifact=spec.version.artifact, source=spec.version.source)
-        return RegisterResult(created=created, prior_rejections=[p for p in prior if p.status == "rejected"])
+            governance = await governance_snapshot(session, state.model_id)
+        return RegisterResult(created=created, prior_rejections=[p for p in prior if p.status == "rejected"],
+                              governance=governance)
 
     @activity.defn(name="record_failure")
     async def record_failure(self, inp: RecordFailureInput) -> RecordResult:
