@@ -338,13 +338,14 @@ def default_due(rules: FindingRules, severity: str, now: datetime) -> datetime:
 
 
 def active_exceptions(exceptions: Iterable[ExceptionSummary], version_id: str,
-                      now: datetime) -> list[ExceptionSummary]:
+                      now: datetime | None) -> list[ExceptionSummary]:
+    """Active exceptions scoped to ``version_id``; with ``now``, also not past their expiry."""
     return [e for e in exceptions if e.status == ExceptionStatus.active.value and e.version_id == version_id
-            and e.expires_at > now]
+            and (now is None or e.expires_at > now)]
 
 
-def waived_checks(state: ProgressionState, now: datetime) -> dict[str, str]:
-    """check id -> id of the active exception that waives it for this version."""
+def waived_checks(state: ProgressionState, now: datetime | None) -> dict[str, str]:
+    """check id -> id of the active exception that waives it for this version (``now``: see above)."""
     return {e.check_id: e.exception_id for e in active_exceptions(state.exceptions, state.version_id, now)
             if e.kind == ExceptionKind.check.value and e.check_id}
 

@@ -686,11 +686,12 @@ class ProgressionWorkflow:
         goes on; a waiver that lapsed puts its check back in force (the stage blocks again, or, once the stage
         has passed, the model is flagged); an overdue condition flags a model in production where the policy
         says so."""
-        state, now = self._state, workflow.now()
-        before = waived_checks(state, now)
+        state = self._state
+        # By status: the exception workflow lapses an exception at its expiry and says so in a snapshot.
+        before = waived_checks(state, None)
         state.findings, state.exceptions = list(snapshot.findings), list(snapshot.exceptions)
         state.governance_as_of = snapshot.as_of
-        after = waived_checks(state, now)
+        after = waived_checks(state, None)
         current = state.stage(state.current_stage) if state.current_stage else None
         for check_id, exception_id in sorted(before.items()):
             if check_id in after:
