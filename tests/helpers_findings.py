@@ -62,9 +62,10 @@ async def credit_input_without(env: Env, missing: str, version: str, submitted_b
 
 
 async def approve_with_conditions(handle: WorkflowHandle[Any, Any], actor: Actor, stage: str,
-                                  conditions: list[ConditionIn], comment: str = "approved with conditions"
-                                  ) -> DecideResult:
-    inp = DecideInput(stage=stage, decision=DecisionKind.approve, comment=comment, actor=actor,
+                                  conditions: list[ConditionIn], comment: str = "approved with conditions",
+                                  decision: DecisionKind = DecisionKind.approve) -> DecideResult:
+    """An approval raising ``conditions`` (``decision`` other than approve: an attack the validator refuses)."""
+    inp = DecideInput(stage=stage, decision=decision, comment=comment, actor=actor,
                       decision_id=str(uuid.uuid4()), conditions=conditions)
     return await handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id, result_type=DecideResult)
 
