@@ -6,7 +6,8 @@ per generation of the workflow's commands (``v1-record-activity``: before the
 ``record-as-local-activity`` patch; ``v2-record-local-activity``: after it; ``v3-record-failure``:
 a failed workflow records its failure, ``record-failure`` patch; ``v3-approval-basis``: approvals
 bound to their basis, ``approval-binds-to-basis`` patch, with evidence that re-opens an earlier stage;
-``v4-basis-and-failure``: both patches); every generation
+``v4-basis-and-failure``: both patches; ``v5-findings``: conditions of approvals start finding workflows,
+findings block stages and exceptions waive checks, ``findings`` patch); every generation
 must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
 with ``python -m tests.make_histories --out tests/histories/<generation>``.
 """
@@ -22,7 +23,13 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from workflows.progression import PATCH_BASIS, PATCH_RECORD_FAILURE, PATCH_RECORD_LOCAL, ProgressionWorkflow
+from workflows.progression import (
+    PATCH_BASIS,
+    PATCH_FINDINGS,
+    PATCH_RECORD_FAILURE,
+    PATCH_RECORD_LOCAL,
+    ProgressionWorkflow,
+)
 
 HISTORIES = Path(__file__).parent / "histories"
 FILES = sorted(HISTORIES.glob("*/*.json"))
@@ -32,7 +39,7 @@ TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside
 def test_histories_are_committed() -> None:
     assert FILES, f"no workflow histories in {HISTORIES}"
     assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity", "v3-record-failure",
-                                              "v3-approval-basis", "v4-basis-and-failure"}
+                                              "v3-approval-basis", "v4-basis-and-failure", "v5-findings"}
 
 
 def _patches_and_record_kinds(text: str) -> tuple[set[str], set[str]]:
@@ -70,7 +77,23 @@ def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
                                                                                "record_failure"]
     else:
         assert PATCH_RECORD_LOCAL in patches and kinds == {"local"} and PATCH_RECORD_FAILURE not in patches
-    assert (PATCH_BASIS in patches) == (path.parent.name in {"v3-approval-basis", "v4-basis-and-failure"})
+    assert (PATCH_BASIS in patches) == (path.parent.name in {"v3-approval-basis", "v4-basis-and-failure",
+                                                             "v5-findings"})
+    assert (PATCH_FINDINGS in patches) == (path.parent.name == "v5-findings")
+
+
+def test_the_findings_generation_raises_conditions_and_waives_a_check() -> None:
+    text = TEXTS[HISTORIES / "v5-findings" / "retail-credit-scorecard@3.4.0.json"]
+    events = json.loads(text)["events"]
+    children = [e for e in events if e["eventType"] == "EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED"]
+    assert len(children) == 2  # the two conditions of the validation approval, one finding workflow each
+    signals = [e for e in events if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"]
+    assert signals and all(e["workflowExecutionSignaledEventAttributes"]["signalName"] == "governance_changed"
+                           for e in signals)
+    # activity inputs carry the state: the staging check waived by the exception, then the model flagged
+    decoded = [_b64(data) for data in _payload_data(json.loads(text))]
+    assert any('"exception_id":"X-' in d and '"kind":"check"' in d for d in decoded)
+    assert any('"flags":["exception X-' in d for d in decoded)
 
 
 def _activities(text: str) -> list[str]:
