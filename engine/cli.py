@@ -101,10 +101,13 @@ def users_list() -> None:
 
 
 def _register_http_commands() -> None:
-    """The HTTP commands (login, start, status, decide, ...) live in engine.cli_commands."""
+    """The HTTP commands (login, start, status, decide, ...) live in engine.cli_commands; findings and
+    exceptions in engine.cli_findings."""
     from engine.cli_commands import register
+    from engine.cli_findings import register as register_findings
 
     register(app)
+    register_findings(app)
 
 
 _register_http_commands()
