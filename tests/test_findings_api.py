@@ -140,6 +140,9 @@ async def test_conditions_block_production_until_an_independent_reviewer_closes_
     assert {r["finding_id"] for r in rows} == {f["finding_id"] for f in items} and rows[0]["age_days"] == "0"
     metrics = await _get(env, "rita", "/findings/metrics")
     assert metrics["open_by_severity"] == {"medium": 1} and metrics["overdue"] == 0
+    prometheus = (await env.http.get("/metrics")).text
+    assert 'progression_findings_open{severity="medium"} 1.0' in prometheus
+    assert "progression_findings_overdue 0.0" in prometheus and "progression_exceptions_expiring_30d 0.0" in prometheus
 
     kinds = [e.event_type for e in await _model_events(env, model)]
     for expected in ("finding.raised", "finding.remediation_submitted", "finding.reopened", "finding.closed"):
