@@ -434,6 +434,14 @@ UI_ROUTES: dict[str, Route] = {
                                   page({"developer": FORBIDDEN, "validator": FORBIDDEN})),
     "POST /ui/audit/verify": Route(ui("POST", "/ui/audit/verify"), UI_POST),
     "GET /ui/static": Route(ui("GET", "/ui/static/app.css"), page(anonymous=OK)),
+    "GET /ui/findings": Route(ui("GET", "/ui/findings"), page()),
+    "GET /ui/findings/export": Route(ui("GET", "/ui/findings/export"), page()),
+    "GET /ui/findings/{finding_id}": Route(ui("GET", "/ui/findings/F-none"), page(everyone_else=HIDDEN)),
+    "POST /ui/findings/{finding_id}/remediation": Route(ui("POST", "/ui/findings/F-none/remediation"), UI_POST),
+    "POST /ui/findings/{finding_id}/verification": Route(ui("POST", "/ui/findings/F-none/verification"), UI_POST),
+    "GET /ui/models/{model_id}/findings": Route(ui("GET", "/ui/models/{model}/findings"), UI_OBJECT),
+    "POST /ui/progressions/{progression_id}/conditional-approval": Route(
+        ui("POST", "/ui/progressions/{pid}/conditional-approval"), UI_POST),
 }
 
 

@@ -7,6 +7,18 @@ only the sign-in (a session cookie instead of a bearer header) and CSRF are spec
 
 from __future__ import annotations
 
-from api.web.routes import mount_web
+from fastapi import FastAPI
+
+from api.web.findings import router as findings_router
+from api.web.routes import mount_web as _mount_routes
+
+
+def mount_web(app: FastAPI) -> None:
+    """The UI's routes (api.web.routes) and its findings pages (api.web.findings), once."""
+    mounted = getattr(app.state, "web_ui_mounted", False)
+    _mount_routes(app)
+    if not mounted:
+        app.include_router(findings_router)
+
 
 __all__ = ["mount_web"]
