@@ -46,11 +46,14 @@ from engine.loading import load_spec
 from tests.helpers_workflow import CREDIT, DEV, Env, put_evidence, registry
 
 
-async def credit_input_without(env: Env, missing: str, version: str, submitted_by: Actor = DEV) -> ProgressionInput:
-    """The credit example without one evidence item (e.g. the monitoring plan: staging's check fails)."""
+async def credit_input_without(env: Env, missing: str | None, version: str, submitted_by: Actor = DEV
+                               ) -> ProgressionInput:
+    """The credit example as version ``version``, without one evidence item (e.g. the monitoring plan: staging's
+    check fails); ``None``: with all of it."""
     data = yaml.safe_load((CREDIT / "progression.yaml").read_text())
     data["version"]["id"] = version
-    del data["evidence"][missing]
+    if missing is not None:
+        del data["evidence"][missing]
     text = yaml.safe_dump(data, sort_keys=False)
     spec = load_spec(text, filename="progression.yaml", registry=registry())
     evidence = {name: await put_evidence(env, name, (CREDIT / rel).read_bytes(), rel)

@@ -181,3 +181,42 @@ async def _model_events(env: Env, model_id: str) -> list[AuditEvent]:
     async with env.sessionmaker() as session:
         return list((await session.scalars(select(AuditEvent).where(AuditEvent.model_id == model_id)
                                            .order_by(AuditEvent.seq))).all())
+
+
+async def test_an_exception_on_a_blocking_finding_accepts_its_risk_until_it_lapses(
+        time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
+    client = time_skipping_env.client
+    inp = await credit_input_without(env, None, "3.2.0-f2")
+    pid, model = inp.spec.progression_id, inp.spec.model.id
+    async with worker(client, task_queue, env):
+        handle = await start(client, inp, task_queue)
+        await wait_state(handle, at_gate("validation"))
+        result = await approve_with_conditions(handle, VALIDATOR, "validation", [
+            ConditionIn(severity="high", title="No challenger model")])
+        high = result.state.stage("validation").decisions[-1].conditions[0]  # type: ignore[union-attr]
+        await wait_state(handle, at_gate("risk_review"))
+        await decide(handle, RISK1, "risk_review", "approve", "residual risk accepted")
+        await decide(handle, RISK2, "risk_review", "approve", "agree")
+        held = await wait_state(handle, lambda s: s.current_stage == "production" and s.status == "blocked")
+        assert any(high in m for m in held.missing) and held.waiting_on == [Role.model_developer]
+
+        # the risk of the finding is accepted for 30 days (maker-checker): production goes ahead
+        exc = await request_exception(client, task_queue, held, RISK1, kind=ExceptionKind.finding, finding_id=high,
+                                      now=held.updated_at, expires_at=held.updated_at + timedelta(days=30),
+                                      reason="challenger due next quarter; champion monitored weekly")
+        assert (await state(handle)).status == "blocked"
+        await approve_exception(client, exc.exception_id, RISK2)
+        accepted = await eventually(lambda: finding(client, high), lambda f: f.status == "risk_accepted")
+        assert accepted.waived_by == exc.exception_id
+        await wait_state(handle, lambda s: s.status == "in_production")
+
+        # it lapses: the finding is open again and the model is flagged
+        await time_skipping_env.sleep(timedelta(days=31))
+        reopened = await eventually(lambda: finding(client, high), lambda f: f.status == "open")
+        assert reopened.waived_by is None
+        flagged = await wait_state(handle, lambda s: any(exc.exception_id in f for f in s.flags))
+        assert any(f"finding {high} is open again" in f for f in flagged.flags)
+    kinds = [e.event_type for e in await _model_events(env, model)]
+    assert kinds.count("finding.risk_accepted") == 1 and "finding.reopened" in kinds
+    assert kinds.index("finding.risk_accepted") < kinds.index("deployment.recorded") < kinds.index("exception.lapsed")
+    assert await events(env, pid, "model.flagged")

@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         SIGNAL_GOVERNANCE,
         FindingInput,
         FindingRecord,
+        active_exceptions,
         blocking_findings,
         blocking_refusal,
         conditions_refusal,
@@ -689,9 +690,15 @@ class ProgressionWorkflow:
         state = self._state
         # By status: the exception workflow lapses an exception at its expiry and says so in a snapshot.
         before = waived_checks(state, None)
+        was_active = {e.exception_id: e for e in active_exceptions(state.exceptions, state.version_id, None)}
         state.findings, state.exceptions = list(snapshot.findings), list(snapshot.exceptions)
         state.governance_as_of = snapshot.as_of
         after = waived_checks(state, None)
+        still_active = {e.exception_id for e in active_exceptions(state.exceptions, state.version_id, None)}
+        for lapsed in (e for i, e in sorted(was_active.items()) if i not in still_active and e.kind != "check"):
+            what = f"finding {lapsed.finding_id} is open again" if lapsed.finding_id else "the adjustment ended"
+            self._flag(f"exception {lapsed.exception_id} ({lapsed.kind}) lapsed: {what}",
+                       {"exception_id": lapsed.exception_id, "finding_id": lapsed.finding_id})
         current = state.stage(state.current_stage) if state.current_stage else None
         for check_id, exception_id in sorted(before.items()):
             if check_id in after:
