@@ -436,6 +436,7 @@ UI_ROUTES: dict[str, Route] = {
     "GET /ui/static": Route(ui("GET", "/ui/static/app.css"), page(anonymous=OK)),
     "GET /ui/findings": Route(ui("GET", "/ui/findings"), page()),
     "GET /ui/findings/export": Route(ui("GET", "/ui/findings/export"), page()),
+    "GET /ui/findings/escalated": Route(ui("GET", "/ui/findings/escalated"), page()),
     "GET /ui/findings/{finding_id}": Route(ui("GET", "/ui/findings/F-none"), page(everyone_else=HIDDEN)),
     "POST /ui/findings/{finding_id}/remediation": Route(ui("POST", "/ui/findings/F-none/remediation"), UI_POST),
     "POST /ui/findings/{finding_id}/verification": Route(ui("POST", "/ui/findings/F-none/verification"), UI_POST),

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import timedelta
 
+from engine.db import utcnow
 from tests import test_web_ui
 from tests.helpers_api import ApiEnv, at_gate, start, wait_for
 from tests.helpers_findings import eventually
@@ -80,3 +82,24 @@ async def test_conditional_approval_todos_remediation_and_register(env: ApiEnv, 
 async def _items(api: ApiEnv, model: str) -> list[dict[str, object]]:
     resp = await api.http.get(f"/api/v1/findings?model={model}", headers=api.auth("ann"))
     return list(resp.json()["items"])
+
+
+async def test_the_inbox_lists_exceptions_waiting_for_a_second_approver(env: ApiEnv,
+                                                                        people: dict[str, Browser]) -> None:
+    pid, resp = await start(env)
+    assert resp.status_code == 201
+    model, version = pid.split("@")
+    await wait_for(env, pid, at_gate("validation"))
+    expires = (utcnow() + timedelta(days=30)).isoformat()
+    made = await env.http.post("/api/v1/exceptions", headers=env.auth("rita"), json={
+        "model_id": model, "version_id": version, "kind": "pma", "magnitude": 0.03, "reason": "bureau feed overlay",
+        "expires_at": expires})
+    assert made.status_code == 201, made.text
+    x = made.json()["exception_id"]
+    rob = await signed_in(people, "rob")
+    assert 'hx-get="/ui/findings/escalated"' in (await rob.get("/ui/inbox")).text
+    assert x in (await rob.get("/ui/findings/escalated", headers={"HX-Request": "true"})).text
+    rita = await signed_in(people, "rita")  # the maker is not asked to check her own request
+    assert x not in (await rita.get("/ui/findings/escalated", headers={"HX-Request": "true"})).text
+    rory = await signed_in(people, "rory")  # nor is a risk officer of the owning team
+    assert x not in (await rory.get("/ui/findings/escalated", headers={"HX-Request": "true"})).text

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
 
+from api.authz import Action
 from api.routers.findings import findings_csv
 from api.services import findings as svc
 from api.services.catalog import get_model
@@ -80,6 +81,20 @@ def _finding_context(web: UserWeb, finding: FindingRecord, **extra: object) -> d
 
 _DONE = {"remediation": "Your remediation was submitted; an independent reviewer verifies it next.",
          "close": "The finding is closed.", "reopen": "The remediation was sent back; the finding is open again."}
+
+
+@router.get("/findings/escalated", name="ui_findings_escalated")
+async def escalated_fragment(web: UserWeb) -> Response:
+    """The inbox's part of findings and exceptions: overdue findings escalated to one of the caller's roles, and
+    exceptions waiting for a second approver the caller could be (not their own request)."""
+    overdue = await call(svc.list_findings(session=web.db, principal=web.user, overdue=True, open_only=True,
+                                           limit=PAGE_SIZE))
+    mine = [f for f in overdue.items if f.escalated_to in web.user.roles]
+    pending = await call(svc.list_exceptions(session=web.db, principal=web.user, status="pending_approval",
+                                             limit=PAGE_SIZE))
+    checkable = [e for e in pending.items if e.requested_by != web.user.id and e.team != web.user.team
+                 and Action.approve_exception in web.user.actions]
+    return render(web.request, "_escalated_findings.html", {"escalated": mine, "pending": checkable})
 
 
 @router.get("/findings/{finding_id}", name="ui_finding")
@@ -167,3 +182,4 @@ async def conditional_approval_form(web: PostWeb, progression_id: str) -> Respon
                       decision=DecisionKind.approve, comment=comment, decision_id=f"web-c-{web.user.id}-{nonce}",
                       basis=basis, conditions=conditions))
     return redirect(web.request, f"{UI}/progressions/{progression_id}?done=approve")
+
