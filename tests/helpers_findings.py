@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import yaml
 from sqlalchemy import select
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
-from engine.db import ExceptionRow, FindingRow
+from engine.db import ExceptionRow, FindingRow, ProgressionRow
 from engine.findings import (
     EXCEPTION_WORKFLOW,
     QUERY_FINDING,
@@ -128,6 +130,29 @@ async def finding_rows(env: Env, model_id: str) -> list[FindingRow]:
 async def exception_rows(env: Env, model_id: str) -> list[ExceptionRow]:
     async with env.sessionmaker() as session:
         return list((await session.scalars(select(ExceptionRow).where(ExceptionRow.model_id == model_id))).all())
+
+
+@asynccontextmanager
+async def reaping(client: Client, env: Env, model_id: str) -> AsyncIterator[None]:
+    """Terminate, on the way out, every workflow of the model a test started: its progressions, findings and
+    exceptions. The time-skipping server is shared by the session and skips time only when nothing is pending,
+    so a finding's months-long timer left behind would hold the next test's ``sleep`` until it times out."""
+    try:
+        yield
+    finally:
+        async with env.sessionmaker() as session:
+            ids = list((await session.scalars(select(ProgressionRow.id).where(
+                ProgressionRow.model_id == model_id))).all())
+            ids += [finding_workflow_id(i) for i in (await session.scalars(select(FindingRow.id).where(
+                FindingRow.model_id == model_id))).all()]
+            ids += [exception_workflow_id(i) for i in (await session.scalars(select(ExceptionRow.id).where(
+                ExceptionRow.model_id == model_id))).all()]
+        for workflow_id in ids:
+            try:
+                await client.get_workflow_handle(workflow_id).terminate("test over")
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:  # already finished
+                    raise
 
 
 async def eventually(probe: Callable[[], Any], predicate: Callable[[Any], bool], *, attempts: int = 300) -> Any:

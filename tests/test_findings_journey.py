@@ -33,6 +33,7 @@ from tests.helpers_findings import (
     exception_rows,
     finding,
     finding_rows,
+    reaping,
     remediate,
     request_exception,
     verify,
@@ -72,7 +73,7 @@ async def test_conditions_remediation_overdue_and_a_lapsing_exception(
     client = time_skipping_env.client
     inp = await credit_input_without(env, "monitoring_plan", "3.2.0-f1")
     pid, model = inp.spec.progression_id, inp.spec.model.id
-    async with worker(client, task_queue, env):
+    async with worker(client, task_queue, env), reaping(client, env, inp.spec.model.id):
         handle = await start(client, inp, task_queue)
         opened = await wait_state(handle, at_gate("validation"))
         t0 = opened.updated_at
@@ -188,7 +189,7 @@ async def test_an_exception_on_a_blocking_finding_accepts_its_risk_until_it_laps
     client = time_skipping_env.client
     inp = await credit_input_without(env, None, "3.2.0-f2")
     pid, model = inp.spec.progression_id, inp.spec.model.id
-    async with worker(client, task_queue, env):
+    async with worker(client, task_queue, env), reaping(client, env, inp.spec.model.id):
         handle = await start(client, inp, task_queue)
         await wait_state(handle, at_gate("validation"))
         result = await approve_with_conditions(handle, VALIDATOR, "validation", [

@@ -28,6 +28,7 @@ from tests.helpers_findings import (
     eventually,
     exception_rows,
     finding,
+    reaping,
     remediate,
     request_exception,
     verify,
@@ -84,7 +85,7 @@ def _blocking_risk_review(inp: ProgressionInput) -> ProgressionInput:
 async def test_decide_validator_blocks_and_checks_conditions(temporal_client: Client, task_queue: str,
                                                              env: Env) -> None:
     inp = _blocking_risk_review(await example_input(env, CREDIT, version=unique_version()))
-    async with worker(temporal_client, task_queue, env):
+    async with worker(temporal_client, task_queue, env), reaping(temporal_client, env, inp.spec.model.id):
         handle = await start(temporal_client, inp, task_queue)
         await wait_state(handle, at_gate("validation"))
         assert await _refused(approve_with_conditions(handle, VALIDATOR, "validation", [
@@ -112,7 +113,7 @@ async def test_decide_validator_blocks_and_checks_conditions(temporal_client: Cl
 async def test_finding_validators_apply_segregation_of_duties(temporal_client: Client, task_queue: str,
                                                                env: Env) -> None:
     inp = await example_input(env, CREDIT, version=unique_version())
-    async with worker(temporal_client, task_queue, env):
+    async with worker(temporal_client, task_queue, env), reaping(temporal_client, env, inp.spec.model.id):
         handle = await start(temporal_client, inp, task_queue)
         await wait_state(handle, at_gate("validation"))
         result = await approve_with_conditions(handle, VALIDATOR, "validation", [
@@ -138,7 +139,7 @@ async def test_exception_validators_and_a_lapsed_exception_cannot_be_reused(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
     inp = await credit_input_without(env, "monitoring_plan", f"3.2.0-x{uuid.uuid4().hex[:6]}")
-    async with worker(client, task_queue, env):
+    async with worker(client, task_queue, env), reaping(client, env, inp.spec.model.id):
         handle = await start(client, inp, task_queue)
         await wait_state(handle, at_gate("validation"))
         await decide(handle, VALIDATOR, "validation", "approve")
