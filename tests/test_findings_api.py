@@ -24,8 +24,9 @@ from tests.helpers_findings import eventually
 
 
 @pytest.fixture
-async def env(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[ApiEnv]:
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue) as e:
+async def env(database_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[ApiEnv]:
+    """SQLite and PostgreSQL (``postgres`` marker): the register's queries and the workflows' writes on both."""
+    async with api_env(database_url, tmp_path, temporal_client, task_queue) as e:
         yield e
 
 
