@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +20,8 @@ from temporalio.client import Client
 
 from engine.db import AuditEvent, ExceptionRow, FindingRow
 from engine.db import utcnow as now
-from tests.helpers_api import ApiEnv, api_env, at_gate, decide, start, wait_for
+from engine.loading import PolicyRegistry
+from tests.helpers_api import POLICIES, ApiEnv, api_env, at_gate, decide, start, wait_for
 from tests.helpers_findings import eventually
 
 
@@ -243,3 +245,38 @@ async def test_raising_a_finding_directly_and_who_may(env: ApiEnv) -> None:
     # the gate shows the finding raised at it
     state = await wait_for(env, pid, lambda s: any(f["finding_id"] == finding["finding_id"] for f in s["findings"]))
     assert state["status"] == "awaiting_approval"  # a low finding blocks nothing
+
+
+async def test_an_approval_of_a_gate_a_finding_blocks_is_refused_and_recorded(
+        sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> None:
+    """A policy whose open high findings also block the risk review gate (the shipped ones block production)."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    credit = policies / "credit-underwriting.yaml"
+    credit.write_text(credit.read_text().replace(
+        "    - stage: production\n      severities: [high]\n",
+        "    - stage: production\n      severities: [high]\n    - stage: risk_review\n      severities: [high]\n"))
+    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue,
+                       policies=PolicyRegistry.from_dir(policies)) as env:
+        pid, resp = await start(env)
+        assert resp.status_code == 201, resp.text
+        model, version = pid.split("@")
+        await wait_for(env, pid, at_gate("validation"))
+        raised = await _post(env, "vera", "/findings", {"model_id": model, "version_id": version, "severity": "high",
+                                                        "stage": "validation", "title": "No challenger model"})
+        assert raised.status_code == 201, raised.text
+        fid = raised.json()["finding_id"]
+        await wait_for(env, pid, lambda s: any(f["finding_id"] == fid for f in s["findings"]))
+        assert (await decide(env, "vera", pid, "validation")).status_code == 200
+        await wait_for(env, pid, at_gate("risk_review"))
+        refused = await decide(env, "rita", pid, "risk_review")
+        assert refused.status_code == 409 and refused.json()["code"] == "blocking_findings", refused.text
+        assert fid in refused.json()["message"]
+        recorded = await _refused(env, "decision.refused")
+        assert [e.payload["code"] for e in recorded] == ["blocking_findings"]
+        # remediated and closed: the same approval goes through
+        assert (await _post(env, "dana", f"/findings/{fid}/remediation", {"note": "built"})).status_code == 200
+        assert (await _post(env, "rob", f"/findings/{fid}/verification",
+                            {"outcome": "close", "comment": "ok"})).status_code == 200
+        await wait_for(env, pid, lambda s: not s["findings"])
+        assert (await decide(env, "rita", pid, "risk_review")).status_code == 200
