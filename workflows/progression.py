@@ -604,7 +604,7 @@ class ProgressionWorkflow:
             (a.role for a in stage.approvals if a.role in actor.roles), None)
         parts = basis_parts(state, stage.name) if self._binding else None
         basis = basis_hash(parts) if parts is not None else None
-        conditions = await self._raise_conditions(inp) if inp.conditions else []
+        conditions = self._condition_findings(inp)
         record = DecisionRecord(decision_id=inp.decision_id, stage=stage.name, decision=inp.decision,
                                 actor_id=actor.user_id, actor_username=actor.username, role=role,
                                 comment=inp.comment, at=workflow.now(), credential_id=actor.credential_id,
@@ -643,15 +643,18 @@ class ProgressionWorkflow:
         self._touch()
         result = DecideResult(accepted=True, decision_id=inp.decision_id, state=self._snapshot())
         self._decision_results[inp.decision_id] = result
+        if conditions:
+            await self._raise_conditions(conditions)
         await self._flush(decision=record)
         self._decisions_recorded.add(inp.decision_id)
         return result
 
-    async def _raise_conditions(self, inp: DecideInput) -> list[FindingRecord]:
-        """The approval's conditions become findings of the model, each with its deadline workflow (a child
-        that outlives this progression: findings follow the model)."""
+    def _condition_findings(self, inp: DecideInput) -> list[FindingRecord]:
+        """The approval's conditions as findings of the model (synchronously, with the decision: nothing else
+        can slip in between); ``_raise_conditions`` then starts their deadline workflows."""
         rules = self._input.policy.findings
-        assert rules is not None  # the validator refused conditions without a findings section
+        if not inp.conditions or rules is None:  # the validator refused conditions without a findings section
+            return []
         state, now = self._state, workflow.now()
         raised: list[FindingRecord] = []
         for condition in inp.conditions:
@@ -663,12 +666,19 @@ class ProgressionWorkflow:
                 due_at=condition.due_at or default_due(rules, condition.severity, now), condition=True,
                 decision_id=inp.decision_id, raised_by=inp.actor.user_id, raised_by_username=inp.actor.username,
                 raised_at=now)
-            await workflow.start_child_workflow(
-                FINDING_WORKFLOW, FindingInput(finding=finding, rules=rules),
-                id=finding_workflow_id(finding.finding_id), parent_close_policy=ParentClosePolicy.ABANDON)
             state.findings.append(finding.summary())
             raised.append(finding)
         return raised
+
+    async def _raise_conditions(self, findings: list[FindingRecord]) -> None:
+        """Each condition's deadline workflow: a child that outlives this progression (findings follow the
+        model); its first activity writes the finding and tells the model's progressions."""
+        rules = self._input.policy.findings
+        for finding in findings:
+            assert rules is not None
+            await workflow.start_child_workflow(
+                FINDING_WORKFLOW, FindingInput(finding=finding, rules=rules),
+                id=finding_workflow_id(finding.finding_id), parent_close_policy=ParentClosePolicy.ABANDON)
 
     # ---- Signal: governance_changed (findings and exceptions of the model) ---------------------
 
