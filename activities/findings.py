@@ -24,7 +24,7 @@ from activities.governance import governance_snapshot
 from activities.notify import Notification, Notifier
 from activities.progression import AuditEventIn, ProgressionActivities
 from engine import audit
-from engine.db import ExceptionRow, FindingRow, ProgressionRow
+from engine.db import AuditEvent, ExceptionRow, FindingRow, ProgressionRow
 from engine.findings import SIGNAL_GOVERNANCE, ExceptionRecord, FindingRecord
 from engine.lifecycle import FINAL_STATUSES, EventType
 
@@ -110,13 +110,6 @@ class FindingActivities:
         rows = [{"event_id": e.event_id, "event_type": e.event_type.value, "occurred_at": e.occurred_at,
                  "actor_id": e.actor_id, "progression_id": progression_id, "model_id": model_id, "stage": e.stage,
                  "payload": e.payload} for e in events]
-        # Notifications are log lines or webhooks; either way the record of who was told what is an event.
-        rows += [{"event_id": n.event_id, "event_type": EventType.notification_sent.value,
-                  "occurred_at": columns["updated_at"], "actor_id": None, "progression_id": progression_id,
-                  "model_id": model_id, "stage": n.stage,
-                  "payload": {"kind": n.kind, "roles": [r.value for r in n.roles], "message": n.message,
-                              "channel": self.notifier.name, "delivered": True, "error": None}}
-                 for n in notifications]
         async with self.sessionmaker() as session, session.begin():
             row: FindingRow | ExceptionRow | None = await session.get(table, key, with_for_update=True)
             written = False
@@ -129,12 +122,37 @@ class FindingActivities:
                 written = True
             await session.flush()
             await audit.append_events(session, rows, chain=self.audit_chain)
-        for note in notifications:
+        await self._notify(notifications, progression_id, model_id, columns["updated_at"])
+        return written
+
+    async def _notify(self, notes: list[Notification], progression_id: str | None, model_id: str,
+                      at: datetime) -> None:
+        """Send after the commit and record each as ``notification.sent``, delivered or not (with the error);
+        a retry of the activity sends only those not recorded yet."""
+        if not notes:
+            return
+        async with self.sessionmaker() as session:
+            recorded = set((await session.scalars(select(AuditEvent.event_id).where(
+                AuditEvent.event_id.in_([n.event_id for n in notes])))).all())
+        rows = []
+        for note in notes:
+            if note.event_id in recorded:
+                continue
+            delivered, error = True, None
             try:
                 await self.notifier.send(note)
             except Exception as exc:  # noqa: BLE001 - a channel failure must not undo the recorded fact
-                log.warning("notification %s not delivered: %s", note.event_id, exc)
-        return written
+                delivered, error = False, f"{type(exc).__name__}: {exc}"
+                log.warning("notification %s not delivered: %s", note.event_id, error)
+            rows.append({"event_id": note.event_id, "event_type": EventType.notification_sent.value,
+                         "occurred_at": at, "actor_id": None, "progression_id": progression_id,
+                         "model_id": model_id, "stage": note.stage,
+                         "payload": {"kind": note.kind, "roles": [r.value for r in note.roles],
+                                     "message": note.message, "channel": self.notifier.name,
+                                     "delivered": delivered, "error": error}})
+        if rows:
+            async with self.sessionmaker() as session, session.begin():
+                await audit.append_events(session, rows, chain=self.audit_chain)
 
     async def _publish(self, model_id: str) -> int:
         """Signal the model's governance snapshot to each of its running progressions."""
