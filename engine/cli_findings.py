@@ -4,6 +4,7 @@ verification, waivers. Commands talk to the HTTP API like every other command of
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ exceptions_app = typer.Typer(help="Exceptions (waivers of checks or findings, po
                              no_args_is_help=True)
 
 Model = Annotated[str | None, typer.Option("--model", help="Model id.")]
+_ISO_TAIL = re.compile(r":\d{4}-\d{2}-\d{2}\S*$")  # a condition's optional ":YYYY-MM-DD" due date
 
 
 def _day(value: Any) -> str:
@@ -248,6 +250,40 @@ def exceptions_approve(exception_id: Annotated[str, typer.Argument(help="Excepti
     out().print(f"{e['exception_id']} is {e['status']} until {_day(e['expires_at'])}")
 
 
+@handle_errors
+def approve_with_conditions(
+    progression_id: Annotated[str, typer.Argument(help="<model-id>@<version-id>")],
+    stage: Annotated[str, typer.Option("--stage", "-s", help="The stage whose gate you approve.")],
+    condition: Annotated[list[str], typer.Option(
+        "--condition", "-c", help="SEVERITY:TITLE[:DUE], e.g. 'medium:Out-of-time sample too short:2027-03-01'; "
+                                  "repeat for several.")],
+    comment: Annotated[str, typer.Option("--message", "-m", help="Your comment (recorded).")] = "",
+    idempotency_key: Annotated[str | None, typer.Option(help="Retry-safe key.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve an open gate and raise its conditions (findings of the model) in one act."""
+    conditions = []
+    for text in condition:
+        severity, _, rest = text.partition(":")
+        title, _, due = rest.rpartition(":") if _ISO_TAIL.search(rest) else (rest, "", "")
+        due_at = _parse_time(due, "--condition") if due else None
+        conditions.append({"severity": severity.strip(), "title": title.strip(),
+                           "due_at": due_at.isoformat() if due_at else None})
+    with client() as c:
+        current = c.get(progression_id).stage(stage)
+        state = c.request_json("POST", f"/progressions/{progression_id}/decisions", json={
+            "stage": stage, "decision": "approve_with_conditions", "comment": comment, "conditions": conditions,
+            "basis": current.basis if current is not None else None}, idempotency_key=idempotency_key)
+    if as_json:
+        emit_json(state)
+        return
+    raised: list[str] = next((d["conditions"] for s in state["stages"] if s["name"] == stage
+                              for d in reversed(s["decisions"]) if d["conditions"]), [])
+    out().print(f"Recorded: approve with {len(raised)} condition(s) on {progression_id} stage {stage}: "
+                + ", ".join(raised))
+
+
 def register(app: typer.Typer) -> None:
+    app.command("approve-with-conditions")(approve_with_conditions)
     app.add_typer(findings_app, name="findings")
     app.add_typer(exceptions_app, name="exceptions")

@@ -27,6 +27,17 @@ def test_findings_and_exceptions_from_the_terminal(cli: CLI, tmp_path: Path) -> 
     cli.ok("dana", "start", repo)
     follow_until(cli, pid, lambda s: s["current_stage"] == "validation" and s["status"] == "awaiting_approval")
 
+    # approve with conditions from the terminal: the conditions become findings of the model
+    approved = cli.json("victor", "approve-with-conditions", pid, "--stage", "validation",
+                        "-c", "low:Document the reject inference:2027-06-30", "-c", "low:Add a challenger",
+                        "-m", "validated with conditions")
+    conditions = approved["stages"][1]["decisions"][-1]["conditions"]
+    assert len(conditions) == 2
+    follow_until(cli, pid, lambda s: s["current_stage"] == "risk_review")
+    listed = cli.json("alice", "findings", "list", "--model", "retail-credit-scorecard")
+    due = {f["finding_id"]: f["due_at"][:10] for f in listed["items"]}
+    assert due[conditions[0]] == "2027-06-30"
+
     raised = cli.json("victor", "findings", "raise", "retail-credit-scorecard", "--version", "9.18.0",
                       "--stage", "validation", "--severity", "medium", "--title", "No challenger model")
     fid = raised["finding_id"]
@@ -35,7 +46,7 @@ def test_findings_and_exceptions_from_the_terminal(cli: CLI, tmp_path: Path) -> 
     assert refused.exit_code == EXIT_CODES_REFUSED and "not_a_reviewer" in refused.output
 
     todo = cli.json("dana", "findings", "list", "--open")
-    assert fid in [f["finding_id"] for f in todo["items"]]
+    assert {fid, *conditions} <= {f["finding_id"] for f in todo["items"]}
     assert "No findings." in cli.ok("sam", "findings", "list").stdout  # another team's findings stay hidden
     table = cli.ok("dana", "findings", "list", "--open").stdout
     assert fid in table and "medium" in table
