@@ -104,7 +104,7 @@ def _register_http_commands() -> None:
     """The HTTP commands (login, start, status, decide, ...) live in engine.cli_commands; findings and
     exceptions in engine.cli_findings."""
     from engine.cli_commands import register
-    from engine.cli_findings import register as register_findings
+    from engine.cli_findings import register as register_findings  # like cli_commands: loaded when registering
 
     register(app)
     register_findings(app)
