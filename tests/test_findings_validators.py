@@ -6,6 +6,7 @@ code and never enters the workflow's history (no accepted Update event), so noth
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -47,6 +48,7 @@ from tests.helpers_workflow import (
     at_gate,
     decide,
     example_input,
+    put_evidence,
     start,
     state,
     unique_version,
@@ -163,3 +165,25 @@ async def test_exception_validators_and_a_lapsed_exception_cannot_be_reused(
         still = await state(handle)
         assert still.status == "blocked" and still.current_stage == "staging"
         assert not still.exceptions  # lapsed exceptions waive nothing
+
+
+async def test_a_waiver_that_lapses_before_the_gate_is_decided_blocks_the_stage_again(
+        time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
+    client = time_skipping_env.client
+    inp = await example_input(env, CREDIT, version=unique_version())
+    metrics = json.loads((CREDIT / "evidence/metrics.json").read_text())
+    metrics["sample"]["validation"] = 8000  # below the 10,000 accounts of check sample-size
+    inp.evidence["metrics"] = await put_evidence(env, "metrics", json.dumps(metrics).encode(), "evidence/metrics.json")
+    async with worker(client, task_queue, env), reaping(client, env, inp.spec.model.id):
+        handle = await start(client, inp, task_queue)
+        blocked = await wait_state(handle, lambda s: s.current_stage == "validation" and s.status == "blocked")
+        assert [c.check_id for c in blocked.stage("validation").checks if not c.passed] == ["sample-size"]  # type: ignore[union-attr]
+        exc = await request_exception(client, task_queue, blocked, RISK1, kind=ExceptionKind.check,
+                                      check_id="sample-size", now=blocked.updated_at,
+                                      expires_at=blocked.updated_at + timedelta(days=3))
+        await approve_exception(client, exc.exception_id, RISK2)
+        await wait_state(handle, at_gate("validation"))  # waived: the gate opens despite the failing check
+        await time_skipping_env.sleep(timedelta(days=4))  # nobody decided; the waiver lapses
+        again = await wait_state(handle, lambda s: s.current_stage == "validation" and s.status == "blocked")
+        assert any("sample-size" in m for m in again.missing)
+        assert await _refused(decide(handle, VALIDATOR, "validation", "approve")) == "gate_not_open"
