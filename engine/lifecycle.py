@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from engine.policy import GovernancePolicy, Role
 from engine.spec import ProgressionSpec
@@ -353,7 +353,7 @@ class ConditionIn(Model):
     severity: str = Field(min_length=1, max_length=32)
     title: str = Field(min_length=1, max_length=300)
     description: str = Field(default="", max_length=10_000)
-    due_at: datetime | None = None  # default: the policy's period for the severity
+    due_at: AwareDatetime | None = None  # default: the policy's period for the severity
     evidence_refs: list[str] = Field(default_factory=list, max_length=50)
 
 

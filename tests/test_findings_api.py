@@ -186,6 +186,8 @@ async def test_exception_on_a_failing_check_needs_a_second_risk_officer(env: Api
     for who, body, status, code in attacks:
         resp = await _post(env, who, "/exceptions", body)
         assert (resp.status_code, resp.json()["code"]) == (status, code), (who, resp.text)
+    naive = await _post(env, "rita", "/exceptions", {**base, "expires_at": "2027-01-01T00:00:00"})
+    assert naive.status_code == 422 and naive.json()["code"] == "validation_error"  # a date needs its time zone
     assert await env.count(ExceptionRow) == 0  # nothing half written
 
     granted = await _post(env, "rita", "/exceptions", {**base, "expires_at": expires})

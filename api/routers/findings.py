@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
@@ -33,7 +33,7 @@ class RaiseFindingRequest(Body):
     severity: str = Field(min_length=1, max_length=32)
     title: str = Field(min_length=1, max_length=300)
     description: str = Field(default="", max_length=10_000)
-    due_at: datetime | None = None  # default: the policy's period for the severity
+    due_at: AwareDatetime | None = None  # default: the policy's period for the severity (with a time zone)
     evidence_refs: list[str] = Field(default_factory=list, max_length=50)
 
 
@@ -55,7 +55,7 @@ class ExceptionRequest(Body):
     finding_id: str | None = Field(default=None, max_length=64)
     reason: str = Field(min_length=1, max_length=10_000)
     magnitude: float | None = None  # a post-model adjustment's size
-    expires_at: datetime | None = None  # mandatory: refused (422 expiry_required) when missing
+    expires_at: AwareDatetime | None = None  # mandatory (422 expiry_required when missing); with a time zone
 
 
 class ExceptionApprovalRequest(Body):
