@@ -135,7 +135,7 @@ class ExceptionRecord(Model):
     check_id: str | None = None  # kind check
     finding_id: str | None = None  # kind finding
     reason: str = Field(min_length=1, max_length=10_000)
-    magnitude: float | None = None  # kind pma
+    magnitude: float | None = Field(default=None, allow_inf_nan=False)  # kind pma
     expires_at: datetime
     status: ExceptionStatus
     needs_checker: bool

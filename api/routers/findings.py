@@ -54,7 +54,7 @@ class ExceptionRequest(Body):
     check_id: str | None = Field(default=None, max_length=64)
     finding_id: str | None = Field(default=None, max_length=64)
     reason: str = Field(min_length=1, max_length=10_000)
-    magnitude: float | None = None  # a post-model adjustment's size
+    magnitude: float | None = Field(default=None, allow_inf_nan=False)  # a post-model adjustment's size
     expires_at: AwareDatetime | None = None  # mandatory (422 expiry_required when missing); with a time zone
 
 
