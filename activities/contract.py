@@ -11,7 +11,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.lifecycle import CheckResult, DecisionRecord, EventType, EvidenceRef, PriorOutcome, ProgressionState
+from engine.findings import ExceptionRecord, FindingRecord
+from engine.lifecycle import (
+    CheckResult,
+    DecisionRecord,
+    EventType,
+    EvidenceRef,
+    GovernanceSnapshot,
+    PriorOutcome,
+    ProgressionState,
+)
 from engine.policy import Role, StageDef
 from engine.spec import ProgressionSpec
 
@@ -21,9 +30,12 @@ RECORD_FAILURE = "record_failure"
 EVALUATE_CHECKS = "evaluate_checks"
 RECORD = "record"
 DEPLOY = "deploy"
+SAVE_FINDING = "save_finding"  # findings and exceptions (workflows/finding.py)
+SAVE_EXCEPTION = "save_exception"
 
 
-NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened"]
+NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened", "finding", "exception",
+                           "flagged"]
 
 
 class Notification(BaseModel):
@@ -87,6 +99,8 @@ class RegisterResult(_Model):
     created: bool  # False when a retry found the rows already written
     # Earlier rejections of the same artifact or source commit (any model id).
     prior_rejections: list[PriorOutcome] = Field(default_factory=list)
+    # The model's findings and exceptions when the progression registered (its first governance snapshot).
+    governance: GovernanceSnapshot | None = None
 
 
 class RecordFailureInput(_Model):
@@ -133,3 +147,27 @@ class DeployInput(_Model):
 
 class DeployResult(_Model):
     receipt: DeploymentReceipt
+
+
+# ---- findings and exceptions (workflows/finding.py) ----
+
+
+class SaveFindingInput(_Model):
+    record: FindingRecord
+    version: int
+    at: datetime  # workflow time of the change
+    events: list[AuditEventIn] = Field(default_factory=list)
+    notifications: list[Notification] = Field(default_factory=list)
+
+
+class SaveExceptionInput(_Model):
+    record: ExceptionRecord
+    version: int
+    at: datetime
+    events: list[AuditEventIn] = Field(default_factory=list)
+    notifications: list[Notification] = Field(default_factory=list)
+
+
+class SaveResult(_Model):
+    written: bool
+    progressions_told: int

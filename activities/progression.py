@@ -37,6 +37,7 @@ from activities.contract import (
     RegisterInput,
     RegisterResult,
 )
+from activities.governance import governance_snapshot
 from activities.notify import Notifier
 from activities.promotion import PromotionTarget
 from engine import audit, checks, features, lineage
@@ -264,7 +265,9 @@ class ProgressionActivities:
             await self._append(session, state, inp.events)
             prior = await lineage.prior_outcomes(session, progression_id=state.progression_id,
                                                  artifact=spec.version.artifact, source=spec.version.source)
-        return RegisterResult(created=created, prior_rejections=[p for p in prior if p.status == "rejected"])
+            governance = await governance_snapshot(session, state.model_id)
+        return RegisterResult(created=created, prior_rejections=[p for p in prior if p.status == "rejected"],
+                              governance=governance)
 
     @activity.defn(name=RECORD_FAILURE)
     async def record_failure(self, inp: RecordFailureInput) -> RecordResult:

@@ -41,20 +41,31 @@ class Action(StrEnum):
     verify_audit = "verify_audit"
     manage_users = "manage_users"
     read_self = "read_self"
+    read_findings = "read_findings"  # findings and exceptions (the register, a model's, one's team's to-dos)
+    raise_finding = "raise_finding"
+    remediate_finding = "remediate_finding"
+    verify_finding = "verify_finding"
+    request_exception = "request_exception"  # the policy narrows it to its grant roles
+    approve_exception = "approve_exception"
 
 
 A = Action
 _EVERYONE = {A.read_progression, A.list_progressions, A.read_inbox, A.read_catalog, A.read_policies,
-             A.read_features, A.dry_run, A.read_self}
+             A.read_features, A.dry_run, A.read_self, A.read_findings}
+# Findings and exceptions are the reviewers' (SoD and the policy's grant roles come on top); admins do none.
+_REVIEW = {A.raise_finding, A.verify_finding, A.request_exception, A.approve_exception}
 
 # The single table. Object-level rules (team scoping, segregation of duties) come on top.
 ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
-    Role.model_developer: frozenset(_EVERYONE | {A.start_progression, A.add_evidence, A.withdraw, A.read_audit}),
+    Role.model_developer: frozenset(_EVERYONE | {A.start_progression, A.add_evidence, A.withdraw, A.read_audit,
+                                                 A.remediate_finding}),
     # Validators attach validation reports (evidence) and decide validation gates.
-    Role.model_validator: frozenset(_EVERYONE | {A.add_evidence, A.decide, A.read_audit}),
-    Role.model_risk_officer: frozenset(_EVERYONE | {A.decide, A.read_audit, A.export_audit, A.verify_audit}),
+    Role.model_validator: frozenset(_EVERYONE | _REVIEW | {A.add_evidence, A.decide, A.read_audit}),
+    Role.model_risk_officer: frozenset(_EVERYONE | _REVIEW | {A.decide, A.read_audit, A.export_audit,
+                                                              A.verify_audit}),
     Role.auditor: frozenset(_EVERYONE | {A.read_audit, A.export_audit, A.verify_audit}),
-    Role.admin: frozenset(set(Action) - {A.decide}),  # admins never decide (and cannot hold a gate role)
+    # Admins never decide, raise or close findings, or grant exceptions (and cannot hold a gate role).
+    Role.admin: frozenset(set(Action) - {A.decide, A.remediate_finding} - _REVIEW),
 }
 
 # Roles that see every team's progressions, models and audit events.

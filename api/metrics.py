@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import BodyTooLarge, error_response
+from api.services.findings import finding_metrics
 from engine.db import ProgressionRow, utcnow
 from engine.lifecycle import ProgressionState, StageStatus
 
@@ -42,6 +43,12 @@ class Metrics:
                                    ["intent", "stage"], registry=self.registry)
         self.gates_escalated = Gauge("progression_gates_escalated", "Open gates past their SLA (escalated)",
                                      registry=self.registry)
+        self.findings_open = Gauge("progression_findings_open", "Open findings by severity", ["severity"],
+                                   registry=self.registry)
+        self.findings_overdue = Gauge("progression_findings_overdue", "Open findings past their due date",
+                                      registry=self.registry)
+        self.exceptions_expiring = Gauge("progression_exceptions_expiring_30d",
+                                         "Active exceptions expiring within 30 days", registry=self.registry)
 
     async def refresh(self, session: AsyncSession, now: datetime | None = None) -> None:
         now = now or utcnow()
@@ -73,6 +80,12 @@ class Metrics:
             child.set(max(child._value.get(), waited))  # noqa: SLF001 - no public getter on a Gauge child
             escalated += int(row.escalated)
         self.gates_escalated.set(escalated)
+        findings = await finding_metrics(session=session)
+        self.findings_open.clear()
+        for severity, count in findings.open_by_severity.items():
+            self.findings_open.labels(severity=severity).set(count)
+        self.findings_overdue.set(findings.overdue)
+        self.exceptions_expiring.set(findings.exceptions_expiring_30d)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.lifecycle import DecisionKind, ProgressionState
+from engine.lifecycle import ConditionIn, DecisionKind, ProgressionState
 from engine.policy import Role
 
 # Paging offsets beyond this are refused (422): the databases overflow on offsets past 64 bits.
@@ -28,7 +28,9 @@ class Body(BaseModel):
 
 class DecisionRequest(Body):
     stage: str = Field(min_length=1, max_length=64)
-    decision: DecisionKind
+    # approve_with_conditions: approves and raises ``conditions`` (findings of the model) in one act.
+    decision: DecisionKind | Literal["approve_with_conditions"]
+    conditions: list[ConditionIn] = Field(default_factory=list, max_length=20)
     comment: str = Field(default="", max_length=10_000)
     # The basis the decider saw: ``stages[i].basis`` of the progression they read. A decision on a basis
     # that is no longer current is refused (409 stale_basis); without it the decision binds to the basis

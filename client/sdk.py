@@ -463,6 +463,15 @@ class ProgressionClient:
     def audit_verify(self) -> ChainVerification:
         return self._run(_Calls.audit_verify())
 
+    def request_json(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
+                     idempotency_key: str | None = None) -> Any:
+        """Any endpoint under /api/v1 (e.g. ``/findings``), answered as parsed JSON; errors as typed exceptions."""
+        return self._run(_Call(method, path, _json, params=_clean(params or {}), json=json,
+                               headers=_idem(idempotency_key)))
+
+    def request_text(self, path: str, *, params: Mapping[str, Any] | None = None) -> str:
+        return self._run(_Call("GET", path, lambda r: r.text, params=_clean(params or {})))
+
 
 # ---- async client ----------------------------------------------------------------------------
 

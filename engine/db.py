@@ -300,6 +300,47 @@ Index("ix_audit_occurred_seq", AuditEvent.occurred_at, AuditEvent.seq)
 Index("ix_audit_type_occurred", AuditEvent.event_type, AuditEvent.occurred_at)
 
 
+class FindingRow(Base):
+    """A finding (engine.findings.FindingRecord): filter columns plus the whole record; written by the
+    finding workflow's activities (the workflow is the single writer), read by the API."""
+
+    __tablename__ = "findings"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(64), index=True)
+    team: Mapped[str] = mapped_column(String(64), index=True)
+    version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    progression_id: Mapped[str | None] = mapped_column(String(140), nullable=True)
+    stage: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    severity: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    condition: Mapped[bool] = mapped_column(Boolean, default=False)
+    due_at: Mapped[datetime] = mapped_column(index=True)
+    overdue: Mapped[bool] = mapped_column(Boolean, default=False)
+    raised_at: Mapped[datetime] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=0)  # bumps on every write; only a newer one lands
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ExceptionRow(Base):
+    """An exception (waiver or post-model adjustment, engine.findings.ExceptionRecord)."""
+
+    __tablename__ = "exceptions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    model_id: Mapped[str] = mapped_column(String(64), index=True)
+    team: Mapped[str] = mapped_column(String(64), index=True)
+    version_id: Mapped[str] = mapped_column(String(64))
+    check_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    finding_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    requested_at: Mapped[datetime] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
 class AuditChainHead(Base):
     """One row: the last sequence number and hash; locked while appending so the chain stays linear."""
 

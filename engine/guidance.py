@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.lifecycle import FINAL_STATUSES, DecisionKind, ProgressionState, StageStatus, Status, open_gate_roles
+from engine.lifecycle import (
+    FINAL_STATUSES,
+    DecisionKind,
+    ProgressionState,
+    StageState,
+    StageStatus,
+    Status,
+    open_gate_roles,
+)
 from engine.policy import Role
 
 FAILED_ACTION = ("nothing: the progression failed; the owning team may start this version again once the cause "
@@ -59,7 +67,25 @@ def guidance(state: ProgressionState) -> dict[str, Any]:
         action = f"the engine is working on stage {stage.name}"
     if state.revalidation_overdue:
         missing.append("revalidation is overdue")
+    action, waiting = _findings_guidance(state, stage, action, waiting, missing)
     return {"waiting_on": waiting, "missing": missing, "next_action": action}
+
+
+def _findings_guidance(state: ProgressionState, stage: StageState | None, action: str, waiting: list[Role],
+                       missing: list[str]) -> tuple[str, list[Role]]:
+    """Open findings that block the current stage (``blocked_by``, set by the workflow from the pinned
+    policy) and the model's flags, in words."""
+    blocking = [f for f in state.findings if f.finding_id in state.blocked_by] \
+        if stage is not None and state.status not in FINAL_STATUSES else []
+    for f in blocking:
+        missing.append(f"finding {f.finding_id} ({f.severity}: {f.title}) is {f.status} and blocks stage "
+                       f"{stage.name if stage else ''}")
+    if blocking and stage is not None and stage.status == StageStatus.running:
+        waiting = [Role.model_developer]
+        action = (f"a model_developer of team {state.team} remediates the findings blocking stage {stage.name} "
+                  "and an independent reviewer closes them (or an exception waives them)")
+    missing.extend(f"flagged: {flag}" for flag in state.flags)
+    return action, waiting
 
 
 def guided(state: ProgressionState) -> ProgressionState:

@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from engine.policy import Role
 
@@ -52,6 +52,21 @@ class EventType(StrEnum):
     role_grant_approved = "role_grant.approved"
     model_intent_changed = "model.intent_changed"
     policy_published = "policy.published"
+    finding_raised = "finding.raised"
+    finding_remediation_submitted = "finding.remediation_submitted"
+    finding_closed = "finding.closed"
+    finding_reopened = "finding.reopened"
+    finding_reminder = "finding.reminder"
+    finding_overdue = "finding.overdue"
+    finding_escalated = "finding.escalated"
+    finding_risk_accepted = "finding.risk_accepted"
+    finding_refused = "finding.refused"
+    exception_requested = "exception.requested"
+    exception_granted = "exception.granted"
+    exception_lapsed = "exception.lapsed"
+    exception_refused = "exception.refused"
+    model_flagged = "model.flagged"
+    stage_unblocked = "stage.unblocked"
 
 
 class ResolvedFeature(BaseModel):
@@ -154,6 +169,7 @@ class DecisionRecord(Model):
     # The basis the decision was made on (see ``compute_basis``), and whether it is still the stage's.
     basis: str | None = None
     basis_matches: bool | None = None
+    conditions: list[str] = Field(default_factory=list)  # finding ids raised with this approval
 
 
 class PriorOutcome(Model):
@@ -200,6 +216,42 @@ class StageState(Model):
     basis_changed: list[str] = Field(default_factory=list)
 
 
+class FindingSummary(Model):
+    """What a progression knows of one of its model's findings (see ``engine.findings``)."""
+
+    finding_id: str
+    severity: str
+    status: str  # open, remediation_submitted, closed, risk_accepted
+    title: str
+    condition: bool = False  # raised as a condition of an approval
+    stage: str | None = None
+    version_id: str | None = None
+    due_at: datetime | None = None
+    overdue: bool = False
+
+
+class ExceptionSummary(Model):
+    """What a progression knows of one of its model's exceptions (waivers)."""
+
+    exception_id: str
+    kind: str  # check, finding, pma
+    status: str  # pending_approval, active, lapsed
+    version_id: str
+    check_id: str | None = None
+    finding_id: str | None = None
+    expires_at: datetime
+
+
+class GovernanceSnapshot(Model):
+    """The model's findings and exceptions as the database holds them, sent to its running progressions
+    whenever one changes; ``as_of`` (the audit chain's last seq when read) orders snapshots."""
+
+    model_id: str
+    as_of: int
+    findings: list[FindingSummary] = Field(default_factory=list)
+    exceptions: list[ExceptionSummary] = Field(default_factory=list)
+
+
 class ProgressionState(Model):
     """The whole state, returned by the ``state`` query and mirrored into the read model."""
 
@@ -237,6 +289,14 @@ class ProgressionState(Model):
     artifact: str | None = None
     artifact_digest: str | None = None
     frozen_after: dict[str, str] = Field(default_factory=dict)  # evidence item -> stage (pinned policy)
+    # The model's findings and exceptions (patch ``findings``): what blocks a stage, which checks are waived.
+    findings: list[FindingSummary] = Field(default_factory=list)
+    exceptions: list[ExceptionSummary] = Field(default_factory=list)
+    governance_as_of: int = -1
+    # Why the model is flagged (a lapsed exception's check back in force, an overdue condition), in words.
+    flags: list[str] = Field(default_factory=list)
+    # Ids of the open findings that block the current stage under the pinned policy (patch ``findings``).
+    blocked_by: list[str] = Field(default_factory=list)
     seq: int = 0  # bumps on every change; the read model keeps only the newest snapshot
 
     def stage(self, name: str) -> StageState | None:
@@ -259,10 +319,20 @@ class ProgressionDetail(ProgressionState):
     lineage: Lineage | None = None
 
 
+class ConditionIn(Model):
+    """A finding raised as a condition of an approval."""
+
+    severity: str = Field(min_length=1, max_length=32)
+    title: str = Field(min_length=1, max_length=300)
+    description: str = Field(default="", max_length=10_000)
+    due_at: AwareDatetime | None = None  # default: the policy's period for the severity
+    evidence_refs: list[str] = Field(default_factory=list, max_length=50)
+
+
 class Refusal(Model):
     code: str
     message: str
-    http_status: Literal[403, 404, 409]
+    http_status: Literal[403, 404, 409, 422]
 
 
 def gate_record(state: ProgressionState) -> dict[str, Any] | None:

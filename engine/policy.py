@@ -95,6 +95,82 @@ class EvidenceRule(StrictModel):
     frozen_after: StageName | None = None
 
 
+Severity = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class FindingBlock(StrictModel):
+    """Open findings of ``severities`` keep ``stage`` from completing (its gate cannot be approved)."""
+
+    stage: StageName
+    severities: list[Severity] = Field(min_length=1)
+    # A finding raised as a condition of an approval does not block (e.g. credit: medium only as a condition).
+    unless_condition: bool = False
+
+
+class FindingRules(StrictModel):
+    """The policy's ``findings:`` section: severity scale, default due dates, reminders, blocking rules."""
+
+    severities: list[Severity] = Field(min_length=1, max_length=10)  # most severe first
+    due: dict[Severity, str]  # default remediation period per severity
+    remind_before: str | None = None  # a reminder to the owning team this long before the due date
+    escalate_to: Role = Role.model_risk_officer  # whose inbox an overdue finding lands in
+    blocks: list[FindingBlock] = Field(default_factory=list)
+    # A condition of an approval that misses its due date flags the model in production for revalidation.
+    overdue_condition_flags_model: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FindingRules:
+        if len(set(self.severities)) != len(self.severities):
+            raise ValueError("severities must be unique")
+        for severity, period in self.due.items():
+            if severity not in self.severities:
+                raise ValueError(f"due names severity {severity!r}, which is not in severities "
+                                 f"({', '.join(self.severities)})")
+            parse_duration(period)
+        missing = [s for s in self.severities if s not in self.due]
+        if missing:
+            raise ValueError(f"due gives no default due date for severities: {', '.join(missing)}")
+        if self.remind_before is not None:
+            parse_duration(self.remind_before)
+        for block in self.blocks:
+            unknown = [s for s in block.severities if s not in self.severities]
+            if unknown:
+                raise ValueError(f"blocks: stage {block.stage!r} names unknown severities {unknown} "
+                                 f"(severities: {', '.join(self.severities)})")
+        return self
+
+    def due_delta(self, severity: str) -> timedelta:
+        return parse_duration(self.due[severity])
+
+    @property
+    def remind_delta(self) -> timedelta | None:
+        return parse_duration(self.remind_before) if self.remind_before else None
+
+
+class ExceptionRules(StrictModel):
+    """The policy's ``exceptions:`` section: who may waive, for how long at most, maker-checker."""
+
+    grant_roles: list[Role] = Field(min_length=1)
+    max_expiry: str
+    # A second person approves before the exception takes effect; unset: required on tier 1.
+    maker_checker: bool | None = None
+
+    @field_validator("grant_roles")
+    @classmethod
+    def _deciding_roles(cls, value: list[Role]) -> list[Role]:
+        wrong = [r.value for r in value if r not in GATE_ROLES]
+        if wrong:
+            allowed = ", ".join(sorted(r.value for r in GATE_ROLES))
+            raise ValueError(f"roles {wrong} cannot grant exceptions; use one of {allowed}")
+        return value
+
+    _check_expiry = field_validator("max_expiry")(classmethod(lambda cls, v: _duration(v)))
+
+    @property
+    def max_expiry_delta(self) -> timedelta:
+        return parse_duration(self.max_expiry)
+
+
 class GovernancePolicy(StrictModel):
     api_version: Literal["progression/v1"] = Field(alias="apiVersion")
     kind: Literal["GovernancePolicy"]
@@ -110,6 +186,8 @@ class GovernancePolicy(StrictModel):
     evidence: dict[EvidenceName, EvidenceRule] = Field(default_factory=dict, max_length=100)
     # The spec must carry ``version.artifact_digest`` (sha256 of the artifact that will be deployed).
     requires_artifact_digest: bool = False
+    findings: FindingRules | None = None
+    exceptions: ExceptionRules | None = None
 
     _check_revalidation = field_validator("revalidation")(classmethod(lambda cls, v: _duration(v)))
 
@@ -128,7 +206,17 @@ class GovernancePolicy(StrictModel):
             if rule.frozen_after is not None and rule.frozen_after not in names:
                 raise ValueError(f"evidence {item!r}: frozen_after names stage {rule.frozen_after!r}, "
                                  f"which the policy does not have (stages: {', '.join(names)})")
+        for block in self.findings.blocks if self.findings else []:
+            if block.stage not in names:
+                raise ValueError(f"findings.blocks names stage {block.stage!r}, which the policy does not have "
+                                 f"(stages: {', '.join(names)})")
         return self
+
+    @property
+    def exceptions_need_checker(self) -> bool:
+        """Exceptions need a second person: as the policy says, else on tier 1."""
+        rules = self.exceptions
+        return rules.maker_checker if rules is not None and rules.maker_checker is not None else self.risk_tier == 1
 
     @property
     def revalidation_delta(self) -> timedelta | None:
@@ -150,7 +238,8 @@ def policy_hash(policy: GovernancePolicy) -> str:
     data = policy.model_dump(mode="json", by_alias=True)
     # Fields added later are left out while at their default, so a policy that does not use them keeps
     # the hash it had (progressions pinned it).
-    for key, default in (("evidence", {}), ("requires_artifact_digest", False), ("independent_stages", [])):
+    for key, default in (("evidence", {}), ("requires_artifact_digest", False), ("independent_stages", []),
+                         ("findings", None), ("exceptions", None)):
         if data.get(key) == default:
             data.pop(key, None)
     for stage in data.get("stages", []):

@@ -15,6 +15,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.findings import FindingActivities
 from activities.notify import build_notifier
 from activities.progression import ProgressionActivities
 from activities.promotion import build_promotion_target
@@ -25,6 +26,7 @@ from engine.evidence import EvidenceStore
 from engine.loading import PolicyRegistry
 from engine.settings import Settings, get_settings
 from workflows.contract import connect
+from workflows.finding import ExceptionWorkflow, FindingWorkflow
 from workflows.progression import ProgressionWorkflow
 
 log = logging.getLogger("progression.worker")
@@ -34,7 +36,9 @@ def build_worker(client: Client, *, task_queue: str, activities: ProgressionActi
     """A worker serving ``ProgressionWorkflow`` and every activity of ``activities`` on ``task_queue``."""
     # Running activities get time to finish on shutdown (SIGTERM on a rolling deploy) instead of being retried.
     kw.setdefault("graceful_shutdown_timeout", timedelta(seconds=30))
-    return Worker(client, task_queue=task_queue, workflows=[ProgressionWorkflow], activities=activities.all(), **kw)
+    findings = FindingActivities.beside(activities, client)
+    return Worker(client, task_queue=task_queue, workflows=[ProgressionWorkflow, FindingWorkflow, ExceptionWorkflow],
+                  activities=activities.all() + findings.all(), **kw)
 
 
 def build_activities(settings: Settings) -> tuple[ProgressionActivities, Any]:

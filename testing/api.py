@@ -80,6 +80,7 @@ def make_settings(tmp_path: Path, url: str, task_queue: str, **overrides: Any) -
 
 @asynccontextmanager
 async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *, worker: bool = True,
+                  policies: Any = None,
                   **overrides: Any) -> AsyncIterator[ApiEnv]:
     await prepare_database(url)
     engine = make_engine(url)
@@ -90,7 +91,8 @@ async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *
         await session.commit()
     activities = ProgressionActivities(sm, EvidenceStore(settings.evidence_dir), RecordingPromotionTarget(),
                                        LogNotifier(), audit_chain=True)
-    app = create_app(settings, temporal_client=temporal, sessionmaker=sm, registry=registry())
+    # ``policies``: another PolicyRegistry (e.g. a policy changed for one test); default: policies/
+    app = create_app(settings, temporal_client=temporal, sessionmaker=sm, registry=policies or registry())
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)

@@ -22,8 +22,17 @@ from typing import Any
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from engine.lifecycle import Actor
+from engine.findings import ExceptionKind
+from engine.lifecycle import Actor, ConditionIn
 from engine.policy import Role
+from testing.findings import (
+    approve_exception,
+    approve_with_conditions,
+    credit_input_without,
+    remediate,
+    request_exception,
+    verify,
+)
 from testing.temporal import time_skipping_server
 from testing.workflow import (
     CREDIT,
@@ -49,8 +58,9 @@ from testing.workflow import (
 HISTORIES = Path(__file__).parent / "histories"
 # The newest generation: progressions started by the current code (record as a local activity; a
 # failed workflow records its failure first; approvals bound to their basis: evidence changes re-open
-# the stages that read them; guidance computed outside the workflow).
-CURRENT = HISTORIES / "v5-read-side-guidance"
+# the stages that read them; guidance computed outside the workflow; findings: conditions of approvals,
+# blocking findings, waived checks).
+CURRENT = HISTORIES / "v6-findings-and-guidance"
 FRAUD = CREDIT.parent / "card-fraud-detector"
 FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")
 
@@ -103,6 +113,33 @@ async def fraud_reopened(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any
     await decide(handle, VALIDATOR, "revalidation", "reject", "retire")
 
 
+async def credit_conditions(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
+    """Validation approved with conditions (a high one blocks production until closed); the missing monitoring
+    plan is waived by a maker-checker exception that later lapses and flags the model."""
+    await wait_state(handle, at_gate("validation"))
+    result = await approve_with_conditions(handle, VALIDATOR, "validation", [
+        ConditionIn(severity="high", title="No challenger model"),
+        ConditionIn(severity="medium", title="Out-of-time sample too short")])
+    high = result.state.stage("validation").decisions[-1].conditions[0]  # type: ignore[union-attr]
+    await wait_state(handle, at_gate("risk_review"))
+    await decide(handle, RISK1, "risk_review", "approve", "residual risk accepted")
+    await decide(handle, RISK2, "risk_review", "approve", "agree")
+    blocked = await wait_state(handle, lambda s: s.current_stage == "staging" and s.status == "blocked")
+    exc = await request_exception(env_ts.client, "make-histories", blocked, RISK1, kind=ExceptionKind.check,
+                                  check_id="monitoring-plan", now=blocked.updated_at,
+                                  expires_at=blocked.updated_at + timedelta(days=60))
+    await approve_exception(env_ts.client, exc.exception_id, RISK2)
+    await wait_state(handle, lambda s: s.current_stage == "production" and s.status == "blocked")
+    await remediate(env_ts.client, high, DEV2, "challenger built")
+    await verify(env_ts.client, high, VALIDATOR, "close", "verified")
+    await wait_state(handle, lambda s: s.status == "in_production")
+    await env_ts.sleep(timedelta(days=61))
+    await wait_state(handle, lambda s: bool(s.flags))
+    await env_ts.sleep(timedelta(days=306))
+    await wait_state(handle, lambda s: s.revalidation_overdue)
+    await decide(handle, VALIDATOR, "revalidation", "reject", "retire")
+
+
 async def marketing_withdrawn(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
     await wait_state(handle, at_gate("validation"))
     await withdraw(handle, MKT_DEV, "replaced by a new version")
@@ -123,6 +160,7 @@ async def main(out: Path) -> None:
                     (await example_input(env, CREDIT, submitted_by=STRANGER, version={"id": "3.3.0"},
                                          model={"team": "payments"}), squatted),
                     (await example_input(env, FRAUD, submitted_by=FRAUD_DEV), fraud_reopened),
+                    (await credit_input_without(env, "monitoring_plan", "3.4.0"), credit_conditions),
                 ]
                 async with worker(env_ts.client, "make-histories", env):
                     for inp, drive in runs:

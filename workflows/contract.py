@@ -15,7 +15,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from engine.lifecycle import Actor, DecisionKind, EvidenceRef, Model, ProgressionState
+from engine.lifecycle import Actor, ConditionIn, DecisionKind, EvidenceRef, Model, ProgressionState
 from engine.policy import GovernancePolicy
 from engine.spec import ProgressionSpec
 
@@ -68,6 +68,8 @@ class DecideInput(Model):
     decision_id: str  # unique per request (idempotency key or a fresh uuid), deduplicates retries
     # The basis the decider saw (``stages[i].basis`` of the state they read); a stale one is refused.
     basis: str | None = None
+    # approve_with_conditions: the approval raises these findings in the same act (patch ``findings``).
+    conditions: list[ConditionIn] = Field(default_factory=list, max_length=20)
 
 
 class DecideResult(Model):

@@ -32,6 +32,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.contract import (
@@ -54,6 +55,19 @@ with workflow.unsafe.imports_passed_through():
         RegisterInput,
         RegisterResult,
     )
+    from engine.findings import (
+        FINDING_WORKFLOW,
+        SIGNAL_GOVERNANCE,
+        FindingInput,
+        FindingRecord,
+        active_exceptions,
+        blocking_findings,
+        blocking_refusal,
+        conditions_refusal,
+        default_due,
+        finding_workflow_id,
+        waived_checks,
+    )
     from engine.guidance import FAILED_ACTION, guidance, guided
     from engine.lifecycle import (
         FINAL_STATUSES,
@@ -63,6 +77,7 @@ with workflow.unsafe.imports_passed_through():
         DecisionRecord,
         EventType,
         EvidenceRef,
+        GovernanceSnapshot,
         ProgressionState,
         Refusal,
         StageState,
@@ -134,6 +149,10 @@ PATCH_GUIDANCE = "guidance-outside-the-workflow"
 PATCH_JSON_PAYLOAD = "one-json-payload-normaliser"
 # Continue-as-new carries the workflow's memory (WorkflowMemory) beside its state, so deduplication survives it.
 PATCH_MEMORY = "carry-memory-across-continue-as-new"
+# Findings, conditions and exceptions: a gate is blocked by the policy's open findings, an approval may raise
+# conditions (findings, as child workflows), an active exception waives a failing check; its lapse flags the
+# model. Progressions started before the patch ignore the model's governance snapshots.
+PATCH_FINDINGS = "findings"
 
 CHECKS_TIMEOUT = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=5)
@@ -168,6 +187,7 @@ class ProgressionWorkflow:
         self._binding = False  # set in run: PATCH_BASIS
         self._guidance_in_state = False  # set in run: PATCH_GUIDANCE
         self._one_normaliser = False  # set in run: PATCH_JSON_PAYLOAD
+        self._governed = False  # set in run: PATCH_FINDINGS
         self._restart: int | None = None  # route index the main loop goes back to (evidence re-opened it)
         self._deploying = False
         self._pin_basis_facts(inp)
@@ -256,6 +276,7 @@ class ProgressionWorkflow:
         self._binding = workflow.patched(PATCH_BASIS)
         self._guidance_in_state = not workflow.patched(PATCH_GUIDANCE)
         self._one_normaliser = workflow.patched(PATCH_JSON_PAYLOAD)
+        self._governed = workflow.patched(PATCH_FINDINGS)
         self._upsert_search_attributes(everything=True)
         if not self._registered:
             await self._register()
@@ -327,6 +348,8 @@ class ProgressionWorkflow:
         self._state.prior_rejections = list(registered.prior_rejections)
         self._synced_seq = self._state.seq
         self._registered = True
+        if self._governed and registered.governance is not None:
+            self._apply_governance(registered.governance)
 
     async def _wait_stage_ready(self, stage: StageState) -> bool:
         """Wait until the stage may complete (True) or the progression closed (False).
@@ -457,6 +480,12 @@ class ProgressionWorkflow:
         if self._closed():
             return
         failing = [c for c in stage.checks if not c.passed]
+        if self._governed and failing:
+            waived = waived_checks(self._state, workflow.now())
+            if all(c.check_id in waived for c in failing):
+                self._emit(EventType.stage_unblocked, stage=stage.name, payload={
+                    "attempt": stage.attempt, "waived": {c.check_id: waived[c.check_id] for c in failing}})
+                failing = []
         if failing:
             stage.status = StageStatus.blocked
             self._emit(EventType.stage_blocked, stage=stage.name, payload={
@@ -482,8 +511,16 @@ class ProgressionWorkflow:
                                            f"{' and '.join(r.value for r in roles)}", stage=stage.name)
 
     def _stage_ready(self, stage: StageState) -> bool:
+        if self._governed:
+            waived = waived_checks(self._state, workflow.now())
+            return (stage.status == StageStatus.running and not self._lock.locked()
+                    and all(c.passed or c.check_id in waived for c in stage.checks)
+                    and all(a.satisfied for a in stage.approvals) and not self._blocking(stage.name))
         return (stage.status == StageStatus.running and not self._lock.locked()
                 and all(c.passed for c in stage.checks) and all(a.satisfied for a in stage.approvals))
+
+    def _blocking(self, stage_name: str) -> list[Any]:
+        return blocking_findings(self._state, self._input.policy.findings, stage_name) if self._governed else []
 
     def _closed(self) -> bool:
         return self._state.status in FINAL_STATUSES
@@ -555,7 +592,28 @@ class ProgressionWorkflow:
             refusal = comment_refusal(inp.decision, inp.comment)
         if refusal is None:
             refusal = basis_refusal(self._state, inp.stage, inp.basis)
+        if refusal is None:
+            refusal = self._findings_refusal(inp)
         return refusal
+
+    def _findings_refusal(self, inp: DecideInput) -> Refusal | None:
+        """Conditions only with an approval, under a policy with a findings section; no approval while the
+        policy's open findings block the stage."""
+        if not self._governed:
+            if inp.conditions:
+                return Refusal(code="conditions_unsupported", http_status=409,
+                               message=f"{self._state.progression_id} started before approvals could carry "
+                                       "conditions; raise the findings on the model instead")
+            return None
+        rules = self._input.policy.findings
+        if inp.conditions and inp.decision != DecisionKind.approve:
+            return Refusal(code="conditions_need_approval", http_status=422,
+                           message="conditions come with an approval (approve_with_conditions)")
+        if refusal := conditions_refusal(inp.conditions, rules, workflow.now()):
+            return refusal
+        if inp.decision == DecisionKind.approve:
+            return blocking_refusal(self._state, rules, inp.stage)
+        return None
 
     def _known_decision(self, decision_id: str) -> bool:
         return any(d.decision_id == decision_id for s in self._state.stages for d in s.decisions)
@@ -575,14 +633,19 @@ class ProgressionWorkflow:
             (a.role for a in stage.approvals if a.role in actor.roles), None)
         parts = basis_parts(state, stage.name) if self._binding else None
         basis = basis_hash(parts) if parts is not None else None
+        conditions = self._condition_findings(inp)
         record = DecisionRecord(decision_id=inp.decision_id, stage=stage.name, decision=inp.decision,
                                 actor_id=actor.user_id, actor_username=actor.username, role=role,
                                 comment=inp.comment, at=workflow.now(), credential_id=actor.credential_id,
                                 credential_issued_by=actor.credential_issued_by, basis=basis,
-                                basis_matches=True if basis else None)
+                                basis_matches=True if basis else None,
+                                conditions=[c.finding_id for c in conditions])
         stage.decisions.append(record)
         self._emit(EventType.decision_received, stage=stage.name, actor_id=actor.user_id, payload={
-            "decision_id": inp.decision_id, "decision": inp.decision.value, "actor": actor.username,
+            "decision_id": inp.decision_id,
+            "decision": "approve_with_conditions" if conditions else inp.decision.value, "actor": actor.username,
+            **({"conditions": [{"finding_id": c.finding_id, "severity": c.severity, "title": c.title,
+                                "due_at": c.due_at} for c in conditions]} if conditions else {}),
             "role": role.value if role else None, "comment": inp.comment, "attempt": stage.attempt,
             "credential_id": actor.credential_id, "credential_issued_by": actor.credential_issued_by,
             **({"basis": basis, "basis_parts": parts, "basis_seen": inp.basis} if parts is not None else {})})
@@ -609,9 +672,114 @@ class ProgressionWorkflow:
         self._touch()
         result = DecideResult(accepted=True, decision_id=inp.decision_id, state=guided(self._snapshot()))
         self._decision_results[inp.decision_id] = result
+        if conditions:
+            await self._raise_conditions(conditions)
         await self._flush(decision=record)
         self._decisions_recorded.add(inp.decision_id)
         return result
+
+    def _condition_findings(self, inp: DecideInput) -> list[FindingRecord]:
+        """The approval's conditions as findings of the model (synchronously, with the decision: nothing else
+        can slip in between); ``_raise_conditions`` then starts their deadline workflows."""
+        rules = self._input.policy.findings
+        if not inp.conditions or rules is None:  # the validator refused conditions without a findings section
+            return []
+        state, now = self._state, workflow.now()
+        raised: list[FindingRecord] = []
+        for condition in inp.conditions:
+            finding = FindingRecord(
+                finding_id="F-" + workflow.uuid4().hex[:12], model_id=state.model_id, team=state.team,
+                business_intent=state.business_intent, version_id=state.version_id,
+                progression_id=state.progression_id, stage=inp.stage, severity=condition.severity,
+                title=condition.title, description=condition.description, evidence_refs=condition.evidence_refs,
+                due_at=condition.due_at or default_due(rules, condition.severity, now), condition=True,
+                decision_id=inp.decision_id, raised_by=inp.actor.user_id, raised_by_username=inp.actor.username,
+                raised_at=now)
+            state.findings.append(finding.summary())
+            raised.append(finding)
+        return raised
+
+    async def _raise_conditions(self, findings: list[FindingRecord]) -> None:
+        """Each condition's deadline workflow: a child that outlives this progression (findings follow the
+        model); its first activity writes the finding and tells the model's progressions."""
+        rules = self._input.policy.findings
+        for finding in findings:
+            assert rules is not None
+            await workflow.start_child_workflow(
+                FINDING_WORKFLOW, FindingInput(finding=finding, rules=rules),
+                id=finding_workflow_id(finding.finding_id), parent_close_policy=ParentClosePolicy.ABANDON)
+
+    # ---- Signal: governance_changed (findings and exceptions of the model) ---------------------
+
+    @workflow.signal(name=SIGNAL_GOVERNANCE)
+    async def governance_changed(self, snapshot: GovernanceSnapshot) -> None:
+        await workflow.wait_condition(lambda: self._registered)
+        if not self._governed or snapshot.as_of <= self._state.governance_as_of or self._closed():
+            return
+        async with self._lock:
+            self._apply_governance(snapshot)
+            self._gate_epoch += 1  # the main loop re-evaluates what blocks the current stage
+            await self._flush()
+
+    def _apply_governance(self, snapshot: GovernanceSnapshot) -> None:
+        """Adopt the model's findings and exceptions: a blocked stage whose failing checks are all waived now
+        goes on; a waiver that lapsed puts its check back in force (the stage blocks again, or, once the stage
+        has passed, the model is flagged); an overdue condition flags a model in production where the policy
+        says so."""
+        state = self._state
+        # By status: the exception workflow lapses an exception at its expiry and says so in a snapshot.
+        before = waived_checks(state, None)
+        was_active = {e.exception_id: e for e in active_exceptions(state.exceptions, state.version_id, None)}
+        state.findings, state.exceptions = list(snapshot.findings), list(snapshot.exceptions)
+        state.governance_as_of = snapshot.as_of
+        after = waived_checks(state, None)
+        still_active = {e.exception_id for e in active_exceptions(state.exceptions, state.version_id, None)}
+        for lapsed in (e for i, e in sorted(was_active.items()) if i not in still_active and e.kind != "check"):
+            what = f"finding {lapsed.finding_id} is open again" if lapsed.finding_id else "the adjustment ended"
+            self._flag(f"exception {lapsed.exception_id} ({lapsed.kind}) lapsed: {what}",
+                       {"exception_id": lapsed.exception_id, "finding_id": lapsed.finding_id})
+        current = state.stage(state.current_stage) if state.current_stage else None
+        for check_id, exception_id in sorted(before.items()):
+            if check_id in after:
+                continue
+            stage = next((s for s in state.stages if any(c.check_id == check_id and not c.passed for c in s.checks)),
+                         None)
+            if stage is None:
+                continue
+            if stage is current and stage.status in (StageStatus.awaiting_approval, StageStatus.running):
+                stage.status = StageStatus.blocked
+                self._emit(EventType.stage_blocked, stage=stage.name, payload={
+                    "attempt": stage.attempt, "failing": [{"check_id": check_id, "reason": f"exception "
+                                                           f"{exception_id} lapsed: the check is back in force"}]})
+            elif stage.status == StageStatus.passed:
+                self._flag(f"exception {exception_id} lapsed: check {check_id} (stage {stage.name}) is back in "
+                           "force and failed", {"exception_id": exception_id, "check_id": check_id,
+                                                "stage": stage.name})
+        if current is not None and current.status == StageStatus.blocked and current.checks:
+            failing = [c for c in current.checks if not c.passed]
+            if failing and all(c.check_id in after for c in failing):
+                self._emit(EventType.stage_unblocked, stage=current.name, payload={
+                    "attempt": current.attempt, "waived": {c.check_id: after[c.check_id] for c in failing}})
+                stage_def = self._stage_defs[current.name]
+                if stage_def.approvals:
+                    self._open_gate(stage_def, current)
+                else:
+                    current.status = StageStatus.running
+        rules = self._input.policy.findings
+        if rules is not None and rules.overdue_condition_flags_model and state.status == Status.in_production:
+            for f in state.findings:
+                if f.condition and f.overdue:
+                    self._flag(f"condition {f.finding_id} ({f.severity}: {f.title}) is overdue: the model needs "
+                               "revalidation", {"finding_id": f.finding_id, "reason": "condition_overdue"})
+        self._touch()
+
+    def _flag(self, text: str, payload: dict[str, Any]) -> None:
+        if text in self._state.flags:
+            return
+        self._state.flags.append(text)
+        self._emit(EventType.model_flagged, payload={"flag": text, **payload})
+        self._notify("flagged", [Role.model_developer, Role.model_risk_officer], f"{self._state.model_id} "
+                     f"{self._state.version_id} flagged: {text}")
 
     @decide.validator
     def _validate_decide(self, inp: DecideInput) -> None:
@@ -855,6 +1023,11 @@ class ProgressionWorkflow:
                 StageStatus.awaiting_approval: Status.awaiting_approval,
                 StageStatus.changes_requested: Status.changes_requested,
             }.get(stage.status if stage else StageStatus.running, Status.running)
+            if stage is not None and stage.status == StageStatus.running and self._blocking(stage.name):
+                state.status = Status.blocked
+        if self._governed:  # what guidance says of findings is read from the state (engine.guidance)
+            blocking = self._blocking(stage.name) if stage is not None and state.status not in FINAL_STATUSES else []
+            state.blocked_by = [f.finding_id for f in blocking]
         if self._binding:
             refresh_bases(state)
         if self._guidance_in_state:  # progressions started before PATCH_GUIDANCE keep it in their state

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.deps import CurrentUser, SessionDep, StateDep
-from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
+from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND, ApiError
 from api.idempotency import decision_id_for, fingerprint, idempotency_key, idempotent
 from api.multipart import multipart_openapi, read_multipart
 from api.schemas import MAX_OFFSET, DecisionRequest, ProgressionOut, WithdrawRequest
 from api.services import progressions as svc
-from engine.lifecycle import ProgressionDetail
+from engine.lifecycle import DecisionKind, ProgressionDetail
 from engine.wire import ProgressionPage, ProgressionVerification
 
 router = APIRouter(prefix="/api/v1/progressions", tags=["progressions"], responses=COMMON_ERRORS)
@@ -76,9 +76,15 @@ async def decide(progression_id: str, body: DecisionRequest, request: Request, s
     decision_id = decision_id_for(user, key, fallback=f"d-{uuid.uuid4().hex}")
 
     async def produce() -> tuple[int, object]:
+        with_conditions = body.decision == "approve_with_conditions"
+        if with_conditions != bool(body.conditions):
+            raise ApiError(422, "conditions_required" if with_conditions else "conditions_need_approval",
+                           "conditions: approve_with_conditions names at least one condition, and only it carries "
+                           "conditions", {"field": "conditions"})
         state = await svc.decide(session=session, app=app, principal=user, progression_id=progression_id,
-                                 stage=body.stage, decision=body.decision, comment=body.comment,
-                                 decision_id=decision_id, basis=body.basis)
+                                 stage=body.stage, decision=DecisionKind.approve if with_conditions
+                                 else DecisionKind(body.decision), comment=body.comment,
+                                 decision_id=decision_id, basis=body.basis, conditions=body.conditions)
         return 200, state
 
     return await idempotent(request, user, fingerprint("decide", progression_id, body.model_dump(mode="json")),

@@ -44,7 +44,9 @@ from engine.db import AuditEvent, CatalogModel, Feature, ModelVersion, Progressi
 from engine.db import utcnow as _utcnow
 from engine.errors import NotFound, ProgressionError
 from engine.evidence import EvidenceCorrupted, EvidenceStore, guess_media_type, record_blob, sha256_hex
+from engine.findings import blocking_refusal, conditions_refusal
 from engine.lifecycle import (
+    ConditionIn,
     DecisionKind,
     EventType,
     EvidenceRef,
@@ -468,7 +470,7 @@ def deciding_role_refusal(principal: Principal) -> Refusal | None:
 
 async def decide(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
                  stage: str, decision: DecisionKind, comment: str, decision_id: str,
-                 basis: str | None = None) -> ProgressionState:
+                 basis: str | None = None, conditions: list[ConditionIn] | None = None) -> ProgressionState:
     require(principal, Action.read_progression)
     state, live = await _load_state(session, app, progression_id)
     if state is None:
@@ -477,6 +479,7 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
     # A retry (same Idempotency-Key, so same decision_id) of a decision already applied must get the
     # first answer, not a refusal computed on the state that decision produced (gate closed, counted).
     known = any(d.decision_id == decision_id for s in state.stages for d in s.decisions)
+    decision_name = "approve_with_conditions" if conditions else decision.value
     refusal: Refusal | None = None
     if known:
         pass  # the workflow answers a known decision_id with its first result
@@ -488,18 +491,19 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
                                   "API tokens cannot decide")
     elif live:
         refusal = (decision_refusal(state, principal.actor, stage, decision)
-                   or acknowledgement_refusal(state, decision, comment) or basis_refusal(state, stage, basis))
+                   or acknowledgement_refusal(state, decision, comment) or basis_refusal(state, stage, basis)
+                   or _findings_refusal(app, state, stage, decision, conditions or []))
     # else: a snapshot (no worker answered the query) may lag the workflow, so it must not refuse a
     # decision the gate now accepts; the workflow's validator applies the same rule, and its refusals
     # are recorded below.
     if refusal is not None:
-        await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
+        await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision_name,
                              comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain,
                              decision_id=decision_id)
         raise _refusal_error(refusal)
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     inp = DecideInput(stage=stage, decision=decision, comment=comment, actor=principal.actor,
-                      decision_id=decision_id, basis=basis)
+                      decision_id=decision_id, basis=basis, conditions=conditions or [])
     # One decision per person and gate at a time in this process: the others are refused at once
     # (409) instead of queueing on the workflow and on database connections.
     flight = (principal.id, progression_id, stage)
@@ -507,7 +511,7 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
         refusal = Refusal(code="decision_in_progress", http_status=409,
                           message=f"your decision on stage {stage!r} of {progression_id} is being recorded; "
                                   "one person counts once")
-        await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
+        await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision_name,
                              comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain,
                              decision_id=decision_id)  # a retried request records its refusal once
         raise _refusal_error(refusal)
@@ -518,7 +522,7 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
         result = await handle.execute_update(UPDATE_DECIDE, inp, result_type=DecideResult)
     except WorkflowUpdateFailedError as exc:
         refusal = _refusal_from_update(exc)
-        await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
+        await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision_name,
                              comment=comment, refusal=refusal, source="workflow",
                              chain=app.settings.audit_chain, decision_id=decision_id)
         raise _refusal_error(refusal) from None
@@ -529,7 +533,7 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
         if exc.status == RPCStatusCode.NOT_FOUND:
             # The workflow has closed (reached when no worker answered the state query, so the API did
             # not pre-check): a refusal like any other, recorded like any other.
-            await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision.value,
+            await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision_name,
                                  comment=comment, refusal=Refusal(code=error.code, message=error.message,
                                                                   http_status=409),
                                  source="workflow", chain=app.settings.audit_chain, decision_id=decision_id)
@@ -537,6 +541,18 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
     finally:
         _DECISIONS_IN_FLIGHT.discard(flight)
     return result.state
+
+
+def _findings_refusal(app: AppState, state: ProgressionState, stage: str, decision: DecisionKind,
+                      conditions: list[ConditionIn]) -> Refusal | None:
+    """The workflow validator's findings rules, when the registry still holds the pinned policy (a fast answer;
+    the workflow decides on its pinned policy either way)."""
+    loaded = app.registry.get(state.business_intent)
+    if loaded is None or loaded.hash != state.policy_hash:
+        return None
+    if refusal := conditions_refusal(conditions, loaded.policy.findings, _utcnow()):
+        return refusal
+    return blocking_refusal(state, loaded.policy.findings, stage) if decision == DecisionKind.approve else None
 
 
 # (user id, progression id, stage) of decisions this process is waiting on the workflow for.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from client.cli.common import EXIT_ERROR, EXIT_INVALID, JsonOpt, client, emit_json, err, fail, handle_errors, out
+from client.cli.common import EXIT_ERROR, JsonOpt, client, emit_json, err, handle_errors, out, parse_time
 from client.cli.render import add_row, columns
 from engine.wire import AuditFilter
 
@@ -20,22 +19,11 @@ from engine.wire import AuditFilter
 audit_app = typer.Typer(help="Audit trail: events, export, chain verification.", no_args_is_help=False)
 
 
-def _parse_time(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        fail(f"{option} {value!r} is not an ISO-8601 date or time (e.g. 2026-05-01 or 2026-05-01T12:00:00Z)",
-             EXIT_INVALID)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _audit_filters(progression: str | None, model: str | None, actor: str | None, event_type: str | None,
                    since: str | None, until: str | None) -> dict[str, Any]:
     """The options as the SDK's audit keywords (the fields of :class:`engine.wire.AuditFilter`)."""
     return AuditFilter(progression=progression, model=model, actor=actor, event_type=event_type,
-                       since=_parse_time(since, "--since"), until=_parse_time(until, "--until")).model_dump()
+                       since=parse_time(since, "--since"), until=parse_time(until, "--until")).model_dump()
 
 
 ProgressionOpt = Annotated[str | None, typer.Option("--progression", help="Progression id.")]

@@ -19,6 +19,7 @@ import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -162,6 +163,18 @@ def detail_lines(details: Any) -> list[str]:
         parts = [p for p in (where, field, str(d.get("message", ""))) if p]
         lines.append(": ".join(parts))
     return lines
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """An ISO-8601 date or time option (UTC when it names no zone); a clear error otherwise."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option} {value!r} is not an ISO-8601 date or time (e.g. 2026-05-01 or 2026-05-01T12:00:00Z)",
+             EXIT_INVALID)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def handle_errors(fn: F) -> F:

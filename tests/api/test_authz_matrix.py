@@ -23,6 +23,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,82 @@ def change_intent() -> Send:
                                        headers=ctx.env.auth(who) if who else {})
     return send
 
+def _finding_body(ctx: Ctx) -> dict[str, Any]:
+    return {"model_id": ctx.model_id, "version_id": ctx.pid.split("@")[1], "stage": "validation", "severity": "low",
+            "title": "matrix finding"}
+
+
+def _exception_body(ctx: Ctx) -> dict[str, Any]:
+    return {"model_id": ctx.model_id, "version_id": ctx.pid.split("@")[1], "kind": "pma", "magnitude": 0.5,
+            "reason": "matrix", "expires_at": (utcnow() + timedelta(days=30)).isoformat()}
+
+
+def on_finding(method: str, suffix: str = "", body: Any = None, *, remediated: bool = False) -> Send:
+    """Each cell acts on a finding of its own on the target model, raised by the other team's validator (and,
+    with ``remediated``, remediated by the owning team's developer)."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        raised = await ctx.env.http.post("/api/v1/findings", json=_finding_body(ctx),
+                                         headers=ctx.env.auth(user_of("validator", "other")))
+        assert raised.status_code == 201, raised.text
+        fid = raised.json()["finding_id"]
+        if remediated:
+            done = await ctx.env.http.post(f"/api/v1/findings/{fid}/remediation", json={"note": "matrix"},
+                                           headers=ctx.env.auth(user_of("developer", "own")))
+            assert done.status_code == 200, done.text
+        return await ctx.env.http.request(method, f"/api/v1/findings/{fid}{suffix}", json=body,
+                                          headers=ctx.env.auth(who) if who else {})
+    return send
+
+
+def on_exception(method: str, suffix: str = "", body: Any = None) -> Send:
+    """Each cell acts on an exception of its own (a PMA requested by the other team's risk officer)."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        made = await ctx.env.http.post("/api/v1/exceptions", json=_exception_body(ctx),
+                                       headers=ctx.env.auth(user_of("risk_officer", "other")))
+        assert made.status_code == 201, made.text
+        return await ctx.env.http.request(method, f"/api/v1/exceptions/{made.json()['exception_id']}{suffix}",
+                                          json=body, headers=ctx.env.auth(who) if who else {})
+    return send
+
+
+def with_body(method: str, path: str, body: Callable[[Ctx], Any]) -> Send:
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        return await ctx.env.http.request(method, path, json=body(ctx), headers=ctx.env.auth(who) if who else {})
+    return send
+
+
+NOT_REVIEWER = (403, "not_a_reviewer")
+NOT_EXCEPTION_ROLE = (403, "not_an_exception_role")
+OWN_TEAM = (403, "own_team")
+
 ROUTES: dict[str, Route] = {
+    # Findings and exceptions (issue 18): raised, verified and granted by reviewers independent of the owning
+    # team, remediated by the owning team; admins and auditors do none of it; developers see their team's only.
+    "POST /api/v1/findings": Route(with_body("POST", "/api/v1/findings", _finding_body), by_role({
+        "developer": (NOT_REVIEWER, HIDDEN), "validator": (OWN_TEAM, CREATED), "risk_officer": (OWN_TEAM, CREATED),
+        "auditor": NOT_REVIEWER, "admin": NOT_REVIEWER})),
+    "GET /api/v1/findings": Route(api("GET", "/api/v1/findings"), everyone(200)),
+    "GET /api/v1/findings/export": Route(api("GET", "/api/v1/findings/export"), everyone(200)),
+    "GET /api/v1/findings/metrics": Route(api("GET", "/api/v1/findings/metrics"), everyone(200)),
+    "GET /api/v1/findings/{finding_id}": Route(on_finding("GET"), READ_OBJECT),
+    "POST /api/v1/findings/{finding_id}/remediation": Route(
+        on_finding("POST", "/remediation", {"note": "matrix"}), by_role({
+            "developer": (OK, HIDDEN), "validator": (403, "not_owning_team"), "risk_officer": (403, "not_owning_team"),
+            "auditor": (403, "not_owning_team"), "admin": (403, "not_owning_team")})),
+    "POST /api/v1/findings/{finding_id}/verification": Route(
+        on_finding("POST", "/verification", {"outcome": "close", "comment": "matrix"}, remediated=True), by_role({
+            "developer": ((403, "own_remediation"), HIDDEN), "validator": (OWN_TEAM, OK),
+            "risk_officer": (OWN_TEAM, OK), "auditor": NOT_REVIEWER, "admin": NOT_REVIEWER})),
+    # credit: exceptions are granted by risk officers; the requester cannot approve their own (maker-checker)
+    "POST /api/v1/exceptions": Route(with_body("POST", "/api/v1/exceptions", _exception_body), by_role({
+        "developer": (NOT_EXCEPTION_ROLE, HIDDEN), "validator": NOT_EXCEPTION_ROLE,
+        "risk_officer": (OWN_TEAM, CREATED), "auditor": NOT_EXCEPTION_ROLE, "admin": NOT_EXCEPTION_ROLE})),
+    "GET /api/v1/exceptions": Route(api("GET", "/api/v1/exceptions"), everyone(200)),
+    "GET /api/v1/exceptions/{exception_id}": Route(on_exception("GET"), READ_OBJECT),
+    "POST /api/v1/exceptions/{exception_id}/approval": Route(on_exception("POST", "/approval", {}), by_role({
+        "developer": (NOT_EXCEPTION_ROLE, HIDDEN), "validator": NOT_EXCEPTION_ROLE,
+        "risk_officer": (OWN_TEAM, (403, "own_exception")), "auditor": NOT_EXCEPTION_ROLE,
+        "admin": NOT_EXCEPTION_ROLE})),
     "POST /api/v1/progressions": Route(api("POST", "/api/v1/progressions", files=new_spec_files), by_role({
         "developer": (CREATED, (403, "not_your_team")), "validator": FORBIDDEN, "risk_officer": FORBIDDEN,
         "auditor": FORBIDDEN, "admin": CREATED})),
@@ -353,6 +429,15 @@ UI_ROUTES: dict[str, Route] = {
                                   page({"developer": FORBIDDEN, "validator": FORBIDDEN})),
     "POST /ui/audit/verify": Route(ui("POST", "/ui/audit/verify"), UI_POST),
     "GET /ui/static": Route(ui("GET", "/ui/static/app.css"), page(anonymous=OK)),
+    "GET /ui/findings": Route(ui("GET", "/ui/findings"), page()),
+    "GET /ui/findings/export": Route(ui("GET", "/ui/findings/export"), page()),
+    "GET /ui/findings/escalated": Route(ui("GET", "/ui/findings/escalated"), page()),
+    "GET /ui/findings/{finding_id}": Route(ui("GET", "/ui/findings/F-none"), page(everyone_else=HIDDEN)),
+    "POST /ui/findings/{finding_id}/remediation": Route(ui("POST", "/ui/findings/F-none/remediation"), UI_POST),
+    "POST /ui/findings/{finding_id}/verification": Route(ui("POST", "/ui/findings/F-none/verification"), UI_POST),
+    "GET /ui/models/{model_id}/findings": Route(ui("GET", "/ui/models/{model}/findings"), UI_OBJECT),
+    "POST /ui/progressions/{progression_id}/conditional-approval": Route(
+        ui("POST", "/ui/progressions/{pid}/conditional-approval"), UI_POST),
 }
 
 

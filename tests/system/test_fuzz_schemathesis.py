@@ -28,6 +28,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from schemathesis.specs.openapi.checks import (
 )
 from temporalio.client import Client
 
+from engine.db import utcnow
 from engine.settings import PROJECT_ROOT
 from testing.api import ApiEnv, api_env, at_gate, serve_http, start, wait_for
 
@@ -143,9 +145,18 @@ async def live(sqlite_url: str, tmp_path: Path, temporal_client: Client,
         grant = await env.http.post(f"/api/v1/users/{env.user_ids['sam']}/role-grants",
                                     json={"role": "model_validator", "reason": "fuzz"}, headers=env.auth("adam"))
         assert grant.status_code == 201, grant.text
-        pinned = {"progression_id": pid, "model_id": pid.split("@")[0], "intent": "credit-underwriting",
+        model_id, version_id = pid.split("@")
+        finding = await env.http.post("/api/v1/findings", headers=env.auth("vera"), json={
+            "model_id": model_id, "version_id": version_id, "severity": "low", "title": "fuzz"})
+        assert finding.status_code == 201, finding.text
+        exception = await env.http.post("/api/v1/exceptions", headers=env.auth("rita"), json={
+            "model_id": model_id, "version_id": version_id, "kind": "pma", "magnitude": 0.1, "reason": "fuzz",
+            "expires_at": (utcnow() + timedelta(days=30)).isoformat()})
+        assert exception.status_code == 201, exception.text
+        pinned = {"progression_id": pid, "model_id": model_id, "intent": "credit-underwriting",
                   "name": "income_to_debt", "user_id": env.user_ids["sam"], "token_id": token.json()["id"],
-                  "grant_id": grant.json()["id"]}
+                  "grant_id": grant.json()["id"], "finding_id": finding.json()["finding_id"],
+                  "exception_id": exception.json()["exception_id"]}
         async with serve_http(env.app) as base_url:
             yield env, base_url, pinned
 

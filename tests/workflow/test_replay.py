@@ -8,7 +8,9 @@ a failed workflow records its failure, ``record-failure`` patch; ``v3-approval-b
 bound to their basis, ``approval-binds-to-basis`` patch, with evidence that re-opens an earlier stage;
 ``v4-basis-and-failure``: both patches; ``v5-read-side-guidance``: guidance computed by engine.guidance outside the
 workflow and payloads normalised by engine.payload, ``guidance-outside-the-workflow`` and
-``one-json-payload-normaliser`` patches); every generation
+``one-json-payload-normaliser`` patches; ``v5-findings``: conditions of approvals start finding workflows,
+findings block stages and exceptions waive checks, ``findings`` patch; ``v6-findings-and-guidance``: all of
+them); every generation
 must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
 with ``python -m tests.make_histories --out tests/histories/<generation>``.
 """
@@ -26,6 +28,7 @@ from temporalio.worker import Replayer
 
 from workflows.progression import (
     PATCH_BASIS,
+    PATCH_FINDINGS,
     PATCH_GUIDANCE,
     PATCH_JSON_PAYLOAD,
     PATCH_RECORD_FAILURE,
@@ -36,12 +39,14 @@ from workflows.progression import (
 HISTORIES = Path(__file__).parent.parent / "histories"
 FILES = sorted(HISTORIES.glob("*/*.json"))
 TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside the event loop
+NEWEST = "v6-findings-and-guidance"  # tests/make_histories.py CURRENT
 
 
 def test_histories_are_committed() -> None:
     assert FILES, f"no workflow histories in {HISTORIES}"
     assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity", "v3-record-failure",
-                                              "v3-approval-basis", "v4-basis-and-failure", "v5-read-side-guidance"}
+                                              "v3-approval-basis", "v4-basis-and-failure", "v5-read-side-guidance",
+                                              "v5-findings", NEWEST}
 
 
 def _patches_and_record_kinds(text: str) -> tuple[set[str], set[str]]:
@@ -80,10 +85,26 @@ def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
     else:
         assert PATCH_RECORD_LOCAL in patches and kinds == {"local"} and PATCH_RECORD_FAILURE not in patches
     assert (PATCH_BASIS in patches) == (path.parent.name in {"v3-approval-basis", "v4-basis-and-failure",
-                                                             "v5-read-side-guidance"})
-    # Guidance in words left the workflow (engine.guidance): only the newest generation took that branch.
-    assert (PATCH_GUIDANCE in patches) == (path.parent.name == "v5-read-side-guidance")
-    assert (PATCH_JSON_PAYLOAD in patches) == (path.parent.name == "v5-read-side-guidance")
+                                                             "v5-read-side-guidance", "v5-findings", NEWEST})
+    # Guidance in words left the workflow (engine.guidance): only the generations since took that branch.
+    assert (PATCH_GUIDANCE in patches) == (path.parent.name in {"v5-read-side-guidance", NEWEST})
+    assert (PATCH_JSON_PAYLOAD in patches) == (path.parent.name in {"v5-read-side-guidance", NEWEST})
+    assert (PATCH_FINDINGS in patches) == (path.parent.name in {"v5-findings", NEWEST})
+
+
+@pytest.mark.parametrize("generation", ["v5-findings", NEWEST])
+def test_the_findings_generation_raises_conditions_and_waives_a_check(generation: str) -> None:
+    text = TEXTS[HISTORIES / generation / "retail-credit-scorecard@3.4.0.json"]
+    events = json.loads(text)["events"]
+    children = [e for e in events if e["eventType"] == "EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED"]
+    assert len(children) == 2  # the two conditions of the validation approval, one finding workflow each
+    signals = [e for e in events if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"]
+    assert signals and all(e["workflowExecutionSignaledEventAttributes"]["signalName"] == "governance_changed"
+                           for e in signals)
+    # activity inputs carry the state: the staging check waived by the exception, then the model flagged
+    decoded = [_b64(data) for data in _payload_data(json.loads(text))]
+    assert any('"exception_id":"X-' in d and '"kind":"check"' in d for d in decoded)
+    assert any('"flags":["exception X-' in d for d in decoded)
 
 
 def _activities(text: str) -> list[str]:
