@@ -149,6 +149,15 @@ async def start(env: ApiEnv, who: str = "dana", repo: Path = CREDIT, **kw: Any) 
     return pid, resp
 
 
+async def started_at_gate(env: ApiEnv, who: str = "dana", stage: str = "validation", **kw: Any
+                          ) -> tuple[str, dict[str, Any]]:
+    """Start an example progression through the API (201 Created) and wait until ``stage``'s gate is open;
+    (progression id, its state then)."""
+    pid, resp = await start(env, who, **kw)
+    assert resp.status_code == 201, resp.text
+    return pid, await wait_for(env, pid, at_gate(stage))
+
+
 async def get_state(env: ApiEnv, pid: str, who: str = "ann") -> dict[str, Any]:
     resp = await env.http.get(f"/api/v1/progressions/{pid}", headers=env.auth(who))
     assert resp.status_code == 200, resp.text

@@ -23,6 +23,7 @@ from testing.api import (
     get_state,
     spec_text,
     start,
+    started_at_gate,
     unique_version,
     upload,
     wait_audit,
@@ -81,9 +82,7 @@ async def _rows(env: ApiEnv, pid: str) -> list[DecisionRow]:
 
 
 async def test_frozen_evidence_is_refused_before_any_blob_is_stored(env: ApiEnv) -> None:
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201, resp.text
-    state = await wait_for(env, pid, at_gate("validation"))
+    pid, state = await started_at_gate(env, "dana")
     assert (await decide(env, "vera", pid, "validation", basis_of(state, "validation"))).status_code == 200
     await wait_for(env, pid, at_gate("risk_review"))
     metrics = json.loads((CREDIT / "evidence/metrics.json").read_text())
@@ -101,9 +100,7 @@ async def test_frozen_evidence_is_refused_before_any_blob_is_stored(env: ApiEnv)
 
 async def test_spec_identity_cannot_change_through_the_evidence_endpoint(env: ApiEnv) -> None:
     version = unique_version()
-    pid, resp = await start(env, "dana", version=version)
-    assert resp.status_code == 201, resp.text
-    before = await wait_for(env, pid, at_gate("validation"))
+    pid, before = await started_at_gate(env, "dana", version=version)
     changes = {
         "version.artifact": {"version": {"id": version, "artifact": "s3://models/other/"}},
         "version.artifact_digest": {"version": {"id": version, "artifact_digest": "sha256:" + "1" * 64}},
@@ -139,9 +136,7 @@ async def test_policy_requiring_an_artifact_digest_refuses_a_spec_without_one(en
 
 
 async def test_verify_checks_bases_and_deployment_and_detects_a_tampered_blob(env: ApiEnv) -> None:
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201, resp.text
-    state = await wait_for(env, pid, at_gate("validation"))
+    pid, state = await started_at_gate(env, "dana")
     assert (await decide(env, "vera", pid, "validation", basis_of(state, "validation"))).status_code == 200
     state = await wait_for(env, pid, at_gate("risk_review"))
     for who in ("rita", "rob"):
@@ -182,9 +177,7 @@ async def _wait_deployment(env: ApiEnv, pid: str):  # type: ignore[no-untyped-de
 
 
 async def test_evidence_of_a_model_in_production_is_refused(env: ApiEnv) -> None:
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201, resp.text
-    state = await wait_for(env, pid, at_gate("validation"))
+    pid, state = await started_at_gate(env, "dana")
     await decide(env, "vera", pid, "validation", basis_of(state, "validation"))
     state = await wait_for(env, pid, at_gate("risk_review"))
     for who in ("rita", "rob"):

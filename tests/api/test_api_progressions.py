@@ -27,6 +27,7 @@ from testing.api import (
     decide,
     get_state,
     start,
+    started_at_gate,
     upload,
     wait_audit,
     wait_for,
@@ -129,9 +130,7 @@ async def test_credit_journey_sqlite(env: ApiEnv) -> None:
 
 
 async def test_forbidden_decisions_change_nothing(env: ApiEnv) -> None:
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201
-    await wait_for(env, pid, at_gate("validation"))
+    pid, _ = await started_at_gate(env, "dana")
 
     async def refused(who: str, stage: str, status: int, code: str | None, decision: str = "approve") -> None:
         before = await snapshot(env, pid)

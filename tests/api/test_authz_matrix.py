@@ -37,7 +37,18 @@ from temporalio.client import Client
 from engine.db import AuditEvent, CatalogModel, DecisionRow, RoleGrant, User, utcnow
 from engine.identity import create_user, issue_token
 from engine.settings import PROJECT_ROOT
-from testing.api import CREDIT, ApiEnv, api_env, at_gate, spec_text, start, unique_version, upload, wait_for
+from testing.api import (
+    CREDIT,
+    ApiEnv,
+    api_env,
+    at_gate,
+    spec_text,
+    start,
+    started_at_gate,
+    unique_version,
+    upload,
+    wait_for,
+)
 
 ROLES = {"developer": "model_developer", "validator": "model_validator", "risk_officer": "model_risk_officer",
          "auditor": "auditor", "admin": "admin"}
@@ -464,9 +475,7 @@ async def ctx(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_que
                                                     team=team)
                     env.tokens[user.username], env.user_ids[user.username] = token, user.id
             await session.commit()
-        pid, resp = await start(env)
-        assert resp.status_code == 201, resp.text
-        await wait_for(env, pid, at_gate("validation"))
+        pid, _ = await started_at_gate(env)
         browsers: dict[str, httpx.AsyncClient] = {}
         try:
             for who in [user_of(r, s) for r in ROLES for s in TEAMS] + ["anonymous"]:

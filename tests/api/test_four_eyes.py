@@ -35,6 +35,7 @@ from testing.api import (
     serve_http,
     spec_text,
     start,
+    started_at_gate,
     unique_version,
     upload,
     wait_audit,
@@ -61,9 +62,7 @@ async def person(env: ApiEnv, username: str, roles: list[str], team: str | None)
 
 
 async def at_risk_review(env: ApiEnv, validator: str = "vera", **kw: Any) -> str:
-    pid, resp = await start(env, "dana", **kw)
-    assert resp.status_code == 201, resp.text
-    await wait_for(env, pid, at_gate("validation"))
+    pid, _ = await started_at_gate(env, "dana", **kw)
     r = await decide(env, validator, pid, "validation", "approve", "independent validation complete")
     assert r.status_code == 200, r.text
     await wait_for(env, pid, at_gate("risk_review"))
@@ -156,9 +155,7 @@ async def test_attack1_admin_cannot_mint_a_deciders_token_and_decisions_name_the
 async def test_deciders_sso_only_refuses_api_tokens(sqlite_url: str, tmp_path: Path, temporal_client: Client,
                                                     task_queue: str) -> None:
     async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, deciders_sso_only=True) as env:
-        pid, resp = await start(env, "dana")
-        assert resp.status_code == 201
-        await wait_for(env, pid, at_gate("validation"))
+        pid, _ = await started_at_gate(env, "dana")
         r = await decide(env, "vera", pid, "validation")
         assert r.status_code == 403 and r.json()["code"] == "sso_required"
         assert (await get_state(env, pid))["status"] == "awaiting_approval"
@@ -212,9 +209,7 @@ async def test_attack3_a_decider_without_a_team_is_refused(env: ApiEnv) -> None:
         assert nemo is not None
         nemo.team = None
         await session.commit()
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201
-    await wait_for(env, pid, at_gate("validation"))
+    pid, _ = await started_at_gate(env, "dana")
     items = (await env.http.get("/api/v1/inbox", headers=env.auth("nemo"))).json()["items"]
     assert pid not in [i["progression_id"] for i in items]  # not offered either
     r = await decide(env, "nemo", pid, "validation")  # old: 200 (own-team rule skipped for team None)
@@ -442,9 +437,7 @@ async def test_sso_decisions_name_the_session_and_sso_only_accepts_them(sqlite_u
     key, jwks = make_jwks(tmp_path)
     async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, deciders_sso_only=True,
                        jwt_issuer="https://sso.bank.test", jwt_audience="progression", jwt_jwks=str(jwks)) as env:
-        pid, resp = await start(env, "dana")
-        assert resp.status_code == 201
-        await wait_for(env, pid, at_gate("validation"))
+        pid, _ = await started_at_gate(env, "dana")
         token = sso_token(key, preferred_username="sso.vic", roles=["model_validator"], team="validation",
                           sid="session-42")
         r = await env.http.post(f"/api/v1/progressions/{pid}/decisions", headers={"Authorization": f"Bearer {token}"},

@@ -27,7 +27,7 @@ from engine.db import (
     ProgressionRow,
     User,
 )
-from testing.api import CREDIT, ApiEnv, at_gate, spec_text, start, unique_version, upload, wait_for
+from testing.api import CREDIT, ApiEnv, at_gate, spec_text, started_at_gate, unique_version, upload, wait_for
 
 TABLES = (ProgressionRow, CatalogModel, ModelVersion, EvidenceBlob, DecisionRow, AuditEvent, IdempotencyRecord, User)
 
@@ -204,9 +204,7 @@ def _cases() -> list[Case]:
 
 
 async def test_hostile_inputs_are_refused_store_nothing_and_service_stays_up(env: ApiEnv) -> None:
-    pid, resp = await start(env)
-    assert resp.status_code == 201, resp.text
-    await wait_for(env, pid, at_gate("validation"))
+    pid, _ = await started_at_gate(env)
     env.pid = pid  # type: ignore[attr-defined]
     refused = 0
     cases = _cases()

@@ -25,7 +25,14 @@ from api.services import progressions
 from engine.db import IdempotencyRecord
 from engine.evidence import EvidenceStore
 from launch.worker import build_worker
-from testing.api import ApiEnv, api_env, at_gate, audit_events, decide, start, wait_for, wait_read_model
+from testing.api import (
+    ApiEnv,
+    api_env,
+    audit_events,
+    decide,
+    started_at_gate,
+    wait_read_model,
+)
 
 
 @pytest.fixture
@@ -40,9 +47,7 @@ async def test_stale_decision_on_a_closed_progression_without_workers_is_recorde
     activities = ProgressionActivities(env.sessionmaker, EvidenceStore(env.settings.evidence_dir),
                                        RecordingPromotionTarget(), LogNotifier())
     async with build_worker(env.temporal, task_queue=env.task_queue, activities=activities):
-        pid, resp = await start(env)
-        assert resp.status_code == 201, resp.text
-        await wait_for(env, pid, at_gate("validation"))
+        pid, _ = await started_at_gate(env)
         withdrawn = await env.http.post(f"/api/v1/progressions/{pid}/withdraw", json={"reason": "superseded"},
                                         headers=env.auth("dana"))
         assert withdrawn.status_code == 200, withdrawn.text

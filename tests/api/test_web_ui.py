@@ -28,6 +28,7 @@ from testing.api import (
     get_state,
     spec_text,
     start,
+    started_at_gate,
     unique_version,
     wait_for,
 )
@@ -171,9 +172,7 @@ async def test_posts_without_the_session_csrf_token_are_refused(env: ApiEnv, peo
     assert (await anon.get("/ui/inbox")).status_code == 303  # still signed out
 
     b = await signed_in(people, "vera")
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201, resp.text
-    await wait_for(env, pid, at_gate("validation"))
+    pid, _ = await started_at_gate(env, "dana")
     form = {"stage": "validation", "decision": "approve", "comment": "fine"}
     for bad in ({}, {"csrf_token": "x" * 43}, {"csrf_token": csrf_of((await people["other"].get("/ui/login")).text)}):
         r = await b.http.post(f"/ui/progressions/{pid}/decisions", data={**form, **bad})
@@ -194,9 +193,7 @@ async def test_posts_without_the_session_csrf_token_are_refused(env: ApiEnv, peo
 
 
 async def test_submitter_sees_no_decision_form_and_is_told_why(env: ApiEnv, people: dict[str, Browser]) -> None:
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201, resp.text
-    await wait_for(env, pid, at_gate("validation"))
+    pid, _ = await started_at_gate(env, "dana")
 
     dana = await signed_in(people, "dana")
     page = await dana.get(f"/ui/progressions/{pid}")
@@ -228,9 +225,7 @@ async def test_submitter_sees_no_decision_form_and_is_told_why(env: ApiEnv, peop
 
 
 async def test_decisions_through_the_form(env: ApiEnv, people: dict[str, Browser]) -> None:
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201, resp.text
-    await wait_for(env, pid, at_gate("validation"))
+    pid, _ = await started_at_gate(env, "dana")
     vera = await signed_in(people, "vera")
     url = f"/ui/progressions/{pid}"
 
@@ -278,9 +273,7 @@ async def test_decisions_through_the_form(env: ApiEnv, people: dict[str, Browser
 async def test_the_form_decides_on_the_basis_the_page_showed(env: ApiEnv, people: dict[str, Browser]) -> None:
     """The decision form carries the basis of what the page showed: evidence that changed after the page was
     rendered makes the decision stale (refused in place, saying what changed), never approved unseen."""
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201, resp.text
-    state = await wait_for(env, pid, at_gate("validation"))
+    pid, state = await started_at_gate(env, "dana")
     shown = stage_of(state, "validation")["basis"]
     vera = await signed_in(people, "vera")
     url = f"/ui/progressions/{pid}"
@@ -348,9 +341,7 @@ async def test_start_a_progression_from_the_browser(env: ApiEnv, people: dict[st
 
 
 async def test_pages_render_for_each_role(env: ApiEnv, people: dict[str, Browser]) -> None:
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201, resp.text
-    await wait_for(env, pid, at_gate("validation"))
+    pid, _ = await started_at_gate(env, "dana")
 
     vera = await signed_in(people, "vera")
     inbox = await vera.get("/ui/inbox")
@@ -388,9 +379,7 @@ async def test_pages_render_for_each_role(env: ApiEnv, people: dict[str, Browser
 
 
 async def test_auditor_filters_exports_and_verifies(env: ApiEnv, people: dict[str, Browser]) -> None:
-    pid, resp = await start(env, "dana")
-    assert resp.status_code == 201, resp.text
-    await wait_for(env, pid, at_gate("validation"))
+    pid, _ = await started_at_gate(env, "dana")
     ann = await signed_in(people, "ann")
     page = await ann.get(f"/ui/audit?progression={pid}")
     assert page.status_code == 200 and "export-csv" in page.text and "verify-button" in page.text

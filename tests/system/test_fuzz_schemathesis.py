@@ -49,7 +49,7 @@ from temporalio.client import Client
 
 from engine.db import utcnow
 from engine.settings import PROJECT_ROOT
-from testing.api import ApiEnv, api_env, at_gate, serve_http, start, wait_for
+from testing.api import ApiEnv, api_env, serve_http, started_at_gate
 
 EXAMPLES = int(os.environ.get("PROGRESSION_FUZZ_EXAMPLES", "5"))
 # CI replays the same inputs every run (a red build is a real regression, not bad luck); set
@@ -136,9 +136,7 @@ def run_fuzz(schema: Any, base_url: str, tokens: dict[str, str | None], pinned: 
 async def live(sqlite_url: str, tmp_path: Path, temporal_client: Client,
                task_queue: str) -> AsyncIterator[tuple[ApiEnv, str, dict[str, Any]]]:
     async with api_env(sqlite_url, tmp_path, temporal_client, task_queue) as env:
-        pid, resp = await start(env)
-        assert resp.status_code == 201, resp.text
-        await wait_for(env, pid, at_gate("validation"))
+        pid, _ = await started_at_gate(env)
         token = await env.http.post(f"/api/v1/users/{env.user_ids['sam']}/tokens", json={"name": "fuzz"},
                                     headers=env.auth("adam"))
         assert token.status_code == 201, token.text
