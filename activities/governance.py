@@ -10,17 +10,17 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from engine.db import AuditChainHead, ExceptionRow, FindingRow
-from engine.findings import ExceptionRecord, ExceptionStatus, FindingRecord, FindingStatus
+from engine.findings import ExceptionRecord, ExceptionStatus, FindingRecord
 from engine.lifecycle import GovernanceSnapshot
 
 
 async def governance_snapshot(session: AsyncSession, model_id: str) -> GovernanceSnapshot:
-    """The model's findings (all but closed ones) and exceptions (all but lapsed ones), as of the audit
-    chain's head: a progression applies only a snapshot newer than the one it holds."""
+    """The model's findings (closed ones too: a progression must learn that a condition it raised was closed even
+    if it never saw it open) and exceptions (all but lapsed ones), as of the audit chain's head: a progression
+    applies only a snapshot newer than the one it holds."""
     as_of = int(await session.scalar(select(func.max(AuditChainHead.last_seq))) or 0)
-    findings = (await session.scalars(select(FindingRow).where(
-        FindingRow.model_id == model_id, FindingRow.status != FindingStatus.closed.value
-    ).order_by(FindingRow.raised_at, FindingRow.id))).all()
+    findings = (await session.scalars(select(FindingRow).where(FindingRow.model_id == model_id)
+                                      .order_by(FindingRow.raised_at, FindingRow.id))).all()
     exceptions = (await session.scalars(select(ExceptionRow).where(
         ExceptionRow.model_id == model_id, ExceptionRow.status != ExceptionStatus.lapsed.value
     ).order_by(ExceptionRow.requested_at, ExceptionRow.id))).all()

@@ -293,6 +293,9 @@ class ProgressionState(Model):
     findings: list[FindingSummary] = Field(default_factory=list)
     exceptions: list[ExceptionSummary] = Field(default_factory=list)
     governance_as_of: int = -1
+    # Conditions this progression raised that no snapshot has shown yet (their rows are being written): kept
+    # in ``findings`` until a snapshot shows them, so a newer snapshot read before their rows cannot drop them.
+    unseen_conditions: list[str] = Field(default_factory=list)
     # Why the model is flagged (a lapsed exception's check back in force, an overdue condition), in words.
     flags: list[str] = Field(default_factory=list)
     # Ids of the open findings that block the current stage under the pinned policy (patch ``findings``).

@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from engine.findings import (
         FINDING_WORKFLOW,
+        OPEN_STATUSES,
         SIGNAL_GOVERNANCE,
         FindingInput,
         FindingRecord,
@@ -696,6 +697,7 @@ class ProgressionWorkflow:
                 decision_id=inp.decision_id, raised_by=inp.actor.user_id, raised_by_username=inp.actor.username,
                 raised_at=now)
             state.findings.append(finding.summary())
+            state.unseen_conditions.append(finding.finding_id)
             raised.append(finding)
         return raised
 
@@ -730,7 +732,10 @@ class ProgressionWorkflow:
         # By status: the exception workflow lapses an exception at its expiry and says so in a snapshot.
         before = waived_checks(state, None)
         was_active = {e.exception_id: e for e in active_exceptions(state.exceptions, state.version_id, None)}
-        state.findings, state.exceptions = list(snapshot.findings), list(snapshot.exceptions)
+        shown = {f.finding_id for f in snapshot.findings}
+        unseen = [f for f in state.findings if f.finding_id in state.unseen_conditions and f.finding_id not in shown]
+        state.unseen_conditions = [i for i in state.unseen_conditions if i not in shown]
+        state.findings, state.exceptions = list(snapshot.findings) + unseen, list(snapshot.exceptions)
         state.governance_as_of = snapshot.as_of
         after = waived_checks(state, None)
         still_active = {e.exception_id for e in active_exceptions(state.exceptions, state.version_id, None)}
@@ -768,7 +773,7 @@ class ProgressionWorkflow:
         rules = self._input.policy.findings
         if rules is not None and rules.overdue_condition_flags_model and state.status == Status.in_production:
             for f in state.findings:
-                if f.condition and f.overdue:
+                if f.condition and f.overdue and f.status in OPEN_STATUSES:
                     self._flag(f"condition {f.finding_id} ({f.severity}: {f.title}) is overdue: the model needs "
                                "revalidation", {"finding_id": f.finding_id, "reason": "condition_overdue"})
         self._touch()

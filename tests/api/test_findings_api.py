@@ -280,5 +280,5 @@ async def test_an_approval_of_a_gate_a_finding_blocks_is_refused_and_recorded(
         assert (await _post(env, "dana", f"/findings/{fid}/remediation", {"note": "built"})).status_code == 200
         assert (await _post(env, "rob", f"/findings/{fid}/verification",
                             {"outcome": "close", "comment": "ok"})).status_code == 200
-        await wait_for(env, pid, lambda s: not s["findings"])
+        await wait_for(env, pid, lambda s: [f["status"] for f in s["findings"]] == ["closed"])
         assert (await decide(env, "rita", pid, "risk_review")).status_code == 200
