@@ -177,3 +177,36 @@ async def test_redteam_unauthenticated_findings_endpoints(env: ApiEnv) -> None:
     for path in ("/ui/findings", "/ui/findings/export", "/ui/findings/escalated", "/ui/findings/F-x"):
         r = await env.http.get(path)
         assert r.status_code in (303, 401), (path, r.status_code)
+
+
+async def test_redteam_admin_redeems_enrollments_and_grants_a_maker_checker_exception_alone(env: ApiEnv) -> None:
+    """Attack (admin with too much power): the admin creates enrollment codes for two risk officers, redeems them
+    himself, and requests + approves (maker-checker) a tier-1 exception on a failing check. Unlike decisions
+    (credential_id / credential_issued_by), the exception record and its audit events carry no credential, so
+    nothing in the exception's trail shows that both 'people' used admin-issued credentials."""
+    pid, resp = await start(env, skip=("monitoring_plan",))
+    assert resp.status_code == 201, resp.text
+    model, version = pid.split("@")
+    adam = env.auth("adam")
+    stolen: dict[str, str] = {}
+    for who in ("rita", "rob"):
+        r = await env.http.post(f"/api/v1/users/{env.user_ids[who]}/enrollments", headers=adam)
+        assert r.status_code == 201, r.text
+        redeemed = await env.http.post("/api/v1/enroll", json={"code": r.json()["code"], "name": "adam's laptop"})
+        assert redeemed.status_code == 201, redeemed.text
+        stolen[who] = redeemed.json()["token"]
+    await wait_for(env, pid, at_gate("validation"))
+    asked = await env.http.post("/api/v1/exceptions", headers={"Authorization": f"Bearer {stolen['rita']}"}, json={
+        "model_id": model, "version_id": version, "kind": "check", "check_id": "monitoring-plan", "reason": "r",
+        "expires_at": (now() + timedelta(days=30)).isoformat()})
+    assert asked.status_code == 201, asked.text
+    x = asked.json()["exception_id"]
+    ok = await env.http.post(f"/api/v1/exceptions/{x}/approval", json={"comment": "fine"},
+                             headers={"Authorization": f"Bearer {stolen['rob']}"})
+    assert ok.status_code == 200 and ok.json()["status"] == "active", ok.text
+    granted = await eventually(lambda: _events(env, "exception.granted"), lambda es: len(es) == 1)
+    record = ok.json()
+    trail = {"record": {k: v for k, v in record.items() if "credential" in k},
+             "event": {k: v for k, v in granted[0].payload.items() if "credential" in k or "issued" in k}}
+    assert trail["record"] and trail["event"], (
+        f"a maker-checker exception granted with two admin-redeemed credentials records no credential: {trail}")
