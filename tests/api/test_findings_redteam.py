@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from engine.db import AuditEvent, ExceptionRow, FindingRow
@@ -210,3 +211,53 @@ async def test_redteam_admin_redeems_enrollments_and_grants_a_maker_checker_exce
              "event": {k: v for k, v in granted[0].payload.items() if "credential" in k or "issued" in k}}
     assert trail["record"] and trail["event"], (
         f"a maker-checker exception granted with two admin-redeemed credentials records no credential: {trail}")
+
+
+@pytest.mark.parametrize("late_snapshot", [False, True], ids=["control", "stale-snapshot-delivered-late"])
+async def test_redteam_condition_erased_by_a_snapshot_read_before_it(
+        sqlite_url: str, tmp_path: Any, temporal_client: Any, task_queue: str, late_snapshot: bool) -> None:
+    """Race (snapshot ordering by ``as_of``): a governance snapshot read by a concurrent finding/exception save
+    *before* an approve_with_conditions, delivered *after* it, carries an ``as_of`` newer than the one the
+    progression holds (its own audit events advanced the chain) and replaces ``state.findings`` wholesale,
+    dropping the condition the decision appended in memory; the gate it blocks then completes."""
+    import asyncio
+    import shutil
+
+    from activities.governance import governance_snapshot
+    from engine.findings import SIGNAL_GOVERNANCE
+    from engine.loading import PolicyRegistry
+    from testing.api import POLICIES, api_env
+
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICIES, policies)
+    credit = policies / "credit-underwriting.yaml"
+    credit.write_text(credit.read_text().replace(
+        "    - stage: production\n      severities: [high]\n",
+        "    - stage: production\n      severities: [high]\n    - stage: risk_review\n      severities: [high]\n"))
+    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue,
+                       policies=PolicyRegistry.from_dir(policies)) as env:
+        pid, resp = await start(env)
+        assert resp.status_code == 201, resp.text
+        model = pid.split("@")[0]
+        await wait_for(env, pid, at_gate("validation"))
+        assert (await decide(env, "vera", pid, "validation")).status_code == 200
+        await wait_for(env, pid, at_gate("risk_review"))
+        assert (await decide(env, "rob", pid, "risk_review")).status_code == 200
+        async with env.sessionmaker() as session:  # what a concurrent save reads now, before the condition
+            stale = await governance_snapshot(session, model)
+        ok = await _post(env, "rita", f"/progressions/{pid}/decisions", {
+            "stage": "risk_review", "decision": "approve_with_conditions", "comment": "with a condition",
+            "conditions": [{"severity": "high", "title": "No challenger model"}]})
+        assert ok.status_code == 200, ok.text
+        if late_snapshot:  # control: without it, the condition keeps the gate from completing
+            await env.temporal.get_workflow_handle(pid).signal(SIGNAL_GOVERNANCE, stale)  # ... delivered late
+        await asyncio.sleep(3)
+        state = await wait_for(env, pid, lambda s: True)
+        rr = next(s for s in state["stages"] if s["name"] == "risk_review")
+        open_high = [f for f in (await env.http.get(f"/api/v1/findings?model={model}&open=true",
+                                                    headers=env.auth("ann"))).json()["items"]
+                     if f["severity"] == "high"]
+        assert open_high, "the condition was never written"
+        assert rr["status"] != "passed", (
+            f"risk_review passed with open high condition {open_high[0]['finding_id']} blocking it "
+            f"(stale snapshot as_of={stale.as_of}); now at {state['current_stage']} / {state['status']}")
