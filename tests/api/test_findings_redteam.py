@@ -261,3 +261,28 @@ async def test_redteam_condition_erased_by_a_snapshot_read_before_it(
         assert rr["status"] != "passed", (
             f"risk_review passed with open high condition {open_high[0]['finding_id']} blocking it "
             f"(stale snapshot as_of={stale.as_of}); now at {state['current_stage']} / {state['status']}")
+
+
+async def test_redteam_check_exception_of_one_version_does_not_unblock_another(env: ApiEnv) -> None:
+    """A check waiver is scoped to its version: v1's active exception on monitoring-plan leaves v2 blocked."""
+    pids = []
+    for _ in range(2):
+        pid, resp = await start(env, skip=("monitoring_plan",))
+        assert resp.status_code == 201, resp.text
+        pids.append(pid)
+    for pid in pids:
+        await wait_for(env, pid, at_gate("validation"))
+        assert (await decide(env, "vera", pid, "validation")).status_code == 200
+        await wait_for(env, pid, at_gate("risk_review"))
+        for who in ("rita", "rob"):
+            assert (await decide(env, who, pid, "risk_review")).status_code == 200
+        await wait_for(env, pid, lambda s: s["current_stage"] == "staging" and s["status"] == "blocked")
+    model, v1 = pids[0].split("@")
+    asked = await _post(env, "rita", "/exceptions", {
+        "model_id": model, "version_id": v1, "kind": "check", "check_id": "monitoring-plan", "reason": "r",
+        "expires_at": (now() + timedelta(days=30)).isoformat()})
+    assert asked.status_code == 201, asked.text
+    assert (await _post(env, "rob", f"/exceptions/{asked.json()['exception_id']}/approval", {})).status_code == 200
+    await wait_for(env, pids[0], lambda s: s["status"] == "in_production")
+    other = await wait_for(env, pids[1], lambda s: any(e["version_id"] == v1 for e in s["exceptions"]))
+    assert other["status"] == "blocked" and other["current_stage"] == "staging"
