@@ -146,6 +146,12 @@ class ExceptionRecord(Model):
     approved_by_username: str | None = None
     approved_at: datetime | None = None
     lapsed_at: datetime | None = None
+    # The credentials the maker and the checker acted with, and who issued them (as decisions record theirs):
+    # an auditor sees when one administrator issued both halves of a maker-checker grant.
+    requested_credential_id: str | None = None
+    requested_credential_issued_by: str | None = None
+    approved_credential_id: str | None = None
+    approved_credential_issued_by: str | None = None
 
     def summary(self) -> ExceptionSummary:
         return ExceptionSummary(exception_id=self.exception_id, kind=self.kind.value, status=self.status.value,
@@ -234,9 +240,27 @@ def conditions_refusal(conditions: Iterable[ConditionIn], rules: FindingRules | 
         if refusal := severity_refusal(condition.severity, rules):
             return Refusal(code=refusal.code, http_status=refusal.http_status,
                            message=f"conditions[{i}].severity: {refusal.message}")
-        if condition.due_at is not None and condition.due_at <= now:
-            return Refusal(code="due_in_past", http_status=422,
-                           message=f"conditions[{i}].due_at: {condition.due_at.isoformat()} is not in the future")
+        if rules is not None and (refusal := due_refusal(rules, condition.severity, condition.due_at, now,
+                                                         field=f"conditions[{i}].due_at")):
+            return refusal
+    return None
+
+
+def due_refusal(rules: FindingRules, severity: str, due_at: datetime | None, now: datetime, *,
+                field: str = "due_at") -> Refusal | None:
+    """A due date is in the future and no later than the policy's period for the severity: a reviewer may ask for
+    remediation sooner, never later (a date a century away would silence the reminders and the escalation)."""
+    if due_at is None:
+        return None
+    if due_at <= now:
+        return Refusal(code="due_in_past", http_status=422,
+                       message=f"{field}: {due_at.isoformat()} is not in the future")
+    latest = default_due(rules, severity, now)
+    if due_at > latest:
+        return Refusal(code="due_beyond_policy", http_status=422,
+                       message=f"{field}: {due_at.isoformat()} is later than the policy allows for a {severity} "
+                               f"finding ({rules.due[severity]}, i.e. {latest.isoformat()}); a later date needs an "
+                               "exception")
     return None
 
 
@@ -267,7 +291,8 @@ def verification_refusal(finding: FindingRecord, actor: Actor) -> Refusal | None
 
 def grant_refusal(actor: Actor, *, team: str, policy: GovernancePolicy, kind: ExceptionKind,
                   expires_at: datetime | None, now: datetime, check_id: str | None = None,
-                  finding: FindingRecord | None = None, magnitude: float | None = None) -> Refusal | None:
+                  finding: FindingRecord | None = None, magnitude: float | None = None,
+                  version_id: str | None = None) -> Refusal | None:
     """Why ``actor`` may not request (and, without maker-checker, grant) this exception."""
     rules = policy.exceptions
     if rules is None:
@@ -291,6 +316,13 @@ def grant_refusal(actor: Actor, *, team: str, policy: GovernancePolicy, kind: Ex
         if finding.status not in OPEN_STATUSES:
             return Refusal(code="finding_not_open", http_status=409,
                            message=f"finding {finding.finding_id} is {finding.status.value}")
+        # A waiver accepts the finding's risk for the model: it must be scoped to the version the finding was
+        # found on, or an exception "for" one version would silence another version's finding.
+        if finding.version_id and version_id and finding.version_id != version_id:
+            return Refusal(code="version_mismatch", http_status=422,
+                           message=f"version_id: finding {finding.finding_id} was found on version "
+                                   f"{finding.version_id}; an exception on it is scoped to that version, not "
+                                   f"{version_id}")
     if kind == ExceptionKind.pma and magnitude is None:
         return Refusal(code="magnitude_required", http_status=422,
                        message="magnitude: a post-model adjustment records its magnitude")

@@ -299,7 +299,8 @@ class ExceptionWorkflow:
         self._rec.emit(EventType.exception_requested, actor_id=e.requested_by, payload={
             "exception_id": e.exception_id, "kind": e.kind.value, "version_id": e.version_id,
             "check_id": e.check_id, "finding_id": e.finding_id, "reason": e.reason, "magnitude": e.magnitude,
-            "expires_at": e.expires_at, "needs_checker": e.needs_checker, "requested_by": e.requested_by_username})
+            "expires_at": e.expires_at, "needs_checker": e.needs_checker, "requested_by": e.requested_by_username,
+            "credential_id": e.requested_credential_id, "credential_issued_by": e.requested_credential_issued_by})
         if e.needs_checker:
             self._rec.notify("exception", list(self._rules.grant_roles),
                              f"exception {e.exception_id} on {e.model_id} {e.version_id} awaits a second approver",
@@ -323,16 +324,22 @@ class ExceptionWorkflow:
         await self._lapse()
         return self._exc
 
-    def _activate(self, approver: Actor | None) -> None:
+    def _activate(self, approver: Actor | None, comment: str = "") -> None:
         e = self._exc
         e.status = ExceptionStatus.active
         if approver is not None:
             e.approved_by, e.approved_by_username, e.approved_at = approver.user_id, approver.username, workflow.now()
+            e.approved_credential_id = approver.credential_id
+            e.approved_credential_issued_by = approver.credential_issued_by
         self._rec.emit(EventType.exception_granted, actor_id=approver.user_id if approver else e.requested_by,
                        payload={"exception_id": e.exception_id, "kind": e.kind.value, "version_id": e.version_id,
                                 "check_id": e.check_id, "finding_id": e.finding_id, "expires_at": e.expires_at,
                                 "requested_by": e.requested_by_username,
-                                "approved_by": approver.username if approver else None})
+                                "approved_by": approver.username if approver else None,
+                                "credential_id": e.approved_credential_id,
+                                "credential_issued_by": e.approved_credential_issued_by,
+                                "requested_credential_issued_by": e.requested_credential_issued_by,
+                                "comment": comment})  # the checker's reason is part of the record
         self._rec.notify("exception", [Role.model_developer],
                          f"exception {e.exception_id} ({e.kind.value}) on {e.model_id} {e.version_id} is in force "
                          f"until {e.expires_at.date().isoformat()}", progression_id=e.progression_id,
@@ -377,7 +384,7 @@ class ExceptionWorkflow:
         if refusal := exception_approval_refusal(self._exc, inp.actor, self._rules):
             raise _refuse(refusal)
         self._rec.requests.add(inp.request_id)
-        self._activate(inp.actor)
+        self._activate(inp.actor, inp.comment)
         await self._save()
         return self._exc
 

@@ -44,6 +44,7 @@ from engine.findings import (
     VerifyInput,
     VerifyOutcome,
     default_due,
+    due_refusal,
     exception_approval_refusal,
     exception_workflow_id,
     finding_workflow_id,
@@ -172,8 +173,8 @@ async def raise_finding(*, session: AsyncSession, app: AppState, principal: Prin
     if refusal is None and stage and policy.stage(stage) is None and stage != "revalidation":
         refusal = Refusal(code="unknown_stage", http_status=422,
                           message=f"stage: the {policy.intent} policy has no stage {stage!r}")
-    if refusal is None and due_at is not None and due_at <= now:
-        refusal = Refusal(code="due_in_past", http_status=422, message=f"due_at: {due_at.isoformat()} has passed")
+    if refusal is None and policy.findings is not None:
+        refusal = due_refusal(policy.findings, severity, due_at, now)
     if refusal is not None:
         raise await _refuse(session, app, principal, EventType.finding_refused, model_id, refusal, "raise", None,
                             request_id)
@@ -297,7 +298,8 @@ async def request_exception(*, session: AsyncSession, app: AppState, principal: 
         finding = FindingRecord.model_validate(row.record) if row is not None and row.model_id == model_id else None
     if refusal is None:
         refusal = grant_refusal(principal.actor, team=model.team, policy=policy, kind=kind, expires_at=expires_at,
-                                now=now, check_id=check_id, finding=finding, magnitude=magnitude)
+                                now=now, check_id=check_id, finding=finding, magnitude=magnitude,
+                                version_id=version_id)
     if refusal is None and progression is None:
         refusal = Refusal(code="unknown_version", http_status=422,
                           message=f"version_id: model {model_id} has no version {version_id!r}")
@@ -313,7 +315,8 @@ async def request_exception(*, session: AsyncSession, app: AppState, principal: 
         finding_id=finding_id if kind == ExceptionKind.finding else None, reason=reason, magnitude=magnitude,
         expires_at=expires_at, status=ExceptionStatus.pending_approval if needs_checker else ExceptionStatus.active,
         needs_checker=needs_checker, requested_by=principal.id, requested_by_username=principal.username,
-        requested_at=now)
+        requested_at=now, requested_credential_id=principal.credential_id,
+        requested_credential_issued_by=principal.credential_issued_by)
     await session.close()
     try:
         handle = await app.temporal.start_workflow(

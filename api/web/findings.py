@@ -19,7 +19,7 @@ from api.routers.findings import findings_csv
 from api.services import findings as svc
 from api.services.catalog import get_model
 from api.services.progressions import decide
-from api.web.render import UI, PostWeb, UserWeb, WebError, call, redirect, render
+from api.web.render import UI, PageOffset, PostWeb, UserWeb, WebError, call, redirect, render
 from engine.db import utcnow
 from engine.errors import ProgressionError
 from engine.findings import OPEN_STATUSES, FindingRecord, FindingStatus, VerifyOutcome
@@ -46,7 +46,7 @@ class RegisterForm:
 
 @router.get("/findings", name="ui_findings")
 async def findings_page(web: UserWeb, model: str = "", team: str = "", severity: str = "", status: str = "",
-                        overdue: str = "", open: str = "", offset: int = 0) -> Response:
+                        overdue: str = "", open: str = "", offset: PageOffset = 0) -> Response:
     form = RegisterForm(model=model, team=team, severity=severity, status=status, overdue=overdue, open=open)
     page = await call(svc.list_findings(
         session=web.db, principal=web.user, model=model or None, team=team or None, severity=severity or None,

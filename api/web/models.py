@@ -7,13 +7,13 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Response
 
 from api.services.catalog import get_model, list_models
-from api.web.render import PAGE_SIZE, UI, UserWeb, call, render
+from api.web.render import PAGE_SIZE, UI, PageOffset, UserWeb, call, render
 
 router = APIRouter(prefix=UI, include_in_schema=False)
 
 
 @router.get("/models", name="ui_models")
-async def models_page(web: UserWeb, intent: str | None = None, offset: int = 0) -> Response:
+async def models_page(web: UserWeb, intent: str | None = None, offset: PageOffset = 0) -> Response:
     page = await call(list_models(session=web.db, principal=web.user, intent=intent or None, limit=PAGE_SIZE,
                                   offset=max(offset, 0)))
     return render(web.request, "models.html", {"title": "Models", "active": "models", "page": page,

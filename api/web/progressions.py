@@ -31,6 +31,7 @@ from api.web.render import (
     COMMENT_MAX,
     PAGE_SIZE,
     UI,
+    PageOffset,
     PostWeb,
     UserWeb,
     Web,
@@ -59,7 +60,7 @@ router = APIRouter(prefix=UI, include_in_schema=False)
 
 @router.get("/progressions", name="ui_progressions")
 async def progressions_page(web: UserWeb, model: str | None = None, intent: str | None = None,
-                            status: str | None = None, offset: int = 0) -> Response:
+                            status: str | None = None, offset: PageOffset = 0) -> Response:
     filters = {"model": model or None, "intent": intent or None, "status": status or None}
     page = await call(list_progressions(session=web.db, principal=web.user, limit=PAGE_SIZE,
                                         offset=max(offset, 0), **filters))

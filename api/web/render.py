@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.authz import Action, Principal, allowed, require
 from api.deps import AppState, SessionDep, app_state
+from api.schemas import MAX_OFFSET
 from api.web.session import (
     CSRF_FIELD,
     LoginRequired,
@@ -40,6 +41,8 @@ from engine.lifecycle import (
 )
 
 UI = "/ui"
+# A page offset as the JSON API bounds it (a huge one would overflow the database's integer, a 500).
+PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE.parent / "templates"
 STATIC_DIR = HERE.parent / "static"
