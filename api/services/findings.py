@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy import func, select
@@ -187,22 +187,39 @@ async def raise_finding(*, session: AsyncSession, app: AppState, principal: Prin
         due_at=due_at or default_due(policy.findings, severity, now), raised_by=principal.id,
         raised_by_username=principal.username, raised_at=now)
     await session.close()  # the connection goes back to the pool while the workflow works
+    return await _start_deadline_workflow(app, FINDING_WORKFLOW, FindingInput(finding=record, rules=policy.findings),
+                                          finding_workflow_id(record.finding_id), FindingRecord,
+                                          f"finding {record.finding_id}")
+
+
+_Record = TypeVar("_Record", FindingRecord, ExceptionRecord)
+
+
+async def _start_deadline_workflow(app: AppState, workflow: str, inp: FindingInput | ExceptionInput, workflow_id: str,
+                                   result_type: type[_Record], what: str) -> _Record:
+    """Start the finding's or exception's deadline workflow (or find it, on a retry) and wait until it has
+    written its row: the answer is the record as stored."""
     try:
         handle = await app.temporal.start_workflow(
-            FINDING_WORKFLOW, FindingInput(finding=record, rules=policy.findings),
-            id=finding_workflow_id(record.finding_id), task_queue=app.settings.task_queue,
+            workflow, inp, id=workflow_id, task_queue=app.settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
-        return await handle.execute_update(UPDATE_FINDING_READY, result_type=FindingRecord)
+        return await handle.execute_update(UPDATE_FINDING_READY, result_type=result_type)
     except RPCError as exc:
-        raise _unavailable(exc, f"finding {record.finding_id}") from None
+        raise _unavailable(exc, what) from None
+
+
+async def _stored(session: AsyncSession, principal: Principal, table: type[FindingRow] | type[ExceptionRow],
+                  record_type: type[_Record], key: str, what: str) -> _Record:
+    """A finding or exception as stored, if the principal may see its team's records."""
+    row: FindingRow | ExceptionRow | None = await session.get(table, key)
+    if row is None:
+        raise ApiError(404, "not_found", f"{what} {key} not found")
+    require_visible(principal, row.team, f"{what} {key}")
+    return record_type.model_validate(row.record)
 
 
 async def _finding(session: AsyncSession, principal: Principal, finding_id: str) -> FindingRecord:
-    row = await session.get(FindingRow, finding_id)
-    if row is None:
-        raise ApiError(404, "not_found", f"finding {finding_id} not found")
-    require_visible(principal, row.team, f"finding {finding_id}")
-    return FindingRecord.model_validate(row.record)
+    return await _stored(session, principal, FindingRow, FindingRecord, finding_id, "finding")
 
 
 async def get_finding(*, session: AsyncSession, principal: Principal, finding_id: str) -> FindingRecord:
@@ -318,22 +335,14 @@ async def request_exception(*, session: AsyncSession, app: AppState, principal: 
         requested_at=now, requested_credential_id=principal.credential_id,
         requested_credential_issued_by=principal.credential_issued_by)
     await session.close()
-    try:
-        handle = await app.temporal.start_workflow(
-            EXCEPTION_WORKFLOW, ExceptionInput(exception=record, rules=policy.exceptions),
-            id=exception_workflow_id(record.exception_id), task_queue=app.settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
-        return await handle.execute_update(UPDATE_FINDING_READY, result_type=ExceptionRecord)
-    except RPCError as exc:
-        raise _unavailable(exc, f"exception {record.exception_id}") from None
+    return await _start_deadline_workflow(app, EXCEPTION_WORKFLOW,
+                                          ExceptionInput(exception=record, rules=policy.exceptions),
+                                          exception_workflow_id(record.exception_id), ExceptionRecord,
+                                          f"exception {record.exception_id}")
 
 
 async def _exception(session: AsyncSession, principal: Principal, exception_id: str) -> ExceptionRecord:
-    row = await session.get(ExceptionRow, exception_id)
-    if row is None:
-        raise ApiError(404, "not_found", f"exception {exception_id} not found")
-    require_visible(principal, row.team, f"exception {exception_id}")
-    return ExceptionRecord.model_validate(row.record)
+    return await _stored(session, principal, ExceptionRow, ExceptionRecord, exception_id, "exception")
 
 
 async def get_exception(*, session: AsyncSession, principal: Principal, exception_id: str) -> ExceptionRecord:
