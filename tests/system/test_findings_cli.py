@@ -27,16 +27,22 @@ def test_findings_and_exceptions_from_the_terminal(cli: CLI, tmp_path: Path) -> 
     cli.ok("dana", "start", repo)
     follow_until(cli, pid, lambda s: s["current_stage"] == "validation" and s["status"] == "awaiting_approval")
 
-    # approve with conditions from the terminal: the conditions become findings of the model
+    # approve with conditions from the terminal: the conditions become findings of the model (an explicit due
+    # date sooner than the policy's 180 days for low; a later one is refused, see the next call)
+    soon = (datetime.now(UTC) + timedelta(days=60)).date().isoformat()
+    late = (datetime.now(UTC) + timedelta(days=400)).date().isoformat()
+    refused = cli.run("victor", "approve-with-conditions", pid, "--stage", "validation",
+                      "-c", f"low:Document the reject inference:{late}", "-m", "validated with conditions")
+    assert refused.exit_code != 0 and "due_beyond_policy" in refused.output, refused.output
     approved = cli.json("victor", "approve-with-conditions", pid, "--stage", "validation",
-                        "-c", "low:Document the reject inference:2027-06-30", "-c", "low:Add a challenger",
+                        "-c", f"low:Document the reject inference:{soon}", "-c", "low:Add a challenger",
                         "-m", "validated with conditions")
     conditions = approved["stages"][1]["decisions"][-1]["conditions"]
     assert len(conditions) == 2
     follow_until(cli, pid, lambda s: s["current_stage"] == "risk_review")
     listed = cli.json("alice", "findings", "list", "--model", "retail-credit-scorecard")
     due = {f["finding_id"]: f["due_at"][:10] for f in listed["items"]}
-    assert due[conditions[0]] == "2027-06-30"
+    assert due[conditions[0]] == soon
 
     raised = cli.json("victor", "findings", "raise", "retail-credit-scorecard", "--version", "9.18.0",
                       "--stage", "validation", "--severity", "medium", "--title", "No challenger model")
