@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from api.errors import ApiError
 from engine.db import User
@@ -142,6 +143,17 @@ def visible_team_filter(principal: Principal) -> str | None:
     if principal.reads_all_teams:
         return None
     return principal.team or "\x00no-team"  # a developer without a team sees nothing
+
+
+def listing_conditions(principal: Principal, team_column: Any, **equal: tuple[Any, Any]) -> list[Any]:
+    """WHERE conditions of a listing: the caller's team scope on ``team_column``, then ``column == value`` for each
+    filter given (``equal`` maps a filter name to ``(column, value)``; a ``None`` value filters nothing)."""
+    conds: list[Any] = []
+    scoped = visible_team_filter(principal)
+    if scoped is not None:
+        conds.append(team_column == scoped)
+    conds += [column == value for column, value in equal.values() if value is not None]
+    return conds
 
 
 def require_visible(principal: Principal, team: str, what: str) -> None:

@@ -7,7 +7,7 @@ import uuid
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.authz import Action, Principal, require, require_visible, visible_team_filter
+from api.authz import Action, Principal, listing_conditions, require, require_visible
 from api.deps import AppState
 from api.errors import ApiError
 from engine import audit
@@ -41,14 +41,8 @@ def _model_out(model: CatalogModel, progs: list[ProgressionRow], versions_count:
 async def list_models(*, session: AsyncSession, principal: Principal, team: str | None = None,
                       intent: str | None = None, limit: int = 50, offset: int = 0) -> ModelPage:
     require(principal, Action.read_catalog)
-    conds = []
-    scoped = visible_team_filter(principal)
-    if scoped is not None:
-        conds.append(CatalogModel.team == scoped)
-    if team is not None:
-        conds.append(CatalogModel.team == team)
-    if intent is not None:
-        conds.append(CatalogModel.business_intent == intent)
+    conds = listing_conditions(principal, CatalogModel.team, team=(CatalogModel.team, team),
+                               intent=(CatalogModel.business_intent, intent))
     total = (await session.execute(select(func.count()).select_from(CatalogModel).where(*conds))).scalar_one()
     models = (await session.execute(select(CatalogModel).where(*conds).order_by(CatalogModel.id)
                                     .limit(limit).offset(offset))).scalars().all()

@@ -19,7 +19,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.authz import Action, Principal, require, require_visible, visible_team_filter
+from api.authz import Action, Principal, listing_conditions, require, require_visible, visible_team_filter
 from api.deps import AppState
 from api.errors import ApiError
 from engine import audit
@@ -269,18 +269,9 @@ async def list_findings(*, session: AsyncSession, principal: Principal, model: s
                         overdue: bool | None = None, open_only: bool = False, limit: int = 50,
                         offset: int = 0) -> FindingPage:
     require(principal, Action.read_findings)
-    conds: list[Any] = []
-    scoped = visible_team_filter(principal)
-    if scoped is not None:
-        conds.append(FindingRow.team == scoped)
-    if team is not None:
-        conds.append(FindingRow.team == team)
-    if model is not None:
-        conds.append(FindingRow.model_id == model)
-    if severity is not None:
-        conds.append(FindingRow.severity == severity)
-    if status is not None:
-        conds.append(FindingRow.status == status)
+    conds = listing_conditions(principal, FindingRow.team, team=(FindingRow.team, team),
+                               model=(FindingRow.model_id, model), severity=(FindingRow.severity, severity),
+                               status=(FindingRow.status, status))
     if open_only:
         conds.append(FindingRow.status.in_([s.value for s in OPEN_STATUSES]))
     if overdue is not None:
@@ -382,18 +373,9 @@ async def list_exceptions(*, session: AsyncSession, principal: Principal, model:
                           expiring_within_days: int | None = None, limit: int = 50, offset: int = 0
                           ) -> ExceptionPage:
     require(principal, Action.read_findings)
-    conds: list[Any] = []
-    scoped = visible_team_filter(principal)
-    if scoped is not None:
-        conds.append(ExceptionRow.team == scoped)
-    if team is not None:
-        conds.append(ExceptionRow.team == team)
-    if model is not None:
-        conds.append(ExceptionRow.model_id == model)
-    if status is not None:
-        conds.append(ExceptionRow.status == status)
-    if kind is not None:
-        conds.append(ExceptionRow.kind == kind)
+    conds = listing_conditions(principal, ExceptionRow.team, team=(ExceptionRow.team, team),
+                               model=(ExceptionRow.model_id, model), status=(ExceptionRow.status, status),
+                               kind=(ExceptionRow.kind, kind))
     if expiring_within_days is not None:
         conds += [ExceptionRow.status == ExceptionStatus.active.value,
                   ExceptionRow.expires_at <= _utcnow() + timedelta(days=expiring_within_days)]

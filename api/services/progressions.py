@@ -32,10 +32,10 @@ from api.authz import (
     Action,
     Principal,
     can_see_team,
+    listing_conditions,
     require,
     require_act_on_team,
     require_visible,
-    visible_team_filter,
 )
 from api.deps import AppState
 from api.errors import ApiError
@@ -181,20 +181,10 @@ async def list_progressions(*, session: AsyncSession, principal: Principal, mode
                             intent: str | None = None, stage: str | None = None, status: str | None = None,
                             team: str | None = None, limit: int = 50, offset: int = 0) -> ProgressionPage:
     require(principal, Action.list_progressions)
-    conds = []
-    scoped = visible_team_filter(principal)
-    if scoped is not None:
-        conds.append(ProgressionRow.team == scoped)
-    if team is not None:
-        conds.append(ProgressionRow.team == team)
-    if model is not None:
-        conds.append(ProgressionRow.model_id == model)
-    if intent is not None:
-        conds.append(ProgressionRow.business_intent == intent)
-    if stage is not None:
-        conds.append(ProgressionRow.current_stage == stage)
-    if status is not None:
-        conds.append(ProgressionRow.status == status)
+    conds = listing_conditions(principal, ProgressionRow.team, team=(ProgressionRow.team, team),
+                               model=(ProgressionRow.model_id, model),
+                               intent=(ProgressionRow.business_intent, intent),
+                               stage=(ProgressionRow.current_stage, stage), status=(ProgressionRow.status, status))
     total = (await session.execute(select(func.count()).select_from(ProgressionRow).where(*conds))).scalar_one()
     rows = (await session.execute(
         select(ProgressionRow).where(*conds)
