@@ -166,6 +166,21 @@ class ProgressionActivities:
                 progression_id=progression_id, name=ref.name, sha256=ref.sha256, filename=ref.filename,
                 added_by=ref.added_by or default_actor, added_at=ref.added_at or default_at))
 
+    async def _pinned_catalog(self, session: AsyncSession, progression_id: str) -> int | None:
+        """The catalog version the progression pinned; a row from before catalog versions pins the current one."""
+        pinned = await session.scalar(select(ProgressionRow.catalog_version)
+                                      .where(ProgressionRow.id == progression_id))
+        if pinned is not None:
+            return int(pinned)
+        current = await features.current_catalog_version(session)
+        if not current:
+            return None
+        await session.execute(update(ProgressionRow).where(ProgressionRow.id == progression_id,
+                                                           ProgressionRow.catalog_version.is_(None))
+                              .values(catalog_version=current))
+        return int(await session.scalar(select(ProgressionRow.catalog_version)
+                                        .where(ProgressionRow.id == progression_id)) or current)
+
     def _note_event(self, state: ProgressionState, note: Notification, delivered: bool,
                     error: str | None) -> dict[str, Any]:
         """The ``notification.sent`` audit event of one notification (its id is the notification's)."""
@@ -245,18 +260,21 @@ class ProgressionActivities:
                 features=list(spec.features), spec_yaml=inp.spec_yaml))
             row = await session.get(ProgressionRow, state.progression_id)
             created = row is None
+            # The catalog version its checks will resolve features against, pinned like the policy.
+            catalog_version = await features.current_catalog_version(session) or None
             if row is not None and row.status == Status.failed.value and state.status != Status.failed:
                 # The owner started a failed version again: the new run's rows replace the failed one's.
                 await session.execute(update(ProgressionRow).where(ProgressionRow.id == state.progression_id).values(
                     submitted_by=state.submitted_by, started_at=state.started_at, team=state.team,
                     business_intent=state.business_intent, risk_tier=state.risk_tier,
-                    policy_hash=state.policy_hash, target=state.target, **_read_model_values(state)))
+                    policy_hash=state.policy_hash, target=state.target, catalog_version=catalog_version,
+                    **_read_model_values(state)))
             elif row is None:
                 session.add(ProgressionRow(
                     id=state.progression_id, model_id=state.model_id, version_id=state.version_id, team=state.team,
                     business_intent=state.business_intent, risk_tier=state.risk_tier, policy_hash=state.policy_hash,
                     target=state.target, submitted_by=state.submitted_by, started_at=state.started_at,
-                    **_read_model_values(state)))
+                    catalog_version=catalog_version, **_read_model_values(state)))
                 await session.flush()
             else:
                 await self._sync_read_model(session, state)
@@ -312,8 +330,9 @@ class ProgressionActivities:
                 log.error("%s: %s", state.progression_id, exc.message)
                 continue
             evidence[name] = checks.evidence_value(data, ref.filename, ref.media_type)
-        async with self.sessionmaker() as session:
-            resolved = await features.resolve_features(session, list(inp.spec.features))
+        async with self.sessionmaker() as session, session.begin():
+            resolved = await features.resolve_pinned(
+                session, list(inp.spec.features), await self._pinned_catalog(session, state.progression_id))
         results = checks.evaluate_stage(inp.stage, spec=inp.spec, evidence=evidence, features=resolved,
                                         is_first_stage=inp.is_first_stage, now=inp.now)
         check_events = [

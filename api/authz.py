@@ -37,6 +37,8 @@ class Action(StrEnum):
     dry_run = "dry_run"
     read_features = "read_features"
     write_features = "write_features"
+    propose_feature = "propose_feature"  # a new feature or a change of one's description, tags or owner
+    decide_feature_proposal = "decide_feature_proposal"  # narrowed to the feature's data owner or an admin
     read_audit = "read_audit"
     export_audit = "export_audit"
     verify_audit = "verify_audit"
@@ -55,15 +57,17 @@ _EVERYONE = {A.read_progression, A.list_progressions, A.read_inbox, A.read_catal
              A.read_features, A.dry_run, A.read_self, A.read_findings}
 # Findings and exceptions are the reviewers' (SoD and the policy's grant roles come on top); admins do none.
 _REVIEW = {A.raise_finding, A.verify_finding, A.request_exception, A.approve_exception}
+# Everyone who builds or reviews models proposes catalog changes; a data owner may hold any of these roles.
+_CATALOG = {A.propose_feature, A.decide_feature_proposal}
 
 # The single table. Object-level rules (team scoping, segregation of duties) come on top.
 ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
-    Role.model_developer: frozenset(_EVERYONE | {A.start_progression, A.add_evidence, A.withdraw, A.read_audit,
-                                                 A.remediate_finding}),
+    Role.model_developer: frozenset(_EVERYONE | _CATALOG | {A.start_progression, A.add_evidence, A.withdraw,
+                                                            A.read_audit, A.remediate_finding}),
     # Validators attach validation reports (evidence) and decide validation gates.
-    Role.model_validator: frozenset(_EVERYONE | _REVIEW | {A.add_evidence, A.decide, A.read_audit}),
-    Role.model_risk_officer: frozenset(_EVERYONE | _REVIEW | {A.decide, A.read_audit, A.export_audit,
-                                                              A.verify_audit}),
+    Role.model_validator: frozenset(_EVERYONE | _REVIEW | _CATALOG | {A.add_evidence, A.decide, A.read_audit}),
+    Role.model_risk_officer: frozenset(_EVERYONE | _REVIEW | _CATALOG | {A.decide, A.read_audit, A.export_audit,
+                                                                         A.verify_audit}),
     Role.auditor: frozenset(_EVERYONE | {A.read_audit, A.export_audit, A.verify_audit}),
     # Admins never decide, raise or close findings, or grant exceptions (and cannot hold a gate role).
     Role.admin: frozenset(set(Action) - {A.decide, A.remediate_finding} - _REVIEW),

@@ -66,19 +66,22 @@ class DryRunRequest(Body):
 class FeatureIn(Body):
     description: str = Field(default="", max_length=1000)
     tags: list[str] = Field(default_factory=list, max_length=50)
+    owner: str | None = Field(default=None, max_length=128, description="the data owner (a username)")
 
 
-class FeatureOut(BaseModel):
-    name: str
-    description: str
-    tags: list[str]
-    updated_at: datetime | None = None
-    updated_by: str | None = None
+class FeatureProposalIn(Body):
+    """A new feature or a change of one: the whole proposed entry (description, tags, owner)."""
+
+    feature: str = Field(min_length=1, max_length=128)
+    description: str | None = Field(default=None, max_length=1000, description="unchanged when omitted")
+    tags: list[str] | None = Field(default=None, max_length=50, description="the whole new tag set; unchanged "
+                                                                            "when omitted")
+    owner: str | None = Field(default=None, max_length=128, description="unchanged when omitted")
+    comment: str = Field(min_length=1, max_length=2000, description="why")
 
 
-class FeatureList(BaseModel):
-    items: list[FeatureOut]
-    total: int
+class ProposalDecisionIn(Body):
+    comment: str = Field(default="", max_length=2000)
 
 
 # ---- audit ------------------------------------------------------------------------------------

@@ -190,6 +190,9 @@ class ProgressionRow(Base):
     # The open gate as the inbox reads it (stage, approvals, decisions' actors, names), a few hundred
     # bytes instead of the whole snapshot; null when no gate is open. See engine.lifecycle.gate_record.
     gate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The feature catalog version the progression's checks resolve against (engine.catalog); pinned when
+    # it is registered, like policy_hash. Null only for rows written before catalog versions existed.
+    catalog_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 Index("ix_progressions_status_gate", ProgressionRow.status, ProgressionRow.gate_opened_at)
@@ -240,6 +243,47 @@ class Feature(Base):
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The data owner (a username): with an admin, the one who approves proposed changes of this feature.
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class FeatureCatalogVersion(Base):
+    """An immutable snapshot of the whole feature catalog after one change (engine.catalog).
+
+    A progression pins the version current when it is registered (``progressions.catalog_version``) and
+    its checks resolve features against that snapshot, as it pins its policy version.
+    """
+
+    __tablename__ = "feature_catalog_versions"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    catalog_hash: Mapped[str] = mapped_column(String(80))
+    content: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # name -> {description, tags, owner}
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reason: Mapped[str] = mapped_column(String(200), default="")
+
+
+class FeatureProposal(Base):
+    """A proposed new feature or change of a feature's description, tags or owner (engine.catalog rules)."""
+
+    __tablename__ = "feature_proposals"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    feature: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # create | change
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | applied | rejected | superseded
+    proposed: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # description, tags, owner
+    previous: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    based_on_version: Mapped[int] = mapped_column(Integer, default=0)
+    approvals_needed: Mapped[int] = mapped_column(Integer, default=1)
+    approvals: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    comment: Mapped[str] = mapped_column(String(2000), default="")
+    proposed_by: Mapped[str] = mapped_column(String(36))
+    proposed_by_username: Mapped[str] = mapped_column(String(128))
+    proposed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    decision_comment: Mapped[str] = mapped_column(String(2000), default="")
+    applied_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class PolicyVersion(Base):

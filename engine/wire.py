@@ -6,11 +6,13 @@ behaviour, so the client never imports the API. Request bodies and admin-only pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.lifecycle import ResolvedFeature
 from engine.policy import Role
 
 
@@ -277,3 +279,118 @@ class ChainVerification(BaseModel):
     first_bad_seq: int | None = None
     first_bad_event_id: str | None = None
     problem: str | None = None
+
+
+# ---- the feature catalog (engine.catalog holds the rules) ---------------------------------------------
+
+
+class CatalogEntry(BaseModel):
+    """One feature as a catalog version holds it."""
+
+    name: str
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    owner: str | None = None
+
+    def resolved(self) -> ResolvedFeature:
+        return ResolvedFeature(name=self.name, description=self.description, tags=list(self.tags), known=True)
+
+
+class CatalogSnapshot(BaseModel):
+    """A whole catalog version: what ``GET /features/versions/{n}`` answers and what the SDK keeps offline."""
+
+    version: int
+    catalog_hash: str
+    features: list[CatalogEntry]
+
+    def resolve(self, names: Sequence[str]) -> list[ResolvedFeature]:
+        """A spec's names looked up in this version, in order; unknown names come back ``known=False``."""
+        index = {f.name: f for f in self.features}
+        return [index[n].resolved() if n in index else ResolvedFeature(name=n, known=False) for n in names]
+
+
+ProposalKind = Literal["create", "change"]
+ProposalStatus = Literal["pending", "applied", "rejected", "superseded"]
+Verdict = Literal["allowed", "forbidden", "requires", "unknown"]
+
+
+class PolicyRule(BaseModel):
+    """One policy check that bears on the feature."""
+
+    stage: str
+    check_id: str
+    description: str
+    effect: Literal["forbidden", "requires"]
+    requires_evidence: list[str] = Field(default_factory=list)
+
+
+class FeatureVerdict(BaseModel):
+    """What one intent's policy says of one feature."""
+
+    intent: str
+    verdict: Verdict
+    summary: str
+    rules: list[PolicyRule] = Field(default_factory=list)
+
+
+
+class FeatureUse(BaseModel):
+    """A model version whose spec lists the feature."""
+
+    model_id: str
+    version_id: str
+    business_intent: str
+
+
+class FeatureOut(BaseModel):
+    name: str
+    description: str
+    tags: list[str]
+    owner: str | None = None
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+    policies: list[FeatureVerdict] = Field(default_factory=list, description="what each intent's policy says of it")
+    used_by: list[FeatureUse] = Field(default_factory=list, description="model versions whose spec lists it")
+    pending_proposals: int = 0
+
+
+class FeatureList(BaseModel):
+    items: list[FeatureOut]
+    total: int
+    catalog_version: int = Field(0, description="the catalog version these features are (0: none recorded yet)")
+    catalog_hash: str | None = None
+
+
+class ProposalApproval(BaseModel):
+    actor_id: str
+    username: str
+    at: datetime
+    comment: str = ""
+    credential: str | None = None
+
+
+class FeatureProposalOut(BaseModel):
+    id: str
+    feature: str
+    kind: ProposalKind
+    status: ProposalStatus
+    description: str
+    tags: list[str]
+    owner: str | None = None
+    previous: CatalogEntry | None = None
+    tags_added: list[str] = Field(default_factory=list)
+    tags_removed: list[str] = Field(default_factory=list)
+    approvals_needed: int
+    approvals: list[ProposalApproval] = Field(default_factory=list)
+    comment: str = ""
+    proposed_by: str
+    proposed_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str | None = None
+    decision_comment: str = ""
+    applied_version: int | None = None
+
+
+class FeatureProposalList(BaseModel):
+    items: list[FeatureProposalOut]
+    total: int
