@@ -32,8 +32,13 @@ from engine.wire import (
     AuditEventOut,
     AuditFilter,
     AuditPage,
+    CatalogSnapshot,
     ChainVerification,
     DryRunResult,
+    FeatureList,
+    FeatureOut,
+    FeatureProposalList,
+    FeatureProposalOut,
     InboxItem,
     ModelDetail,
     ModelOut,
@@ -296,6 +301,35 @@ class _Calls:
                      files=_upload(source).multipart_files())
 
     @staticmethod
+    def features(filters: Mapping[str, Any]) -> _Call[FeatureList]:
+        return _Call("GET", "/features", _as(FeatureList), params=_clean(filters))
+
+    @staticmethod
+    def feature(name: str) -> _Call[FeatureOut]:
+        return _Call("GET", f"/features/{quote(name, safe='')}", _as(FeatureOut))
+
+    @staticmethod
+    def catalog_version(version: int | None) -> _Call[CatalogSnapshot]:
+        return _Call("GET", f"/features/versions/{'current' if version is None else int(version)}",
+                     _as(CatalogSnapshot))
+
+    @staticmethod
+    def feature_proposals(filters: Mapping[str, Any]) -> _Call[FeatureProposalList]:
+        return _Call("GET", "/features/proposals", _as(FeatureProposalList), params=_clean(filters))
+
+    @staticmethod
+    def propose_feature(body: Mapping[str, Any], idempotency_key: str | None) -> _Call[FeatureProposalOut]:
+        return _Call("POST", "/features/proposals", _as(FeatureProposalOut), json=_clean(body),
+                     headers=_idem(idempotency_key))
+
+    @staticmethod
+    def decide_feature_proposal(proposal_id: str, approve: bool, comment: str,
+                                idempotency_key: str | None) -> _Call[FeatureProposalOut]:
+        return _Call("POST", f"/features/proposals/{quote(proposal_id, safe='')}/"
+                             f"{'approval' if approve else 'rejection'}", _as(FeatureProposalOut),
+                     json={"comment": comment}, headers=_idem(idempotency_key))
+
+    @staticmethod
     def audit_page(filters: Mapping[str, Any], cursor: str | None, limit: int | None) -> _Call[AuditPage]:
         params = {**AuditFilter(**filters).query_params(), **_clean({"cursor": cursor, "limit": limit})}
         return _Call("GET", "/audit/events", _as(AuditPage), params=params)
@@ -463,6 +497,31 @@ class ProgressionClient:
     def audit_verify(self) -> ChainVerification:
         return self._run(_Calls.audit_verify())
 
+    def features(self, **filters: Any) -> FeatureList:
+        """The catalog (filters ``q``, ``tag``, ``intent``, ``verdict``), each feature with what each policy says."""
+        return self._run(_Calls.features(filters))
+
+    def feature(self, name: str) -> FeatureOut:
+        return self._run(_Calls.feature(name))
+
+    def catalog_version(self, version: int | None = None) -> CatalogSnapshot:
+        """One catalog version as a whole (the current one by default)."""
+        return self._run(_Calls.catalog_version(version))
+
+    def feature_proposals(self, **filters: Any) -> FeatureProposalList:
+        return self._run(_Calls.feature_proposals(filters))
+
+    def propose_feature(self, feature: str, *, comment: str, description: str | None = None,
+                        tags: Sequence[str] | None = None, owner: str | None = None,
+                        idempotency_key: str | None = None) -> FeatureProposalOut:
+        body = {"feature": feature, "comment": comment, "description": description,
+                "tags": None if tags is None else list(tags), "owner": owner}
+        return self._run(_Calls.propose_feature(body, idempotency_key))
+
+    def decide_feature_proposal(self, proposal_id: str, *, approve: bool, comment: str = "",
+                                idempotency_key: str | None = None) -> FeatureProposalOut:
+        return self._run(_Calls.decide_feature_proposal(proposal_id, approve, comment, idempotency_key))
+
     def request_json(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
                      idempotency_key: str | None = None) -> Any:
         """Any endpoint under /api/v1 (e.g. ``/findings``), answered as parsed JSON; errors as typed exceptions."""
@@ -572,6 +631,29 @@ class AsyncProgressionClient:
 
     async def audit_verify(self) -> ChainVerification:
         return await self._run(_Calls.audit_verify())
+
+    async def features(self, **filters: Any) -> FeatureList:
+        return await self._run(_Calls.features(filters))
+
+    async def feature(self, name: str) -> FeatureOut:
+        return await self._run(_Calls.feature(name))
+
+    async def catalog_version(self, version: int | None = None) -> CatalogSnapshot:
+        return await self._run(_Calls.catalog_version(version))
+
+    async def feature_proposals(self, **filters: Any) -> FeatureProposalList:
+        return await self._run(_Calls.feature_proposals(filters))
+
+    async def propose_feature(self, feature: str, *, comment: str, description: str | None = None,
+                              tags: Sequence[str] | None = None, owner: str | None = None,
+                              idempotency_key: str | None = None) -> FeatureProposalOut:
+        body = {"feature": feature, "comment": comment, "description": description,
+                "tags": None if tags is None else list(tags), "owner": owner}
+        return await self._run(_Calls.propose_feature(body, idempotency_key))
+
+    async def decide_feature_proposal(self, proposal_id: str, *, approve: bool, comment: str = "",
+                                      idempotency_key: str | None = None) -> FeatureProposalOut:
+        return await self._run(_Calls.decide_feature_proposal(proposal_id, approve, comment, idempotency_key))
 
 
 def new_idempotency_key() -> str:

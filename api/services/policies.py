@@ -12,17 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.authz import Action, Principal, require
 from api.errors import ApiError
 from engine import audit
-from engine.checks import builtin_checks, evaluate_stage
+from engine.checks import builtin_checks
 from engine.db import PolicyVersion, utcnow
+from engine.evaluation import evaluate_route, stage_approvals
 from engine.features import resolve_features
 from engine.lifecycle import EventType
 from engine.loading import LoadedPolicy, PolicyRegistry, load_spec
 from engine.wire import (
-    ApprovalOut,
     CheckOut,
-    DryRunCheck,
     DryRunResult,
-    DryRunStage,
     PolicyDetail,
     PolicySummary,
     PolicyVersionOut,
@@ -34,10 +32,6 @@ def _summary(loaded: LoadedPolicy) -> dict[str, Any]:
     p = loaded.policy
     return dict(intent=p.intent, title=p.title, risk_tier=p.risk_tier, hash=loaded.hash,
                 stages=[s.name for s in p.stages], revalidation=p.revalidation)
-
-
-def _approvals(stage: Any) -> list[ApprovalOut]:
-    return [ApprovalOut(role=a.role, count=a.count, sla=a.sla, escalate_to=a.escalate_to) for a in stage.approvals]
 
 
 def _get(registry: PolicyRegistry, intent: str) -> LoadedPolicy:
@@ -62,7 +56,7 @@ async def get_policy(*, session: AsyncSession, principal: Principal, registry: P
         checks = [CheckOut(**c, builtin=True) for c in builtin_checks(i == 0)]
         checks += [CheckOut(id=c.id, description=c.description, expr=c.expr) for c in stage.checks]
         route.append(StageRouteOut(name=stage.name, description=stage.description, checks=checks,
-                                   approvals=_approvals(stage), action=stage.action))
+                                   approvals=stage_approvals(stage), action=stage.action))
     versions = (await session.execute(select(PolicyVersion).where(PolicyVersion.intent == intent)
                                       .order_by(PolicyVersion.published_at, PolicyVersion.id))).scalars().all()
     return PolicyDetail(**_summary(loaded), guidance=list(loaded.policy.guidance), route=route,
@@ -123,34 +117,8 @@ async def dry_run(*, session: AsyncSession, principal: Principal, registry: Poli
                        f"evidence.{unknown_evidence[0]}: the spec declares no evidence {unknown_evidence[0]!r}",
                        {"unknown": unknown_evidence, "declared": sorted(spec.evidence)})
     features = await resolve_features(session, spec.features)
-    now = utcnow()
-    route_defs = loaded.policy.route_for(spec.target)
-    route: list[DryRunStage] = []
-    passing = failing = 0
-    fix_first: DryRunCheck | None = None
-    fix_stage: str | None = None
-    for i, stage in enumerate(route_defs):
-        results = evaluate_stage(stage, spec=spec, evidence=evidence, features=features, is_first_stage=i == 0,
-                                 now=now)
-        checks = [DryRunCheck(id=r.check_id, description=r.description, passed=r.passed, reason=r.reason)
-                  for r in results]
-        for c in checks:
-            if c.passed:
-                passing += 1
-            else:
-                failing += 1
-                if fix_first is None:
-                    fix_first, fix_stage = c, stage.name
-        route.append(DryRunStage(name=stage.name, checks=checks, approvals=_approvals(stage), action=stage.action,
-                                 passes_now=all(c.passed for c in checks)))
-    approvals = [{"stage": s.name, "role": a.role.value, "count": a.count, "sla": a.sla}
-                 for s in route_defs for a in s.approvals]
-    return DryRunResult(
-        intent=intent, policy_hash=loaded.hash, progression_id=spec.progression_id, target=spec.target,
-        route=route, checks_passing=passing, checks_failing=failing, approvals_needed=approvals,
-        unknown_features=[f.name for f in features if not f.known],
-        missing_evidence=sorted(set(spec.evidence) - set(evidence)), fix_first=fix_first,
-        fix_first_stage=fix_stage)
+    return evaluate_route(loaded.policy, loaded.hash, spec=spec, evidence=evidence, features=features,
+                          now=utcnow())
 
 
 def parse_json_evidence(raw: dict[str, Any]) -> dict[str, Any]:
