@@ -152,6 +152,7 @@ def _nav(principal: Principal | None) -> list[dict[str, str]]:
         items.append({"key": "inbox", "label": "Inbox", "href": UI + "/inbox"})
     items.append({"key": "progressions", "label": "Progressions", "href": UI + "/progressions"})
     items.append({"key": "models", "label": "Models", "href": UI + "/models"})
+    items.append({"key": "features", "label": "Features", "href": UI + "/features"})
     items.append({"key": "findings", "label": "Findings", "href": UI + "/findings"
                   + ("" if principal.reads_all_teams else "?open=1")})
     if allowed(principal, Action.read_audit):
