@@ -271,6 +271,26 @@ def with_body(method: str, path: str, body: Callable[[Ctx], Any]) -> Send:
     return send
 
 
+def on_proposal(method: str, suffix: str = "", body: Any = None) -> Send:
+    """Each cell acts on a proposal of its own: a new feature (no data owner, so only admins decide) proposed by
+    the other team's validator."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        made = await ctx.env.http.post("/api/v1/features/proposals", json={
+            "feature": f"matrix_{uuid.uuid4().hex[:8]}", "description": "m", "comment": "matrix"},
+            headers=ctx.env.auth(user_of("validator", "other")))
+        assert made.status_code == 201, made.text
+        return await ctx.env.http.request(method, f"/api/v1/features/proposals/{made.json()['id']}{suffix}",
+                                          json=body, headers=ctx.env.auth(who) if who else {})
+    return send
+
+
+def _proposal_body(ctx: Ctx) -> dict[str, Any]:
+    return {"feature": f"matrix_{uuid.uuid4().hex[:8]}", "description": "m", "comment": "matrix"}
+
+
+NOT_OWNER = (403, "not_feature_owner")
+FEATURE_DECIDERS = by_role({"developer": NOT_OWNER, "validator": (NOT_OWNER, (403, "own_proposal")),
+                            "risk_officer": NOT_OWNER, "auditor": FORBIDDEN, "admin": OK})
 NOT_REVIEWER = (403, "not_a_reviewer")
 NOT_EXCEPTION_ROLE = (403, "not_an_exception_role")
 OWN_TEAM = (403, "own_team")
@@ -335,6 +355,20 @@ ROUTES: dict[str, Route] = {
     "POST /api/v1/policies/{intent}/dry-run": Route(
         api("POST", "/api/v1/policies/credit-underwriting/dry-run", body=dry_run_body), everyone(200)),
     "GET /api/v1/features": Route(api("GET", "/api/v1/features"), everyone(200)),
+    # The catalog (issue 22): everyone reads and (but auditors) proposes; the data owner or an admin decides.
+    "GET /api/v1/features/{name}": Route(api("GET", "/api/v1/features/zip_code"), everyone(200)),
+    "GET /api/v1/features/versions/current": Route(api("GET", "/api/v1/features/versions/current"), everyone(200)),
+    "GET /api/v1/features/versions/{version}": Route(api("GET", "/api/v1/features/versions/1"), everyone(200)),
+    "GET /api/v1/features/proposals": Route(api("GET", "/api/v1/features/proposals"), everyone(200)),
+    "GET /api/v1/features/proposals/{proposal_id}": Route(on_proposal("GET"), everyone(200)),
+    "POST /api/v1/features/proposals": Route(with_body("POST", "/api/v1/features/proposals", _proposal_body),
+                                             by_role({"developer": CREATED, "validator": CREATED,
+                                                      "risk_officer": CREATED, "auditor": FORBIDDEN,
+                                                      "admin": CREATED})),
+    "POST /api/v1/features/proposals/{proposal_id}/approval": Route(
+        on_proposal("POST", "/approval", {"comment": "m"}), FEATURE_DECIDERS),
+    "POST /api/v1/features/proposals/{proposal_id}/rejection": Route(
+        on_proposal("POST", "/rejection", {"comment": "m"}), FEATURE_DECIDERS),
     "PUT /api/v1/features/{name}": Route(
         api("PUT", "/api/v1/features/matrix_feature", body={"description": "m", "tags": []}), ADMIN_ONLY),
     "GET /api/v1/audit/events": Route(api("GET", "/api/v1/audit/events?progression={pid}"), everyone(200),
@@ -430,6 +464,11 @@ UI_ROUTES: dict[str, Route] = {
                                                          "auditor": FORBIDDEN})),
     "POST /ui/start": Route(ui("POST", "/ui/start"), UI_POST),
     "GET /ui/models": Route(ui("GET", "/ui/models"), page()),
+    "GET /ui/features": Route(ui("GET", "/ui/features"), page()),
+    "GET /ui/features/{name}": Route(ui("GET", "/ui/features/zip_code"), page()),
+    "POST /ui/features/proposals": Route(ui("POST", "/ui/features/proposals"), UI_POST),
+    "POST /ui/features/proposals/{proposal_id}/{act}": Route(ui("POST", "/ui/features/proposals/fp-none/approval"),
+                                                             UI_POST),
     "GET /ui/models/{model_id}": Route(ui("GET", "/ui/models/{model}"), UI_OBJECT),
     "GET /ui/policies": Route(ui("GET", "/ui/policies"), page()),
     "GET /ui/policies/dry-run": Route(ui("GET", "/ui/policies/dry-run"), page()),
