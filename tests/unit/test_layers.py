@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("engine", "workflows", "activities", "api", "client", "launch")
+PACKAGES = ("engine", "workflows", "activities", "api", "client", "launch", "progression")
 LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
 
 
@@ -46,7 +46,7 @@ def _inject(path: Path, line: str) -> None:
 def test_the_layering_contracts_hold() -> None:
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 kept, 0 broken" in result.stdout
+    assert "7 kept, 0 broken" in result.stdout
 
 
 def test_the_copy_is_what_the_attacks_change(tree_copy: Path) -> None:
@@ -65,6 +65,11 @@ def test_the_copy_is_what_the_attacks_change(tree_copy: Path) -> None:
     ("client/sdk.py", "import api.schemas", "The client reads the API over HTTP", "client.sdk -> api.schemas"),
     # The SDK growing a database dependency (what importing engine.audit for one model did).
     ("client/sdk.py", "import engine.audit", "The SDK and repository reading need only", "client.sdk -> engine.audit"),
+    # The notebook SDK reaching into the API or the database instead of the engine and the HTTP client.
+    ("progression/policy.py", "import api.services.policies", "The notebook SDK (progression) evaluates",
+     "progression.policy -> api.services.policies"),
+    ("progression/policy.py", "import engine.db", "The notebook SDK (progression) evaluates",
+     "progression.policy -> engine.db"),
     # The cycle issue 16 removed: checks and loading importing each other.
     ("engine/checks.py", "import engine.loading", "No import cycles", ".loading -> .checks"),
 ])
