@@ -292,6 +292,29 @@ def _scalar_inputs(inputs: dict[str, Any]) -> str:
     return ", ".join(parts[:6])
 
 
+_MACRO = re.compile(r"\.\s*(all|exists|exists_one|map|filter)\s*\(")
+# The evaluator iterates a map in hash order, which changes from one run to the next; when one element errors and
+# another decides (a false in ``all``, a true in ``exists``), the outcome then depends on which comes first. CEL
+# defines the answer as the deciding value (errors are absorbed by it); these runs find it with near certainty.
+_MACRO_RUNS = 48
+
+
+def _execute(program: cel.Program, expr: str, context: Any) -> Any:
+    """Run ``program`` with CEL's commutative error semantics made deterministic over map iteration order.
+
+    A run that returns a boolean returns the answer (the deciding element came before every erroring one, or none
+    errors), so the first boolean wins. Only a run that errors is repeated (when the expression iterates): after
+    ``_MACRO_RUNS`` errors the one whose text sorts first is raised, so the reason does not depend on the order.
+    """
+    errors: list[Exception] = []
+    for _ in range(_MACRO_RUNS if _MACRO.search(expr) else 1):
+        try:
+            return program.execute(context)
+        except Exception as exc:  # the Rust evaluator raises KeyError/TypeError/RuntimeError/...
+            errors.append(exc)
+    raise min(errors, key=lambda e: (type(e).__name__, str(e)))
+
+
 def evaluate_check(
     stage: str,
     check_id: str,
@@ -331,7 +354,7 @@ def evaluate_check(
         except ExpressionError as exc:
             return result(False, f"expression does not compile: {exc}", inputs)
         try:
-            value = program.execute(cel_context if cel_context is not None else context)
+            value = _execute(program, expr, cel_context if cel_context is not None else context)
         except Exception as exc:  # the Rust evaluator raises KeyError/TypeError/RuntimeError/...
             return result(False, _error_reason(exc, paths, context), inputs)
         if value is True:

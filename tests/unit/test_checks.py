@@ -15,6 +15,7 @@ from engine.checks import (
     EVALUATOR,
     build_context,
     compile_expr,
+    evaluate_check,
     evaluate_stage,
     evidence_value,
 )
@@ -251,3 +252,23 @@ def test_compile_cache_reuses_programs() -> None:
     assert compile_expr("1 + 1 == 2") is compile_expr("1 + 1 == 2")
     with pytest.raises(checks.ExpressionError):
         compile_expr("1 +")
+
+
+def test_a_macro_over_a_map_with_an_erroring_element_has_one_answer() -> None:
+    """Found by the one-evaluator property test (issue 22): the evaluator iterates a map in hash order, so with an
+    erroring element beside a deciding one the same evidence passed in the notebook and failed in the workflow."""
+    decided = {"a": {"r": 0.9}, "b": {"r": "n/a"}, "c": {"r": "x"}}
+    outcomes = {(r.passed, r.reason) for r in (
+        evaluate_check("s", "c", "d", "evidence.m.exists(g, evidence.m[g].r >= 0.8)", {"evidence": {"m": decided}})
+        for _ in range(200))}
+    assert outcomes == {(True, "met: d")}  # CEL: a true element decides `exists`, errors are absorbed
+    failing = {"a": {"r": 0.5}, "b": {"r": "n/a"}, "c": {"r": 0.9}}
+    outcomes = {(r.passed, r.reason) for r in (
+        evaluate_check("s", "c", "d", "evidence.m.all(g, evidence.m[g].r >= 0.8)", {"evidence": {"m": failing}})
+        for _ in range(200))}
+    assert outcomes == {(False, "not met: d")}
+    errors = {"a": {"x": 0.5}, "b": {"r": "n/a"}, "c": {"r": 0.9}}
+    outcomes = {(r.passed, r.reason) for r in (
+        evaluate_check("s", "c", "d", "evidence.m.all(g, evidence.m[g].r >= 0.8)", {"evidence": {"m": errors}})
+        for _ in range(200))}
+    assert outcomes == {(False, "evidence.m.a.r is missing")}  # only errors: always the same one
