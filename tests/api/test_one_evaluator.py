@@ -207,7 +207,6 @@ async def test_notebook_equals_dry_run_on_generated_evidence(env: ApiEnv, case: 
         await _notebook_equals_dry_run(env, Policies(env), case, _write(Path(tmp), case))
 
 
-@pytest.mark.slow  # each example is a whole progression start on the dev server
 @settings(max_examples=12, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=repositories())
