@@ -48,7 +48,7 @@ reliability: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy engine workflows activities api client launch testing
+	$(VENV)/bin/mypy engine workflows activities api client launch progression testing
 
 # Every benchmark at full size (about 35 minutes on 2 cores; see docs/PERFORMANCE.md). BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)

@@ -221,10 +221,12 @@ async def propose(*, session: AsyncSession, principal: Principal, body: FeatureP
     if row is None and body.description is None:
         raise ApiError(422, "description_required", f"description: a new feature {name!r} needs a description",
                        {"field": "description"})
+    before = previous or {}
+    tags: list[str] = normalize_tags(body.tags) if body.tags is not None else list(before.get("tags", []))
     proposed = {
-        "description": body.description if body.description is not None else (previous or {}).get("description", ""),
-        "tags": normalize_tags(body.tags) if body.tags is not None else list((previous or {}).get("tags", [])),
-        "owner": body.owner if body.owner is not None else (previous or {}).get("owner"),
+        "description": body.description if body.description is not None else before.get("description", ""),
+        "tags": tags,
+        "owner": body.owner if body.owner is not None else before.get("owner"),
     }
     if previous is not None and proposed == previous:
         raise ApiError(422, "no_change", f"the proposal changes nothing of feature {name!r}", {"feature": name})
@@ -239,7 +241,7 @@ async def propose(*, session: AsyncSession, principal: Principal, body: FeatureP
         id=f"fp-{uuid.uuid4().hex[:16]}", feature=name, kind="change" if row is not None else "create",
         status="pending", proposed=proposed, previous=previous,
         based_on_version=await current_catalog_version(session),
-        approvals_needed=approvals_needed(previous["tags"] if previous else None, proposed["tags"]),
+        approvals_needed=approvals_needed(previous["tags"] if previous else None, tags),
         approvals=[], comment=body.comment, proposed_by=principal.id, proposed_by_username=principal.username,
         proposed_at=utcnow(), decision_comment="")
     session.add(proposal)

@@ -37,7 +37,8 @@ FEATURES = PROJECT_ROOT / "policies" / "features.yaml"
 
 
 def _catalog() -> CatalogSnapshot:
-    entries = [CatalogEntry(name=f.name, description=f.description, tags=f.tags) for f in load_feature_catalog(FEATURES)]
+    entries = [CatalogEntry(name=f.name, description=f.description, tags=f.tags)
+               for f in load_feature_catalog(FEATURES)]
     return snapshot_from_content(3, snapshot_content(entries))
 
 
