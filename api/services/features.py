@@ -272,8 +272,10 @@ async def get_proposal(*, session: AsyncSession, principal: Principal, proposal_
     return _proposal_out(await _proposal(session, proposal_id))
 
 
-async def _proposal(session: AsyncSession, proposal_id: str) -> FeatureProposal:
-    row = await session.get(FeatureProposal, proposal_id, populate_existing=True)
+async def _proposal(session: AsyncSession, proposal_id: str, *, lock: bool = False) -> FeatureProposal:
+    # lock: two deciders at once are serialized on PostgreSQL (SQLite has one writer anyway), so neither
+    # approval is lost and a change is applied once.
+    row = await session.get(FeatureProposal, proposal_id, populate_existing=True, with_for_update=lock or None)
     if row is None:
         raise ApiError(404, "not_found", f"feature proposal {proposal_id!r} not found", {"proposal_id": proposal_id})
     return row
@@ -302,7 +304,7 @@ async def _refuse_if_needed(session: AsyncSession, principal: Principal, proposa
 async def approve(*, session: AsyncSession, principal: Principal, proposal_id: str, comment: str,
                   chain: bool = True) -> FeatureProposalOut:
     """One approval; the last one needed applies the change and records the new catalog version."""
-    proposal = await _proposal(session, proposal_id)
+    proposal = await _proposal(session, proposal_id, lock=True)
     await _refuse_if_needed(session, principal, proposal, "approve", chain)
     now = utcnow()
     approval = ProposalApproval(actor_id=principal.id, username=principal.username, at=now, comment=comment,
@@ -350,7 +352,7 @@ async def _apply(session: AsyncSession, principal: Principal, proposal: FeatureP
 
 async def reject(*, session: AsyncSession, principal: Principal, proposal_id: str, comment: str,
                  chain: bool = True) -> FeatureProposalOut:
-    proposal = await _proposal(session, proposal_id)
+    proposal = await _proposal(session, proposal_id, lock=True)
     await _refuse_if_needed(session, principal, proposal, "reject", chain)
     if not comment.strip():
         raise ApiError(422, "comment_required", "comment: say why the proposal is rejected", {"field": "comment"})
