@@ -284,6 +284,7 @@ class FeatureProposal(Base):
     decided_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     decision_comment: Mapped[str] = mapped_column(String(2000), default="")
     applied_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)  # bumps on every write; a write names the one it read
 
 
 class PolicyVersion(Base):

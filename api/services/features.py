@@ -8,10 +8,10 @@ refusal to its HTTP answer (recorded as ``feature.proposal_refused``).
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -243,7 +243,7 @@ async def propose(*, session: AsyncSession, principal: Principal, body: FeatureP
         based_on_version=await current_catalog_version(session),
         approvals_needed=approvals_needed(previous["tags"] if previous else None, tags),
         approvals=[], comment=body.comment, proposed_by=principal.id, proposed_by_username=principal.username,
-        proposed_at=utcnow(), decision_comment="")
+        proposed_at=utcnow(), decision_comment="", revision=0)
     session.add(proposal)
     await session.flush()
     await audit.append_event(
@@ -301,34 +301,53 @@ async def _refuse_if_needed(session: AsyncSession, principal: Principal, proposa
     raise ApiError(refusal.status, refusal.code, refusal.message, {"proposal_id": proposal.id})
 
 
+async def _write(session: AsyncSession, proposal: FeatureProposal, read_revision: int, **values: Any) -> None:
+    """Write the proposal only if nobody wrote it since it was read (compare-and-set on ``revision``)."""
+    proposal_id = proposal.id
+    result = await session.execute(update(FeatureProposal).where(
+        FeatureProposal.id == proposal_id, FeatureProposal.revision == read_revision,
+        FeatureProposal.status == "pending").values(revision=read_revision + 1, **values))
+    if not cast(CursorResult[Any], result).rowcount:
+        await session.rollback()  # nothing of this request is written: not the approval, not the change
+        raise ApiError(409, "concurrent_decision",
+                       f"proposal {proposal_id} was decided on by someone else at the same moment; look at it again",
+                       {"proposal_id": proposal_id})
+
+
 async def approve(*, session: AsyncSession, principal: Principal, proposal_id: str, comment: str,
                   chain: bool = True) -> FeatureProposalOut:
     """One approval; the last one needed applies the change and records the new catalog version."""
     proposal = await _proposal(session, proposal_id, lock=True)
     await _refuse_if_needed(session, principal, proposal, "approve", chain)
+    read_revision = proposal.revision
     now = utcnow()
     approval = ProposalApproval(actor_id=principal.id, username=principal.username, at=now, comment=comment,
                                 credential=principal.credential_id)
-    proposal.approvals = [*(proposal.approvals or []), approval.model_dump(mode="json")]
+    approvals = [*(proposal.approvals or []), approval.model_dump(mode="json")]
+    values: dict[str, Any] = {"approvals": approvals}
+    if len(approvals) >= proposal.approvals_needed:
+        values.update(await _apply(session, principal, proposal, approvals, chain))
+    await _write(session, proposal, read_revision, **values)
     await audit.append_event(
         session, event_id=f"feature-approval-{proposal.id}-{principal.id}",
         event_type=EventType.feature_proposal_approved.value, occurred_at=now, actor_id=principal.id,
         payload={"proposal_id": proposal.id, "name": proposal.feature, "comment": comment,
-                 "approvals": len(proposal.approvals), "approvals_needed": proposal.approvals_needed,
+                 "approvals": len(approvals), "approvals_needed": proposal.approvals_needed,
                  "username": principal.username, "credential": principal.credential_id}, chain=chain)
-    if len(proposal.approvals) >= proposal.approvals_needed:
-        await _apply(session, principal, proposal, chain)
     await _commit(session)
     return _proposal_out(await _proposal(session, proposal_id))
 
 
-async def _apply(session: AsyncSession, principal: Principal, proposal: FeatureProposal, chain: bool) -> None:
-    current = _entry(await session.get(Feature, proposal.feature))
+async def _apply(session: AsyncSession, principal: Principal, proposal: FeatureProposal,
+                 approvals: list[dict[str, Any]], chain: bool) -> dict[str, Any]:
+    """Apply the approved change (in the caller's transaction); the proposal's new column values."""
+    current = _entry(await session.get(Feature, proposal.feature, populate_existing=True))
     if current != proposal.previous:
         # The feature changed after the proposal was made (e.g. an admin's write): its approvals were for
         # another starting point, so it is superseded rather than applied over the newer state.
-        proposal.status, proposal.decided_at, proposal.decided_by = "superseded", utcnow(), principal.username
-        proposal.decision_comment = "the feature changed after this proposal was made; propose again"
+        await _write(session, proposal, proposal.revision, status="superseded", decided_at=utcnow(),
+                     decided_by=principal.username,
+                     decision_comment="the feature changed after this proposal was made; propose again")
         await session.commit()
         raise ApiError(409, "proposal_stale", f"feature {proposal.feature!r} changed after proposal {proposal.id} "
                                               "was made; it is superseded: propose the change again",
@@ -339,15 +358,15 @@ async def _apply(session: AsyncSession, principal: Principal, proposal: FeatureP
                          owner=proposed.get("owner"), keep_owner=False,
                          reason=f"proposal {proposal.id} applied")
     version = await current_catalog_version(session)
-    proposal.status, proposal.decided_at, proposal.decided_by = "applied", utcnow(), principal.username
-    proposal.applied_version = version
     await audit.append_event(
         session, event_id=f"feature-applied-{proposal.id}", event_type=EventType.feature_updated.value,
         occurred_at=utcnow(), actor_id=principal.id,
         payload={"name": proposal.feature, **proposed, "previous": proposal.previous, "proposal_id": proposal.id,
                  "proposed_by": proposal.proposed_by_username,
-                 "approved_by": [a["username"] for a in proposal.approvals], "catalog_version": version,
+                 "approved_by": [a["username"] for a in approvals], "catalog_version": version,
                  "username": principal.username}, chain=chain)
+    return {"status": "applied", "decided_at": utcnow(), "decided_by": principal.username,
+            "applied_version": version}
 
 
 async def reject(*, session: AsyncSession, principal: Principal, proposal_id: str, comment: str,
@@ -356,12 +375,12 @@ async def reject(*, session: AsyncSession, principal: Principal, proposal_id: st
     await _refuse_if_needed(session, principal, proposal, "reject", chain)
     if not comment.strip():
         raise ApiError(422, "comment_required", "comment: say why the proposal is rejected", {"field": "comment"})
-    proposal.status, proposal.decided_at, proposal.decided_by = "rejected", utcnow(), principal.username
-    proposal.decision_comment = comment
+    await _write(session, proposal, proposal.revision, status="rejected", decided_at=utcnow(),
+                 decided_by=principal.username, decision_comment=comment)
     await audit.append_event(
         session, event_id=f"feature-rejected-{proposal.id}", event_type=EventType.feature_proposal_rejected.value,
         occurred_at=utcnow(), actor_id=principal.id,
         payload={"proposal_id": proposal.id, "name": proposal.feature, "comment": comment,
                  "username": principal.username, "credential": principal.credential_id}, chain=chain)
     await session.commit()
-    return _proposal_out(proposal)
+    return _proposal_out(await _proposal(session, proposal_id))

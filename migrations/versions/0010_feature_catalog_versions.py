@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("decided_by", sa.String(128), nullable=True),
         sa.Column("decision_comment", sa.String(2000), nullable=False),
         sa.Column("applied_version", sa.Integer(), nullable=True),
+        sa.Column("revision", sa.Integer(), nullable=False),
     )
     op.create_index("ix_feature_proposals_feature", "feature_proposals", ["feature"])
     op.create_index("ix_feature_proposals_status", "feature_proposals", ["status"])

@@ -4,6 +4,7 @@ anyone's single write changed the catalog under running progressions)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -261,3 +262,39 @@ async def test_a_proposal_made_stale_by_a_newer_change_is_not_applied(env: ApiEn
     assert (await env.http.get(f"/api/v1/features/proposals/{p['id']}", headers=env.auth("dana"))
             ).json()["status"] == "superseded"
     assert await _tags(env, "loan_amount") == ["application", "pii"]
+
+
+async def _racing_approvals(env: ApiEnv) -> None:
+    """One person sending many approvals at once, then a second person: one approval each, applied once."""
+    await _own(env, "first_name", "olga")
+    p = (await _propose(env, "dana", feature="first_name", tags=["pii"])).json()
+    assert p["approvals_needed"] == 2
+    answers = await asyncio.gather(*(_approve(env, "olga", p["id"]) for _ in range(12)))
+    assert all(r.status_code < 500 for r in answers), [r.text for r in answers if r.status_code >= 500]
+    after = (await env.http.get(f"/api/v1/features/proposals/{p['id']}", headers=env.auth("ann"))).json()
+    assert [a["username"] for a in after["approvals"]] == ["olga"] and after["status"] == "pending"
+    assert "proxy" in await _tags(env, "first_name")
+    versions_before = (await env.http.get("/api/v1/features/versions/current", headers=env.auth("ann"))).json()
+    done = await asyncio.gather(*(_approve(env, "adam", p["id"]) for _ in range(6)))
+    assert all(r.status_code < 500 for r in done), [r.text for r in done if r.status_code >= 500]
+    assert sum(r.status_code == 200 for r in done) >= 1
+    final = (await env.http.get(f"/api/v1/features/proposals/{p['id']}", headers=env.auth("ann"))).json()
+    assert final["status"] == "applied" and [a["username"] for a in final["approvals"]] == ["olga", "adam"]
+    current = (await env.http.get("/api/v1/features/versions/current", headers=env.auth("ann"))).json()
+    assert current["version"] == versions_before["version"] + 1  # applied exactly once
+    assert await _tags(env, "first_name") == ["pii"]
+
+
+async def test_racing_approvals_count_each_person_once(env: ApiEnv) -> None:
+    await _racing_approvals(env)
+
+
+async def test_racing_approvals_on_postgresql(postgres_url: str, tmp_path: Path, temporal_client: Client,
+                                              task_queue: str) -> None:
+    async with api_env(postgres_url, tmp_path, temporal_client, task_queue, worker=False) as e:
+        async with e.sessionmaker() as session:
+            tokens, ids = await create_people(session, OWNERS)
+            await session.commit()
+        e.tokens.update(tokens)
+        e.user_ids.update(ids)
+        await _racing_approvals(e)
