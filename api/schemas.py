@@ -8,9 +8,9 @@ ignored, so a client never believes it acted as someone else.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from engine.lifecycle import ConditionIn, DecisionKind, ProgressionState
 from engine.policy import Role
@@ -74,8 +74,8 @@ class FeatureProposalIn(Body):
 
     feature: str = Field(min_length=1, max_length=128)
     description: str | None = Field(default=None, max_length=1000, description="unchanged when omitted")
-    tags: list[str] | None = Field(default=None, max_length=50, description="the whole new tag set; unchanged "
-                                                                            "when omitted")
+    tags: list[Annotated[str, StringConstraints(max_length=100)]] | None = Field(
+        default=None, max_length=50, description="the whole new tag set; unchanged when omitted")
     owner: str | None = Field(default=None, max_length=128, description="unchanged when omitted")
     comment: str = Field(min_length=1, max_length=2000, description="why")
 

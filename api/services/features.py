@@ -52,6 +52,9 @@ def _entry(row: Feature | None) -> dict[str, Any] | None:
     return {"description": row.description or "", "tags": list(row.tags or []), "owner": row.owner}
 
 
+RESERVED_NAMES = frozenset({"proposals", "versions"})  # paths under /api/v1/features
+
+
 def _check_name(name: str) -> None:
     try:
         TypeAdapter(FeatureName).validate_python(name)
@@ -59,6 +62,8 @@ def _check_name(name: str) -> None:
         raise ApiError(422, "invalid_feature_name",
                        f"feature name {name!r} must start with a letter or '_' and hold letters, digits, '_'",
                        {"field": "feature"}) from None
+    if name in RESERVED_NAMES:
+        raise ApiError(422, "invalid_feature_name", f"feature name {name!r} is reserved", {"field": "feature"})
 
 
 async def _check_owner(session: AsyncSession, owner: str | None) -> None:
