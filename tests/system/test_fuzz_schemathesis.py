@@ -151,10 +151,14 @@ async def live(sqlite_url: str, tmp_path: Path, temporal_client: Client,
             "model_id": model_id, "version_id": version_id, "kind": "pma", "magnitude": 0.1, "reason": "fuzz",
             "expires_at": (utcnow() + timedelta(days=30)).isoformat()})
         assert exception.status_code == 201, exception.text
+        proposal = await env.http.post("/api/v1/features/proposals", headers=env.auth("dana"), json={
+            "feature": "zip_code", "tags": ["pii", "geographic"], "comment": "fuzz"})
+        assert proposal.status_code == 201, proposal.text
         pinned = {"progression_id": pid, "model_id": model_id, "intent": "credit-underwriting",
                   "name": "income_to_debt", "user_id": env.user_ids["sam"], "token_id": token.json()["id"],
                   "grant_id": grant.json()["id"], "finding_id": finding.json()["finding_id"],
-                  "exception_id": exception.json()["exception_id"]}
+                  "exception_id": exception.json()["exception_id"], "version": 1,
+                  "proposal_id": proposal.json()["id"]}
         async with serve_http(env.app) as base_url:
             yield env, base_url, pinned
 
