@@ -142,9 +142,10 @@ class LocalPolicy:
         """Which stages would pass, which checks fail and why, what evidence is missing, which features the
         policy forbids or conditions: evidence as Python values (dicts for JSON, text for documents)."""
         evidence = dict(evidence or {})
-        files = {name: evidence_file(name, value) for name, value in evidence.items()}
-        return self._verdict(self._spec(spec, features, evidence, target),
-                             {n: (p, data) for n, (p, data) in files.items()}, now)
+        spec_used = self._spec(spec, features, evidence, target)
+        # The bytes the evidence writers would write: the values go through the same parsing as submitted files.
+        files = {name: evidence_file(name, value, spec_used.evidence.get(name)) for name, value in evidence.items()}
+        return self._verdict(spec_used, files, now)
 
     def evaluate_repository(self, repo: str | Path, *, now: dt.datetime | None = None) -> Verdict:
         """The verdict on a repository as ``progression start`` would submit it (its progression.yaml and files)."""
