@@ -13,11 +13,12 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from engine.catalog import feature_verdict
 from engine.checks import evaluate_stage
 from engine.lifecycle import ResolvedFeature
 from engine.policy import GovernancePolicy, StageDef
 from engine.spec import ProgressionSpec
-from engine.wire import ApprovalOut, DryRunCheck, DryRunResult, DryRunStage
+from engine.wire import ApprovalOut, DryRunCheck, DryRunResult, DryRunStage, FeatureNote
 
 
 def stage_approvals(stage: StageDef) -> list[ApprovalOut]:
@@ -48,9 +49,11 @@ def evaluate_route(policy: GovernancePolicy, policy_hash: str, *, spec: Progress
                                  action=stage.action, passes_now=all(c.passed for c in checks)))
     approvals = [{"stage": s.name, "role": a.role.value, "count": a.count, "sla": a.sla}
                  for s in route_defs for a in s.approvals]
+    notes = [FeatureNote(name=f.name, verdict=v) for f in features if f.known
+             for v in [feature_verdict(policy, f)] if v.verdict in ("forbidden", "requires")]
     return DryRunResult(
         intent=policy.intent, policy_hash=policy_hash, progression_id=spec.progression_id, target=spec.target,
         route=route, checks_passing=passing, checks_failing=failing, approvals_needed=approvals,
         unknown_features=[f.name for f in features if not f.known],
         missing_evidence=sorted(set(spec.evidence) - set(evidence)), fix_first=fix_first,
-        fix_first_stage=fix_stage)
+        fix_first_stage=fix_stage, features=notes)

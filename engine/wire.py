@@ -213,6 +213,8 @@ class DryRunResult(BaseModel):
     missing_evidence: list[str]
     fix_first: DryRunCheck | None = Field(description="the first failing check on the route, if any")
     fix_first_stage: str | None = None
+    features: list[FeatureNote] = Field(default_factory=list,
+                                        description="the spec's features the policy forbids or conditions")
 
 
 class AuditEventOut(BaseModel):
@@ -394,3 +396,13 @@ class FeatureProposalOut(BaseModel):
 class FeatureProposalList(BaseModel):
     items: list[FeatureProposalOut]
     total: int
+
+
+class FeatureNote(BaseModel):
+    """One of a spec's features that its policy forbids or makes require evidence (in a dry run)."""
+
+    name: str
+    verdict: FeatureVerdict
+
+
+DryRunResult.model_rebuild()

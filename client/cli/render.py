@@ -160,6 +160,9 @@ def render_route(result: DryRunResult, policy: PolicyDetail | None, upload: Repo
                           style="red"))
     for feature in result.unknown_features:
         lines.append(Text(f"Unknown feature (not in the catalog): {feature}", style="red"))
+    for note in result.features:
+        style = "red" if note.verdict.verdict == "forbidden" else "yellow"
+        lines.append(Text(f"Feature {note.name}: {note.verdict.summary}", style=style))
     if result.fix_first is not None:
         where = f"{result.fix_first_stage}/" if result.fix_first_stage else ""
         fix = result.fix_first

@@ -167,6 +167,7 @@ async def test_a_developer_cannot_remove_proxy_from_zip_code_to_get_a_model_thro
                               files={"spec": ("progression.yaml", spec.encode())})
     failing = {c["id"] for s in dry.json()["route"] for c in s["checks"] if not c["passed"]}
     assert "proxy-analysed" in failing
+    assert {n["name"]: n["verdict"]["verdict"] for n in dry.json()["features"]} == {"zip_code": "requires"}
 
 
 async def test_a_catalog_change_after_a_progression_started_does_not_change_its_checks(env: ApiEnv) -> None:
