@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Response
 from starlette.datastructures import UploadFile
@@ -31,6 +31,7 @@ from api.web.render import (
     COMMENT_MAX,
     PAGE_SIZE,
     UI,
+    AnyWeb,
     PageOffset,
     PostWeb,
     UserWeb,
@@ -42,6 +43,7 @@ from api.web.render import (
     render,
     sentence,
 )
+from api.web.session import CSRF_FIELD, keep_pending, take_pending, verify_csrf
 from engine.errors import ProgressionError
 from engine.evidence import EvidenceStore
 from engine.lifecycle import (
@@ -168,7 +170,16 @@ async def progression_page(web: UserWeb, progression_id: str, done: str | None =
     state = await call(get_progression(session=web.db, app=web.app, principal=web.user,
                                        progression_id=progression_id))
     flash = _FLASH.get(done or "")
-    return _progression_response(web, await _progression_context(web, state, flash=flash))
+    extra: dict[str, Any] = {}
+    pending = await take_pending(web.db, web.session, progression_id)
+    if pending is not None:
+        # A decision typed on a session that expired: shown filled in, submitted only when the person confirms.
+        extra["form"] = {"decision": pending.get("decision"), "comment": pending.get("comment") or ""}
+        extra["pending"] = {"at": pending.get("kept_at"), "stage": pending.get("stage"),
+                            "evidence_changed": bool(pending.get("basis")) and any(
+                                s.name == pending.get("stage") and s.basis != pending.get("basis")
+                                for s in state.stages)}
+    return _progression_response(web, await _progression_context(web, state, flash=flash, **extra))
 
 
 _FLASH = {
@@ -187,8 +198,25 @@ _NONCE = re.compile(r"^[0-9a-f]{32}$")
 _BASIS = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+async def _keep_for_sign_in(web: Web, progression_id: str) -> Response:
+    """A decision posted after the session ended: kept (never submitted) until its author signs in again."""
+    form = await web.request.form()
+    pending = {"progression_id": progression_id, "stage": str(form.get("stage") or ""),
+               "decision": str(form.get("decision") or ""), "comment": str(form.get("comment") or "")[:COMMENT_MAX],
+               "basis": str(form.get("basis") or "") or None}
+    await keep_pending(web.db, web.request, web.app.settings.secret_key, str(form.get(CSRF_FIELD) or ""), pending)
+    page = f"{UI}/progressions/{quote(progression_id, safe='@')}"
+    target = f"{UI}/login?{urlencode({'next': page})}"
+    if web.htmx:
+        return finish(web.request, Response(status_code=401, headers={"HX-Redirect": target}))
+    return redirect(web.request, target)
+
+
 @router.post("/progressions/{progression_id}/decisions")
-async def decide_form(web: PostWeb, progression_id: str) -> Response:
+async def decide_form(web: AnyWeb, progression_id: str) -> Response:
+    if web.principal is None:
+        return await _keep_for_sign_in(web, progression_id)
+    await verify_csrf(web.request, web.session)
     form = await web.request.form()
     stage = str(form.get("stage") or "")
     raw_decision = str(form.get("decision") or "")
