@@ -14,8 +14,8 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.errors import UnknownQueryParameters
-from api.web import audit, findings, inbox, models, policies, progressions, signin, start
 from api.errors import error_response as json_error
+from api.web import audit, findings, inbox, models, policies, progressions, signin, start
 from api.web.render import STATIC_DIR, UI, WebError, error_response, finish
 from api.web.session import CsrfFailed, LoginRequired
 

@@ -10,6 +10,7 @@ code the API would answer.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +211,14 @@ def sentence(value: Any) -> str:
 
 
 templates.env.filters["sentence"] = sentence
+
+
+def pretty_json(value: Any) -> str:
+    """JSON for people: indented, UTF-8 text as text (no ``\\u540c`` or ``\\u0027``); autoescaped like any text."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+templates.env.filters["pretty_json"] = pretty_json
 
 
 def _roles_text(roles: Any) -> str:

@@ -573,9 +573,15 @@ async def test_mass_assignment_has_no_effect(ctx: Ctx) -> None:
     me = (await env.http.get("/api/v1/me", headers={**env.auth("dana"), "X-User": "adam", "X-Forwarded-User": "adam",
                                                      "X-Roles": "admin", "X-Team": "payments"})).json()
     assert me["username"] == "dana" and me["roles"] == ["model_developer"] and me["team"] == "retail-risk"
-    # Query parameters naming an actor on an action are ignored: the decision is recorded as the caller's.
-    ok = await env.http.post(f"/api/v1/progressions/{pid}/decisions?actor=adam&user_id={env.user_ids['adam']}",
-                             json=APPROVE, headers=env.auth(validator))
+    # Query parameters naming an actor on an action are refused by name (strict queries), nothing is recorded;
+    # without them the decision is recorded as the caller's.
+    forged_query = await env.http.post(
+        f"/api/v1/progressions/{pid}/decisions?actor=adam&user_id={env.user_ids['adam']}", json=APPROVE,
+        headers=env.auth(validator))
+    assert forged_query.status_code == 422 and forged_query.json()["code"] == "unknown_query_parameter"
+    assert forged_query.json()["details"]["unknown"] == ["actor", "user_id"]
+    assert await env.count(AuditEvent) == before
+    ok = await env.http.post(f"/api/v1/progressions/{pid}/decisions", json=APPROVE, headers=env.auth(validator))
     assert ok.status_code == 200, ok.text
     async with env.sessionmaker() as session:
         rows = (await session.scalars(select(DecisionRow).where(DecisionRow.progression_id == pid))).all()

@@ -13,7 +13,10 @@ from sqlalchemy import select, update
 from api.web.session import COOKIE_NAME
 from engine.db import BrowserSession, DecisionRow, utcnow
 from testing.api import ApiEnv, at_gate, started_at_gate, wait_for
-from tests.api.test_web_ui import Browser, csrf_of, people, signed_in, stage_of  # noqa: F401 - people: fixture
+from tests.api import test_web_ui
+from tests.api.test_web_ui import Browser, csrf_of, signed_in, stage_of
+
+people = test_web_ui.people  # the web UI tests' browsers (env: tests/api/conftest.py)
 
 # ---- strict query parameters ----------------------------------------------------------------------
 
