@@ -123,6 +123,8 @@ class ModelOut(BaseModel):
     updated_at: datetime
     latest_version: str | None = None
     latest_status: str | None = None
+    production_version: str | None = Field(default=None, description="the version in production now, if any")
+    production_progression_id: str | None = None
     versions_count: int = 0
     revalidation_overdue: bool = False
 

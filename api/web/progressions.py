@@ -8,6 +8,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -18,6 +19,7 @@ from starlette.datastructures import UploadFile
 from api.authz import Action, Principal, allowed, require_act_on_team
 from api.deps import AppState
 from api.errors import ApiError
+from api.services.people import people
 from api.services.progressions import (
     Upload,
     add_evidence,
@@ -25,8 +27,10 @@ from api.services.progressions import (
     deciding_role_refusal,
     get_progression,
     list_progressions,
+    named_people,
     withdraw,
 )
+from api.services.review import review_material
 from api.web.render import (
     COMMENT_MAX,
     PAGE_SIZE,
@@ -43,6 +47,7 @@ from api.web.render import (
     render,
     sentence,
 )
+from api.web.review import build_review
 from api.web.session import CSRF_FIELD, keep_pending, take_pending, verify_csrf
 from engine.errors import ProgressionError
 from engine.evidence import EvidenceStore
@@ -145,6 +150,8 @@ async def _progression_context(web: Web, state: ProgressionState, **extra: Any) 
     open_gate = gate if gate is not None and gate.status == StageStatus.awaiting_approval else None
     can_decide, why_not = (decision_block(principal, state, open_gate.name) if open_gate else (False, []))
     open_status = state.status not in FINAL_STATUSES
+    mine = [d for d in open_gate.decisions if d.actor_id == principal.id and not d.superseded] if open_gate else []
+    material = await review_material(session=web.db, app=web.app, principal=principal, state=state)
     ctx: dict[str, Any] = {
         "title": f"{state.model_name} {state.version_id}", "active": "progressions", "state": state,
         "stages": _stage_views(state), "open_gate": open_gate, "can_decide": can_decide, "why_not": why_not,
@@ -155,6 +162,9 @@ async def _progression_context(web: Web, state: ProgressionState, **extra: Any) 
                           for name in [f"{s.name}/{c.check_id}"]},
         "pid_url": UI + "/progressions/" + state.progression_id,
         "decision_error": None, "flash": None, "form": {},
+        # The review: evidence inline, what each check judged, charts, the version in production; names.
+        "review": build_review(state, material), "my_decision": mine[-1] if mine else None,
+        "people": await people(web.db, named_people(state)), "now": datetime.now(UTC),
     }
     ctx.update(extra)
     return ctx

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.authz import Action, Principal, allowed, require
 from api.deps import AppState, SessionDep, app_state
 from api.schemas import MAX_OFFSET
+from api.web.charts import number
 from api.web.session import (
     CSRF_FIELD,
     LoginRequired,
@@ -219,6 +220,7 @@ def pretty_json(value: Any) -> str:
 
 
 templates.env.filters["pretty_json"] = pretty_json
+templates.env.filters["number"] = number
 
 
 def _roles_text(roles: Any) -> str:
