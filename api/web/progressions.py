@@ -271,6 +271,21 @@ async def decide_form(web: AnyWeb, progression_id: str) -> Response:
     return _progression_response(web, ctx, status=status)
 
 
+@router.get("/progressions/{progression_id}/charts/{key}.svg", name="ui_chart")
+async def chart_download(web: UserWeb, progression_id: str, key: str) -> Response:
+    """One chart of the review as a standalone SVG file (for a report or an examination pack)."""
+    state = await call(get_progression(session=web.db, app=web.app, principal=web.user,
+                                       progression_id=progression_id))
+    material = await review_material(session=web.db, app=web.app, principal=web.user, state=state)
+    chart = next((c for c in build_review(state, material).charts if c.key == key), None)
+    if chart is None:
+        raise WebError(404, f"progression {progression_id} has no chart {key!r}", "not_found")
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{progression_id}-{key}.svg")
+    body = '<?xml version="1.0" encoding="UTF-8"?>\n' + str(chart.svg)
+    return finish(web.request, Response(body.encode(), media_type="image/svg+xml",
+                                        headers={"Content-Disposition": f'attachment; filename="{safe}"'}))
+
+
 @router.get("/progressions/{progression_id}/evidence/{name}", name="ui_evidence")
 async def evidence_download(web: UserWeb, progression_id: str, name: str) -> Response:
     state = await call(get_progression(session=web.db, app=web.app, principal=web.user,

@@ -43,6 +43,10 @@ async def test_the_gate_page_reads_as_a_review(env: ApiEnv, people: dict[str, Br
     assert "<svg" in chart and 'role="img"' in chart and "black" in chart and "0.824" in chart
     assert "rule &gt;= 0.8" in chart and "<table>" in chart
     assert 'id="chart-metrics-thresholds"' in html
+    svg = await vera.get(f"/ui/progressions/{pid}/charts/fairness.svg")  # the chart as a file, for a report
+    assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+    assert svg.text.startswith("<?xml") and "0.824" in svg.text and "attachment" in svg.headers["content-disposition"]
+    assert (await vera.get(f"/ui/progressions/{pid}/charts/nope.svg")).status_code == 404
     # The model card as HTML, not a download link only.
     assert "<h2>Intended use</h2>" in html and "<table>" in html[html.index('id="document-model_card"'):]
     # The policy version the link points at exists on the policy page.
