@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup, escape
 
-WIDTH = 640
+WIDTH = 560
 ROW = 26
-LABEL_W = 190
-VALUE_W = 70
+LABEL_W = 170
+VALUE_W = 72
 PAD = 8
-FONT = 12
+FONT = 13
 
 
 @dataclass(frozen=True)
