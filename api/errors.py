@@ -118,22 +118,30 @@ def _database_away(exc: Exception) -> bool:
     return any(hint in message for hint in _AWAY_HINTS)
 
 
+def http_error_text(request: Request, exc: StarletteHTTPException) -> tuple[str, str]:
+    """(code, message) of a FastAPI/Starlette HTTP error (404 route, 405, unparsable body, ...)."""
+    code = _STATUS_CODES.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route {request.method} {request.url.path}"
+    if exc.status_code == 400:  # FastAPI/Starlette could not parse the body (bad UTF-8, broken multipart)
+        message = f"the request body cannot be parsed: {message}"
+    if exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return code, message
+
+
+async def http_exception_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code, message = http_error_text(request, exc)
+    return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProgressionError)
     async def _domain(request: Request, exc: ProgressionError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.details, getattr(exc, "headers", None))
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _STATUS_CODES.get(exc.status_code, "error")
-        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        if exc.status_code == 404 and message == "Not Found":
-            message = f"no route {request.method} {request.url.path}"
-        if exc.status_code == 400:  # FastAPI/Starlette could not parse the body (bad UTF-8, broken multipart)
-            message = f"the request body cannot be parsed: {message}"
-        if exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+    app.add_exception_handler(StarletteHTTPException, http_exception_response)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,14 +12,23 @@ from urllib.parse import urlencode
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.errors import UnknownQueryParameters
+from api.errors import UnknownQueryParameters, http_error_text, http_exception_response
 from api.errors import error_response as json_error
 from api.web import audit, findings, inbox, models, policies, progressions, signin, start
 from api.web.render import STATIC_DIR, UI, WebError, error_response, finish
 from api.web.session import CsrfFailed, LoginRequired
 
 PAGE_FAMILIES = (signin, inbox, progressions, start, models, policies, audit, findings)
+
+
+_HTTP_HEADINGS = {404: "Page not found", 405: "Not possible on this page", 400: "Bad request",
+                  413: "Too large"}
+
+
+def _is_ui(request: Request) -> bool:
+    return request.url.path == UI or request.url.path.startswith(UI + "/")
 
 
 def mount_web(app: FastAPI) -> None:
@@ -46,10 +55,19 @@ def mount_web(app: FastAPI) -> None:
     async def _web_error(request: Request, exc: WebError) -> Response:
         return error_response(request, exc.status, exc.heading, exc.message, exc.code)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # Under /ui/ (a missing static file, a method a page does not take) a page; elsewhere the API's JSON.
+        if _is_ui(request):
+            code, message = http_error_text(request, exc)
+            return error_response(request, exc.status_code, _HTTP_HEADINGS.get(exc.status_code, "Error"),
+                                  message, code)
+        return await http_exception_response(request, exc)
+
     @app.exception_handler(UnknownQueryParameters)
     async def _unknown_query(request: Request, exc: UnknownQueryParameters) -> Response:
         # The strict query check runs on every route: the UI's pages answer it as a page, the API as JSON.
-        if request.url.path == UI or request.url.path.startswith(UI + "/"):
+        if _is_ui(request):
             return error_response(request, exc.status, "Please correct the address", exc.message, exc.code)
         return json_error(exc.status, exc.code, exc.message, exc.details)
 

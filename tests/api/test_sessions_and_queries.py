@@ -73,6 +73,10 @@ async def test_every_unknown_ui_path_is_an_html_404_page(env: ApiEnv, people: di
             assert r.status_code == 404, (path, r.status_code)
             assert r.headers["content-type"].startswith("text/html") and "<h1>Page not found</h1>" in r.text, path
             assert r.headers["x-frame-options"] == "DENY"
+    missing_static = await anon.get("/ui/static/no-such.css")
+    assert missing_static.status_code == 404 and "<h1>Page not found</h1>" in missing_static.text
+    wrong_method = await anon.http.put("/ui/login")
+    assert wrong_method.status_code in (404, 405) and wrong_method.headers["content-type"].startswith("text/html")
     # The API's own unknown paths stay JSON.
     api = await env.http.get("/api/v1/nope", headers=env.auth("rita"))
     assert api.status_code == 404 and api.json()["code"] == "not_found"
