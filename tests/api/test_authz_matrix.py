@@ -388,7 +388,9 @@ def ui(method: str, path: str) -> Send:
         url = path.format(pid=ctx.pid, model=ctx.model_id)
         if method == "GET":
             return await client.get(url)
-        return await client.post(url, data={"comment": "x"})  # no CSRF token: refused before anything happens
+        if method == "POST":
+            return await client.post(url, data={"comment": "x"})  # no CSRF token: refused before anything happens
+        return await client.request(method, url)
     return send
 
 
@@ -449,6 +451,12 @@ UI_ROUTES: dict[str, Route] = {
     "GET /ui/models/{model_id}/findings": Route(ui("GET", "/ui/models/{model}/findings"), UI_OBJECT),
     "POST /ui/progressions/{progression_id}/conditional-approval": Route(
         ui("POST", "/ui/progressions/{pid}/conditional-approval"), UI_POST),
+    "GET /ui/progressions/{progression_id}/charts/{key}.svg": Route(
+        ui("GET", "/ui/progressions/{pid}/charts/fairness.svg"), UI_OBJECT),
+    # Any other /ui/ address: an HTML 404 page for everyone, signed in or not (it names nothing that exists).
+    **{f"{method} /ui/{{path:path}}": Route(ui(method, "/ui/no-such-page"), page(anonymous=HIDDEN,
+                                                                                 everyone_else=HIDDEN))
+       for method in ("GET", "POST", "PUT", "PATCH", "DELETE")},
 }
 
 
