@@ -211,9 +211,11 @@ _BASIS = re.compile(r"^sha256:[0-9a-f]{64}$")
 async def _keep_for_sign_in(web: Web, progression_id: str) -> Response:
     """A decision posted after the session ended: kept (never submitted) until its author signs in again."""
     form = await web.request.form()
-    pending = {"progression_id": progression_id, "stage": str(form.get("stage") or ""),
-               "decision": str(form.get("decision") or ""), "comment": str(form.get("comment") or "")[:COMMENT_MAX],
-               "basis": str(form.get("basis") or "") or None}
+    # Bounded: only what the form sends, each at most as long as a real one.
+    pending = {"progression_id": progression_id[:200], "stage": str(form.get("stage") or "")[:64],
+               "decision": str(form.get("decision") or "")[:32],
+               "comment": str(form.get("comment") or "")[:COMMENT_MAX],
+               "basis": str(form.get("basis") or "")[:80] or None}
     await keep_pending(web.db, web.request, web.app.settings.secret_key, str(form.get(CSRF_FIELD) or ""), pending)
     page = f"{UI}/progressions/{quote(progression_id, safe='@')}"
     target = f"{UI}/login?{urlencode({'next': page})}"
