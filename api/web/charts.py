@@ -10,6 +10,8 @@ attributes as the fallback, so the strict Content-Security-Policy (no inline sty
 - :func:`threshold_chart`: one row per measure, each on its own scale, the value's bar and the threshold's
   mark (metrics against the thresholds of the checks that judged them).
 - :func:`funnel_chart`: counts through ordered steps (the inventory funnel).
+- :func:`series_chart`: a value over time (a monitoring series: PSI per month) against a threshold, each point
+  coloured by the rule.
 """
 
 from __future__ import annotations
@@ -183,3 +185,69 @@ def funnel_chart(title: str, steps: Sequence[tuple[str, int]], *, key: str = "")
     desc = "; ".join(f"{label} {count}" for label, count in steps)
     return Chart(title=title, svg=_svg(height, title, desc, body), columns=["step", "count"],
                  rows=[[label, f"{count:,}"] for label, count in steps], key=key)
+
+
+def series_chart(title: str, points: Sequence[tuple[str, float]], *, threshold: float | None = None,
+                 op: str | None = None, key: str = "", value_label: str = "value") -> Chart:
+    """A line through ``points`` (label, value) in order, with the threshold as a dashed line; a point that
+    breaks the rule (``value op threshold`` false) is marked as failing."""
+    values = [v for _, v in points if math.isfinite(v)]
+    top = _nice(max(values + ([threshold] if threshold is not None else []) + [0.0]) * 1.1)
+    low = -_nice(-min(values + [0.0])) if min(values + [0.0]) < 0 else 0.0
+    span = (top - low) or 1.0
+    left, right, top_pad, bottom_pad = 60, 16, 12, 34
+    height = 200
+    plot_w, plot_h = WIDTH - left - right, height - top_pad - bottom_pad
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        x = left + (plot_w * (i + 0.5) / max(len(points), 1))
+        return x, top_pad + plot_h - (v - low) / span * plot_h
+
+    def passes(v: float) -> bool | None:
+        if threshold is None or op is None or op not in _COMPARE:
+            return None
+        return _COMPARE[op](v, threshold)
+
+    body = [f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{WIDTH - right}" y2="{top_pad + plot_h}" '
+            'class="axis" stroke="#57606a" stroke-width="1"/>',
+            _text(left - 6, top_pad + plot_h, number(low), anchor="end", cls="chart-axis"),
+            _text(left - 6, top_pad, number(top), anchor="end", cls="chart-axis")]
+    if threshold is not None:
+        ty = xy(0, threshold)[1]
+        body.append(f'<line x1="{left}" y1="{ty:.1f}" x2="{WIDTH - right}" y2="{ty:.1f}" class="threshold" '
+                    'stroke="#1b1b1b" stroke-width="1.5" stroke-dasharray="4 3"/>')
+        body.append(_text(WIDTH - right, ty - 8, f"{op or ''} {number(threshold)}".strip(), anchor="end",
+                          cls="chart-threshold"))
+    finite = [(i, v) for i, (_, v) in enumerate(points) if math.isfinite(v)]
+    if len(finite) > 1:
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in finite))
+        body.append(f'<polyline points="{path}" class="series" fill="none" stroke="{_FILL["neutral"]}" '
+                    'stroke-width="2"/>')
+    for i, (label, v) in enumerate(points):
+        if not math.isfinite(v):
+            continue
+        x, y = xy(i, v)
+        state = _state(passes(v))
+        body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" class="point bar-{state}" fill="{_FILL[state]}">'
+                    f"<title>{escape(label)}: {escape(number(v))}</title></circle>")
+        body.append(_text(x, height - bottom_pad / 2, _clip(label, 10), anchor="middle", cls="chart-axis"))
+    desc = "; ".join(f"{label} {number(v)}" for label, v in points)
+    columns = ["point", value_label] + (["meets the rule"] if threshold is not None and op else [])
+    rows = []
+    for label, v in points:
+        verdict = passes(v)
+        rows.append([label, number(v)] + ([] if len(columns) == 2 else ["—" if verdict is None else
+                                                                        ("yes" if verdict else "no")]))
+    return Chart(title=title, svg=_svg(height, title, desc, body), columns=columns, rows=rows, key=key)
+
+
+def _nice(value: float) -> float:
+    """The round number at or above ``value`` (0.36 -> 0.4, 96512 -> 100000): readable axis ends."""
+    if value <= 0 or not math.isfinite(value):
+        return 1.0
+    scale = 10 ** math.floor(math.log10(value))
+    return next(m * scale for m in (1, 2, 2.5, 5, 10) if m * scale >= value)
+
+
+_COMPARE = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+            "<": lambda a, b: a < b, "==": lambda a, b: a == b}

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from api.web.charts import Bar, Measure, bar_chart, funnel_chart, number, threshold_chart
+from api.web.charts import Bar, Measure, bar_chart, funnel_chart, number, series_chart, threshold_chart
 from api.web.safe_markdown import render_markdown
 from testing.http import html_elements
 
@@ -36,6 +36,16 @@ def test_threshold_and_funnel_charts() -> None:
     funnel = funnel_chart("Inventory", [("Submitted", 10), ("In production", 0)])
     ET.fromstring(str(funnel.svg))
     assert funnel.rows == [["Submitted", "10"], ["In production", "0"]]
+
+
+def test_a_series_chart_marks_the_points_that_break_the_rule() -> None:
+    chart = series_chart("PSI by month", [("2026-01", 0.05), ("2026-02", 0.12), ("2026-03", 0.31)],
+                         threshold=0.25, op="<", key="psi", value_label="psi")
+    root = ET.fromstring(str(chart.svg))
+    assert [c.get("class") for c in root.iter(f"{SVG}circle")] == ["point bar-pass"] * 2 + ["point bar-fail"]
+    assert len(list(root.iter(f"{SVG}polyline"))) == 1
+    assert chart.rows == [["2026-01", "0.05", "yes"], ["2026-02", "0.12", "yes"], ["2026-03", "0.31", "no"]]
+    assert series_chart("one", [("a", 1.0)]).rows == [["a", "1"]]
 
 
 @pytest.mark.parametrize(("value", "text"), [(0.781, "0.781"), (96512, "96,512"), (1.2e-05, "1.2e-05"),
