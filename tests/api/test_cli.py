@@ -463,7 +463,7 @@ def test_audit_events_export_verify(cli: CLI, live_api: LiveAPI, tmp_path: Path)
     pid = "retail-credit-scorecard@9.7.0"
     cli.ok("dana", "start", repo)
     follow(cli, "dana", pid)
-    assert cli.run("dana", "decide", pid, "--stage", "validation", "approve", "-m", "self").exit_code == 3
+    assert cli.run("dana", "decide", pid, "--stage", "validation", "approve", "-m", "self — 同意").exit_code == 3
 
     events = cli.json("alice", "audit", "--progression", pid)
     types = [e["event_type"] for e in events]
@@ -473,6 +473,8 @@ def test_audit_events_export_verify(cli: CLI, live_api: LiveAPI, tmp_path: Path)
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
     text = cli.ok("alice", "audit", "--progression", pid).stdout
     assert "progression.started" in text
+    raw = cli.ok("alice", "audit", "--progression", pid, "--json").stdout
+    assert "同意" in raw and "\\u540c" not in raw  # UTF-8 text stays text in the JSON output
 
     only = cli.json("alice", "audit", "--progression", pid, "--type", "decision.refused")
     assert only and {e["event_type"] for e in only} == {"decision.refused"}
