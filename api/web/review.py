@@ -83,16 +83,22 @@ def judged_values(check: CheckResult) -> tuple[list[Judged], list[Judged]]:
     """(plain comparisons, comparisons of each entry of a map) the check's expression makes, with values."""
     plain: list[Judged] = []
     entries: list[Judged] = []
+    covered: set[str] = set()
+    unparsed = False
     for part in check.expr.split("&&"):
         if m := _SIMPLE.match(part):
             if m["path"] in check.inputs:
                 plain.append(Judged(_short_path(m["path"]), check.inputs[m["path"]], m["op"], float(m["num"])))
+                covered.add(m["path"])
         elif (m := _ALL.match(part)) and isinstance(check.inputs.get(m["path"]), dict):
             for key, item in check.inputs[m["path"]].items():
                 value = item.get(m["field"]) if m["field"] and isinstance(item, dict) else item
                 entries.append(Judged(str(key), value, m["op"], float(m["num"])))
-    if not plain and not entries:  # what it read, without a rule we can name
-        plain = [Judged(_short_path(k), v) for k, v in check.inputs.items() if _scalar(v)]
+            covered.add(m["path"])
+        else:
+            unparsed = True
+    if unparsed or not (plain or entries):  # the other values it read, without a rule we can name
+        plain += [Judged(_short_path(k), v) for k, v in check.inputs.items() if k not in covered and _scalar(v)]
     return plain, entries
 
 
