@@ -199,12 +199,12 @@ async def end_session(db: AsyncSession, session: WebSession | None, reason: str)
 
 
 def stale_cookie(request: Request, secret_key: str) -> dict[str, Any] | None:
-    """The payload of a genuine session cookie whatever its age (None when absent or forged)."""
+    """The payload of a genuine session cookie that expired at most a day ago (None: absent, forged, older)."""
     raw = request.cookies.get(COOKIE_NAME)
     if not raw:
         return None
-    try:
-        data = _serializer(secret_key).loads(raw)  # no max_age: an expired but genuine cookie still names its owner
+    try:  # past SESSION_MAX_AGE, a genuine cookie still names its owner, for PENDING_MAX_AGE more
+        data = _serializer(secret_key).loads(raw, max_age=SESSION_MAX_AGE + PENDING_MAX_AGE)
     except BadSignature:
         return None
     return data if isinstance(data, dict) else None
@@ -212,15 +212,20 @@ def stale_cookie(request: Request, secret_key: str) -> dict[str, Any] | None:
 
 async def keep_pending(db: AsyncSession, request: Request, secret_key: str, submitted_csrf: str,
                        pending: dict[str, Any]) -> bool:
-    """Keep a decision posted on an ended or expired session, for its author to confirm after signing in.
+    """Keep a decision posted on an expired session, for its author to confirm after signing in.
 
-    Only when the cookie is genuine, names a user, and the form carries that cookie's CSRF token (a
-    cross-site form cannot plant a decision for someone to confirm). Nothing is submitted here.
+    Only when the cookie is genuine and at most a day past its expiry, names a session that was not signed out
+    of, and the form carries that cookie's CSRF token (a cross-site form, or a copy of a cookie its owner
+    signed out of, cannot plant a decision for someone to confirm). Nothing is submitted here.
     """
     data = stale_cookie(request, secret_key)
-    if data is None or not isinstance(data.get("uid"), str) or not isinstance(data.get("csrf"), str):
+    if data is None or not all(isinstance(data.get(k), str) for k in ("uid", "csrf", "sid")):
         return False
     if not submitted_csrf or not hmac.compare_digest(submitted_csrf.encode(), data["csrf"].encode()):
+        return False
+    # Only a session that lapsed: one its owner signed out of is dead, even to a copy of its cookie.
+    ended = await db.get(BrowserSession, data["sid"])
+    if ended is None or ended.user_id != data["uid"] or ended.ended_reason == "signed_out":
         return False
     row = BrowserSession(id=secrets.token_urlsafe(32), user_id=None, token_id=None,
                          expires_at=utcnow() + timedelta(seconds=PENDING_MAX_AGE),

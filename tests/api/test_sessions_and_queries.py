@@ -179,3 +179,20 @@ async def test_a_cross_site_post_without_the_cookies_csrf_token_keeps_nothing(en
     assert kept == []
     login = await vera.get(forged.headers["location"])
     assert 'id="pending-decision"' not in login.text
+
+
+async def test_a_cookie_signed_out_of_cannot_plant_a_decision_to_confirm(env: ApiEnv, people: dict[str, Browser]
+                                                                         ) -> None:
+    pid, _ = await started_at_gate(env, "dana")
+    vera = await signed_in(people, "vera")
+    page = await vera.get(f"/ui/progressions/{pid}")
+    stolen, token = vera.http.cookies[COOKIE_NAME], csrf_of(page.text)
+    assert (await vera.http.post("/ui/logout", data={"csrf_token": token})).status_code == 303
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app), base_url="http://api.test") as thief:
+        thief.cookies.set(COOKIE_NAME, stolen)
+        r = await thief.post(f"/ui/progressions/{pid}/decisions", data={
+            "csrf_token": token, "stage": "validation", "decision": "approve", "comment": "planted"})
+        assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+    async with env.sessionmaker() as session:
+        assert [r for r in (await session.scalars(select(BrowserSession))).all() if r.pending] == []
+    assert await env.count(DecisionRow, DecisionRow.progression_id == pid) == 0
