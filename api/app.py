@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
-from api.deps import AppState
+from api.deps import STRICT_QUERY, AppState
 from api.errors import install_error_handlers
 from api.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
 from api.routers import audit, features, findings, inbox, models, ops, policies, progressions, users
@@ -34,11 +35,31 @@ Authenticate with `Authorization: Bearer <token>` (an API token `prg_...` or, wh
 Errors are JSON `{code, message, details}` with a stable `code`. Every POST accepts an `Idempotency-Key`
 header: a retry with the same key and request returns the first answer and changes nothing.
 Another team's progressions and models answer 404 to developers (their existence does not leak).
+Query parameters are strict: one that a route does not list is refused with 422 `unknown_query_parameter`
+naming it (`details.unknown`, with a suggestion when it looks like a typo), never silently ignored; every
+operation says so with `x-strict-query: true`.
 """
 
 
 def temporal_address(settings: Settings) -> str:
     return settings.temporal_address or f"127.0.0.1:{settings.temporal_port}"
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema, with every operation marked strict about its query parameters."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                if not isinstance(operation, dict):
+                    continue
+                operation["x-strict-query"] = True
+                responses = operation.setdefault("responses", {})
+                responses.setdefault("422", {
+                    "description": "A query parameter this operation does not read (`unknown_query_parameter`)",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _mount_web_ui(app: FastAPI) -> None:
@@ -83,7 +104,10 @@ def create_app(
             if engine is not None:
                 await engine.dispose()
 
-    app = FastAPI(title="Progression API", version="1.0.0", description=API_DESCRIPTION, lifespan=lifespan)
+    # STRICT_QUERY on every route: a query parameter the route does not read is refused with 422 naming it.
+    app = FastAPI(title="Progression API", version="1.0.0", description=API_DESCRIPTION, lifespan=lifespan,
+                  dependencies=[STRICT_QUERY])
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.metrics = metrics
     install_error_handlers(app)
     for module in (progressions, inbox, models, policies, features, audit, users, ops, findings):

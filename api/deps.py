@@ -1,17 +1,22 @@
-"""FastAPI dependencies: ONE for the database session, ONE for the authenticated caller."""
+"""FastAPI dependencies: ONE for the database session, ONE for the authenticated caller, and the strict query
+check that the application applies to every route (``create_app(dependencies=[STRICT_QUERY])``)."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from api.authz import Principal
-from api.errors import Unauthenticated
+from api.errors import Unauthenticated, UnknownQueryParameters
 from engine.identity import TOKEN_PREFIX, JWTVerifier, authenticate_credential, provision_jwt_user
 from engine.loading import PolicyRegistry
 from engine.settings import Settings
@@ -72,3 +77,45 @@ async def _current_user(request: Request, session: SessionDep) -> Principal:
 
 
 CurrentUser = Annotated[Principal, Depends(_current_user)]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names: set[str] = set()
+    for param in dependant.query_params:
+        model = param.field_info.annotation
+        if isinstance(model, type) and issubclass(model, BaseModel):  # a query-parameter model: its fields
+            names.update(f.alias or n for n, f in model.model_fields.items())
+        else:
+            names.add(param.alias)
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def _known_query(route: APIRoute) -> list[str]:
+    """The query parameters a route reads (its own and its dependencies'), by the name clients send."""
+    known = getattr(route, "_progression_known_query", None)
+    if known is None:
+        known = sorted(_query_names(route.dependant))
+        route._progression_known_query = known  # type: ignore[attr-defined]
+    return known  # type: ignore[no-any-return]
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """Refuse (422 ``unknown_query_parameter``) a query parameter the route does not read, naming it."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.query_params or getattr(route, "accepts_any_query", False):
+        return
+    known = _known_query(route)
+    unknown = sorted({name for name in request.query_params.keys() if name not in known})
+    if unknown:
+        suggestions = {}
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6) or [
+                k for k in known if k.endswith("_" + name) or k.startswith(name + "_")][:1]
+            if close:
+                suggestions[name] = close[0]
+        raise UnknownQueryParameters(unknown, known, suggestions)
+
+
+STRICT_QUERY = Depends(reject_unknown_query)

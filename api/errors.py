@@ -47,6 +47,19 @@ class Unauthenticated(ApiError):
         super().__init__(401, "unauthenticated", message, headers={"WWW-Authenticate": "Bearer"})
 
 
+class UnknownQueryParameters(ApiError):
+    """A query parameter the route does not read: refused (422) rather than ignored, so a typo such as
+    ``?type=`` for ``?event_type=`` never answers an unfiltered result as if it were the filtered one."""
+
+    def __init__(self, unknown: list[str], known: list[str], suggestions: dict[str, str]) -> None:
+        hint = "".join(f"; did you mean {suggestions[n]!r} for {n!r}?" for n in unknown if n in suggestions)
+        listed = ", ".join(known) if known else "none"
+        super().__init__(422, "unknown_query_parameter",
+                         f"unknown query parameter{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(repr(n) for n in unknown)}{hint} (this route reads: {listed})",
+                         {"unknown": unknown, "known": known, "suggestions": suggestions})
+
+
 class BodyTooLarge(StarletteHTTPException):
     """An HTTPException so that FastAPI's body parsing re-raises it as is (it wraps other errors in 400)."""
 
@@ -77,7 +90,8 @@ COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _doc("Missing, invalid or revoked bearer token (`unauthenticated`)"),
     403: _doc("The caller's roles, team or segregation of duties forbid this (`forbidden` and specific codes)"),
     413: _doc("Request body larger than the configured limit (`request_too_large`)"),
-    422: _doc("The request does not validate (`validation_error`, `invalid_spec`, ...)"),
+    422: _doc("The request does not validate (`validation_error`, `invalid_spec`, ...), or names a query "
+              "parameter the route does not read (`unknown_query_parameter`, details.unknown lists them)"),
     500: _doc("Unexpected error (`internal_error`); never includes a traceback"),
     503: _doc("The database or Temporal is unreachable for now (`service_unavailable`); retry after Retry-After"),
 }
@@ -104,22 +118,30 @@ def _database_away(exc: Exception) -> bool:
     return any(hint in message for hint in _AWAY_HINTS)
 
 
+def http_error_text(request: Request, exc: StarletteHTTPException) -> tuple[str, str]:
+    """(code, message) of a FastAPI/Starlette HTTP error (404 route, 405, unparsable body, ...)."""
+    code = _STATUS_CODES.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"no route {request.method} {request.url.path}"
+    if exc.status_code == 400:  # FastAPI/Starlette could not parse the body (bad UTF-8, broken multipart)
+        message = f"the request body cannot be parsed: {message}"
+    if exc.status_code == 405:
+        message = f"method {request.method} is not allowed on {request.url.path}"
+    return code, message
+
+
+async def http_exception_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code, message = http_error_text(request, exc)
+    return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProgressionError)
     async def _domain(request: Request, exc: ProgressionError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.details, getattr(exc, "headers", None))
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _STATUS_CODES.get(exc.status_code, "error")
-        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        if exc.status_code == 404 and message == "Not Found":
-            message = f"no route {request.method} {request.url.path}"
-        if exc.status_code == 400:  # FastAPI/Starlette could not parse the body (bad UTF-8, broken multipart)
-            message = f"the request body cannot be parsed: {message}"
-        if exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, code, message, None, getattr(exc, "headers", None))
+    app.add_exception_handler(StarletteHTTPException, http_exception_response)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

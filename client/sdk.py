@@ -335,8 +335,9 @@ class _Calls:
         return _Call("GET", "/audit/events", _as(AuditPage), params=params)
 
     @staticmethod
-    def audit_export(format: str, filters: Mapping[str, Any]) -> _Call[bytes]:
-        return _Call("GET", "/audit/export", _bytes, params={**AuditFilter(**filters).query_params(), "format": format})
+    def audit_export(format: str, filters: Mapping[str, Any], bom: bool = False) -> _Call[bytes]:
+        params = {**AuditFilter(**filters).query_params(), "format": format, **({"bom": "true"} if bom else {})}
+        return _Call("GET", "/audit/export", _bytes, params=params)
 
     @staticmethod
     def audit_verify() -> _Call[ChainVerification]:
@@ -475,12 +476,13 @@ class ProgressionClient:
                 return
             cursor = page.next_cursor
 
-    def audit_export(self, format: AuditFormat = "jsonl", **filters: Any) -> bytes:
-        return self._run(_Calls.audit_export(format, filters))
+    def audit_export(self, format: AuditFormat = "jsonl", *, bom: bool = False, **filters: Any) -> bytes:
+        return self._run(_Calls.audit_export(format, filters, bom))
 
-    def audit_export_to(self, dest: Any, format: AuditFormat = "jsonl", **filters: Any) -> int:
-        """Stream the export into a binary file object; returns the bytes written."""
-        call = _Calls.audit_export(format, filters)
+    def audit_export_to(self, dest: Any, format: AuditFormat = "jsonl", *, bom: bool = False, **filters: Any) -> int:
+        """Stream the export into a binary file object; returns the bytes written. ``bom``: CSV with a byte
+        order mark (spreadsheet tools); ``actor`` may be a username."""
+        call = _Calls.audit_export(format, filters, bom)
         written = 0
         try:
             with self._http.stream("GET", call.path, params=call.params) as response:
@@ -626,8 +628,8 @@ class AsyncProgressionClient:
                 return
             cursor = page.next_cursor
 
-    async def audit_export(self, format: AuditFormat = "jsonl", **filters: Any) -> bytes:
-        return await self._run(_Calls.audit_export(format, filters))
+    async def audit_export(self, format: AuditFormat = "jsonl", *, bom: bool = False, **filters: Any) -> bytes:
+        return await self._run(_Calls.audit_export(format, filters, bom))
 
     async def audit_verify(self) -> ChainVerification:
         return await self._run(_Calls.audit_verify())

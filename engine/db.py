@@ -110,6 +110,23 @@ class ApiToken(Base):
     issued_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
 
 
+class BrowserSession(Base):
+    """A signed-in web UI session (the cookie carries only its id, signed). Sign-out ends it here, so a
+    replayed cookie is refused; ``pending`` keeps a decision posted on an expired session until its
+    author signs in again and confirms it (``api.web.session``)."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=True,
+                                                index=True)
+    token_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    ended_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    pending: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
 class Enrollment(Base):
     """A one-time code an admin creates for a person; the person redeems it for their own token."""
 

@@ -320,10 +320,26 @@ class Lineage(Model):
         default_factory=list, description="earlier rejections an approval must acknowledge (name each id)")
 
 
+class Person(Model):
+    """Who a user id is, for people to read: answers carry it beside the id they name."""
+
+    id: str
+    username: str
+    display_name: str | None = None
+
+    def label(self) -> str:
+        """``display name (username)``, or the username alone."""
+        return f"{self.display_name} ({self.username})" if self.display_name else self.username
+
+
 class ProgressionDetail(ProgressionState):
-    """``GET /progressions/{id}``: the state plus its lineage (never part of the workflow's state)."""
+    """``GET /progressions/{id}``: the state plus its lineage and the people it names (never part of the
+    workflow's state)."""
 
     lineage: Lineage | None = None
+    people: dict[str, Person] = Field(default_factory=dict, description=(
+        "user id -> username and display name of everyone the state names by id (submitter, deciders, "
+        "who added evidence)"))
 
 
 class ConditionIn(Model):

@@ -59,6 +59,8 @@ class ProgressionSummary(BaseModel):
     current_stage: str | None
     waiting_on: list[str]
     submitted_by: str
+    submitted_by_username: str | None = None
+    submitted_by_display_name: str | None = None
     gate_opened_at: datetime | None
     sla_due_at: datetime | None
     escalated: bool
@@ -123,6 +125,8 @@ class ModelOut(BaseModel):
     updated_at: datetime
     latest_version: str | None = None
     latest_status: str | None = None
+    production_version: str | None = Field(default=None, description="the version in production now, if any")
+    production_progression_id: str | None = None
     versions_count: int = 0
     revalidation_overdue: bool = False
 
@@ -224,6 +228,8 @@ class AuditEventOut(BaseModel):
     occurred_at: datetime
     recorded_at: datetime
     actor_id: str | None
+    actor_username: str | None = Field(default=None, description="the actor's username (None: not a user)")
+    actor_display_name: str | None = None
     progression_id: str | None
     model_id: str | None
     stage: str | None
@@ -248,7 +254,7 @@ class AuditFilter(BaseModel):
 
     progression: str | None = None  # progression id
     model: str | None = None  # model id
-    actor: str | None = None  # user id
+    actor: str | None = None  # a username or a user id (an unknown one is refused: 422 unknown_user)
     event_type: str | None = None  # one type or a comma-separated list
     since: datetime | None = None  # occurred_at >= since
     until: datetime | None = None  # occurred_at < until

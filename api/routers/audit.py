@@ -13,6 +13,8 @@ from api.errors import COMMON_ERRORS
 from api.services import audit as svc
 from engine.wire import AuditFilter, AuditPage, ChainVerification
 
+ACTOR_HELP = "the actor's username or user id (one that names nobody: 422 unknown_user)"
+
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"], responses=COMMON_ERRORS)
 
 
@@ -26,7 +28,8 @@ def _filters(progression: str | None, model: str | None, actor: str | None, even
             summary="Audit events by seq; filters combine; pass next_cursor to page on")
 async def list_events(
     session: SessionDep, user: CurrentUser,
-    progression: str | None = None, model: str | None = None, actor: str | None = None,
+    progression: str | None = None, model: str | None = None,
+    actor: Annotated[str | None, Query(description=ACTOR_HELP)] = None,
     event_type: Annotated[str | None, Query(description="one type or a comma-separated list")] = None,
     since: Annotated[datetime | None, Query(description="occurred_at >= since (ISO-8601)")] = None,
     until: Annotated[datetime | None, Query(description="occurred_at < until (ISO-8601)")] = None,
@@ -44,12 +47,15 @@ async def list_events(
 async def export(
     user: CurrentUser, app: StateDep,
     format: Literal["csv", "jsonl"] = "jsonl",
-    progression: str | None = None, model: str | None = None, actor: str | None = None,
+    progression: str | None = None, model: str | None = None,
+    actor: Annotated[str | None, Query(description=ACTOR_HELP)] = None,
     event_type: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    bom: Annotated[bool, Query(description="CSV only: start with a UTF-8 byte order mark (spreadsheet tools)")]
+    = False,
 ) -> StreamingResponse:
     stream = await svc.export_events(sessionmaker=app.sessionmaker, principal=user,
                                      filters=_filters(progression, model, actor, event_type, since, until),
-                                     fmt=format)
+                                     fmt=format, bom=bom)
     media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     filename = f"audit-events.{format}"
     return StreamingResponse(stream, media_type=media,

@@ -12,7 +12,7 @@ from api.deps import AppState
 from api.errors import ApiError
 from engine import audit
 from engine.db import CatalogModel, ModelVersion, ProgressionRow, utcnow
-from engine.lifecycle import EventType
+from engine.lifecycle import EventType, Status
 from engine.policy import Role
 from engine.spec import progression_id
 from engine.wire import ModelDetail, ModelOut, ModelPage, VersionOut
@@ -29,12 +29,21 @@ async def _progressions_by_model(session: AsyncSession, model_ids: list[str]) ->
     return out
 
 
+def production_version(rows: list[ProgressionRow]) -> ProgressionRow | None:
+    """The model's version in production now (the latest started, should several be marked so)."""
+    live = [r for r in rows if r.status == Status.in_production.value]
+    return max(live, key=lambda r: (r.started_at, r.id)) if live else None
+
+
 def _model_out(model: CatalogModel, progs: list[ProgressionRow], versions_count: int) -> dict[str, object]:
     latest = progs[-1] if progs else None
+    live = production_version(progs)
     return dict(id=model.id, name=model.name, team=model.team, business_intent=model.business_intent,
                 created_at=model.created_at, updated_at=model.updated_at,
                 latest_version=latest.version_id if latest else None,
-                latest_status=latest.status if latest else None, versions_count=versions_count,
+                latest_status=latest.status if latest else None,
+                production_version=live.version_id if live else None,
+                production_progression_id=live.id if live else None, versions_count=versions_count,
                 revalidation_overdue=any(p.revalidation_overdue for p in progs))
 
 
@@ -53,6 +62,27 @@ async def list_models(*, session: AsyncSession, principal: Principal, team: str 
     items = [ModelOut(**_model_out(m, progs.get(m.id, []), counts.get(m.id, 0))) for m in models]  # type: ignore[arg-type]
     next_offset = offset + len(items) if offset + len(items) < total else None
     return ModelPage(items=items, total=total, limit=limit, offset=offset, next_offset=next_offset)
+
+
+FUNNEL = (
+    ("Submitted", None),
+    ("Not stopped (not rejected, withdrawn or failed)", {Status.running, Status.blocked, Status.awaiting_approval,
+                                                        Status.changes_requested, Status.approved,
+                                                        Status.in_production, Status.retired}),
+    ("Approved (every stage passed)", {Status.approved, Status.in_production, Status.retired}),
+    ("In production now", {Status.in_production}),
+)
+
+
+async def inventory_funnel(*, session: AsyncSession, principal: Principal,
+                           intent: str | None = None) -> list[tuple[str, int]]:
+    """How many model versions (progressions) the caller can see reached each step, widest first."""
+    require(principal, Action.read_catalog)
+    conds = listing_conditions(principal, ProgressionRow.team, intent=(ProgressionRow.business_intent, intent))
+    counts = dict((await session.execute(select(ProgressionRow.status, func.count()).where(*conds)
+                                         .group_by(ProgressionRow.status))).all())
+    return [(label, sum(n for status, n in counts.items() if statuses is None or status in statuses))
+            for label, statuses in FUNNEL]
 
 
 async def get_model(*, session: AsyncSession, principal: Principal, model_id: str) -> ModelDetail:

@@ -39,6 +39,7 @@ from api.authz import (
 )
 from api.deps import AppState
 from api.errors import ApiError
+from api.services.people import people
 from engine import audit, lineage
 from engine.db import AuditEvent, CatalogModel, Feature, ModelVersion, ProgressionRow
 from engine.db import utcnow as _utcnow
@@ -164,7 +165,15 @@ async def get_progression_detail(*, session: AsyncSession, app: AppState, princi
     detail = ProgressionDetail.model_validate(state.model_dump())
     detail.lineage = Lineage(model_versions=versions, same_artifact_or_commit=same,
                              prior_rejections=list(state.prior_rejections))
+    detail.people = await people(session, named_people(state))
     return detail
+
+
+def named_people(state: ProgressionState) -> set[str]:
+    """The user ids a state names: its submitter, every decider, whoever added evidence."""
+    ids = {state.submitted_by, *(ref.added_by for ref in state.evidence.values() if ref.added_by)}
+    ids.update(d.actor_id for s in state.stages for d in s.decisions)
+    return ids
 
 
 def summary(row: ProgressionRow) -> ProgressionSummary:
@@ -190,8 +199,14 @@ async def list_progressions(*, session: AsyncSession, principal: Principal, mode
         select(ProgressionRow).where(*conds)
         .order_by(ProgressionRow.started_at.desc(), ProgressionRow.id).limit(limit).offset(offset))).scalars().all()
     next_offset = offset + len(rows) if offset + len(rows) < total else None
-    return ProgressionPage(items=[summary(r) for r in rows], total=total, limit=limit, offset=offset,
-                           next_offset=next_offset)
+    names = await people(session, (r.submitted_by for r in rows))
+    items = []
+    for r in rows:
+        item, person = summary(r), names.get(r.submitted_by)
+        item.submitted_by_username = person.username if person else None
+        item.submitted_by_display_name = person.display_name if person else None
+        items.append(item)
+    return ProgressionPage(items=items, total=total, limit=limit, offset=offset, next_offset=next_offset)
 
 
 # ---- evidence storage ------------------------------------------------------------------------

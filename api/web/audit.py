@@ -9,14 +9,10 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Response
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.authz import Action, allowed
 from api.services.audit import export_events, list_events, verify
-from api.web.render import PAGE_SIZE, UI, PostWeb, UserWeb, Web, WebError, call, finish, render
-from engine.db import User
-from engine.identity import get_user_by_username
+from api.web.render import PAGE_SIZE, UI, PostWeb, UserWeb, WebError, call, finish, render
 from engine.lifecycle import (
     EventType,
 )
@@ -53,14 +49,9 @@ def _parse_when(value: str, field: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-async def _service_filters(web: Web, f: AuditForm) -> Any:
-    """The API service's filters; an actor may be typed as a username (resolved) or a user id."""
-
-    actor_id: str | None = None
-    if f.actor:
-        user = await get_user_by_username(web.db, f.actor)
-        actor_id = user.id if user is not None else f.actor
-    return AuditFilter(progression=f.progression or None, model=f.model or None, actor=actor_id,
+def _service_filters(f: AuditForm) -> AuditFilter:
+    """The API service's filters (an actor typed as a username or a user id; the service resolves it)."""
+    return AuditFilter(progression=f.progression or None, model=f.model or None, actor=f.actor or None,
                         event_type=f.event_type or None, since=_parse_when(f.since, "since"),
                         until=_parse_when(f.until, "until"))
 
@@ -77,37 +68,28 @@ async def audit_page(web: UserWeb, progression: str | None = None, model: str | 
                      actor: str | None = None, event_type: str | None = None, since: str | None = None,
                      until: str | None = None, cursor: str | None = None, page_no: int = 1) -> Response:
     f = _audit_form(progression, model, actor, event_type, since, until)
-    filters = await _service_filters(web, f)
-    page = await call(list_events(session=web.db, principal=web.user, filters=filters, cursor=cursor or None,
-                                  limit=PAGE_SIZE))
-    usernames = await _usernames(web.db, {e.actor_id for e in page.items if e.actor_id})
+    page = await call(list_events(session=web.db, principal=web.user, filters=_service_filters(f),
+                                  cursor=cursor or None, limit=PAGE_SIZE))
     page_no = max(page_no, 1)
     ctx = {"title": "Audit", "active": "audit", "page": page, "filters": f, "page_no": page_no,
-           "event_types": [t.value for t in EventType], "usernames": usernames,
+           "event_types": [t.value for t in EventType],
            "can_export": allowed(web.user, Action.export_audit), "can_verify": allowed(web.user, Action.verify_audit),
            "next_query": f.query(cursor=page.next_cursor, page_no=page_no + 1) if page.has_more else None,
            "first_query": f.query() if cursor else None,
-           "csv_query": f.query(format="csv"), "jsonl_query": f.query(format="jsonl")}
+           "csv_query": f.query(format="csv"), "csv_bom_query": f.query(format="csv", bom="true"),
+           "jsonl_query": f.query(format="jsonl")}
     name = "_audit_results.html" if web.htmx and web.request.headers.get("HX-Target") == "audit-results" \
         else "audit.html"
     return render(web.request, name, ctx)
 
 
-async def _usernames(db: AsyncSession, ids: set[str]) -> dict[str, str]:
-    if not ids:
-        return {}
-    rows = await db.execute(select(User.id, User.username).where(User.id.in_(ids)))
-    return {uid: name for uid, name in rows.all()}
-
-
 @router.get("/audit/export", name="ui_audit_export")
 async def audit_export(web: UserWeb, format: str = "csv", progression: str | None = None, model: str | None = None,
                        actor: str | None = None, event_type: str | None = None, since: str | None = None,
-                       until: str | None = None) -> Response:
+                       until: str | None = None, bom: bool = False) -> Response:
     f = _audit_form(progression, model, actor, event_type, since, until)
-    filters = await _service_filters(web, f)
-    stream = await call(export_events(sessionmaker=web.app.sessionmaker, principal=web.user, filters=filters,
-                                      fmt=format))
+    stream = await call(export_events(sessionmaker=web.app.sessionmaker, principal=web.user,
+                                      filters=_service_filters(f), fmt=format, bom=bom))
     media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
     headers = {"Content-Disposition": f'attachment; filename="audit-events.{format}"'}
     return finish(web.request, StreamingResponse(stream, media_type=media, headers=headers))

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Response
 
-from api.services.catalog import get_model, list_models
+from api.services.catalog import get_model, inventory_funnel, list_models
+from api.web.charts import funnel_chart
 from api.web.render import PAGE_SIZE, UI, PageOffset, UserWeb, call, render
 
 router = APIRouter(prefix=UI, include_in_schema=False)
@@ -16,8 +17,12 @@ router = APIRouter(prefix=UI, include_in_schema=False)
 async def models_page(web: UserWeb, intent: str | None = None, offset: PageOffset = 0) -> Response:
     page = await call(list_models(session=web.db, principal=web.user, intent=intent or None, limit=PAGE_SIZE,
                                   offset=max(offset, 0)))
+    steps = await call(inventory_funnel(session=web.db, principal=web.user, intent=intent or None))
+    funnel = funnel_chart("The inventory: model versions by how far they got", steps, key="inventory-funnel") \
+        if steps and steps[0][1] else None
     return render(web.request, "models.html", {"title": "Models", "active": "models", "page": page,
-                                               "intent": intent or "", "intents": web.app.registry.intents()})
+                                               "intent": intent or "", "intents": web.app.registry.intents(),
+                                               "funnel": funnel})
 
 
 @router.get("/models/{model_id}", name="ui_model")

@@ -8,9 +8,10 @@ import secrets
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Response
 from starlette.datastructures import UploadFile
@@ -18,6 +19,7 @@ from starlette.datastructures import UploadFile
 from api.authz import Action, Principal, allowed, require_act_on_team
 from api.deps import AppState
 from api.errors import ApiError
+from api.services.people import people
 from api.services.progressions import (
     Upload,
     add_evidence,
@@ -25,12 +27,15 @@ from api.services.progressions import (
     deciding_role_refusal,
     get_progression,
     list_progressions,
+    named_people,
     withdraw,
 )
+from api.services.review import review_material
 from api.web.render import (
     COMMENT_MAX,
     PAGE_SIZE,
     UI,
+    AnyWeb,
     PageOffset,
     PostWeb,
     UserWeb,
@@ -42,6 +47,8 @@ from api.web.render import (
     render,
     sentence,
 )
+from api.web.review import build_review
+from api.web.session import CSRF_FIELD, keep_pending, take_pending, verify_csrf
 from engine.errors import ProgressionError
 from engine.evidence import EvidenceStore
 from engine.lifecycle import (
@@ -143,6 +150,8 @@ async def _progression_context(web: Web, state: ProgressionState, **extra: Any) 
     open_gate = gate if gate is not None and gate.status == StageStatus.awaiting_approval else None
     can_decide, why_not = (decision_block(principal, state, open_gate.name) if open_gate else (False, []))
     open_status = state.status not in FINAL_STATUSES
+    mine = [d for d in open_gate.decisions if d.actor_id == principal.id and not d.superseded] if open_gate else []
+    material = await review_material(session=web.db, app=web.app, principal=principal, state=state)
     ctx: dict[str, Any] = {
         "title": f"{state.model_name} {state.version_id}", "active": "progressions", "state": state,
         "stages": _stage_views(state), "open_gate": open_gate, "can_decide": can_decide, "why_not": why_not,
@@ -153,6 +162,9 @@ async def _progression_context(web: Web, state: ProgressionState, **extra: Any) 
                           for name in [f"{s.name}/{c.check_id}"]},
         "pid_url": UI + "/progressions/" + state.progression_id,
         "decision_error": None, "flash": None, "form": {},
+        # The review: evidence inline, what each check judged, charts, the version in production; names.
+        "review": build_review(state, material), "my_decision": mine[-1] if mine else None,
+        "people": await people(web.db, named_people(state)), "now": datetime.now(UTC),
     }
     ctx.update(extra)
     return ctx
@@ -168,7 +180,16 @@ async def progression_page(web: UserWeb, progression_id: str, done: str | None =
     state = await call(get_progression(session=web.db, app=web.app, principal=web.user,
                                        progression_id=progression_id))
     flash = _FLASH.get(done or "")
-    return _progression_response(web, await _progression_context(web, state, flash=flash))
+    extra: dict[str, Any] = {}
+    pending = await take_pending(web.db, web.session, progression_id)
+    if pending is not None:
+        # A decision typed on a session that expired: shown filled in, submitted only when the person confirms.
+        extra["form"] = {"decision": pending.get("decision"), "comment": pending.get("comment") or ""}
+        extra["pending"] = {"at": pending.get("kept_at"), "stage": pending.get("stage"),
+                            "evidence_changed": bool(pending.get("basis")) and any(
+                                s.name == pending.get("stage") and s.basis != pending.get("basis")
+                                for s in state.stages)}
+    return _progression_response(web, await _progression_context(web, state, flash=flash, **extra))
 
 
 _FLASH = {
@@ -187,8 +208,27 @@ _NONCE = re.compile(r"^[0-9a-f]{32}$")
 _BASIS = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+async def _keep_for_sign_in(web: Web, progression_id: str) -> Response:
+    """A decision posted after the session ended: kept (never submitted) until its author signs in again."""
+    form = await web.request.form()
+    # Bounded: only what the form sends, each at most as long as a real one.
+    pending = {"progression_id": progression_id[:200], "stage": str(form.get("stage") or "")[:64],
+               "decision": str(form.get("decision") or "")[:32],
+               "comment": str(form.get("comment") or "")[:COMMENT_MAX],
+               "basis": str(form.get("basis") or "")[:80] or None}
+    await keep_pending(web.db, web.request, web.app.settings.secret_key, str(form.get(CSRF_FIELD) or ""), pending)
+    page = f"{UI}/progressions/{quote(progression_id, safe='@')}"
+    target = f"{UI}/login?{urlencode({'next': page})}"
+    if web.htmx:
+        return finish(web.request, Response(status_code=401, headers={"HX-Redirect": target}))
+    return redirect(web.request, target)
+
+
 @router.post("/progressions/{progression_id}/decisions")
-async def decide_form(web: PostWeb, progression_id: str) -> Response:
+async def decide_form(web: AnyWeb, progression_id: str) -> Response:
+    if web.principal is None:
+        return await _keep_for_sign_in(web, progression_id)
+    await verify_csrf(web.request, web.session)
     form = await web.request.form()
     stage = str(form.get("stage") or "")
     raw_decision = str(form.get("decision") or "")
@@ -231,6 +271,21 @@ async def decide_form(web: PostWeb, progression_id: str) -> Response:
                                            progression_id=progression_id))
     ctx = await _progression_context(web, state, decision_error=problem, form=kept)
     return _progression_response(web, ctx, status=status)
+
+
+@router.get("/progressions/{progression_id}/charts/{key}.svg", name="ui_chart")
+async def chart_download(web: UserWeb, progression_id: str, key: str) -> Response:
+    """One chart of the review as a standalone SVG file (for a report or an examination pack)."""
+    state = await call(get_progression(session=web.db, app=web.app, principal=web.user,
+                                       progression_id=progression_id))
+    material = await review_material(session=web.db, app=web.app, principal=web.user, state=state)
+    chart = next((c for c in build_review(state, material).charts if c.key == key), None)
+    if chart is None:
+        raise WebError(404, f"progression {progression_id} has no chart {key!r}", "not_found")
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{progression_id}-{key}.svg")
+    body = '<?xml version="1.0" encoding="UTF-8"?>\n' + str(chart.svg)
+    return finish(web.request, Response(body.encode(), media_type="image/svg+xml",
+                                        headers={"Content-Disposition": f'attachment; filename="{safe}"'}))
 
 
 @router.get("/progressions/{progression_id}/evidence/{name}", name="ui_evidence")

@@ -10,6 +10,7 @@ code the API would answer.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.authz import Action, Principal, allowed, require
 from api.deps import AppState, SessionDep, app_state
 from api.schemas import MAX_OFFSET
+from api.web.charts import number
 from api.web.session import (
     CSRF_FIELD,
     LoginRequired,
@@ -211,6 +213,15 @@ def sentence(value: Any) -> str:
 
 
 templates.env.filters["sentence"] = sentence
+
+
+def pretty_json(value: Any) -> str:
+    """JSON for people: indented, UTF-8 text as text (no ``\\u540c`` or ``\\u0027``); autoescaped like any text."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+templates.env.filters["pretty_json"] = pretty_json
+templates.env.filters["number"] = number
 
 
 def _roles_text(roles: Any) -> str:

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from client.cli.common import EXIT_ERROR, JsonOpt, client, emit_json, err, handle_errors, out, parse_time
 from client.cli.render import add_row, columns
-from engine.wire import AuditFilter
+from engine.wire import AuditEventOut, AuditFilter
 
 # ---- audit -----------------------------------------------------------------------------------
 
@@ -28,7 +28,8 @@ def _audit_filters(progression: str | None, model: str | None, actor: str | None
 
 ProgressionOpt = Annotated[str | None, typer.Option("--progression", help="Progression id.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model id.")]
-ActorOpt = Annotated[str | None, typer.Option("--actor", help="Actor (user id).")]
+ActorOpt = Annotated[str | None, typer.Option("--actor", help="Actor: a username or a user id (one that names "
+                                                             "nobody is an error, exit code 2).")]
 TypeOpt = Annotated[str | None, typer.Option("--type", help="Event type, e.g. decision.received.")]
 SinceOpt = Annotated[str | None, typer.Option("--since", help="From this ISO time (inclusive).")]
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Before this ISO time (exclusive).")]
@@ -64,10 +65,17 @@ def audit(
     for e in events:
         summary = _event_summary(e.payload)
         add_row(table, str(e.seq), f"{e.occurred_at:%Y-%m-%d %H:%M:%S}", e.event_type, e.progression_id or "-",
-                      e.stage or "-", (e.actor_id or "-")[:12], summary)
+                      e.stage or "-", _actor(e), summary)
     out().print(table)
     if len(events) >= limit:
         out().print(Text(f"(first {limit}; use --limit or filters for more)", style="dim"))
+
+
+def _actor(e: AuditEventOut) -> str:
+    """``username (display name)``; the id only for an actor that is no user."""
+    if e.actor_username:
+        return f"{e.actor_username} ({e.actor_display_name})" if e.actor_display_name else e.actor_username
+    return e.actor_id or "system"
 
 
 def _event_summary(payload: dict[str, Any]) -> str:
@@ -96,18 +104,20 @@ def audit_export(
     event_type: TypeOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    bom: Annotated[bool, typer.Option("--bom", help="CSV: start with a byte order mark (spreadsheet tools).")]
+    = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export the (filtered) audit trail as CSV or JSON Lines, streamed."""
+    """Export the (filtered) audit trail as CSV or JSON Lines (UTF-8, names beside ids), streamed."""
     filters = _audit_filters(progression, model, actor, event_type, since, until)
     with client() as c:
         if output is None:
-            written = c.audit_export_to(sys.stdout.buffer, format.value, **filters)
+            written = c.audit_export_to(sys.stdout.buffer, format.value, bom=bom, **filters)
             sys.stdout.flush()
             return
         tmp = output.with_name(output.name + ".part")
         with tmp.open("wb") as fh:
-            written = c.audit_export_to(fh, format.value, **filters)
+            written = c.audit_export_to(fh, format.value, bom=bom, **filters)
         tmp.replace(output)  # a failed export never leaves a half file under the real name
     if as_json:
         emit_json({"output": str(output), "format": format.value, "bytes": written})

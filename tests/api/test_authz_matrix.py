@@ -422,7 +422,9 @@ def ui(method: str, path: str) -> Send:
         url = path.format(pid=ctx.pid, model=ctx.model_id)
         if method == "GET":
             return await client.get(url)
-        return await client.post(url, data={"comment": "x"})  # no CSRF token: refused before anything happens
+        if method == "POST":
+            return await client.post(url, data={"comment": "x"})  # no CSRF token: refused before anything happens
+        return await client.request(method, url)
     return send
 
 
@@ -488,6 +490,12 @@ UI_ROUTES: dict[str, Route] = {
     "GET /ui/models/{model_id}/findings": Route(ui("GET", "/ui/models/{model}/findings"), UI_OBJECT),
     "POST /ui/progressions/{progression_id}/conditional-approval": Route(
         ui("POST", "/ui/progressions/{pid}/conditional-approval"), UI_POST),
+    "GET /ui/progressions/{progression_id}/charts/{key}.svg": Route(
+        ui("GET", "/ui/progressions/{pid}/charts/fairness.svg"), UI_OBJECT),
+    # Any other /ui/ address: an HTML 404 page for everyone, signed in or not (it names nothing that exists).
+    **{f"{method} /ui/{{path:path}}": Route(ui(method, "/ui/no-such-page"), page(anonymous=HIDDEN,
+                                                                                 everyone_else=HIDDEN))
+       for method in ("GET", "POST", "PUT", "PATCH", "DELETE")},
 }
 
 
@@ -612,9 +620,15 @@ async def test_mass_assignment_has_no_effect(ctx: Ctx) -> None:
     me = (await env.http.get("/api/v1/me", headers={**env.auth("dana"), "X-User": "adam", "X-Forwarded-User": "adam",
                                                      "X-Roles": "admin", "X-Team": "payments"})).json()
     assert me["username"] == "dana" and me["roles"] == ["model_developer"] and me["team"] == "retail-risk"
-    # Query parameters naming an actor on an action are ignored: the decision is recorded as the caller's.
-    ok = await env.http.post(f"/api/v1/progressions/{pid}/decisions?actor=adam&user_id={env.user_ids['adam']}",
-                             json=APPROVE, headers=env.auth(validator))
+    # Query parameters naming an actor on an action are refused by name (strict queries), nothing is recorded;
+    # without them the decision is recorded as the caller's.
+    forged_query = await env.http.post(
+        f"/api/v1/progressions/{pid}/decisions?actor=adam&user_id={env.user_ids['adam']}", json=APPROVE,
+        headers=env.auth(validator))
+    assert forged_query.status_code == 422 and forged_query.json()["code"] == "unknown_query_parameter"
+    assert forged_query.json()["details"]["unknown"] == ["actor", "user_id"]
+    assert await env.count(AuditEvent) == before
+    ok = await env.http.post(f"/api/v1/progressions/{pid}/decisions", json=APPROVE, headers=env.auth(validator))
     assert ok.status_code == 200, ok.text
     async with env.sessionmaker() as session:
         rows = (await session.scalars(select(DecisionRow).where(DecisionRow.progression_id == pid))).all()

@@ -463,7 +463,7 @@ def test_audit_events_export_verify(cli: CLI, live_api: LiveAPI, tmp_path: Path)
     pid = "retail-credit-scorecard@9.7.0"
     cli.ok("dana", "start", repo)
     follow(cli, "dana", pid)
-    assert cli.run("dana", "decide", pid, "--stage", "validation", "approve", "-m", "self").exit_code == 3
+    assert cli.run("dana", "decide", pid, "--stage", "validation", "approve", "-m", "self — 同意").exit_code == 3
 
     events = cli.json("alice", "audit", "--progression", pid)
     types = [e["event_type"] for e in events]
@@ -473,11 +473,21 @@ def test_audit_events_export_verify(cli: CLI, live_api: LiveAPI, tmp_path: Path)
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
     text = cli.ok("alice", "audit", "--progression", pid).stdout
     assert "progression.started" in text
+    raw = cli.ok("alice", "audit", "--progression", pid, "--json").stdout
+    assert "同意" in raw and "\\u540c" not in raw  # UTF-8 text stays text in the JSON output
 
     only = cli.json("alice", "audit", "--progression", pid, "--type", "decision.refused")
     assert only and {e["event_type"] for e in only} == {"decision.refused"}
     by_actor = cli.json("alice", "audit", "--actor", live_api.user_ids["dana"], "--progression", pid)
     assert by_actor and all(e["actor_id"] == live_api.user_ids["dana"] for e in by_actor)
+    # People, not ids: a username filters as the id does, names show beside ids, an unknown name is an error.
+    by_name = cli.json("alice", "audit", "--actor", "dana", "--progression", pid)
+    assert [e["seq"] for e in by_name] == [e["seq"] for e in by_actor]
+    assert all(e["actor_username"] == "dana" for e in by_name)
+    assert "dana" in cli.ok("alice", "audit", "--actor", "dana", "--progression", pid).stdout
+    unknown = cli.run("alice", "audit", "--actor", "no-such-person")
+    assert unknown.exit_code == 2 and "unknown_user" in unknown.output
+    assert cli.run("alice", "audit", "export", "--actor", "no-such-person").exit_code == 2
     limited = cli.json("alice", "audit", "--progression", pid, "--limit", "2")
     assert [e["seq"] for e in limited] == [e["seq"] for e in events[:2]]
     since = events[1]["occurred_at"]
@@ -495,6 +505,9 @@ def test_audit_events_export_verify(cli: CLI, live_api: LiveAPI, tmp_path: Path)
     csv_text = cli.ok("alice", "audit", "export", "--format", "csv", "--progression", pid).stdout
     rows = list(csv.DictReader(io.StringIO(csv_text)))
     assert [int(r["seq"]) for r in rows] == [e["seq"] for e in events]
+    assert {r["actor_username"] for r in rows if r["actor_id"] == live_api.user_ids["dana"]} == {"dana"}
+    with_bom = cli.ok("alice", "audit", "export", "--format", "csv", "--bom", "--progression", pid).stdout
+    assert with_bom.startswith("\ufeffseq,") and not csv_text.startswith("\ufeff")
     assert cli.run("dana", "audit", "export", "--format", "csv").exit_code == 3  # developers may not export
 
     verified = cli.json("alice", "audit", "verify")

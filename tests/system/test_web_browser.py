@@ -177,7 +177,7 @@ async def test_credit_journey_in_the_browser(live: Live) -> None:
     await expect(dana.get_by_role("link", name="Retail credit scorecard")).to_be_visible()
     await shot(dana, "models")
     await dana.get_by_role("link", name="Retail credit scorecard").click()
-    await expect(dana.get_by_role("link", name=pid.split("@")[1])).to_be_visible()
+    await expect(dana.get_by_role("link", name=pid.split("@")[1], exact=True)).to_be_visible()
     await shot(dana, "model-detail")
 
 
