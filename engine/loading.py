@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from engine import checks
+from engine.contracts import contract_definition_problems
 from engine.errors import InvalidPolicy, InvalidSpec
 from engine.lifecycle import ResolvedFeature
 from engine.policy import GovernancePolicy, policy_hash
@@ -292,6 +293,10 @@ def _policy_problems(text: str | bytes, filename: str) -> tuple[GovernancePolicy
                 at = ("stages", si, "approvals", ai, "escalate_to")
                 problems.append(Problem(filename, _lookup_line(lines, at), format_path(at),
                                         "escalate_to needs an sla to escalate after", "escalation_without_sla"))
+    # Evidence contracts: valid schemas, examples that satisfy them, and every field a check reads required.
+    for problem in contract_definition_problems(policy):
+        problems.append(Problem(filename, _lookup_line(lines, problem.field), format_path(problem.field),
+                                problem.message, problem.code))
     return policy, programs, problems
 
 

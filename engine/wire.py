@@ -198,6 +198,46 @@ class DryRunStage(BaseModel):
     passes_now: bool
 
 
+class EvidenceProblem(BaseModel):
+    """One way an evidence item breaks its policy's contract (``engine.contracts``). ``path`` is a JSON path
+    inside the item (``$`` is the whole item, ``$#Section`` a document's section); ``field`` names it as the
+    spec would (``evidence.fairness.groups``); ``code`` is stable (missing_field, wrong_type, out_of_range,
+    not_allowed, unknown_field, not_structured, not_a_document, too_short, missing_section, ...)."""
+
+    evidence: str
+    path: str
+    field: str
+    code: str
+    expected: str
+    got: str
+    message: str
+
+
+class EvidenceContractOut(BaseModel):
+    """``GET /api/v1/policies/{intent}/evidence``: what one evidence item must look like."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    kind: Literal["data", "document"]
+    description: str
+    path: str = Field(description="where `progression init` puts it in a new repository")
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema",
+                                               description="JSON Schema (draft 2020-12) of a data item")
+    sections: list[str] = Field(default_factory=list, description="headings a document must have")
+    min_length: int | None = None
+    example: Any = None
+    frozen_after: str | None = None
+    read_by_stages: list[str] = Field(default_factory=list)
+    needed_by: str | None = Field(default=None, description="the first stage that reads it")
+
+
+class EvidenceContracts(BaseModel):
+    intent: str
+    policy_hash: str
+    contracts: list[EvidenceContractOut]
+
+
 class DryRunResult(BaseModel):
     intent: str
     policy_hash: str
@@ -211,6 +251,8 @@ class DryRunResult(BaseModel):
     missing_evidence: list[str]
     fix_first: DryRunCheck | None = Field(description="the first failing check on the route, if any")
     fix_first_stage: str | None = None
+    evidence_problems: list[EvidenceProblem] = Field(
+        default_factory=list, description="evidence that breaks its contract; a start refuses it (422)")
 
 
 class AuditEventOut(BaseModel):
