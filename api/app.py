@@ -89,6 +89,7 @@ def create_app(
     for module in (progressions, inbox, models, policies, features, audit, users, ops, findings):
         app.include_router(module.router)
     app.include_router(users.public_router)
+    app.include_router(policies.route_router)
     _mount_web_ui(app)
     # Outermost first: the size limit refuses before anything reads the body; metrics see every answer.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -23,7 +23,6 @@ from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
-import yaml
 from pydantic import BaseModel
 
 from client.repo import RepositoryUpload, read_repository
@@ -291,9 +290,11 @@ class _Calls:
         return _Call("GET", f"/policies/{quote(intent, safe='')}", _as(PolicyDetail))
 
     @staticmethod
-    def dry_run(intent: str, source: str | Path | RepositoryUpload) -> _Call[DryRunResult]:
-        return _Call("POST", f"/policies/{quote(intent, safe='')}/dry-run", _as(DryRunResult),
-                     files=_upload(source).multipart_files())
+    def dry_run(intent: str | None, source: str | Path | RepositoryUpload) -> _Call[DryRunResult]:
+        # Without an intent the server reads it from the spec with the same loader as a start (same messages,
+        # codes and lines for a YAML error, an unknown key or an unknown intent).
+        path = f"/policies/{quote(intent, safe='')}/dry-run" if intent else "/dry-run"
+        return _Call("POST", path, _as(DryRunResult), files=_upload(source).multipart_files())
 
     @staticmethod
     def audit_page(filters: Mapping[str, Any], cursor: str | None, limit: int | None) -> _Call[AuditPage]:
@@ -310,23 +311,6 @@ class _Calls:
 
 
 AuditFormat = Literal["csv", "jsonl"]
-
-
-def _intent_of(source: str | Path | RepositoryUpload) -> str:
-    """The business intent named by the repository's progression.yaml (the server validates the rest)."""
-
-    upload = _upload(source)
-    try:
-        data = yaml.safe_load(upload.spec_yaml)
-        intent = data["model"]["business_intent"]
-    except (yaml.YAMLError, TypeError, KeyError):
-        intent = None
-    if not isinstance(intent, str) or not intent:
-        raise InvalidInput(f"{upload.root / 'progression.yaml'}: model.business_intent is missing; "
-                           "the route depends on the intent", code="invalid_spec",
-                           details=[{"file": "progression.yaml", "field": "model.business_intent",
-                                     "message": "field required", "line": None}])
-    return intent
 
 
 def _headers(token: str | None, user_agent: str) -> dict[str, str]:
@@ -428,7 +412,7 @@ class ProgressionClient:
     def dry_run(self, intent: str | None, repo_dir: str | Path | RepositoryUpload) -> DryRunResult:
         """The route the repository would take now; ``intent=None`` reads it from the spec."""
         upload = _upload(repo_dir)
-        return self._run(_Calls.dry_run(intent or _intent_of(upload), upload))
+        return self._run(_Calls.dry_run(intent, upload))
 
     def audit_events(self, *, page_size: int | None = None, **filters: Any) -> Iterator[AuditEventOut]:
         """Every matching event, page after page. Filters: the fields of :class:`engine.wire.AuditFilter`
@@ -555,7 +539,7 @@ class AsyncProgressionClient:
 
     async def dry_run(self, intent: str | None, repo_dir: str | Path | RepositoryUpload) -> DryRunResult:
         upload = _upload(repo_dir)
-        return await self._run(_Calls.dry_run(intent or _intent_of(upload), upload))
+        return await self._run(_Calls.dry_run(intent, upload))
 
     async def audit_events(self, *, page_size: int | None = None, **filters: Any) -> AsyncIterator[AuditEventOut]:
         cursor: str | None = None

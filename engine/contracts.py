@@ -279,18 +279,18 @@ def contract_definition_problems(policy: GovernancePolicy) -> list[ContractDefin
                 if len(path) < 2 or path[0] != "evidence" or path[1] in guarded:
                     continue
                 name = str(path[1])
-                rule = policy.evidence.get(name)
-                if rule is None or not rule.is_contract:
+                read = policy.evidence.get(name)
+                if read is None or not read.is_contract:
                     continue
-                where = ("stages", si, "checks", ci, "expr")
-                if rule.kind == "document" and len(path) > 2:
+                expr_at: tuple[str | int, ...] = ("stages", si, "checks", ci, "expr")
+                if read.kind == "document" and len(path) > 2:
                     problems.append(ContractDefinitionProblem(
-                        field=where, code="contract_mismatch",
+                        field=expr_at, code="contract_mismatch",
                         message=f"check {check.id!r} reads fields of evidence {name!r}, whose contract is a "
                                 "document (text)"))
                     continue
-                if rule.kind == "data":
-                    why = _requires(rule.json_schema, tuple(path[2:]))
+                if read.kind == "data":
+                    why = _requires(read.json_schema, tuple(path[2:]))
                     if why is not None:
                         dotted = ".".join("[*]" if p == WILDCARD else str(p) for p in path)
                         problems.append(ContractDefinitionProblem(

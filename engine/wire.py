@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine.policy import Role
 
+# The server's default limits (``engine.settings``: max_yaml_bytes, max_request_bytes); clients refuse a file
+# over them before reading it.
+SPEC_MAX_BYTES = 256 * 1024
+REQUEST_MAX_BYTES = 5 * 1024 * 1024
+
 
 class EvidenceCheck(BaseModel):
     name: str

@@ -13,6 +13,7 @@ from api.authz import Action, Principal, require
 from api.errors import ApiError
 from engine import audit
 from engine.checks import builtin_checks, evaluate_stage
+from engine.contracts import evidence_problems, published_contracts
 from engine.db import PolicyVersion, utcnow
 from engine.features import resolve_features
 from engine.lifecycle import EventType
@@ -23,6 +24,7 @@ from engine.wire import (
     DryRunCheck,
     DryRunResult,
     DryRunStage,
+    EvidenceContracts,
     PolicyDetail,
     PolicySummary,
     PolicyVersionOut,
@@ -105,13 +107,19 @@ def _evidence_from_json(value: Any) -> Any:
     return value
 
 
-async def dry_run(*, session: AsyncSession, principal: Principal, registry: PolicyRegistry, intent: str,
+async def dry_run(*, session: AsyncSession, principal: Principal, registry: PolicyRegistry, intent: str | None,
                   spec_text: str | bytes, evidence: dict[str, Any], max_yaml_bytes: int) -> DryRunResult:
-    """The route a spec would take under ``intent``'s policy and what passes now. Reads only."""
+    """The route a spec would take under ``intent``'s policy and what passes now. Reads only.
+
+    ``intent=None`` (``POST /api/v1/dry-run``): the intent is the spec's, read by the same loader as a start
+    (``engine.loading.load_spec`` with the registry), so a route answers exactly what a start would."""
 
     require(principal, Action.dry_run)
-    loaded = _get(registry, intent)
+    if intent is not None:
+        _get(registry, intent)
     spec = load_spec(spec_text, filename="progression.yaml", registry=registry, max_bytes=max_yaml_bytes)
+    intent = intent or spec.model.business_intent
+    loaded = _get(registry, intent)
     if spec.model.business_intent != intent:
         raise ApiError(422, "intent_mismatch",
                        f"progression.yaml: model.business_intent: the spec's intent is "
@@ -150,7 +158,14 @@ async def dry_run(*, session: AsyncSession, principal: Principal, registry: Poli
         route=route, checks_passing=passing, checks_failing=failing, approvals_needed=approvals,
         unknown_features=[f.name for f in features if not f.known],
         missing_evidence=sorted(set(spec.evidence) - set(evidence)), fix_first=fix_first,
-        fix_first_stage=fix_stage)
+        fix_first_stage=fix_stage, evidence_problems=evidence_problems(loaded.policy, evidence))
+
+
+async def evidence_contracts(*, principal: Principal, registry: PolicyRegistry, intent: str) -> EvidenceContracts:
+    """What each evidence item of ``intent``'s policy must look like: schema, sections, example, who reads it."""
+    require(principal, Action.read_policies)
+    loaded = _get(registry, intent)
+    return EvidenceContracts(intent=intent, policy_hash=loaded.hash, contracts=published_contracts(loaded.policy))
 
 
 def parse_json_evidence(raw: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,8 @@ from api.authz import (
 from api.deps import AppState
 from api.errors import ApiError
 from engine import audit, lineage
+from engine.checks import evidence_value
+from engine.contracts import evidence_problems, problems_message
 from engine.db import AuditEvent, CatalogModel, Feature, ModelVersion, ProgressionRow
 from engine.db import utcnow as _utcnow
 from engine.errors import NotFound, ProgressionError
@@ -214,6 +216,20 @@ async def store_evidence(session: AsyncSession, app: AppState, uploads: list[Upl
     return refs
 
 
+def upload_values(uploads: list[Upload]) -> dict[str, Any]:
+    """What the checks and the contracts read of each uploaded file (parsed JSON/YAML, text, or a digest)."""
+    return {up.name: evidence_value(up.data, up.filename, up.content_type) for up in uploads}
+
+
+def check_evidence_contracts(policy: Any, uploads: list[Upload]) -> None:
+    """422 ``evidence_contract`` naming each field (JSON path, expected, got) when evidence breaks the policy's
+    contracts; before anything is stored, like every other validation of a start or an upload."""
+    problems = evidence_problems(policy, upload_values(uploads))
+    if problems:
+        raise ApiError(422, "evidence_contract", problems_message(problems),
+                       {"problems": [p.model_dump() for p in problems]})
+
+
 def check_evidence_names(uploads: list[Upload], allowed: set[str] | None) -> None:
     adapter = TypeAdapter(EvidenceName)
     seen: set[str] = set()
@@ -362,6 +378,7 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
     check_evidence_names(uploads, set(spec.evidence))
     loaded = app.registry.get(spec.model.business_intent)
     assert loaded is not None  # load_spec checked the intent against the registry
+    check_evidence_contracts(loaded.policy, uploads)
     pid = spec.progression_id
     # Nothing answers 201 for a start that can only fail: ownership, intent and restricted features
     # are checked before any workflow exists (the register activity re-checks ownership and intent).
@@ -568,6 +585,9 @@ async def add_evidence(*, session: AsyncSession, app: AppState, principal: Princ
         state, {up.name: sha256_hex(up.data) for up in uploads})
     if refusal is not None:
         raise _refusal_error(refusal)
+    pinned = app.registry.by_hash(state.policy_hash) or app.registry.get(state.business_intent)
+    if pinned is not None:
+        check_evidence_contracts(pinned.policy, uploads)
     refs = await store_evidence(session, app, uploads, principal)
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     try:

@@ -26,16 +26,9 @@ from client.cli.common import (
 )
 from client.cli.render import add_row, ago, columns, render_route, render_state
 from client.repo import SPEC_FILENAME, RepositoryUpload, read_repository
-from client.sdk import InvalidInput, NotFound, _intent_of
+from client.sdk import NotFound
 from engine.lifecycle import ProgressionState, Status
 from engine.wire import PolicyDetail
-
-
-def _line_of(text: bytes, key: str) -> int | None:
-    for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
-        if line.strip().startswith(f"{key}:"):
-            return number
-    return None
 
 
 def _repo(repo_dir: Path) -> RepositoryUpload:
@@ -59,17 +52,7 @@ def route(
     """Dry run: the route this repository would take now — stages, checks, approvals, what to fix first."""
     upload = _repo(repo_dir)
     with client() as c:
-        intent = _intent_of(upload)
-        try:
-            result = c.dry_run(intent, upload)
-        except NotFound as exc:
-            if not (isinstance(exc.details, dict) and exc.details.get("intent") == intent):
-                raise
-            # The intent came from the spec: a typo there is invalid input, pointed at its line.
-            line = _line_of(upload.spec_yaml, "business_intent")
-            where = f"{SPEC_FILENAME}:{line}" if line else SPEC_FILENAME
-            raise InvalidInput(f"{where}: model.business_intent: {exc.message}", code="unknown_intent",
-                               details=exc.details, status=exc.status) from None
+        result = c.dry_run(None, upload)  # the server's one loader reads the intent from the spec
         try:
             policy: PolicyDetail | None = c.policy(result.intent)
         except NotFound:
