@@ -37,7 +37,8 @@ MALFORMED_SPECS: dict[str, bytes] = {
     "deep_nesting": (CREDIT_SPEC + "deep: " + "[" * 80 + "]" * 80 + "\n").encode(),
     "invalid_utf8": CREDIT_SPEC.encode().replace(b"name: Retail credit scorecard", b"name: Retail \xff scorecard"),
     "second_document": (CREDIT_SPEC + "---\nkind: Other\n").encode(),
-    "non_string_key": _with("  metrics: evidence/metrics.json\n", "  1: docs/one.md\n  metrics: evidence/metrics.json\n"),
+    "non_string_key": _with("  metrics: evidence/metrics.json\n",
+                            "  1: docs/one.md\n  metrics: evidence/metrics.json\n"),
     "python_tag": (CREDIT_SPEC + "x: !!python/object/apply:os.system [echo]\n").encode(),
     "duplicate_feature": _with("  - revolving_balance\n", "  - revolving_balance\n  - bureau_score\n"),
     "missing_digest": _with("  artifact_digest: sha256:", "  x_artifact_digest: sha256:").replace(
