@@ -36,10 +36,12 @@ from api.authz import (
     require,
     require_act_on_team,
     require_visible,
+    team_refusal,
 )
 from api.deps import AppState
 from api.errors import ApiError
 from engine import audit, lineage
+from engine.actions import Caller, allowed_actions, next_command
 from engine.checks import evidence_value
 from engine.contracts import evidence_problems, problems_message
 from engine.db import AuditEvent, CatalogModel, Feature, ModelVersion, ProgressionRow
@@ -48,6 +50,7 @@ from engine.errors import NotFound, ProgressionError
 from engine.evidence import EvidenceCorrupted, EvidenceStore, guess_media_type, record_blob, sha256_hex
 from engine.findings import blocking_refusal, conditions_refusal
 from engine.lifecycle import (
+    ActionOption,
     ConditionIn,
     DecisionKind,
     EventType,
@@ -166,7 +169,42 @@ async def get_progression_detail(*, session: AsyncSession, app: AppState, princi
     detail = ProgressionDetail.model_validate(state.model_dump())
     detail.lineage = Lineage(model_versions=versions, same_artifact_or_commit=same,
                              prior_rejections=list(state.prior_rejections))
+    detail.actions = actions_for(app, principal, state, spec_yaml=version.spec_yaml if version else None)
+    detail.next_command = next_command(state, detail.actions)
     return detail
+
+
+def caller_of(app: AppState, principal: Principal, state: ProgressionState) -> Caller:
+    """The caller as ``engine.actions`` sees them: the API's own role-table and team refusals by action."""
+    what = f"progression {state.progression_id}"
+    refused = {name: refusal for name, refusal in (
+        ("decide", deciding_role_refusal(principal)),
+        ("add_evidence", team_refusal(principal, Action.add_evidence, state.team, what)),
+        ("withdraw", team_refusal(principal, Action.withdraw, state.team, what))) if refusal is not None}
+    return Caller(actor=principal.actor, refused=refused,
+                  sso_required=app.settings.deciders_sso_only and principal.credential_kind != "sso")
+
+
+def actions_for(app: AppState, principal: Principal, state: ProgressionState,
+                spec_yaml: str | None = None) -> list[ActionOption]:
+    """What ``principal`` may do on the progression now (``engine.actions.allowed_actions``), with an upload slot
+    per evidence item the pinned policy's contracts or the spec name."""
+    loaded = app.registry.by_hash(state.policy_hash)
+    policy = loaded.policy if loaded is not None else None
+    kinds: dict[str, str | None] = {}
+    paths: dict[str, str] = {}
+    if spec_yaml:
+        try:
+            paths = dict(load_spec(spec_yaml).evidence)
+        except ProgressionError:
+            paths = {}
+    kinds.update({name: None for name in paths})
+    if policy is not None:
+        kinds.update({name: rule.description for name, rule in policy.evidence.items() if rule.is_contract})
+        paths = {**{n: r.path for n, r in policy.evidence.items() if r.path}, **paths}
+    return allowed_actions(state, caller_of(app, principal, state),
+                           findings=policy.findings if policy is not None else None, evidence_kinds=kinds,
+                           paths=paths)
 
 
 def summary(row: ProgressionRow) -> ProgressionSummary:
