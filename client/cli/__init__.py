@@ -11,7 +11,7 @@ import typer
 from client.cli import audit, catalog, common, decisions, findings, progressions
 from client.cli.users import users_app
 
-app = typer.Typer(name="progression", help="Governance of the model development lifecycle.",
+app = typer.Typer(rich_markup_mode=None, name="progression", help="Governance of the model development lifecycle.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(users_app, name="users")
 app.command("login")(common.login)
@@ -19,7 +19,7 @@ app.command("route")(progressions.route)
 app.command("start")(progressions.start)
 app.command("status")(progressions.status)
 app.command("list")(progressions.list_progressions)
-evidence_app = typer.Typer(help="Evidence of a running progression.", no_args_is_help=True)
+evidence_app = typer.Typer(rich_markup_mode=None, help="Evidence of a running progression.", no_args_is_help=True)
 evidence_app.command("add")(progressions.evidence_add)
 app.add_typer(evidence_app, name="evidence")
 app.command("withdraw")(progressions.withdraw)

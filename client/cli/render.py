@@ -160,7 +160,13 @@ def render_route(result: DryRunResult, policy: PolicyDetail | None, upload: Repo
                           style="red"))
     for feature in result.unknown_features:
         lines.append(Text(f"Unknown feature (not in the catalog): {feature}", style="red"))
-    if result.fix_first is not None:
+    for problem in result.evidence_problems:  # a start refuses these (422 evidence_contract)
+        lines.append(Text(f"Evidence breaks its contract: {problem.message} [{problem.code}]", style="red"))
+    if result.evidence_problems:
+        first = result.evidence_problems[0]
+        lines.append(Text.assemble(("Fix first: ", "bold red"), first.message,
+                                   f" (see GET /api/v1/policies/{result.intent}/evidence)"))
+    elif result.fix_first is not None:
         where = f"{result.fix_first_stage}/" if result.fix_first_stage else ""
         fix = result.fix_first
         lines.append(Text.assemble(("Fix first: ", "bold red"), f"{where}{fix.id}: {fix.reason}"))
