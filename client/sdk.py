@@ -33,6 +33,7 @@ from engine.wire import (
     AuditPage,
     ChainVerification,
     DryRunResult,
+    EvidenceContracts,
     InboxItem,
     ModelDetail,
     ModelOut,
@@ -41,6 +42,7 @@ from engine.wire import (
     PolicySummary,
     ProgressionPage,
     ProgressionVerification,
+    Todo,
 )
 
 API_PREFIX = "/api/v1"
@@ -290,6 +292,22 @@ class _Calls:
         return _Call("GET", f"/policies/{quote(intent, safe='')}", _as(PolicyDetail))
 
     @staticmethod
+    def evidence_contracts(intent: str) -> _Call[EvidenceContracts]:
+        return _Call("GET", f"/policies/{quote(intent, safe='')}/evidence", _as(EvidenceContracts))
+
+    @staticmethod
+    def progression_schema() -> _Call[dict[str, Any]]:
+        return _Call("GET", "/schemas/progression.json", _json)
+
+    @staticmethod
+    def me() -> _Call[dict[str, Any]]:
+        return _Call("GET", "/me", _json)
+
+    @staticmethod
+    def todo() -> _Call[Todo]:
+        return _Call("GET", "/todo", _as(Todo))
+
+    @staticmethod
     def dry_run(intent: str | None, source: str | Path | RepositoryUpload) -> _Call[DryRunResult]:
         # Without an intent the server reads it from the spec with the same loader as a start (same messages,
         # codes and lines for a YAML error, an unknown key or an unknown intent).
@@ -388,6 +406,21 @@ class ProgressionClient:
 
     def inbox(self) -> _list[InboxItem]:
         return self._run(_Calls.inbox())
+
+    def todo(self) -> Todo:
+        """Everything waiting on me, most urgent first."""
+        return self._run(_Calls.todo())
+
+    def me(self) -> dict[str, Any]:
+        return self._run(_Calls.me())
+
+    def evidence_contracts(self, intent: str) -> EvidenceContracts:
+        """What each evidence item of ``intent``'s policy must look like (schema, sections, example)."""
+        return self._run(_Calls.evidence_contracts(intent))
+
+    def progression_schema(self) -> dict[str, Any]:
+        """The JSON Schema of progression.yaml, with this installation's business intents."""
+        return self._run(_Calls.progression_schema())
 
     def models(self, **filters: Any) -> _list[ModelOut]:
         """Every model visible to the caller (all pages)."""
@@ -517,6 +550,12 @@ class AsyncProgressionClient:
 
     async def inbox(self) -> _list[InboxItem]:
         return await self._run(_Calls.inbox())
+
+    async def todo(self) -> Todo:
+        return await self._run(_Calls.todo())
+
+    async def evidence_contracts(self, intent: str) -> EvidenceContracts:
+        return await self._run(_Calls.evidence_contracts(intent))
 
     async def models(self, **filters: Any) -> _list[ModelOut]:
         out: _list[ModelOut] = []

@@ -316,9 +316,3 @@ def published_contracts(policy: GovernancePolicy) -> list[EvidenceContractOut]:
             frozen_after=rule.frozen_after, read_by_stages=stages, needed_by=stages[0] if stages else None))
     return out
 
-
-def example_text(rule: EvidenceRule) -> str:
-    """The example as a file's content: JSON (2-space indent) for data, the text itself for documents."""
-    if rule.kind == "data":
-        return json.dumps(rule.example, indent=2, ensure_ascii=False) + "\n"
-    return str(rule.example if rule.example is not None else "")

@@ -98,6 +98,29 @@ class InboxItem(BaseModel):
     submitted_by: str
 
 
+class TodoItem(BaseModel):
+    """One thing waiting on the caller (``GET /api/v1/todo``)."""
+
+    kind: Literal["gate", "evidence", "changes_requested", "finding_remediation", "finding_verification"]
+    title: str  # in words, for a person
+    model_id: str
+    progression_id: str | None = None
+    finding_id: str | None = None
+    stage: str | None = None
+    since: datetime | None = None  # waiting since
+    due_at: datetime | None = None  # an SLA or a due date
+    overdue: bool = False
+    command: str | None = None  # the CLI command that does it
+    url: str  # the web page where it is done
+
+
+class Todo(BaseModel):
+    """Everything waiting on the caller, most urgent first: overdue, then by due date, then oldest."""
+
+    items: list[TodoItem]
+    total: int
+
+
 class Inbox(BaseModel):
     items: list[InboxItem]
     total: int
@@ -240,6 +263,9 @@ class EvidenceContractOut(BaseModel):
 class EvidenceContracts(BaseModel):
     intent: str
     policy_hash: str
+    title: str = ""
+    risk_tier: int | None = None
+    requires_artifact_digest: bool = Field(default=False, description="the spec must carry version.artifact_digest")
     contracts: list[EvidenceContractOut]
 
 

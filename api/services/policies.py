@@ -165,7 +165,10 @@ async def evidence_contracts(*, principal: Principal, registry: PolicyRegistry, 
     """What each evidence item of ``intent``'s policy must look like: schema, sections, example, who reads it."""
     require(principal, Action.read_policies)
     loaded = _get(registry, intent)
-    return EvidenceContracts(intent=intent, policy_hash=loaded.hash, contracts=published_contracts(loaded.policy))
+    p = loaded.policy
+    return EvidenceContracts(intent=intent, policy_hash=loaded.hash, title=p.title, risk_tier=p.risk_tier,
+                             requires_artifact_digest=p.requires_artifact_digest,
+                             contracts=published_contracts(p))
 
 
 def parse_json_evidence(raw: dict[str, Any]) -> dict[str, Any]:
