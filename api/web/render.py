@@ -147,7 +147,7 @@ async def call(awaitable: Awaitable[T]) -> T:
 def _nav(principal: Principal | None) -> list[dict[str, str]]:
     if principal is None:
         return []
-    items = []
+    items = [{"key": "todo", "label": "To do", "href": UI + "/todo"}]
     if Action.decide in principal.actions:
         items.append({"key": "inbox", "label": "Inbox", "href": UI + "/inbox"})
     items.append({"key": "progressions", "label": "Progressions", "href": UI + "/progressions"})

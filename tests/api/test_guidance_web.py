@@ -1,0 +1,40 @@
+"""The web UI's guidance: the to-do page, upload slots per evidence item (missing ones named), only the allowed
+actions, and why the others are not available."""
+
+from __future__ import annotations
+
+from tests.api.test_web_ui import Browser, people, signed_in  # noqa: F401 - the fixture and its helpers
+from testing.api import ApiEnv, at_gate, decide, started_at_gate, wait_for
+
+
+async def test_the_todo_page_lists_the_gate_for_the_validator(env: ApiEnv, people: dict[str, Browser]) -> None:
+    pid, _ = await started_at_gate(env, "dana")
+    vera = await signed_in(people, "vera")
+    page = await vera.get("/ui/todo")
+    assert page.status_code == 200 and f"/ui/progressions/{pid}" in page.text
+    assert f"progression decide {pid} approve --stage validation" in page.text
+    dana = await signed_in(people, "dana")
+    assert "Nothing is waiting on you right now." in (await dana.get("/ui/todo")).text
+
+
+async def test_a_missing_item_gets_an_upload_slot_and_frozen_ones_say_why(env: ApiEnv,
+                                                                          people: dict[str, Browser]) -> None:
+    pid, _ = await started_at_gate(env, "dana", skip=("monitoring_plan",))
+    url = f"/ui/progressions/{pid}"
+    dana = await signed_in(people, "dana")
+    page = (await dana.get(url)).text
+    assert 'data-slot="monitoring_plan"' in page and "missing — add it" in page
+    assert "ongoing-monitoring plan" in page  # the contract's description
+    assert 'name="decision"' not in page  # the submitter gets no decision form
+    assert (await decide(env, "vera", pid, "validation")).status_code == 200
+    await wait_for(env, pid, at_gate("risk_review"))
+    for who in ("rita", "rob"):
+        assert (await decide(env, who, pid, "risk_review")).status_code == 200
+    await wait_for(env, pid, lambda s: s["current_stage"] == "staging" and s["status"] == "blocked")
+    page = (await dana.get(url)).text
+    assert 'name="evidence.metrics"' not in page and 'name="evidence.monitoring_plan"' in page
+    assert "Not available to you now" in page and "frozen after stage" in page
+    assert "What would change it: nothing in this progression: start a new version" in page
+    adam = await signed_in(people, "adam")
+    admin_page = (await adam.get(url)).text
+    assert 'name="decision"' not in admin_page  # an admin never gets a decision form
