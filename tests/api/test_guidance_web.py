@@ -3,8 +3,21 @@ actions, and why the others are not available."""
 
 from __future__ import annotations
 
-from tests.api.test_web_ui import Browser, people, signed_in  # noqa: F401 - the fixture and its helpers
+from collections.abc import AsyncIterator
+
+import pytest
+
 from testing.api import ApiEnv, at_gate, decide, started_at_gate, wait_for
+from tests.api.test_web_ui import Browser, signed_in
+
+
+@pytest.fixture
+async def people(env: ApiEnv) -> AsyncIterator[dict[str, Browser]]:
+    """One signed-in browser per person (test_web_ui's cookie jars), closed at the end."""
+    browsers = {who: Browser(env) for who in ("dana", "vera", "adam")}
+    yield browsers
+    for b in browsers.values():
+        await b.aclose()
 
 
 async def test_the_todo_page_lists_the_gate_for_the_validator(env: ApiEnv, people: dict[str, Browser]) -> None:
