@@ -103,7 +103,9 @@ def _stage_views(state: ProgressionState) -> list[StageView]:
             position, label = "next", "to come"
         else:
             position, label = "current", stage.status.value.replace("_", " ")
-        waiting = [a.role.value for a in stage.approvals if not a.satisfied] if position == "current" else []
+        # The route card says who the current stage waits on exactly as "who acts next" does (the guidance):
+        # a blocked stage waits on the developer, not on the gate's unsatisfied roles.
+        waiting = [r.value for r in state.waiting_on] if position == "current" else []
         views.append(StageView(stage=stage, position=position, label=label, waiting_on=waiting, names=names))
     return views
 

@@ -45,6 +45,9 @@ async def test_a_missing_item_gets_an_upload_slot_and_frozen_ones_say_why(env: A
         assert (await decide(env, who, pid, "risk_review")).status_code == 200
     await wait_for(env, pid, lambda s: s["current_stage"] == "staging" and s["status"] == "blocked")
     page = (await dana.get(url)).text
+    # The route card and "who acts next" agree: the blocked stage waits on the developer.
+    assert "Who acts next: <strong>model developer</strong>" in page
+    assert "waiting on model developer" in page and "waiting on model validator" not in page
     assert 'name="evidence.metrics"' not in page and 'name="evidence.monitoring_plan"' in page
     assert "Not available to you now" in page and "frozen after stage" in page
     assert "What would change it: nothing in this progression: start a new version" in page
