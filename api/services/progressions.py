@@ -416,7 +416,6 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
     check_evidence_names(uploads, set(spec.evidence))
     loaded = app.registry.get(spec.model.business_intent)
     assert loaded is not None  # load_spec checked the intent against the registry
-    check_evidence_contracts(loaded.policy, uploads)
     pid = spec.progression_id
     # Nothing answers 201 for a start that can only fail: ownership, intent and restricted features
     # are checked before any workflow exists (the register activity re-checks ownership and intent).
@@ -428,6 +427,9 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
         if await _started_by(app, pid, request_id):  # only an existing progression can be this request's
             return await _current_state(session, app, pid)
         raise _exists(pid)
+    # Evidence breaking its contract: after who may start it and whether it exists (those answers come first),
+    # before anything is stored.
+    check_evidence_contracts(loaded.policy, uploads)
 
     refs = await store_evidence(session, app, uploads, principal)
     inp = ProgressionInput(spec=spec, spec_yaml=spec_text.decode("utf-8-sig"), policy=loaded.policy,
