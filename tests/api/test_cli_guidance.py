@@ -12,7 +12,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from testing.specs import MALFORMED_SPECS
-from tests.api.test_cli import CLI, LiveAPI, running_api
+from tests.api.test_cli import CLI, LiveAPI, follow, running_api
 
 pytestmark = pytest.mark.slow  # a whole stack in a thread, like tests/api/test_cli.py
 
@@ -44,7 +44,7 @@ def test_from_init_to_a_validator_with_only_what_the_tool_says(run: CLI, tmp_pat
     started = run.ok("dana", "start", repo)
     pid = "new-scorecard@0.1.0"
     assert f"Started {pid}" in started.stdout
-    state = run.json("dana", "status", pid, "--follow", "--interval", "0.1", "--timeout", "60")
+    state = follow(run, "dana", pid)
     assert state["status"] == "awaiting_approval" and state["waiting_on"] == ["model_validator"]
     todo = run.json("victor", "todo")
     assert [i["progression_id"] for i in todo["items"]] == [pid]
@@ -83,11 +83,11 @@ def test_route_and_start_print_the_same_error(run: CLI, tmp_path: Path, case: st
 
 
 def test_the_inbox_piped_to_a_file_keeps_every_id_whole(run: CLI, tmp_path: Path) -> None:
-    repo = tmp_path / "a-model-with-a-rather-long-identifier-that-would-not-fit-in-eighty-columns"
-    run.ok("dana", "init", "--intent", "credit-underwriting", repo, "--model-id",
-           "a-model-with-a-rather-long-identifier-that-would-not-fit-in-eighty-columns")
+    model = "a-model-whose-identifier-is-long-enough-to-not-fit-in-a-column"  # 62 characters
+    repo = tmp_path / "long"
+    run.ok("dana", "init", "--intent", "credit-underwriting", repo, "--model-id", model)
     run.ok("dana", "start", repo)
-    pid = "a-model-with-a-rather-long-identifier-that-would-not-fit-in-eighty-columns@0.1.0"
-    run.json("dana", "status", pid, "--follow", "--interval", "0.1", "--timeout", "60")
+    pid = f"{model}@0.1.0"
+    follow(run, "dana", pid)
     inbox = run.run("victor", "inbox", env={"COLUMNS": "80"})
     assert pid in inbox.stdout, inbox.stdout
