@@ -229,6 +229,8 @@ def require_or_page(principal: Principal, action: Action) -> None:
 def _problem_text(exc: ProgressionError) -> str:
     """The message, plus every listed problem (file:line: field: message) when there are several."""
     details = exc.details
+    if isinstance(details, dict) and isinstance(details.get("problems"), list):  # evidence_contract: each field
+        details = details["problems"]
     if isinstance(details, list) and len(details) > 1:
         lines = []
         for d in details:

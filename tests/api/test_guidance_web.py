@@ -3,11 +3,13 @@ actions, and why the others are not available."""
 
 from __future__ import annotations
 
+import html
 from collections.abc import AsyncIterator
 
 import pytest
 
 from testing.api import ApiEnv, at_gate, decide, started_at_gate, wait_for
+from testing.specs import MALFORMED_SPECS
 from tests.api.test_web_ui import Browser, signed_in
 
 
@@ -54,3 +56,21 @@ async def test_a_missing_item_gets_an_upload_slot_and_frozen_ones_say_why(env: A
     adam = await signed_in(people, "adam")
     admin_page = (await adam.get(url)).text
     assert 'name="decision"' not in admin_page  # an admin never gets a decision form
+
+
+async def test_the_policy_page_shows_its_evidence_contracts(env: ApiEnv, people: dict[str, Browser]) -> None:
+    dana = await signed_in(people, "dana")
+    page = (await dana.get("/ui/policies/credit-underwriting")).text
+    assert 'data-contract="fairness"' in page and "adverse_impact_ratio" in page
+    assert "<code>## Training data</code>" in page and "progression init --intent credit-underwriting" in page
+
+
+async def test_the_web_dry_run_reads_the_spec_like_a_start(env: ApiEnv, people: dict[str, Browser]) -> None:
+    """One loader in the web UI too: the dry-run form answers a misspelt key as the API's start does."""
+    spec = MALFORMED_SPECS["unknown_key_modle"].decode()
+    dana = await signed_in(people, "dana")
+    page = await dana.post("/ui/policies/dry-run", {"spec": spec}, csrf_from="/ui/policies/dry-run")
+    api = await env.http.post("/api/v1/progressions", headers=env.auth("dana"),
+                              files=[("spec", ("progression.yaml", spec.encode(), "application/yaml"))])
+    assert page.status_code == api.status_code == 422
+    assert api.json()["message"] in html.unescape(page.text)
