@@ -50,6 +50,7 @@ from engine.errors import NotFound, ProgressionError
 from engine.evidence import EvidenceCorrupted, EvidenceStore, guess_media_type, record_blob, sha256_hex
 from engine.findings import blocking_refusal, conditions_refusal
 from engine.lifecycle import (
+    DECIDING_ROLES,
     ActionOption,
     ConditionIn,
     DecisionKind,
@@ -71,6 +72,7 @@ from engine.lifecycle import (
     withdraw_refusal,
 )
 from engine.loading import load_spec
+from engine.policy import Role
 from engine.spec import EvidenceName, identity_changes, spec_digest
 from engine.wire import ApprovalCheck, EvidenceCheck, ProgressionPage, ProgressionSummary, ProgressionVerification
 from workflows.contract import (
@@ -508,7 +510,12 @@ def _closed_or_unavailable(exc: RPCError, progression_id: str) -> ApiError:
 
 
 def deciding_role_refusal(principal: Principal) -> Refusal | None:
-    """Refused before any gate rule when none of the caller's roles decides gates (the API and the web UI)."""
+    """Refused before any gate rule when none of the caller's roles decides gates (the API and the web UI), and
+    always for an administrator: identity refuses to give an admin a deciding role, and should a row say so
+    anyway (edited in the database), the admin still does not decide."""
+    if Role.admin in principal.roles and principal.roles & DECIDING_ROLES:
+        return Refusal(code="admin_cannot_decide", http_status=403,
+                       message="administrators administer but never decide on gates, whatever other role they hold")
     if Action.decide in principal.actions:
         return None
     held = ", ".join(sorted(r.value for r in principal.roles)) or "none"

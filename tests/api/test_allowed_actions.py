@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from engine.db import User
 from testing.api import CREDIT, ApiEnv, at_gate, decide, get_state, start, wait_for
 
 # Everyone who can see a credit progression of team retail-risk (another team's developer gets 404).
@@ -189,3 +190,21 @@ async def test_the_detail_names_the_next_command_and_upload_slots(env: ApiEnv) -
         f"progression evidence add {pid} monitoring_plan=docs/monitoring_plan.md")
     refused = next(o for o in for_dana["actions"] if o["action"] == "decide")
     assert refused["code"] == "not_a_gate_role" and "model validator" in refused["unlock"]
+
+
+async def test_an_admin_whose_row_also_says_risk_officer_is_offered_no_decision_and_refused(env: ApiEnv) -> None:
+    """Attack: the admin edits their own user row to add model_risk_officer (identity refuses that combination;
+    the database does not). Allowed actions offer no decision, and the API refuses it."""
+    pid = await awaiting_risk_review(env)
+    async with env.sessionmaker() as session:
+        admin = await session.get(User, env.user_ids["adam"])
+        assert admin is not None
+        admin.roles = ["admin", "model_risk_officer"]
+        await session.commit()
+    state = await get_state(env, pid, "adam")
+    [option] = [o for o in state["actions"] if o["action"] == "decide"]
+    assert not option["allowed"] and option["code"] == "admin_cannot_decide"
+    resp = await decide(env, "adam", pid, "risk_review", comment=ACK)
+    assert resp.status_code == 403 and resp.json()["code"] == "admin_cannot_decide", resp.text
+    assert all(not d for d in [s["decisions"] for s in (await get_state(env, pid))["stages"]
+                               if s["name"] == "risk_review"])
