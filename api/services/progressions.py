@@ -176,6 +176,14 @@ async def get_progression_detail(*, session: AsyncSession, app: AppState, princi
     return detail
 
 
+def with_actions(app: AppState, principal: Principal, state: ProgressionState) -> ProgressionDetail:
+    """The state an action answers with, plus what the caller may do next (``actions``, ``next_command``)."""
+    detail = ProgressionDetail.model_validate(state.model_dump())
+    detail.actions = actions_for(app, principal, state)
+    detail.next_command = next_command(state, detail.actions)
+    return detail
+
+
 def caller_of(app: AppState, principal: Principal, state: ProgressionState) -> Caller:
     """The caller as ``engine.actions`` sees them: the API's own role-table and team refusals by action."""
     what = f"progression {state.progression_id}"

@@ -145,10 +145,8 @@ def start(
         return
     console = out()
     console.print(Text.assemble("Started ", (state.progression_id, "bold")))
-    with client() as c:
-        detail = c.get(state.progression_id)  # with the actions allowed to you now
-    console.print(render_state(detail))
-    print_next(detail)
+    console.print(render_state(state))
+    print_next(state)  # the answer carries the actions allowed to you now
 
 
 def print_next(state: ProgressionState) -> None:
@@ -243,6 +241,7 @@ def evidence_add(
         return
     out().print(Text(f"Evidence {', '.join(sorted(named))} added to {progression_id}"))
     out().print(render_state(state))
+    print_next(state)
 
 
 @handle_errors

@@ -177,7 +177,10 @@ async def test_allowed_actions_match_what_the_api_does_for_every_role_and_status
 
 
 async def test_the_detail_names_the_next_command_and_upload_slots(env: ApiEnv) -> None:
-    pid = await _started(env, skip=("monitoring_plan",))
+    pid, resp = await start(env, skip=("monitoring_plan",))
+    assert resp.status_code == 201
+    # The answer to an action carries the caller's actions too.
+    assert {o["action"] for o in resp.json()["actions"]} >= {"add_evidence", "withdraw"}
     await wait_for(env, pid, at_gate("validation"))
     for_vera = await get_state(env, pid, "vera")
     assert for_vera["next_command"] == f"progression decide {pid} approve --stage validation -m 'your comment'"
