@@ -144,8 +144,8 @@ async def test_new_evidence_breaking_its_contract_is_refused_and_stores_nothing(
     assert resp.status_code == 201, resp.text
     blobs = await env.count(EvidenceBlob)
     resp = await env.http.post(f"/api/v1/progressions/{pid}/evidence", headers=env.auth("dana"),
-                               files=[("evidence.monitoring_plan", ("docs/monitoring_plan.md", b"# plan\nPSI",
-                                                                    "text/markdown"))])
+                               files=[("evidence.monitoring_plan", ("monitoring_plan.json", b'{"psi": 0.1}',
+                                                                    "application/json"))])
     assert resp.status_code == 422 and resp.json()["code"] == "evidence_contract", resp.text
-    assert resp.json()["details"]["problems"][0]["code"] == "too_short"
+    assert resp.json()["details"]["problems"][0]["code"] == "not_a_document"
     assert await env.count(EvidenceBlob) == blobs
