@@ -91,3 +91,12 @@ def test_the_inbox_piped_to_a_file_keeps_every_id_whole(run: CLI, tmp_path: Path
     follow(run, "dana", pid)
     inbox = run.run("victor", "inbox", env={"COLUMNS": "80"})
     assert pid in inbox.stdout, inbox.stdout
+
+
+def test_policies_shows_what_each_evidence_file_must_contain(run: CLI) -> None:
+    shown = run.ok("dana", "policies", "credit-underwriting").stdout
+    assert "fairness (data, evidence/fairness.json)" in shown and "required fields: groups" in shown
+    assert "required sections: ## Intended use, ## Training data, ## Performance, ## Limitations" in shown
+    body = run.json("dana", "policies", "credit-underwriting")
+    fairness = next(c for c in body["evidence_contracts"] if c["name"] == "fairness")
+    assert fairness["schema"]["required"] == ["groups"]
