@@ -247,7 +247,18 @@ def _requires(schema: Any, parts: tuple[Any, ...]) -> str | None:
             return f"the field {_json_path([*walked, part])} is declared but not required"
         current = props[part]
         walked.append(part)
+        if _allows_null(current):  # "present" as null is as good as missing to a check
+            return f"the field {_json_path(walked)} may be null"
     return None
+
+
+def _allows_null(schema: Any) -> bool:
+    if not isinstance(schema, Mapping):
+        return True  # `true` (anything goes) lets null through
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
+    return "null" in kinds or not kinds and not any(k in schema for k in ("enum", "const", "properties",
+                                                                            "items", "anyOf", "oneOf", "allOf"))
 
 
 def contract_definition_problems(policy: GovernancePolicy) -> list[ContractDefinitionProblem]:

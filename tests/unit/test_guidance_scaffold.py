@@ -109,6 +109,12 @@ def test_a_contract_that_lets_a_read_field_be_missing_is_refused_at_load() -> No
     [problem] = _problems(_policy_with(optional))
     assert problem["type"] == "contract_optional_field" and problem["field"] == "evidence.metrics.schema"
     assert "declared but not required" in str(problem["message"]) and problem["line"] is not None
+    nullable = optional.replace("schema: {type: object,", "schema: {type: object, required: [auc],").replace(
+        "auc: {type: number}", "auc: {type: [number, 'null']}")
+    [problem] = _problems(_policy_with(nullable))
+    assert problem["type"] == "contract_optional_field" and "may be null" in str(problem["message"])
+    untyped = nullable.replace("auc: {type: [number, 'null']}", "auc: {}")
+    assert "may be null" in str(_problems(_policy_with(untyped))[0]["message"])
     required = optional.replace("schema: {type: object,", "schema: {type: object, required: [auc],")
     loaded = policy_from_text(_policy_with(required), filename="demo.yaml")
     assert contract_definition_problems(loaded.policy) == []
