@@ -212,6 +212,8 @@ def status(
                 state = c.get(progression_id)
     if not _waits_on_person_or_ended(state):
         fail(f"{progression_id} is still {state.status.value} after {timeout}s", EXIT_ERROR)
+    if not as_json:
+        print_next(state)  # it waits on a person now: if on you, what to run
 
 
 _NAME_FILE = re.compile(r"^([a-z][a-z0-9_]{0,63})=(.+)$")
