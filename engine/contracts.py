@@ -217,6 +217,23 @@ def evidence_problems(policy: GovernancePolicy, evidence: Mapping[str, Any]) -> 
     return problems[:MAX_PROBLEMS]
 
 
+def unchanged_examples(policy: GovernancePolicy, evidence: Mapping[str, Any]) -> list[str]:
+    """The evidence items that are still the policy's own example (what ``progression init`` wrote): they pass the
+    contract, and often the checks, but describe no real model. The route warns about them."""
+    same: list[str] = []
+    for name in sorted(evidence):
+        rule = policy.evidence.get(name)
+        if rule is None or not rule.is_contract or rule.example is None:
+            continue
+        value = evidence[name]
+        if rule.kind == "document" and isinstance(value, str) and isinstance(rule.example, str):
+            if value.strip() == rule.example.strip():
+                same.append(name)
+        elif value == rule.example:
+            same.append(name)
+    return same
+
+
 def problems_message(problems: list[EvidenceProblem]) -> str:
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"{problems[0].message}{more}"

@@ -284,6 +284,8 @@ class DryRunResult(BaseModel):
     fix_first_stage: str | None = None
     evidence_problems: list[EvidenceProblem] = Field(
         default_factory=list, description="evidence that breaks its contract; a start refuses it (422)")
+    unchanged_examples: list[str] = Field(
+        default_factory=list, description="evidence items still equal to the policy's example (a warning)")
 
 
 class AuditEventOut(BaseModel):

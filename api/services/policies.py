@@ -13,7 +13,7 @@ from api.authz import Action, Principal, require
 from api.errors import ApiError
 from engine import audit
 from engine.checks import builtin_checks, evaluate_stage
-from engine.contracts import evidence_problems, published_contracts
+from engine.contracts import evidence_problems, published_contracts, unchanged_examples
 from engine.db import PolicyVersion, utcnow
 from engine.features import resolve_features
 from engine.lifecycle import EventType
@@ -158,7 +158,8 @@ async def dry_run(*, session: AsyncSession, principal: Principal, registry: Poli
         route=route, checks_passing=passing, checks_failing=failing, approvals_needed=approvals,
         unknown_features=[f.name for f in features if not f.known],
         missing_evidence=sorted(set(spec.evidence) - set(evidence)), fix_first=fix_first,
-        fix_first_stage=fix_stage, evidence_problems=evidence_problems(loaded.policy, evidence))
+        fix_first_stage=fix_stage, evidence_problems=evidence_problems(loaded.policy, evidence),
+        unchanged_examples=unchanged_examples(loaded.policy, evidence))
 
 
 async def evidence_contracts(*, principal: Principal, registry: PolicyRegistry, intent: str) -> EvidenceContracts:

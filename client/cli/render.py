@@ -160,6 +160,9 @@ def render_route(result: DryRunResult, policy: PolicyDetail | None, upload: Repo
                           style="red"))
     for feature in result.unknown_features:
         lines.append(Text(f"Unknown feature (not in the catalog): {feature}", style="red"))
+    for name in result.unchanged_examples:  # scaffolded by `init` and never replaced
+        lines.append(Text(f"Warning: evidence {name} is still the policy's example: replace it with your model's own "
+                          "(validators review it)", style="yellow"))
     for problem in result.evidence_problems:  # a start refuses these (422 evidence_contract)
         lines.append(Text(f"Evidence breaks its contract: {problem.message} [{problem.code}]", style="red"))
     if result.evidence_problems:

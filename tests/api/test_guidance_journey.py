@@ -39,6 +39,8 @@ async def test_init_output_passes_route_check(env: ApiEnv, tmp_path: Path, inten
     resp = await env.http.post("/api/v1/dry-run", files=upload.multipart_files(), headers=env.auth("dana"))
     assert resp.status_code == 200, resp.text
     assert blockers(DryRunResult.model_validate(resp.json()), upload) == []
+    # Not blockers, but said: every file is still the policy's example until the developer replaces it.
+    assert sorted(resp.json()["unchanged_examples"]) == sorted(upload.evidence)
 
 
 async def test_from_init_to_a_gate_waiting_on_a_validator(env: ApiEnv, tmp_path: Path) -> None:

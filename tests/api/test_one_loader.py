@@ -149,3 +149,12 @@ async def test_new_evidence_breaking_its_contract_is_refused_and_stores_nothing(
     assert resp.status_code == 422 and resp.json()["code"] == "evidence_contract", resp.text
     assert resp.json()["details"]["problems"][0]["code"] == "not_a_document"
     assert await env.count(EvidenceBlob) == blobs
+
+
+@pytest.mark.parametrize("repo", ["retail-credit-scorecard", "card-fraud-detector", "marketing-propensity"])
+async def test_the_example_repositories_meet_their_contracts_and_are_not_the_templates(env: ApiEnv,
+                                                                                    repo: str) -> None:
+    _, files = upload(CREDIT.parent / repo)
+    route = await env.http.post("/api/v1/dry-run", files=files, headers=env.auth("dana"))
+    assert route.status_code == 200, route.text
+    assert route.json()["evidence_problems"] == [] and route.json()["unchanged_examples"] == []
