@@ -19,7 +19,7 @@ from temporalio.client import Client
 from api.deps import STRICT_QUERY, AppState
 from api.errors import install_error_handlers
 from api.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
-from api.routers import audit, features, findings, inbox, models, ops, policies, progressions, users
+from api.routers import audit, features, findings, guidance, inbox, models, ops, policies, progressions, users
 from api.services.policies import record_policy_versions
 from api.web import mount_web
 from engine.database import upgrade
@@ -113,6 +113,8 @@ def create_app(
     for module in (progressions, inbox, models, policies, features, audit, users, ops, findings):
         app.include_router(module.router)
     app.include_router(users.public_router)
+    app.include_router(policies.route_router)
+    app.include_router(guidance.router)
     _mount_web_ui(app)
     # Outermost first: the size limit refuses before anything reads the body; metrics see every answer.
     app.add_middleware(MetricsMiddleware, metrics=metrics)

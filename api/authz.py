@@ -20,7 +20,7 @@ from typing import Any
 from api.errors import ApiError
 from engine.db import User
 from engine.identity import actor_for, user_roles
-from engine.lifecycle import Actor
+from engine.lifecycle import Actor, Refusal
 from engine.policy import Role
 
 
@@ -129,13 +129,20 @@ def allowed(principal: Principal, action: Action) -> bool:
     return action in principal.actions
 
 
+def role_refusal(principal: Principal, action: Action) -> Refusal | None:
+    """Why the role table does not let ``principal`` do ``action`` (``None`` when it does)."""
+    if allowed(principal, action):
+        return None
+    held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
+    who = sorted(r.value for r, acts in ROLE_ACTIONS.items() if action in acts)
+    return Refusal(code="forbidden", http_status=403,
+                   message=f"your roles ({held}) do not allow {action.value}; it needs one of: {', '.join(who)}")
+
+
 def require(principal: Principal, action: Action) -> None:
-    if not allowed(principal, action):
-        held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
+    if (refusal := role_refusal(principal, action)) is not None:
         who = sorted(r.value for r, acts in ROLE_ACTIONS.items() if action in acts)
-        raise ApiError(403, "forbidden",
-                       f"your roles ({held}) do not allow {action.value}; it needs one of: {', '.join(who)}",
-                       {"action": action.value, "roles_allowed": who})
+        raise ApiError(403, "forbidden", refusal.message, {"action": action.value, "roles_allowed": who})
 
 
 def can_see_team(principal: Principal, team: str) -> bool:
@@ -166,13 +173,21 @@ def require_visible(principal: Principal, team: str, what: str) -> None:
         raise ApiError(404, "not_found", f"{what} not found")
 
 
+def team_refusal(principal: Principal, action: Action, team: str, what: str) -> Refusal | None:
+    """Why ``principal`` may not do ``action`` on an object of ``team``: the role table, then the team rule
+    (developers act on their own team's objects only). What :func:`require_act_on_team` enforces, as a value
+    (``engine.actions.allowed_actions`` reads it)."""
+    if (refusal := role_refusal(principal, action)) is not None:
+        return refusal
+    if principal.roles & GLOBAL_ACTORS or principal.team == team:
+        return None
+    return Refusal(code="not_your_team", http_status=403,
+                   message=f"{what} belongs to team {team!r}; you ({principal.username}, team {principal.team!r}) "
+                           f"may {action.value} only for models of your own team")
+
+
 def require_act_on_team(principal: Principal, action: Action, team: str, what: str) -> None:
     """Role allows the action AND (acting on any team's objects, or the object belongs to the caller's team)."""
     require(principal, action)
-    if principal.roles & GLOBAL_ACTORS:
-        return
-    if principal.team != team:
-        raise ApiError(403, "not_your_team",
-                       f"{what} belongs to team {team!r}; you ({principal.username}, team {principal.team!r}) "
-                       f"may {action.value} only for models of your own team",
-                       {"team": team, "your_team": principal.team})
+    if (refusal := team_refusal(principal, action, team, what)) is not None:
+        raise ApiError(403, refusal.code, refusal.message, {"team": team, "your_team": principal.team})

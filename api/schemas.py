@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from engine.lifecycle import ConditionIn, DecisionKind, ProgressionState
+from engine.lifecycle import ConditionIn, DecisionKind, ProgressionDetail
 from engine.policy import Role
 
 # Paging offsets beyond this are refused (422): the databases overflow on offsets past 64 bits.
@@ -42,7 +42,8 @@ class WithdrawRequest(Body):
     reason: str = Field(min_length=1, max_length=10_000)
 
 
-ProgressionOut = ProgressionState
+# The state after an action, with the caller's actions allowed now and the command of their next step.
+ProgressionOut = ProgressionDetail
 
 
 # ---- inbox ------------------------------------------------------------------------------------

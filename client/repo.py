@@ -7,12 +7,22 @@ client uploads a repository the same way: a `spec` part and one
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from engine.wire import REQUEST_MAX_BYTES, SPEC_MAX_BYTES
+
 SPEC_FILENAME = "progression.yaml"
+
+
+def _refuse_too_large(path: Path, size: int, limit: int, what: str) -> None:
+    """Checked on the file's size, before reading it: a 10 MB spec is refused at once, naming the file."""
+    if size > limit:
+        raise OSError(errno.EFBIG, f"{size} bytes; {what} is at most {limit} bytes (the server refuses larger "
+                                   "requests)", str(path))
 
 
 @dataclass
@@ -37,6 +47,7 @@ def read_repository(root: Path) -> RepositoryUpload:
     """
     root = root.resolve()
     spec_path = root / SPEC_FILENAME
+    _refuse_too_large(spec_path, spec_path.stat().st_size, SPEC_MAX_BYTES, "a progression.yaml")
     spec_yaml = spec_path.read_bytes()
     upload = RepositoryUpload(root=root, spec_yaml=spec_yaml)
     try:
@@ -46,6 +57,7 @@ def read_repository(root: Path) -> RepositoryUpload:
     evidence = data.get("evidence") if isinstance(data, dict) else None
     if not isinstance(evidence, dict):
         return upload
+    total = len(spec_yaml)
     for name, relpath in evidence.items():
         if not isinstance(name, str) or not isinstance(relpath, str):
             continue
@@ -53,5 +65,7 @@ def read_repository(root: Path) -> RepositoryUpload:
         if not path.is_relative_to(root) or not path.is_file():
             upload.missing[name] = relpath
             continue
+        total += path.stat().st_size
+        _refuse_too_large(path, total, REQUEST_MAX_BYTES, "a request with the spec and all evidence")
         upload.evidence[name] = (relpath, path.read_bytes())
     return upload

@@ -23,7 +23,6 @@ from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
-import yaml
 from pydantic import BaseModel
 
 from client.repo import RepositoryUpload, read_repository
@@ -39,6 +38,7 @@ from engine.wire import (
     FeatureOut,
     FeatureProposalList,
     FeatureProposalOut,
+    EvidenceContracts,
     InboxItem,
     ModelDetail,
     ModelOut,
@@ -47,6 +47,7 @@ from engine.wire import (
     PolicySummary,
     ProgressionPage,
     ProgressionVerification,
+    Todo,
 )
 
 API_PREFIX = "/api/v1"
@@ -296,9 +297,27 @@ class _Calls:
         return _Call("GET", f"/policies/{quote(intent, safe='')}", _as(PolicyDetail))
 
     @staticmethod
-    def dry_run(intent: str, source: str | Path | RepositoryUpload) -> _Call[DryRunResult]:
-        return _Call("POST", f"/policies/{quote(intent, safe='')}/dry-run", _as(DryRunResult),
-                     files=_upload(source).multipart_files())
+    def evidence_contracts(intent: str) -> _Call[EvidenceContracts]:
+        return _Call("GET", f"/policies/{quote(intent, safe='')}/evidence", _as(EvidenceContracts))
+
+    @staticmethod
+    def progression_schema() -> _Call[dict[str, Any]]:
+        return _Call("GET", "/schemas/progression.json", _json)
+
+    @staticmethod
+    def me() -> _Call[dict[str, Any]]:
+        return _Call("GET", "/me", _json)
+
+    @staticmethod
+    def todo() -> _Call[Todo]:
+        return _Call("GET", "/todo", _as(Todo))
+
+    @staticmethod
+    def dry_run(intent: str | None, source: str | Path | RepositoryUpload) -> _Call[DryRunResult]:
+        # Without an intent the server reads it from the spec with the same loader as a start (same messages,
+        # codes and lines for a YAML error, an unknown key or an unknown intent).
+        path = f"/policies/{quote(intent, safe='')}/dry-run" if intent else "/dry-run"
+        return _Call("POST", path, _as(DryRunResult), files=_upload(source).multipart_files())
 
     @staticmethod
     def features(filters: Mapping[str, Any]) -> _Call[FeatureList]:
@@ -345,23 +364,6 @@ class _Calls:
 
 
 AuditFormat = Literal["csv", "jsonl"]
-
-
-def _intent_of(source: str | Path | RepositoryUpload) -> str:
-    """The business intent named by the repository's progression.yaml (the server validates the rest)."""
-
-    upload = _upload(source)
-    try:
-        data = yaml.safe_load(upload.spec_yaml)
-        intent = data["model"]["business_intent"]
-    except (yaml.YAMLError, TypeError, KeyError):
-        intent = None
-    if not isinstance(intent, str) or not intent:
-        raise InvalidInput(f"{upload.root / 'progression.yaml'}: model.business_intent is missing; "
-                           "the route depends on the intent", code="invalid_spec",
-                           details=[{"file": "progression.yaml", "field": "model.business_intent",
-                                     "message": "field required", "line": None}])
-    return intent
 
 
 def _headers(token: str | None, user_agent: str) -> dict[str, str]:
@@ -440,6 +442,21 @@ class ProgressionClient:
     def inbox(self) -> _list[InboxItem]:
         return self._run(_Calls.inbox())
 
+    def todo(self) -> Todo:
+        """Everything waiting on me, most urgent first."""
+        return self._run(_Calls.todo())
+
+    def me(self) -> dict[str, Any]:
+        return self._run(_Calls.me())
+
+    def evidence_contracts(self, intent: str) -> EvidenceContracts:
+        """What each evidence item of ``intent``'s policy must look like (schema, sections, example)."""
+        return self._run(_Calls.evidence_contracts(intent))
+
+    def progression_schema(self) -> dict[str, Any]:
+        """The JSON Schema of progression.yaml, with this installation's business intents."""
+        return self._run(_Calls.progression_schema())
+
     def models(self, **filters: Any) -> _list[ModelOut]:
         """Every model visible to the caller (all pages)."""
         out: _list[ModelOut] = []
@@ -463,7 +480,7 @@ class ProgressionClient:
     def dry_run(self, intent: str | None, repo_dir: str | Path | RepositoryUpload) -> DryRunResult:
         """The route the repository would take now; ``intent=None`` reads it from the spec."""
         upload = _upload(repo_dir)
-        return self._run(_Calls.dry_run(intent or _intent_of(upload), upload))
+        return self._run(_Calls.dry_run(intent, upload))
 
     def audit_events(self, *, page_size: int | None = None, **filters: Any) -> Iterator[AuditEventOut]:
         """Every matching event, page after page. Filters: the fields of :class:`engine.wire.AuditFilter`
@@ -595,6 +612,12 @@ class AsyncProgressionClient:
     async def inbox(self) -> _list[InboxItem]:
         return await self._run(_Calls.inbox())
 
+    async def todo(self) -> Todo:
+        return await self._run(_Calls.todo())
+
+    async def evidence_contracts(self, intent: str) -> EvidenceContracts:
+        return await self._run(_Calls.evidence_contracts(intent))
+
     async def models(self, **filters: Any) -> _list[ModelOut]:
         out: _list[ModelOut] = []
         offset = 0
@@ -616,7 +639,7 @@ class AsyncProgressionClient:
 
     async def dry_run(self, intent: str | None, repo_dir: str | Path | RepositoryUpload) -> DryRunResult:
         upload = _upload(repo_dir)
-        return await self._run(_Calls.dry_run(intent or _intent_of(upload), upload))
+        return await self._run(_Calls.dry_run(intent, upload))
 
     async def audit_events(self, *, page_size: int | None = None, **filters: Any) -> AsyncIterator[AuditEventOut]:
         cursor: str | None = None

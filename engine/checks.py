@@ -357,8 +357,9 @@ def evaluate_check(
             value = _execute(program, expr, cel_context if cel_context is not None else context)
         except Exception as exc:  # the Rust evaluator raises KeyError/TypeError/RuntimeError/...
             return result(False, _error_reason(exc, paths, context), inputs)
-        if value is True:
-            return result(True, f"met: {description}", inputs)
+        if value is True:  # a passing check shows the values it passed on, as a failing one does
+            scalars = _scalar_inputs(inputs)
+            return result(True, f"met: {description}" + (f" — {scalars}" if scalars else ""), inputs)
         if value is False:
             reason = f"not met: {description}"
             offenders = _offenders(expr, context)

@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.catalog import feature_verdict
 from engine.checks import evaluate_stage
+from engine.contracts import evidence_problems, unchanged_examples
 from engine.lifecycle import ResolvedFeature
 from engine.policy import GovernancePolicy, StageDef
 from engine.spec import ProgressionSpec
@@ -56,4 +57,5 @@ def evaluate_route(policy: GovernancePolicy, policy_hash: str, *, spec: Progress
         route=route, checks_passing=passing, checks_failing=failing, approvals_needed=approvals,
         unknown_features=[f.name for f in features if not f.known],
         missing_evidence=sorted(set(spec.evidence) - set(evidence)), fix_first=fix_first,
-        fix_first_stage=fix_stage, features=notes)
+        fix_first_stage=fix_stage, features=notes, evidence_problems=evidence_problems(policy, evidence),
+        unchanged_examples=unchanged_examples(policy, evidence))

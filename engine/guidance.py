@@ -25,8 +25,17 @@ FAILED_ACTION = ("nothing: the progression failed; the owning team may start thi
                  "is fixed")
 
 
+def words(name: str) -> str:
+    """A role or stage name as people say it: ``model_risk_officer`` -> ``model risk officer``."""
+    return name.replace("_", " ")
+
+
+def _a(role: Role) -> str:
+    return f"a {words(role.value)}"
+
+
 def _more(n: int, role: str) -> str:
-    return f"{n} more {role} approval" + ("s" if n != 1 else "")
+    return f"{n} more {words(role)} approval" + ("s" if n != 1 else "")
 
 
 def guidance(state: ProgressionState) -> dict[str, Any]:
@@ -42,29 +51,30 @@ def guidance(state: ProgressionState) -> dict[str, Any]:
         if state.status == Status.in_production and state.revalidation_due_at:
             action = f"nothing until revalidation is due on {state.revalidation_due_at.date().isoformat()}"
         else:
-            action = f"nothing: the progression is {state.status.value.replace('_', ' ')}"
+            action = f"nothing: the progression is {words(state.status.value)}"
     elif stage.status == StageStatus.blocked:
         waiting = [Role.model_developer]
         missing = [f"check {c.check_id} failed: {c.reason}" for c in stage.checks if not c.passed]
-        action = f"a model_developer of team {state.team} submits evidence that fixes the failing checks " \
-                 f"of stage {stage.name}"
+        action = f"a model developer of team {state.team} submits evidence that fixes the failing checks " \
+                 f"of stage {words(stage.name)}"
     elif stage.status == StageStatus.changes_requested:
         waiting = [Role.model_developer]
         last = next((d for d in reversed(stage.decisions) if d.decision == DecisionKind.request_changes), None)
         if last:
             missing = [f"changes requested by {last.actor_username}: {last.comment}"]
-        action = f"a model_developer of team {state.team} answers the change request on stage {stage.name} " \
-                 "with new evidence"
+        action = f"a model developer of team {state.team} answers the change request on stage " \
+                 f"{words(stage.name)} with new evidence"
     elif stage.status == StageStatus.awaiting_approval:
         waiting = open_gate_roles(stage)
         missing = [_more(a.count - len(a.approved_by), a.role.value) for a in stage.approvals if not a.satisfied]
         escalated = [a for a in stage.approvals if a.escalated and not a.satisfied]
-        action = f"{' and '.join(r.value for r in waiting)} decide on stage {stage.name}"
+        who = " and ".join(_a(r) for r in waiting)
+        action = f"{who} decide{'s' if len(waiting) == 1 else ''} on stage {words(stage.name)}"
         if escalated:
             action += " (past SLA, escalated to " + ", ".join(
-                (a.escalate_to or a.role).value for a in escalated) + ")"
+                words((a.escalate_to or a.role).value) for a in escalated) + ")"
     else:
-        action = f"the engine is working on stage {stage.name}"
+        action = f"the engine is running the checks of stage {words(stage.name)}"
     if state.revalidation_overdue:
         missing.append("revalidation is overdue")
     action, waiting = _findings_guidance(state, stage, action, waiting, missing)
@@ -78,12 +88,12 @@ def _findings_guidance(state: ProgressionState, stage: StageState | None, action
     blocking = [f for f in state.findings if f.finding_id in state.blocked_by] \
         if stage is not None and state.status not in FINAL_STATUSES else []
     for f in blocking:
-        missing.append(f"finding {f.finding_id} ({f.severity}: {f.title}) is {f.status} and blocks stage "
-                       f"{stage.name if stage else ''}")
+        missing.append(f"finding {f.finding_id} ({f.severity}: {f.title}) is {words(f.status)} and blocks stage "
+                       f"{words(stage.name) if stage else ''}")
     if blocking and stage is not None and stage.status == StageStatus.running:
         waiting = [Role.model_developer]
-        action = (f"a model_developer of team {state.team} remediates the findings blocking stage {stage.name} "
-                  "and an independent reviewer closes them (or an exception waives them)")
+        action = (f"a model developer of team {state.team} remediates the findings blocking stage "
+                  f"{words(stage.name)} and an independent reviewer closes them (or an exception waives them)")
     missing.extend(f"flagged: {flag}" for flag in state.flags)
     return action, waiting
 

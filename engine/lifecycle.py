@@ -332,14 +332,32 @@ class Person(Model):
         return f"{self.display_name} ({self.username})" if self.display_name else self.username
 
 
+class ActionOption(Model):
+    """One action on a progression for the caller who asked (``engine.actions.allowed_actions``)."""
+
+    action: Literal["decide", "add_evidence", "withdraw"]
+    allowed: bool
+    stage: str | None = None  # decide: the gate's stage
+    evidence: str | None = None  # add_evidence: the item (one option per item: an upload slot)
+    missing: bool = False  # add_evidence: the progression has no such item yet
+    description: str | None = None  # add_evidence: what the item is (the policy's contract)
+    decisions: list[DecisionKind] = Field(default_factory=list)  # decide: the decisions allowed now
+    code: str | None = None  # why not: the refusal code the API would answer
+    reason: str = ""  # why not (or, when allowed, what it does), in words
+    unlock: str | None = None  # what would make it allowed
+    command: str | None = None  # the CLI command that does it (allowed options only)
+
+
 class ProgressionDetail(ProgressionState):
-    """``GET /progressions/{id}``: the state plus its lineage and the people it names (never part of the
-    workflow's state)."""
+    """``GET /progressions/{id}``: the state plus its lineage, the people it names and, for the caller, the
+    actions allowed now (never part of the workflow's state)."""
 
     lineage: Lineage | None = None
     people: dict[str, Person] = Field(default_factory=dict, description=(
         "user id -> username and display name of everyone the state names by id (submitter, deciders, "
         "who added evidence)"))
+    actions: list[ActionOption] = Field(default_factory=list)
+    next_command: str | None = Field(default=None, description="the CLI command of the caller's next step")
 
 
 class ConditionIn(Model):

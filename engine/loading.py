@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from engine import checks
+from engine.contracts import contract_definition_problems
 from engine.errors import InvalidPolicy, InvalidSpec
 from engine.lifecycle import ResolvedFeature
 from engine.policy import GovernancePolicy, policy_hash
@@ -214,6 +215,7 @@ def load_spec(
         for problem in _pydantic_problems(exc, data, lines, filename):
             problems.extend(_spec_value_problems(problem, data, lines))
         _add_known_keys(problems, ProgressionSpec, data)
+        problems = _misspelt_not_missing(problems)
     if registry is not None:
         intent = _get(data, ("model", "business_intent"))
         if isinstance(intent, str) and not any(p.field == "model.business_intent" for p in problems) \
@@ -232,6 +234,18 @@ def load_spec(
     if problems or spec is None:
         _raise(InvalidSpec, problems)
     return spec
+
+
+def _misspelt_not_missing(problems: list[Problem]) -> list[Problem]:
+    """``modle:`` for ``model:`` is one mistake: report the misspelt key (with its line and the suggestion),
+    not also "model: required field is missing" on the document's first line."""
+    suggested: set[str] = set()
+    for problem in problems:
+        match = re.search(r"\(did you mean '([^']+)'\?\)$", problem.message)
+        if problem.type == "extra_forbidden" and match:
+            parent = problem.field.rsplit(".", 1)[0] if "." in problem.field else ""
+            suggested.add(f"{parent}.{match.group(1)}" if parent else match.group(1))
+    return [p for p in problems if not (p.type == "missing" and p.field in suggested)]
 
 
 def _raise(cls: type[InvalidSpec] | type[InvalidPolicy], problems: list[Problem]) -> NoReturn:
@@ -292,6 +306,10 @@ def _policy_problems(text: str | bytes, filename: str) -> tuple[GovernancePolicy
                 at = ("stages", si, "approvals", ai, "escalate_to")
                 problems.append(Problem(filename, _lookup_line(lines, at), format_path(at),
                                         "escalate_to needs an sla to escalate after", "escalation_without_sla"))
+    # Evidence contracts: valid schemas, examples that satisfy them, and every field a check reads required.
+    for contract in contract_definition_problems(policy):
+        problems.append(Problem(filename, _lookup_line(lines, contract.field), format_path(contract.field),
+                                contract.message, contract.code))
     return policy, programs, problems
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
@@ -89,10 +89,47 @@ class StageDef(StrictModel):
         return self
 
 
+EvidenceKind = Literal["data", "document"]
+
+
 class EvidenceRule(StrictModel):
-    """Per evidence item: ``frozen_after`` names the stage after whose passing the item may not change."""
+    """Per evidence item: ``frozen_after`` names the stage after whose passing the item may not change;
+    ``kind`` makes it an evidence *contract* (see ``engine.contracts``): ``data`` is a JSON/YAML file checked
+    against ``schema`` (a JSON Schema, draft 2020-12), ``document`` a text (Markdown) file with the required
+    ``sections`` (headings) and at least ``min_length`` characters. ``example`` must satisfy the contract
+    (checked when the policy loads); ``progression init`` writes it as the template."""
 
     frozen_after: StageName | None = None
+    kind: EvidenceKind | None = None
+    description: Annotated[str, StringConstraints(min_length=1, max_length=2000)] | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    sections: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=50)
+    min_length: int | None = Field(default=None, ge=1, le=10_000_000)
+    example: Any = None
+    # Where the scaffold puts the file (``progression init``), relative to the repository.
+    path: Annotated[str, StringConstraints(min_length=1, max_length=500)] | None = None
+
+    @model_validator(mode="after")
+    def _contract_complete(self) -> EvidenceRule:
+        if self.kind is None:
+            if any(v not in (None, []) for v in (self.description, self.json_schema, self.sections,
+                                                 self.min_length, self.example, self.path)):
+                raise ValueError("an evidence contract needs a kind: data or document")
+            return self
+        if self.description is None or self.example is None or self.path is None:
+            raise ValueError("an evidence contract needs a description, a path and an example")
+        if self.kind == "data" and self.json_schema is None:
+            raise ValueError("a data contract needs a schema (JSON Schema)")
+        if self.kind == "data" and (self.sections or self.min_length is not None):
+            raise ValueError("sections and min_length belong to document contracts")
+        if self.kind == "document" and self.json_schema is not None:
+            raise ValueError("a document contract has sections and min_length, not a schema")
+        return self
+
+    @property
+    def is_contract(self) -> bool:
+        return self.kind is not None
 
 
 Severity = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
@@ -242,6 +279,11 @@ def policy_hash(policy: GovernancePolicy) -> str:
                          ("findings", None), ("exceptions", None)):
         if data.get(key) == default:
             data.pop(key, None)
+    for rule in (data.get("evidence") or {}).values():
+        for key, default in (("kind", None), ("description", None), ("schema", None), ("sections", []),
+                             ("min_length", None), ("example", None), ("path", None)):
+            if rule.get(key) == default:
+                rule.pop(key, None)
     for stage in data.get("stages", []):
         if stage.get("requires_evidence") == []:
             stage.pop("requires_evidence", None)

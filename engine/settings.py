@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from engine.wire import REQUEST_MAX_BYTES, SPEC_MAX_BYTES
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEV_SECRET = "dev-insecure-secret-change-me"
 
@@ -40,8 +42,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     secret_key: str = DEV_SECRET
-    max_request_bytes: int = 5 * 1024 * 1024
-    max_yaml_bytes: int = 256 * 1024
+    max_request_bytes: int = REQUEST_MAX_BYTES
+    max_yaml_bytes: int = SPEC_MAX_BYTES
 
     # Promotion target for stage actions (deploy): "record" only records; "webhook" POSTs signed JSON.
     promotion_target: Literal["record", "webhook"] = "record"

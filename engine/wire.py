@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.lifecycle import ResolvedFeature
 from engine.policy import Role
 
+# The server's default limits (``engine.settings``: max_yaml_bytes, max_request_bytes); clients refuse a file
+# over them before reading it.
+SPEC_MAX_BYTES = 256 * 1024
+REQUEST_MAX_BYTES = 5 * 1024 * 1024
+
 
 class EvidenceCheck(BaseModel):
     name: str
@@ -95,6 +100,29 @@ class InboxItem(BaseModel):
     seconds_to_sla: float | None = Field(description="negative when the SLA has passed")
     escalated: bool
     submitted_by: str
+
+
+class TodoItem(BaseModel):
+    """One thing waiting on the caller (``GET /api/v1/todo``)."""
+
+    kind: Literal["gate", "evidence", "changes_requested", "finding_remediation", "finding_verification"]
+    title: str  # in words, for a person
+    model_id: str
+    progression_id: str | None = None
+    finding_id: str | None = None
+    stage: str | None = None
+    since: datetime | None = None  # waiting since
+    due_at: datetime | None = None  # an SLA or a due date
+    overdue: bool = False
+    command: str | None = None  # the CLI command that does it
+    url: str  # the web page where it is done
+
+
+class Todo(BaseModel):
+    """Everything waiting on the caller, most urgent first: overdue, then by due date, then oldest."""
+
+    items: list[TodoItem]
+    total: int
 
 
 class Inbox(BaseModel):
@@ -204,6 +232,49 @@ class DryRunStage(BaseModel):
     passes_now: bool
 
 
+class EvidenceProblem(BaseModel):
+    """One way an evidence item breaks its policy's contract (``engine.contracts``). ``path`` is a JSON path
+    inside the item (``$`` is the whole item, ``$#Section`` a document's section); ``field`` names it as the
+    spec would (``evidence.fairness.groups``); ``code`` is stable (missing_field, wrong_type, out_of_range,
+    not_allowed, unknown_field, not_structured, not_a_document, too_short, missing_section, ...)."""
+
+    evidence: str
+    path: str
+    field: str
+    code: str
+    expected: str
+    got: str
+    message: str
+
+
+class EvidenceContractOut(BaseModel):
+    """``GET /api/v1/policies/{intent}/evidence``: what one evidence item must look like."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str
+    kind: Literal["data", "document"]
+    description: str
+    path: str = Field(description="where `progression init` puts it in a new repository")
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema",
+                                               description="JSON Schema (draft 2020-12) of a data item")
+    sections: list[str] = Field(default_factory=list, description="headings a document must have")
+    min_length: int | None = None
+    example: Any = None
+    frozen_after: str | None = None
+    read_by_stages: list[str] = Field(default_factory=list)
+    needed_by: str | None = Field(default=None, description="the first stage that reads it")
+
+
+class EvidenceContracts(BaseModel):
+    intent: str
+    policy_hash: str
+    title: str = ""
+    risk_tier: int | None = None
+    requires_artifact_digest: bool = Field(default=False, description="the spec must carry version.artifact_digest")
+    contracts: list[EvidenceContractOut]
+
+
 class DryRunResult(BaseModel):
     intent: str
     policy_hash: str
@@ -219,6 +290,10 @@ class DryRunResult(BaseModel):
     fix_first_stage: str | None = None
     features: list[FeatureNote] = Field(default_factory=list,
                                         description="the spec's features the policy forbids or conditions")
+    evidence_problems: list[EvidenceProblem] = Field(
+        default_factory=list, description="evidence that breaks its contract; a start refuses it (422)")
+    unchanged_examples: list[str] = Field(
+        default_factory=list, description="evidence items still equal to the policy's example (a warning)")
 
 
 class AuditEventOut(BaseModel):

@@ -12,7 +12,7 @@ from api.multipart import read_multipart
 from api.schemas import DryRunRequest
 from api.services import policies as svc
 from engine.checks import evidence_value
-from engine.wire import DryRunResult, PolicyDetail, PolicySummary
+from engine.wire import DryRunResult, EvidenceContracts, PolicyDetail, PolicySummary
 
 router = APIRouter(prefix="/api/v1/policies", tags=["policies"], responses=COMMON_ERRORS)
 
@@ -28,6 +28,13 @@ async def get_policy(intent: str, session: SessionDep, user: CurrentUser, app: S
     return await svc.get_policy(session=session, principal=user, registry=app.registry, intent=intent)
 
 
+@router.get("/{intent}/evidence", response_model=EvidenceContracts, responses={**NOT_FOUND},
+            response_model_by_alias=True,
+            summary="The evidence contracts of a policy: JSON Schema, required sections, example, stages that read it")
+async def evidence_contracts(intent: str, user: CurrentUser, app: StateDep) -> EvidenceContracts:
+    return await svc.evidence_contracts(principal=user, registry=app.registry, intent=intent)
+
+
 _DRY_RUN_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": DryRunRequest.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["spec"], "properties": {
@@ -36,11 +43,27 @@ _DRY_RUN_BODY = {"requestBody": {"required": True, "content": {
                                  "description": "evidence files as evidence.<name> parts"}}}}}}
 
 
+# The dry run of a spec under the intent it names: the CLI's `route`, parsed like a start.
+route_router = APIRouter(prefix="/api/v1", tags=["policies"], responses=COMMON_ERRORS)
+
+
+@route_router.post("/dry-run", response_model=DryRunResult, responses={**BODY_ERRORS},
+                   openapi_extra=_DRY_RUN_BODY,
+                   summary="The route a spec would take under the intent it names (parsed exactly as a start)")
+async def dry_run_of_spec(request: Request, session: SessionDep, user: CurrentUser, app: StateDep) -> DryRunResult:
+    return await _dry_run(None, request, session, user, app)
+
+
 @router.post("/{intent}/dry-run", response_model=DryRunResult, responses={**NOT_FOUND, **BODY_ERRORS},
              openapi_extra=_DRY_RUN_BODY,
              summary="The route a spec would take: checks passing/failing now, approvals needed, what to fix first")
 async def dry_run(intent: str, request: Request, session: SessionDep, user: CurrentUser,
                   app: StateDep) -> DryRunResult:
+    return await _dry_run(intent, request, session, user, app)
+
+
+async def _dry_run(intent: str | None, request: Request, session: SessionDep, user: CurrentUser,
+                   app: StateDep) -> DryRunResult:
     # Reads only, so an Idempotency-Key is accepted and needs no bookkeeping: a retry answers the same.
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):

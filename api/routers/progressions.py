@@ -37,7 +37,7 @@ async def start_progression(request: Request, session: SessionDep, user: Current
         state = await svc.start_progression(session=session, app=app, principal=user, spec_text=body.spec or b"",
                                             spec_filename=body.spec_filename, uploads=body.uploads,
                                             request_id=request_id)
-        return 201, state
+        return 201, svc.with_actions(app, user, state)
 
     return await idempotent(request, user, fingerprint("start", body.fingerprint()), produce, app.sessionmaker)
 
@@ -85,7 +85,7 @@ async def decide(progression_id: str, body: DecisionRequest, request: Request, s
                                  stage=body.stage, decision=DecisionKind.approve if with_conditions
                                  else DecisionKind(body.decision), comment=body.comment,
                                  decision_id=decision_id, basis=body.basis, conditions=body.conditions)
-        return 200, state
+        return 200, svc.with_actions(app, user, state)
 
     return await idempotent(request, user, fingerprint("decide", progression_id, body.model_dump(mode="json")),
                             produce, app.sessionmaker, key=key)
@@ -104,7 +104,7 @@ async def add_evidence(progression_id: str, request: Request, session: SessionDe
     async def produce() -> tuple[int, object]:
         state = await svc.add_evidence(session=session, app=app, principal=user, progression_id=progression_id,
                                        uploads=body.uploads, request_id=request_id, spec=body.spec)
-        return 200, state
+        return 200, svc.with_actions(app, user, state)
 
     return await idempotent(request, user, fingerprint("evidence", progression_id, body.fingerprint()), produce,
                             app.sessionmaker, key=key)
@@ -120,7 +120,7 @@ async def withdraw(progression_id: str, body: WithdrawRequest, request: Request,
     async def produce() -> tuple[int, object]:
         state = await svc.withdraw(session=session, app=app, principal=user, progression_id=progression_id,
                                    reason=body.reason, request_id=request_id)
-        return 200, state
+        return 200, svc.with_actions(app, user, state)
 
     return await idempotent(request, user, fingerprint("withdraw", progression_id, body.model_dump()), produce,
                             app.sessionmaker, key=key)

@@ -13,6 +13,7 @@ from api.authz import Action, Principal, require
 from api.errors import ApiError
 from engine import audit
 from engine.checks import builtin_checks
+from engine.contracts import published_contracts
 from engine.db import PolicyVersion, utcnow
 from engine.evaluation import evaluate_route, stage_approvals
 from engine.features import resolve_features
@@ -21,6 +22,7 @@ from engine.loading import LoadedPolicy, PolicyRegistry, load_spec
 from engine.wire import (
     CheckOut,
     DryRunResult,
+    EvidenceContracts,
     PolicyDetail,
     PolicySummary,
     PolicyVersionOut,
@@ -99,13 +101,19 @@ def _evidence_from_json(value: Any) -> Any:
     return value
 
 
-async def dry_run(*, session: AsyncSession, principal: Principal, registry: PolicyRegistry, intent: str,
+async def dry_run(*, session: AsyncSession, principal: Principal, registry: PolicyRegistry, intent: str | None,
                   spec_text: str | bytes, evidence: dict[str, Any], max_yaml_bytes: int) -> DryRunResult:
-    """The route a spec would take under ``intent``'s policy and what passes now. Reads only."""
+    """The route a spec would take under ``intent``'s policy and what passes now. Reads only.
+
+    ``intent=None`` (``POST /api/v1/dry-run``): the intent is the spec's, read by the same loader as a start
+    (``engine.loading.load_spec`` with the registry), so a route answers exactly what a start would."""
 
     require(principal, Action.dry_run)
-    loaded = _get(registry, intent)
+    if intent is not None:
+        _get(registry, intent)
     spec = load_spec(spec_text, filename="progression.yaml", registry=registry, max_bytes=max_yaml_bytes)
+    intent = intent or spec.model.business_intent
+    loaded = _get(registry, intent)
     if spec.model.business_intent != intent:
         raise ApiError(422, "intent_mismatch",
                        f"progression.yaml: model.business_intent: the spec's intent is "
@@ -119,6 +127,16 @@ async def dry_run(*, session: AsyncSession, principal: Principal, registry: Poli
     features = await resolve_features(session, spec.features)
     return evaluate_route(loaded.policy, loaded.hash, spec=spec, evidence=evidence, features=features,
                           now=utcnow())
+
+
+async def evidence_contracts(*, principal: Principal, registry: PolicyRegistry, intent: str) -> EvidenceContracts:
+    """What each evidence item of ``intent``'s policy must look like: schema, sections, example, who reads it."""
+    require(principal, Action.read_policies)
+    loaded = _get(registry, intent)
+    p = loaded.policy
+    return EvidenceContracts(intent=intent, policy_hash=loaded.hash, title=p.title, risk_tier=p.risk_tier,
+                             requires_artifact_digest=p.requires_artifact_digest,
+                             contracts=published_contracts(p))
 
 
 def parse_json_evidence(raw: dict[str, Any]) -> dict[str, Any]:

@@ -36,17 +36,23 @@ from api.authz import (
     require,
     require_act_on_team,
     require_visible,
+    team_refusal,
 )
 from api.deps import AppState
 from api.errors import ApiError
 from api.services.people import people
 from engine import audit, lineage
+from engine.actions import Caller, allowed_actions, next_command
+from engine.checks import evidence_value
+from engine.contracts import evidence_problems, problems_message
 from engine.db import AuditEvent, CatalogModel, Feature, ModelVersion, ProgressionRow
 from engine.db import utcnow as _utcnow
 from engine.errors import NotFound, ProgressionError
 from engine.evidence import EvidenceCorrupted, EvidenceStore, guess_media_type, record_blob, sha256_hex
 from engine.findings import blocking_refusal, conditions_refusal
 from engine.lifecycle import (
+    DECIDING_ROLES,
+    ActionOption,
     ConditionIn,
     DecisionKind,
     EventType,
@@ -67,6 +73,7 @@ from engine.lifecycle import (
     withdraw_refusal,
 )
 from engine.loading import load_spec
+from engine.policy import Role
 from engine.spec import EvidenceName, identity_changes, spec_digest
 from engine.wire import ApprovalCheck, EvidenceCheck, ProgressionPage, ProgressionSummary, ProgressionVerification
 from workflows.contract import (
@@ -165,8 +172,51 @@ async def get_progression_detail(*, session: AsyncSession, app: AppState, princi
     detail = ProgressionDetail.model_validate(state.model_dump())
     detail.lineage = Lineage(model_versions=versions, same_artifact_or_commit=same,
                              prior_rejections=list(state.prior_rejections))
+    detail.actions = actions_for(app, principal, state, spec_yaml=version.spec_yaml if version else None)
+    detail.next_command = next_command(state, detail.actions)
     detail.people = await people(session, named_people(state))
     return detail
+
+
+def with_actions(app: AppState, principal: Principal, state: ProgressionState) -> ProgressionDetail:
+    """The state an action answers with, plus what the caller may do next (``actions``, ``next_command``)."""
+    detail = ProgressionDetail.model_validate(state.model_dump())
+    detail.actions = actions_for(app, principal, state)
+    detail.next_command = next_command(state, detail.actions)
+    return detail
+
+
+def caller_of(app: AppState, principal: Principal, state: ProgressionState) -> Caller:
+    """The caller as ``engine.actions`` sees them: the API's own role-table and team refusals by action."""
+    what = f"progression {state.progression_id}"
+    refused = {name: refusal for name, refusal in (
+        ("decide", deciding_role_refusal(principal)),
+        ("add_evidence", team_refusal(principal, Action.add_evidence, state.team, what)),
+        ("withdraw", team_refusal(principal, Action.withdraw, state.team, what))) if refusal is not None}
+    return Caller(actor=principal.actor, refused=refused,
+                  sso_required=app.settings.deciders_sso_only and principal.credential_kind != "sso")
+
+
+def actions_for(app: AppState, principal: Principal, state: ProgressionState,
+                spec_yaml: str | None = None) -> list[ActionOption]:
+    """What ``principal`` may do on the progression now (``engine.actions.allowed_actions``), with an upload slot
+    per evidence item the pinned policy's contracts or the spec name."""
+    loaded = app.registry.by_hash(state.policy_hash)
+    policy = loaded.policy if loaded is not None else None
+    kinds: dict[str, str | None] = {}
+    paths: dict[str, str] = {}
+    if spec_yaml:
+        try:
+            paths = dict(load_spec(spec_yaml).evidence)
+        except ProgressionError:
+            paths = {}
+    kinds.update({name: None for name in paths})
+    if policy is not None:
+        kinds.update({name: rule.description for name, rule in policy.evidence.items() if rule.is_contract})
+        paths = {**{n: r.path for n, r in policy.evidence.items() if r.path}, **paths}
+    return allowed_actions(state, caller_of(app, principal, state),
+                           findings=policy.findings if policy is not None else None, evidence_kinds=kinds,
+                           paths=paths)
 
 
 def named_people(state: ProgressionState) -> set[str]:
@@ -227,6 +277,20 @@ async def store_evidence(session: AsyncSession, app: AppState, uploads: list[Upl
                                     media_type=media, added_by=principal.id, added_at=now)
     await session.commit()
     return refs
+
+
+def upload_values(uploads: list[Upload]) -> dict[str, Any]:
+    """What the checks and the contracts read of each uploaded file (parsed JSON/YAML, text, or a digest)."""
+    return {up.name: evidence_value(up.data, up.filename, up.content_type) for up in uploads}
+
+
+def check_evidence_contracts(policy: Any, uploads: list[Upload]) -> None:
+    """422 ``evidence_contract`` naming each field (JSON path, expected, got) when evidence breaks the policy's
+    contracts; before anything is stored, like every other validation of a start or an upload."""
+    problems = evidence_problems(policy, upload_values(uploads))
+    if problems:
+        raise ApiError(422, "evidence_contract", problems_message(problems),
+                       {"problems": [p.model_dump() for p in problems]})
 
 
 def check_evidence_names(uploads: list[Upload], allowed: set[str] | None) -> None:
@@ -388,6 +452,9 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
         if await _started_by(app, pid, request_id):  # only an existing progression can be this request's
             return await _current_state(session, app, pid)
         raise _exists(pid)
+    # Evidence breaking its contract: after who may start it and whether it exists (those answers come first),
+    # before anything is stored.
+    check_evidence_contracts(loaded.policy, uploads)
 
     refs = await store_evidence(session, app, uploads, principal)
     inp = ProgressionInput(spec=spec, spec_yaml=spec_text.decode("utf-8-sig"), policy=loaded.policy,
@@ -466,7 +533,12 @@ def _closed_or_unavailable(exc: RPCError, progression_id: str) -> ApiError:
 
 
 def deciding_role_refusal(principal: Principal) -> Refusal | None:
-    """Refused before any gate rule when none of the caller's roles decides gates (the API and the web UI)."""
+    """Refused before any gate rule when none of the caller's roles decides gates (the API and the web UI), and
+    always for an administrator: identity refuses to give an admin a deciding role, and should a row say so
+    anyway (edited in the database), the admin still does not decide."""
+    if Role.admin in principal.roles and principal.roles & DECIDING_ROLES:
+        return Refusal(code="admin_cannot_decide", http_status=403,
+                       message="administrators administer but never decide on gates, whatever other role they hold")
     if Action.decide in principal.actions:
         return None
     held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
@@ -583,6 +655,9 @@ async def add_evidence(*, session: AsyncSession, app: AppState, principal: Princ
         state, {up.name: sha256_hex(up.data) for up in uploads})
     if refusal is not None:
         raise _refusal_error(refusal)
+    pinned = app.registry.by_hash(state.policy_hash) or app.registry.get(state.business_intent)
+    if pinned is not None:
+        check_evidence_contracts(pinned.policy, uploads)
     refs = await store_evidence(session, app, uploads, principal)
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     try:

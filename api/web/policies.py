@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import yaml
 from fastapi import APIRouter, Response
 
 from api.authz import Action
 from api.errors import ApiError
-from api.services.policies import dry_run, get_policy, parse_json_evidence
+from api.services.policies import dry_run, evidence_contracts, get_policy, parse_json_evidence
 from api.web.render import UI, PostWeb, UserWeb, _problem_text, call, render, require_or_page
 from engine.errors import ProgressionError
 
@@ -35,7 +34,9 @@ async def dry_run_page(web: UserWeb) -> Response:
 @router.get("/policies/{intent}", name="ui_policy")
 async def policy_page(web: UserWeb, intent: str) -> Response:
     policy = await call(get_policy(session=web.db, principal=web.user, registry=web.app.registry, intent=intent))
-    return render(web.request, "policy.html", {"title": policy.title, "active": "policies", "policy": policy})
+    contracts = await call(evidence_contracts(principal=web.user, registry=web.app.registry, intent=intent))
+    return render(web.request, "policy.html", {"title": policy.title, "active": "policies", "policy": policy,
+                                               "contracts": contracts.contracts})
 
 
 @router.post("/policies/dry-run")
@@ -59,9 +60,9 @@ async def dry_run_form(web: PostWeb) -> Response:
             if not isinstance(raw, dict):
                 raise ApiError(422, "invalid_evidence_json", "evidence: give a JSON object of evidence by name")
             evidence = parse_json_evidence(raw)
-        if not intent:
-            intent = _spec_intent(spec_text) or (web.app.registry.intents() or [""])[0]
-        ctx["result"] = await dry_run(session=web.db, principal=web.user, registry=web.app.registry, intent=intent,
+        # Without a chosen intent the spec's own is read by the start's loader (same message, code and line).
+        ctx["result"] = await dry_run(session=web.db, principal=web.user, registry=web.app.registry,
+                                      intent=intent or None,
                                       spec_text=spec_text, evidence=evidence,
                                       max_yaml_bytes=web.app.settings.max_yaml_bytes)
     except ProgressionError as exc:
@@ -69,12 +70,3 @@ async def dry_run_form(web: PostWeb) -> Response:
     name = "_dry_run_result.html" if web.htmx else "dry_run.html"
     return render(web.request, name, ctx, status=status)
 
-
-def _spec_intent(text: str) -> str | None:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    model = data.get("model") if isinstance(data, dict) else None
-    intent = model.get("business_intent") if isinstance(model, dict) else None
-    return intent if isinstance(intent, str) else None

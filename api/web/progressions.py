@@ -16,12 +16,13 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Response
 from starlette.datastructures import UploadFile
 
-from api.authz import Action, Principal, allowed, require_act_on_team
+from api.authz import Action, Principal, allowed
 from api.deps import AppState
 from api.errors import ApiError
 from api.services.people import people
 from api.services.progressions import (
     Upload,
+    actions_for,
     add_evidence,
     decide,
     deciding_role_refusal,
@@ -53,6 +54,7 @@ from engine.errors import ProgressionError
 from engine.evidence import EvidenceStore
 from engine.lifecycle import (
     FINAL_STATUSES,
+    ActionOption,
     DecisionKind,
     ProgressionState,
     StageState,
@@ -108,7 +110,9 @@ def _stage_views(state: ProgressionState) -> list[StageView]:
             position, label = "next", "to come"
         else:
             position, label = "current", stage.status.value.replace("_", " ")
-        waiting = [a.role.value for a in stage.approvals if not a.satisfied] if position == "current" else []
+        # The route card says who the current stage waits on exactly as "who acts next" does (the guidance):
+        # a blocked stage waits on the developer, not on the gate's unsatisfied roles.
+        waiting = [r.value for r in state.waiting_on] if position == "current" else []
         views.append(StageView(stage=stage, position=position, label=label, waiting_on=waiting, names=names))
     return views
 
@@ -136,12 +140,17 @@ def decision_block(principal: Principal, state: ProgressionState, stage: str) ->
     return False, reasons
 
 
-def _can(principal: Principal, action: Action, team: str) -> bool:
-    try:
-        require_act_on_team(principal, action, team, "progression")
-    except ProgressionError:
-        return False
-    return True
+def _unavailable(options: list[ActionOption]) -> list[ActionOption]:
+    """The actions the caller cannot take now, once per reason (a closed progression refuses every upload alike);
+    the role table's refusals are left out (an auditor is not told, item by item, that auditors read only)."""
+    seen: set[str] = set()
+    out = []
+    for option in options:
+        if option.allowed or option.code == "forbidden" or option.reason in seen:
+            continue
+        seen.add(option.reason)
+        out.append(option)
+    return out
 
 
 async def _progression_context(web: Web, state: ProgressionState, **extra: Any) -> dict[str, Any]:
@@ -152,12 +161,23 @@ async def _progression_context(web: Web, state: ProgressionState, **extra: Any) 
     open_status = state.status not in FINAL_STATUSES
     mine = [d for d in open_gate.decisions if d.actor_id == principal.id and not d.superseded] if open_gate else []
     material = await review_material(session=web.db, app=web.app, principal=principal, state=state)
+    # The actions allowed now (engine.actions): the page shows only those, and says why the rest are not.
+    actions = actions_for(web.app, principal, state)
+    decide_option = next((o for o in actions if o.action == "decide"), None)
+    if decide_option is not None and not decide_option.allowed and decide_option.unlock:
+        why_not = [*why_not, f"What would change it: {decide_option.unlock}"]
+    slots = [o for o in actions if o.action == "add_evidence"]
+    withdraw_option = next(o for o in actions if o.action == "withdraw")
     ctx: dict[str, Any] = {
         "title": f"{state.model_name} {state.version_id}", "active": "progressions", "state": state,
         "stages": _stage_views(state), "open_gate": open_gate, "can_decide": can_decide, "why_not": why_not,
         "decision_nonce": secrets.token_hex(16),
-        "can_add_evidence": open_status and _can(principal, Action.add_evidence, state.team),
-        "can_withdraw": open_status and _can(principal, Action.withdraw, state.team),
+        "can_add_evidence": any(o.allowed for o in slots),
+        "evidence_slots": [o for o in slots if o.allowed],
+        "unavailable": _unavailable([*slots, withdraw_option]),
+        "can_withdraw": withdraw_option.allowed,
+        # A running progression's page refreshes itself until a person must act (or it ends).
+        "refreshing": state.status == Status.running,
         "evidence_refs": {name: set(EVIDENCE_REF.findall(c.expr)) for s in state.stages for c in s.checks
                           for name in [f"{s.name}/{c.check_id}"]},
         "pid_url": UI + "/progressions/" + state.progression_id,

@@ -149,7 +149,7 @@ async def call(awaitable: Awaitable[T]) -> T:
 def _nav(principal: Principal | None) -> list[dict[str, str]]:
     if principal is None:
         return []
-    items = []
+    items = [{"key": "todo", "label": "To do", "href": UI + "/todo"}]
     if Action.decide in principal.actions:
         items.append({"key": "inbox", "label": "Inbox", "href": UI + "/inbox"})
     items.append({"key": "progressions", "label": "Progressions", "href": UI + "/progressions"})
@@ -241,6 +241,8 @@ def require_or_page(principal: Principal, action: Action) -> None:
 def _problem_text(exc: ProgressionError) -> str:
     """The message, plus every listed problem (file:line: field: message) when there are several."""
     details = exc.details
+    if isinstance(details, dict) and isinstance(details.get("problems"), list):  # evidence_contract: each field
+        details = details["problems"]
     if isinstance(details, list) and len(details) > 1:
         lines = []
         for d in details:

@@ -16,7 +16,8 @@ from engine.wire import AuditEventOut, AuditFilter
 
 # ---- audit -----------------------------------------------------------------------------------
 
-audit_app = typer.Typer(help="Audit trail: events, export, chain verification.", no_args_is_help=False)
+audit_app = typer.Typer(
+    rich_markup_mode=None, help="Audit trail: events, export, chain verification.", no_args_is_help=False)
 
 
 def _audit_filters(progression: str | None, model: str | None, actor: str | None, event_type: str | None,

@@ -67,8 +67,11 @@ def policies(
             out().print(table)
             return
         detail = c.policy(intent)
+        contracts = c.evidence_contracts(intent)
     if as_json:
-        emit_json(detail)
+        body = detail.model_dump(mode="json")
+        body["evidence_contracts"] = [ct.model_dump(mode="json", by_alias=True) for ct in contracts.contracts]
+        emit_json(body)
         return
     console = out()
     console.print(Text.assemble((detail.intent, "bold"), f"  {detail.title} · risk tier {detail.risk_tier}"
@@ -85,5 +88,18 @@ def policies(
             extra = f", SLA {approval.sla}" if approval.sla else ""
             extra += f", escalates to {approval.escalate_to.value}" if approval.escalate_to else ""
             console.print(Text(f"    approval: {approval.count} {approval.role.value}{extra}"))
+    if contracts.contracts:
+        console.print(Text("evidence (what each file must contain; `progression init` writes the examples):",
+                           style="bold"))
+    for ct in contracts.contracts:
+        needed = f"; read at {', '.join(ct.read_by_stages)}" if ct.read_by_stages else ""
+        console.print(Text(f"    {ct.name} ({ct.kind}, {ct.path}): {ct.description}{needed}"))
+        if ct.json_schema:
+            required = ct.json_schema.get("required") or []
+            console.print(Text(f"      required fields: {', '.join(map(str, required)) or 'none'}"
+                               " (full JSON Schema: --json)"))
+        if ct.sections:
+            console.print(Text(f"      required sections: {', '.join('## ' + h for h in ct.sections)}"
+                               + (f"; at least {ct.min_length} characters" if ct.min_length else "")))
 
 

@@ -105,13 +105,25 @@ def client() -> Iterator[ProgressionClient]:
 # ---- output and errors -----------------------------------------------------------------------
 
 
+# Not a terminal (a pipe, a file, CI): lines are never wrapped or cut at 80 columns, so an id printed there is the
+# value to paste (tables take their natural width; text is not folded).
+UNWRAPPED_WIDTH = 100_000
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, width=UNWRAPPED_WIDTH, soft_wrap=True)
+
+
 def out() -> Console:
     # Built per call so it writes to the current sys.stdout (test runners swap it).
-    return Console(highlight=False)
+    return _console(stderr=False)
 
 
 def err() -> Console:
-    return Console(stderr=True, highlight=False)
+    return _console(stderr=True)
 
 
 def emit_json(value: Any) -> None:

@@ -15,9 +15,11 @@ from rich.text import Text
 
 from client.cli.common import JsonOpt, client, emit_json, handle_errors, out, parse_time
 
-findings_app = typer.Typer(help="Findings: the register, your team's to-dos, remediation and verification.",
+findings_app = typer.Typer(
+    rich_markup_mode=None, help="Findings: the register, your team's to-dos, remediation and verification.",
                            no_args_is_help=True)
-exceptions_app = typer.Typer(help="Exceptions (waivers of checks or findings, post-model adjustments).",
+exceptions_app = typer.Typer(
+    rich_markup_mode=None, help="Exceptions (waivers of checks or findings, post-model adjustments).",
                              no_args_is_help=True)
 
 Model = Annotated[str | None, typer.Option("--model", help="Model id.")]

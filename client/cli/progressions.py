@@ -26,16 +26,10 @@ from client.cli.common import (
 )
 from client.cli.render import add_row, ago, columns, render_route, render_state
 from client.repo import SPEC_FILENAME, RepositoryUpload, read_repository
-from client.sdk import InvalidInput, NotFound, _intent_of
-from engine.lifecycle import ProgressionState, Status
-from engine.wire import PolicyDetail
-
-
-def _line_of(text: bytes, key: str) -> int | None:
-    for number, line in enumerate(text.decode("utf-8", "replace").splitlines(), 1):
-        if line.strip().startswith(f"{key}:"):
-            return number
-    return None
+from client.sdk import InvalidInput, NotFound
+from engine.lifecycle import ProgressionDetail, ProgressionState, Status
+from engine.wire import SPEC_MAX_BYTES, DryRunResult, PolicyDetail
+from engine.yaml_safe import YamlProblem, safe_load_yaml
 
 
 def _repo(repo_dir: Path) -> RepositoryUpload:
@@ -50,39 +44,86 @@ def _repo(repo_dir: Path) -> RepositoryUpload:
 RepoArg = Annotated[Path, typer.Argument(help="The model repository (with progression.yaml).")]
 
 
+def blockers(result: DryRunResult, upload: RepositoryUpload) -> list[tuple[str, int | None, str]]:
+    """What keeps the route from reaching a person's decision as things stand: (file, line, message) each —
+    evidence that breaks its contract (a start refuses it), evidence the spec names but the repository lacks,
+    features the catalog does not know, and failing checks."""
+    paths = {name: rel for name, (rel, _) in upload.evidence.items()} | dict(upload.missing)
+    found: list[tuple[str, int | None, str]] = []
+    for problem in result.evidence_problems:
+        found.append((paths.get(problem.evidence, SPEC_FILENAME), None, f"{problem.message} [{problem.code}]"))
+    for name in sorted(set(result.missing_evidence) | set(upload.missing)):
+        where = upload.missing.get(name)
+        found.append((SPEC_FILENAME, spec_line(upload.spec_yaml, ("evidence", name)),
+                      f"evidence.{name}: missing" + (f" ({where} not found in the repository)" if where else "")))
+    for feature in result.unknown_features:
+        found.append((SPEC_FILENAME, spec_line(upload.spec_yaml, ("features",)),
+                      f"features: {feature} is not in the feature catalog"))
+    for stage in result.route:
+        for check in stage.checks:
+            if not check.passed:
+                found.append((SPEC_FILENAME, None, f"{stage.name}/{check.id}: {check.reason}"))
+    return found
+
+
+def spec_line(spec_yaml: bytes, path: tuple[str, ...]) -> int | None:
+    """The line of a field in the spec (the YAML is the server-validated one; best effort for annotations)."""
+    try:
+        _, lines = safe_load_yaml(spec_yaml, filename=SPEC_FILENAME, max_bytes=SPEC_MAX_BYTES)
+    except YamlProblem:
+        return None
+    return lines.get(path)
+
+
+def github_annotation(file: str, line: int | None, message: str) -> str:
+    """A GitHub Actions workflow command that marks ``file`` (and ``line``) in the pull request."""
+    escaped = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    where = f"file={file}" + (f",line={line}" if line else "")
+    return f"::error {where}::{escaped}"
+
+
 @handle_errors
 def route(
     repo_dir: RepoArg = Path("."),
     strict: Annotated[bool, typer.Option("--strict", help="Exit 6 when a check fails now.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="For CI: exit 6 when the route has blockers (evidence "
+                                        "breaking its contract or missing, unknown features, failing checks).")]
+    = False,
+    github: Annotated[bool, typer.Option("--github", help="Also print GitHub Actions annotations "
+                                         "(::error file=...,line=...::) for each blocker and spec error.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Dry run: the route this repository would take now — stages, checks, approvals, what to fix first."""
     upload = _repo(repo_dir)
-    with client() as c:
-        intent = _intent_of(upload)
-        try:
-            result = c.dry_run(intent, upload)
-        except NotFound as exc:
-            if not (isinstance(exc.details, dict) and exc.details.get("intent") == intent):
-                raise
-            # The intent came from the spec: a typo there is invalid input, pointed at its line.
-            line = _line_of(upload.spec_yaml, "business_intent")
-            where = f"{SPEC_FILENAME}:{line}" if line else SPEC_FILENAME
-            raise InvalidInput(f"{where}: model.business_intent: {exc.message}", code="unknown_intent",
-                               details=exc.details, status=exc.status) from None
-        try:
-            policy: PolicyDetail | None = c.policy(result.intent)
-        except NotFound:
-            policy = None
+    try:
+        with client() as c:
+            result = c.dry_run(None, upload)  # the server's one loader reads the intent from the spec
+            try:
+                policy: PolicyDetail | None = c.policy(result.intent)
+            except NotFound:
+                policy = None
+    except InvalidInput as exc:
+        if github:  # the spec's own problems, each at its line
+            for detail in exc.details if isinstance(exc.details, list) else []:
+                if isinstance(detail, dict) and detail.get("message"):
+                    field = f"{detail['field']}: " if detail.get("field") else ""
+                    sys.stdout.write(github_annotation(SPEC_FILENAME, detail.get("line"),
+                                                       f"{field}{detail['message']}") + "\n")
+        raise
+    found = blockers(result, upload)
     if as_json:
         body = result.model_dump(mode="json")
         if policy is not None:
             body["policy"] = {"title": policy.title, "risk_tier": policy.risk_tier, "hash": policy.hash}
         body["local_missing_evidence"] = upload.missing
+        body["blockers"] = [{"file": f, "line": n, "message": m} for f, n, m in found]
         emit_json(body)
     else:
         out().print(render_route(result, policy, upload))
-    if strict and result.checks_failing:
+    if github:
+        for file, line, message in found:
+            sys.stdout.write(github_annotation(file, line, message) + "\n")
+    if (strict and result.checks_failing) or (check and found):
         raise typer.Exit(EXIT_CHECKS_FAIL)
 
 
@@ -105,6 +146,14 @@ def start(
     console = out()
     console.print(Text.assemble("Started ", (state.progression_id, "bold")))
     console.print(render_state(state))
+    print_next(state)  # the answer carries the actions allowed to you now
+
+
+def print_next(state: ProgressionState) -> None:
+    """The exact command of the caller's next step, when one waits on them."""
+    command = state.next_command if isinstance(state, ProgressionDetail) else None
+    if command:
+        out().print(Text.assemble(("Next: ", "bold"), command))
 
 
 def _waits_on_person_or_ended(state: ProgressionState) -> bool:
@@ -128,6 +177,7 @@ def status(
                 emit_json(state)
             else:
                 out().print(render_state(state))
+                print_next(state)
             return
         deadline = None if timeout is None else time.monotonic() + timeout
         console = out()
@@ -162,6 +212,8 @@ def status(
                 state = c.get(progression_id)
     if not _waits_on_person_or_ended(state):
         fail(f"{progression_id} is still {state.status.value} after {timeout}s", EXIT_ERROR)
+    if not as_json:
+        print_next(state)  # it waits on a person now: if on you, what to run
 
 
 _NAME_FILE = re.compile(r"^([a-z][a-z0-9_]{0,63})=(.+)$")
@@ -191,6 +243,7 @@ def evidence_add(
         return
     out().print(Text(f"Evidence {', '.join(sorted(named))} added to {progression_id}"))
     out().print(render_state(state))
+    print_next(state)
 
 
 @handle_errors

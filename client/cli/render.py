@@ -163,7 +163,16 @@ def render_route(result: DryRunResult, policy: PolicyDetail | None, upload: Repo
     for note in result.features:
         style = "red" if note.verdict.verdict == "forbidden" else "yellow"
         lines.append(Text(f"Feature {note.name}: {note.verdict.summary}", style=style))
-    if result.fix_first is not None:
+    for name in result.unchanged_examples:  # scaffolded by `init` and never replaced
+        lines.append(Text(f"Warning: evidence {name} is still the policy's example: replace it with your model's own "
+                          "(validators review it)", style="yellow"))
+    for problem in result.evidence_problems:  # a start refuses these (422 evidence_contract)
+        lines.append(Text(f"Evidence breaks its contract: {problem.message} [{problem.code}]", style="red"))
+    if result.evidence_problems:
+        first = result.evidence_problems[0]
+        lines.append(Text.assemble(("Fix first: ", "bold red"), first.message,
+                                   f" (see GET /api/v1/policies/{result.intent}/evidence)"))
+    elif result.fix_first is not None:
         where = f"{result.fix_first_stage}/" if result.fix_first_stage else ""
         fix = result.fix_first
         lines.append(Text.assemble(("Fix first: ", "bold red"), f"{where}{fix.id}: {fix.reason}"))

@@ -19,7 +19,8 @@ from engine.identity import create_user, role_grants
 from engine.lifecycle import EventType
 from engine.settings import get_settings
 
-users_app = typer.Typer(help="Users and API tokens (direct database access; for administrators).",
+users_app = typer.Typer(
+    rich_markup_mode=None, help="Users and API tokens (direct database access; for administrators).",
                         no_args_is_help=True)
 
 

@@ -173,6 +173,9 @@ def new_spec_files() -> Any:
     return upload(CREDIT)[1]
 
 
+FAIRNESS_UPDATE = (CREDIT / "evidence" / "fairness.json").read_bytes().replace(b'"as_of"', b'"note": "rerun", "as_of"')
+
+
 def dry_run_body() -> dict[str, Any]:
     return {"spec": spec_text(version={"id": unique_version()})}
 
@@ -338,7 +341,8 @@ ROUTES: dict[str, Route] = {
             "auditor": NOT_GATE, "admin": NOT_GATE})),
     "POST /api/v1/progressions/{progression_id}/evidence": Route(
         api("POST", "/api/v1/progressions/{pid}/evidence", fresh=True,
-            files=lambda: [("evidence.fairness", ("fairness.json", b'{"disparate_impact": 0.9}', "application/json"))]),
+            # New fairness figures that meet the policy's contract (a file breaking it is refused: 422).
+            files=lambda: [("evidence.fairness", ("fairness.json", FAIRNESS_UPDATE, "application/json"))]),
         # Independent validators attach validation reports (DESIGN: users); the API and the workflow's update
         # validator share that rule (engine.lifecycle.evidence_refusal).
         by_role({"developer": (OK, HIDDEN), "validator": OK, "risk_officer": FORBIDDEN,
@@ -354,6 +358,11 @@ ROUTES: dict[str, Route] = {
     "GET /api/v1/policies/{intent}": Route(api("GET", "/api/v1/policies/credit-underwriting"), everyone(200)),
     "POST /api/v1/policies/{intent}/dry-run": Route(
         api("POST", "/api/v1/policies/credit-underwriting/dry-run", body=dry_run_body), everyone(200)),
+    "GET /api/v1/policies/{intent}/evidence": Route(
+        api("GET", "/api/v1/policies/credit-underwriting/evidence"), everyone(200)),
+    "POST /api/v1/dry-run": Route(api("POST", "/api/v1/dry-run", body=dry_run_body), everyone(200)),
+    "GET /api/v1/todo": Route(api("GET", "/api/v1/todo"), everyone(200)),
+    "GET /api/v1/schemas/progression.json": Route(api("GET", "/api/v1/schemas/progression.json"), everyone(200)),
     "GET /api/v1/features": Route(api("GET", "/api/v1/features"), everyone(200)),
     # The catalog (issue 22): everyone reads and (but auditors) proposes; the data owner or an admin decides.
     "GET /api/v1/features/{name}": Route(api("GET", "/api/v1/features/zip_code"), everyone(200)),
@@ -473,6 +482,7 @@ UI_ROUTES: dict[str, Route] = {
                                                              UI_POST),
     "GET /ui/models/{model_id}": Route(ui("GET", "/ui/models/{model}"), UI_OBJECT),
     "GET /ui/policies": Route(ui("GET", "/ui/policies"), page()),
+    "GET /ui/todo": Route(ui("GET", "/ui/todo"), page()),
     "GET /ui/policies/dry-run": Route(ui("GET", "/ui/policies/dry-run"), page()),
     "GET /ui/policies/{intent}": Route(ui("GET", "/ui/policies/credit-underwriting"), page()),
     "POST /ui/policies/dry-run": Route(ui("POST", "/ui/policies/dry-run"), UI_POST),

@@ -261,8 +261,11 @@ async def test_decisions_through_the_form(env: ApiEnv, people: dict[str, Browser
     # The developer answers with new evidence from the page.
     dana = await signed_in(people, "dana")
     page = await dana.get(url)
-    assert 'name="evidence.metrics"' in page.text and "explain the utilisation cap" in page.text
-    # Metrics are frozen once validation passed (credit policy): the answer is the monitoring plan.
+    assert "explain the utilisation cap" in page.text
+    # Metrics are frozen once validation passed (credit policy): the page offers no metrics upload and says
+    # why; the answer is the monitoring plan, whose slot it offers.
+    assert 'name="evidence.metrics"' not in page.text and 'name="evidence.monitoring_plan"' in page.text
+    assert "frozen after stage" in page.text and "start a new version" in page.text
     plan = (CREDIT / "docs/monitoring_plan.md").read_bytes() + b"\nUtilisation is capped at 1.5.\n"
     r = await dana.post(f"{url}/evidence", {}, csrf_from=url,
                         files={"evidence.monitoring_plan": ("monitoring_plan.md", plan, "text/markdown")})

@@ -65,7 +65,7 @@ METRICS = {"auc": 0.78, "ks": 0.42, "sample": {"validation": 96000}}
 
 def test_pass_records_inputs_and_evaluator() -> None:
     [result] = run(["evidence.metrics.auc >= 0.70"], {"metrics": METRICS})
-    assert result.passed and result.reason == "met: check 0"
+    assert result.passed and result.reason == "met: check 0 — evidence.metrics.auc = 0.78"  # the value shown
     assert result.inputs == {"evidence.metrics.auc": 0.78}
     assert result.evaluator == EVALUATOR == "common-expression-language 0.10.0"
     assert (result.stage, result.check_id, result.expr, result.evaluated_at) == (

@@ -37,7 +37,7 @@ def test_a_blocked_stage_waits_on_the_developer_and_names_each_failing_check() -
     state = _state(StageState(name="validation", status=StageStatus.blocked, checks=checks), Status.blocked)
     assert guidance(state) == {
         "waiting_on": [Role.model_developer], "missing": ["check auc failed: auc 0.61 < 0.7"],
-        "next_action": "a model_developer of team retail-risk submits evidence that fixes the failing checks of "
+        "next_action": "a model developer of team retail-risk submits evidence that fixes the failing checks of "
                        "stage validation"}
 
 
@@ -47,8 +47,8 @@ def test_an_open_gate_counts_the_approvals_still_needed_and_says_when_it_escalat
                          escalate_to=Role.admin)])
     result = guidance(_state(gate, Status.awaiting_approval))
     assert result["waiting_on"] == [Role.model_risk_officer]
-    assert result["missing"] == ["1 more model_risk_officer approval"]
-    assert result["next_action"] == "model_risk_officer decide on stage risk_review (past SLA, escalated to admin)"
+    assert result["missing"] == ["1 more model risk officer approval"]  # in words, not snake_case
+    assert result["next_action"] == "a model risk officer decides on stage risk review (past SLA, escalated to admin)"
 
 
 def test_a_change_request_is_quoted() -> None:
@@ -72,5 +72,5 @@ def test_closed_failed_and_production_states() -> None:
 def test_guided_fills_a_copy_and_leaves_the_state_alone() -> None:
     state = _state(StageState(name="validation", status=StageStatus.running), Status.running)
     copy = guided(state)
-    assert copy.next_action == "the engine is working on stage validation"
+    assert copy.next_action == "the engine is running the checks of stage validation"
     assert state.next_action == "" and state.waiting_on == []

@@ -80,17 +80,17 @@ async def _full_credit_flow(client: Client, task_queue: str, env: Env) -> None:
 
         gate = await wait_state(handle, at_gate("validation"))
         assert gate.waiting_on == [Role.model_validator]
-        assert gate.missing == ["1 more model_validator approval"]
+        assert gate.missing == ["1 more model validator approval"]
         assert [s.status for s in gate.stages][:2] == ["passed", "awaiting_approval"]
         assert all(c.passed for c in gate.stage("validation").checks)  # type: ignore[union-attr]
         assert gate.stage("validation").approvals[0].due_at is not None  # type: ignore[union-attr]
 
         await decide(handle, VALIDATOR, "validation", "approve", "independent validation complete")
         review = await wait_state(handle, at_gate("risk_review"))
-        assert review.missing == ["2 more model_risk_officer approvals"]
+        assert review.missing == ["2 more model risk officer approvals"]
 
         first = await decide(handle, RISK1, "risk_review", "approve", "residual risk accepted")
-        assert first.state.missing == ["1 more model_risk_officer approval"]
+        assert first.state.missing == ["1 more model risk officer approval"]
         assert first.state.waiting_on == [Role.model_risk_officer]
         await decide(handle, RISK2, "risk_review", "approve", "agree")
 
@@ -209,7 +209,7 @@ async def test_refused_already_approved_counts_once(validation_gate, env: Env) -
     current = await state(handle)
     risk = current.stage("risk_review")
     assert risk is not None and risk.approvals[0].approved_by == ["u-risk1"]
-    assert current.missing == ["1 more model_risk_officer approval"]
+    assert current.missing == ["1 more model risk officer approval"]
     assert current.status == "awaiting_approval"
     rows = await decision_rows(env, current.progression_id)
     assert [r.actor_id for r in rows if r.stage == "risk_review"] == ["u-risk1"]

@@ -56,7 +56,7 @@ async def test_sla_expiry_escalates_once_and_gate_keeps_waiting(
         escalated = await wait_state(handle, lambda s: s.stage("validation").approvals[0].escalated)  # type: ignore[union-attr]
         assert escalated.status == "awaiting_approval" and escalated.current_stage == "validation"
         assert escalated.waiting_on == [Role.model_validator]
-        assert "escalated to model_risk_officer" in escalated.next_action
+        assert "escalated to model risk officer" in escalated.next_action
         await wait_events(env, pid, "gate.escalated")
 
         # more time passes: the same gate attempt is not escalated twice
