@@ -158,7 +158,6 @@ async def _progression_context(web: Web, state: ProgressionState, **extra: Any) 
     gate = state.stage(state.current_stage) if state.current_stage else None
     open_gate = gate if gate is not None and gate.status == StageStatus.awaiting_approval else None
     can_decide, why_not = (decision_block(principal, state, open_gate.name) if open_gate else (False, []))
-    open_status = state.status not in FINAL_STATUSES
     mine = [d for d in open_gate.decisions if d.actor_id == principal.id and not d.superseded] if open_gate else []
     material = await review_material(session=web.db, app=web.app, principal=principal, state=state)
     # The actions allowed now (engine.actions): the page shows only those, and says why the rest are not.
