@@ -164,11 +164,16 @@ async def _workflow_equals_notebook(env: ApiEnv, case: dict[str, Any], root: Pat
         try:
             started = await c.start(root)
         except InvalidInput as exc:
+            if exc.code == "evidence_contract":  # the notebook predicted the refusal: the same contract problems
+                assert local.result.evidence_problems, exc
+                assert local.result.evidence_problems[0].message in str(exc), (exc, local.result.evidence_problems)
+                return
             assert exc.code == "feature_restricted", exc
             restricted = {line.name for line in local.features.lines
                           if any(r.check_id == "feature-restricted" for r in line.verdict.rules)}
             assert restricted and restricted <= set(case["spec"]["features"])
             return
+        assert not local.result.evidence_problems, "the notebook predicted a refusal the start did not give"
 
         async def settled() -> ProgressionState | None:
             state = await c.get(started.progression_id)
