@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from engine import checks
+from engine import checks, monitoring_eval
 from engine.errors import InvalidPolicy, InvalidSpec
 from engine.lifecycle import ResolvedFeature
 from engine.policy import GovernancePolicy, policy_hash
@@ -292,6 +292,14 @@ def _policy_problems(text: str | bytes, filename: str) -> tuple[GovernancePolicy
                 at = ("stages", si, "approvals", ai, "escalate_to")
                 problems.append(Problem(filename, _lookup_line(lines, at), format_path(at),
                                         "escalate_to needs an sla to escalate after", "escalation_without_sla"))
+    if policy.monitoring is not None:
+        for ri, rule in enumerate(policy.monitoring.rules):
+            at = ("monitoring", "rules", ri, "expr")
+            try:
+                monitoring_eval.compile_rule(rule, policy.monitoring)
+            except checks.ExpressionError as exc:
+                problems.append(Problem(filename, _lookup_line(lines, at), format_path(at),
+                                        f"monitoring rule {rule.id!r}: {exc}", "monitoring_rule"))
     return policy, programs, problems
 
 
