@@ -20,8 +20,9 @@ from engine.lifecycle import (
     GovernanceSnapshot,
     PriorOutcome,
     ProgressionState,
+    RuleOutcome,
 )
-from engine.policy import Role, StageDef
+from engine.policy import MonitoringRules, Role, StageDef
 from engine.spec import ProgressionSpec
 
 # Activity names (``@activity.defn(name=...)``): what the workflow's history records for each.
@@ -32,10 +33,11 @@ RECORD = "record"
 DEPLOY = "deploy"
 SAVE_FINDING = "save_finding"  # findings and exceptions (workflows/finding.py)
 SAVE_EXCEPTION = "save_exception"
+EVALUATE_MONITORING = "evaluate_monitoring"  # the policy's monitoring rules over one period's results
 
 
 NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened", "finding", "exception",
-                           "flagged"]
+                           "flagged", "monitoring", "retirement"]
 
 
 class Notification(BaseModel):
@@ -65,6 +67,7 @@ class Deployment(BaseModel):
     policy_hash: str
     artifact_digest: str | None = None  # sha256:<hex> of the artifact the approvals bound to
     approval_bases: list[str] = []  # the basis hash of every approval that allowed this deployment
+    action: Literal["deploy", "undeploy"] = "deploy"  # undeploy: the model was retired
 
 
 class DeploymentReceipt(BaseModel):
@@ -171,3 +174,15 @@ class SaveExceptionInput(_Model):
 class SaveResult(_Model):
     written: bool
     progressions_told: int
+
+
+# ---- monitoring (workflows/progression.py, patch ``monitoring``) ----
+
+
+class EvaluateMonitoringInput(_Model):
+    rules: MonitoringRules
+    metrics: dict[str, float | dict[str, float]]
+
+
+class EvaluateMonitoringResult(_Model):
+    outcomes: list[RuleOutcome]

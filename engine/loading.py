@@ -293,13 +293,13 @@ def _policy_problems(text: str | bytes, filename: str) -> tuple[GovernancePolicy
                 problems.append(Problem(filename, _lookup_line(lines, at), format_path(at),
                                         "escalate_to needs an sla to escalate after", "escalation_without_sla"))
     if policy.monitoring is not None:
-        for ri, rule in enumerate(policy.monitoring.rules):
-            at = ("monitoring", "rules", ri, "expr")
+        for ri, watch in enumerate(policy.monitoring.rules):
+            spot: tuple[str, str, int, str] = ("monitoring", "rules", ri, "expr")
             try:
-                monitoring_eval.compile_rule(rule, policy.monitoring)
+                monitoring_eval.compile_rule(watch, policy.monitoring)
             except checks.ExpressionError as exc:
-                problems.append(Problem(filename, _lookup_line(lines, at), format_path(at),
-                                        f"monitoring rule {rule.id!r}: {exc}", "monitoring_rule"))
+                problems.append(Problem(filename, _lookup_line(lines, spot), format_path(spot),
+                                        f"monitoring rule {watch.id!r}: {exc}", "monitoring_rule"))
     return policy, programs, problems
 
 

@@ -294,12 +294,12 @@ class GovernancePolicy(StrictModel):
         tiers = [c.tier for c in self.cadence]
         if len(tiers) != len(set(tiers)):
             raise ValueError("cadence names each tier once")
-        for rule in self.monitoring.rules if self.monitoring else []:
-            if rule.action == MonitoringAction.finding and self.findings is None:
-                raise ValueError(f"monitoring rule {rule.id!r} raises a finding, but the policy has no findings "
+        for watch in self.monitoring.rules if self.monitoring else []:
+            if watch.action == MonitoringAction.finding and self.findings is None:
+                raise ValueError(f"monitoring rule {watch.id!r} raises a finding, but the policy has no findings "
                                  "section")
-            if self.findings is not None and rule.severity not in self.findings.severities:
-                raise ValueError(f"monitoring rule {rule.id!r}: severity {rule.severity!r} is not in the "
+            if self.findings is not None and watch.severity not in self.findings.severities:
+                raise ValueError(f"monitoring rule {watch.id!r}: severity {watch.severity!r} is not in the "
                                  f"findings severities ({', '.join(self.findings.severities)})")
         if self.monitoring and self.monitoring.overdue_after and self.findings is not None \
                 and self.monitoring.overdue_severity not in self.findings.severities:
