@@ -18,7 +18,7 @@ from temporalio.client import Client
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
-from api.routers import audit, features, findings, inbox, models, ops, policies, progressions, users
+from api.routers import audit, features, findings, inbox, models, monitoring, ops, policies, progressions, users
 from api.services.policies import record_policy_versions
 from api.web import mount_web
 from engine.database import upgrade
@@ -86,7 +86,7 @@ def create_app(
     app = FastAPI(title="Progression API", version="1.0.0", description=API_DESCRIPTION, lifespan=lifespan)
     app.state.metrics = metrics
     install_error_handlers(app)
-    for module in (progressions, inbox, models, policies, features, audit, users, ops, findings):
+    for module in (progressions, inbox, models, policies, features, audit, users, ops, findings, monitoring):
         app.include_router(module.router)
     app.include_router(users.public_router)
     _mount_web_ui(app)

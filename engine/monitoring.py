@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date
+from datetime import date, datetime
 from typing import Any
+
+from pydantic import Field
 
 from engine.lifecycle import (  # noqa: F401 - the models of life after production, re-exported
     RETIREMENT_STAGE,
@@ -175,3 +177,42 @@ def series_value(value: Any) -> float | None:
         figures = [float(v) for v in value.values() if isinstance(v, int | float) and not isinstance(v, bool)]
         return max(figures) if figures else None
     return None
+
+
+# ---- what the API answers (shared with the client) ------------------------------------------
+
+
+class MonitoringResultOut(Model):
+    result_id: str
+    model_id: str
+    version_id: str
+    progression_id: str
+    period: date
+    metrics: dict[str, Any]
+    posted_by: str
+    posted_at: datetime
+    delivered: bool
+    breaches: list[Breach] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)
+
+
+class Threshold(Model):
+    rule_id: str
+    value: float
+
+
+class MonitoringHistory(Model):
+    model_id: str
+    progression_id: str | None = None
+    metrics: dict[str, str] = Field(default_factory=dict)  # name -> kind
+    thresholds: dict[str, list[Threshold]] = Field(default_factory=dict)
+    results: list[MonitoringResultOut] = Field(default_factory=list)  # oldest first
+
+
+class RetirementOverrideOut(Model):
+    override_id: str
+    model_id: str
+    dependents: list[str]
+    reason: str
+    granted_by: str
+    granted_at: datetime
