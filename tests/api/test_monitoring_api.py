@@ -1,0 +1,186 @@
+"""Monitoring results, triggered revalidation and retirement through the HTTP API (real app, worker, Temporal).
+
+The attacks: a hostile results document (huge, wrong types, NaN/Infinity, unknown model or metric, a duplicate or
+future period) gets a clear 4xx and nothing is stored; the monitor identity reaches no other endpoint; no human
+role posts results; a developer cannot retire without the gate, an admin cannot approve a retirement, a non-owner
+cannot ask, and a model another production model depends on is not retired without a risk officer's override.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from temporalio.client import Client
+
+from engine.db import MonitoringResultRow, RetirementOverride
+from testing.api import ApiEnv, api_env, audit_events, decide, start, wait_audit, wait_for
+from testing.monitoring import credit_metrics
+from testing.people import create_people
+
+MODEL = "retail-credit-scorecard"
+
+
+@pytest.fixture
+async def env(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[ApiEnv]:
+    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue) as e:
+        async with e.sessionmaker() as session:
+            tokens, ids = await create_people(session, {"mona": (["monitor"], None)})
+            await session.commit()
+        e.tokens.update(tokens)
+        e.user_ids.update(ids)
+        yield e
+
+
+async def _in_production(env: ApiEnv, **kw: Any) -> str:
+    pid, resp = await start(env, **kw)
+    assert resp.status_code == 201, resp.text
+    await wait_for(env, pid, lambda s: s["current_stage"] == "validation" and s["status"] == "awaiting_approval")
+    assert (await decide(env, "vera", pid, "validation")).status_code == 200
+    await wait_for(env, pid, lambda s: s["current_stage"] == "risk_review" and s["status"] == "awaiting_approval")
+    assert (await decide(env, "rita", pid, "risk_review")).status_code == 200
+    assert (await decide(env, "rob", pid, "risk_review")).status_code == 200
+    await wait_for(env, pid, lambda s: s["status"] == "in_production")
+    return pid
+
+
+def _today() -> str:
+    return datetime.now(UTC).date().isoformat()
+
+
+async def _post(env: ApiEnv, who: str, body: Any, model: str = MODEL, raw: bytes | None = None) -> Any:
+    headers = {**env.auth(who), "Content-Type": "application/json"}
+    content = raw if raw is not None else json.dumps(body).encode()
+    return await env.http.post(f"/api/v1/models/{model}/monitoring", content=content, headers=headers)
+
+
+async def test_drift_opens_revalidation_once_and_hostile_documents_store_nothing(env: ApiEnv) -> None:
+    pid = await _in_production(env)
+    today = datetime.now(UTC).date()
+    hostile: list[tuple[Any, bytes | None, int, str | None]] = [
+        ({"period": _today(), "metrics": {**credit_metrics(), "auc": "0.7"}}, None, 422, "invalid_metric"),
+        ({"period": _today(), "metrics": {**credit_metrics(), "auc": True}}, None, 422, "invalid_metric"),
+        (None, f'{{"period": "{_today()}", "metrics": {{"psi": {{"a": NaN}}, "auc": 0.7, "default_rate": 0.1, '
+               f'"volume": 5, "fairness_ratio": 0.9}}}}'.encode(), 422, "invalid_metric"),
+        (None, f'{{"period": "{_today()}", "metrics": {{"psi": {{"a": 0.1}}, "auc": Infinity, "default_rate": 0.1,'
+               f' "volume": 5, "fairness_ratio": 0.9}}}}'.encode(), 422, "invalid_metric"),
+        ({"period": _today(), "metrics": {**credit_metrics(), "gini": 0.5}}, None, 422, "unknown_metric"),
+        ({"period": _today(), "metrics": {"auc": 0.7}}, None, 422, "missing_metric"),
+        ({"period": (today + timedelta(days=3)).isoformat(), "metrics": credit_metrics()}, None, 422,
+         "period_in_future"),
+        ({"period": "2026-13-45", "metrics": credit_metrics()}, None, 422, None),
+        ({"period": _today(), "metrics": credit_metrics(), "actor": "someone"}, None, 422, None),
+        ({"period": _today(), "metrics": {**credit_metrics(), "psi": {f"f{i}": 0.1 for i in range(2500)}}}, None,
+         422, "invalid_metric"),
+        (None, b'{"period": "' + _today().encode() + b'", "metrics": {"psi": {"a": "' + b"x" * (6 * 1024 * 1024)
+         + b'"}}}', 413, None),
+    ]
+    for body, raw, status, code in hostile:
+        resp = await _post(env, "mona", body, raw=raw)
+        assert resp.status_code == status, (body if raw is None else raw[:80], resp.text[:300])
+        if code:
+            assert resp.json()["code"] == code, resp.text
+    unknown = await _post(env, "mona", {"period": _today(), "metrics": credit_metrics()}, model="no-such-model")
+    assert unknown.status_code == 404 and unknown.json()["code"] == "unknown_model"
+    assert await env.count(MonitoringResultRow) == 0
+    assert await audit_events(env, pid, "monitoring.stored") == []
+
+    calm = await _post(env, "mona", {"period": (today - timedelta(days=40)).isoformat(), "metrics": credit_metrics()})
+    assert calm.status_code == 201, calm.text
+    assert calm.json()["breaches"] == [] and calm.json()["delivered"] is True
+    # the same document again: the stored answer; other figures for that period: 409, nothing changes
+    again = await _post(env, "mona", {"period": (today - timedelta(days=40)).isoformat(), "metrics": credit_metrics()})
+    assert again.status_code == 201 and again.json()["result_id"] == calm.json()["result_id"]
+    dup = await _post(env, "mona", {"period": (today - timedelta(days=40)).isoformat(),
+                                    "metrics": credit_metrics(psi=0.4)})
+    assert dup.status_code == 409 and dup.json()["code"] == "duplicate_period"
+    assert await env.count(MonitoringResultRow) == 1
+
+    drift = await _post(env, "mona", {"period": (today - timedelta(days=10)).isoformat(),
+                                      "metrics": credit_metrics(psi=0.42)})
+    assert drift.status_code == 201, drift.text
+    assert [b["rule_id"] for b in drift.json()["breaches"]] == ["psi-drift"]
+    gate = await wait_for(env, pid, lambda s: s["current_stage"] == "revalidation"
+                          and s["status"] == "in_production")
+    assert gate["monitoring"]["triggered_by"]["rule_id"] == "psi-drift"
+    inbox = (await env.http.get("/api/v1/inbox", headers=env.auth("vera"))).json()["items"]
+    assert pid in [i["progression_id"] for i in inbox]
+    repeat = await _post(env, "mona", {"period": _today(), "metrics": credit_metrics(psi=0.5)})
+    assert repeat.status_code == 201 and "already open" in repeat.json()["actions"][0]
+    assert len(await audit_events(env, pid, "revalidation.triggered")) == 1
+    assert len(await wait_audit(env, pid, "monitoring.stored")) == 3
+
+    history = (await env.http.get(f"/api/v1/models/{MODEL}/monitoring", headers=env.auth("ann"))).json()
+    assert [r["period"] for r in history["results"]] == sorted(r["period"] for r in history["results"])
+    assert {"rule_id": "psi-drift", "value": 0.25} in history["thresholds"]["psi"]
+
+
+async def test_no_human_role_posts_results_and_the_monitor_reaches_nothing_else(env: ApiEnv) -> None:
+    await _in_production(env)
+    body = {"period": _today(), "metrics": credit_metrics()}
+    for who in ("dana", "vera", "rita", "ann", "adam"):
+        resp = await _post(env, who, body)
+        assert resp.status_code == 403, (who, resp.text)
+    assert await env.count(MonitoringResultRow) == 0
+    # every other endpoint refuses the monitor identity (and the web UI treats it as signed out)
+    for route in env.app.routes:
+        if not isinstance(route, APIRoute) or not route.path.startswith("/api/"):
+            continue
+        path = route.path.replace("{model_id}", MODEL).replace("{progression_id}", "x@1").replace(
+            "{intent}", "credit-underwriting")
+        path = path.replace("{", "").replace("}", "")
+        for method in sorted(route.methods - {"HEAD", "OPTIONS"}):
+            if method == "POST" and route.path == "/api/v1/models/{model_id}/monitoring":
+                continue
+            resp = await env.http.request(method, path, headers=env.auth("mona"), json={})
+            assert resp.status_code in (401, 403, 404, 405, 422), (method, path, resp.status_code, resp.text[:200])
+            assert resp.status_code != 200
+    page = await env.http.get("/ui/inbox", headers=env.auth("mona"), follow_redirects=False)
+    assert page.status_code in (302, 303, 401, 403)
+
+
+async def test_retirement_gate_attacks_dependencies_and_override(env: ApiEnv) -> None:
+    pid = await _in_production(env)
+    ask = {"reason": "replaced by the 2027 scorecard", "replacement": "4.0.0"}
+    for who, status in (("sam", 404), ("vera", 403), ("adam", 403), ("ann", 403), ("mona", 403)):
+        resp = await env.http.post(f"/api/v1/models/{MODEL}/retire", json=ask, headers=env.auth(who))
+        assert resp.status_code == status, (who, resp.text)
+    # another production model declares the scorecard a dependency
+    dep_pid = await _in_production(env, model={"id": "limit-setting", "name": "Limit setting"},
+                                   depends_on=[MODEL])
+    refused = await env.http.post(f"/api/v1/models/{MODEL}/retire", json=ask, headers=env.auth("dana"))
+    assert refused.status_code == 409 and refused.json()["code"] == "dependency_in_production", refused.text
+    assert dep_pid in refused.json()["message"]
+    for who in ("dana", "adam", "vera", "rory"):  # owner, admin, validator, risk officer of the owning team
+        resp = await env.http.post(f"/api/v1/models/{MODEL}/retirement-override", json={"reason": "x"},
+                                   headers=env.auth(who))
+        assert resp.status_code == 403, (who, resp.text)
+    assert await env.count(RetirementOverride) == 0
+    override = await env.http.post(f"/api/v1/models/{MODEL}/retirement-override",
+                                   json={"reason": "limit setting moves to the 2027 scorecard"},
+                                   headers=env.auth("rita"))
+    assert override.status_code == 201, override.text
+    assert override.json()["dependents"] == [dep_pid]
+
+    asked = await env.http.post(f"/api/v1/models/{MODEL}/retire", json=ask, headers=env.auth("dana"))
+    assert asked.status_code == 202, asked.text
+    assert asked.json()["retirement"]["override_id"] == override.json()["override_id"]
+    # no way around the gate: the owner cannot approve, an admin cannot, a validator is not the approver
+    for who, code in (("dana", "not_a_gate_role"), ("adam", "not_a_gate_role"), ("vera", "not_a_gate_role"),
+                      ("rory", "own_team")):
+        resp = await decide(env, who, pid, "retirement", "approve", "ok")
+        assert resp.status_code == 403 and resp.json()["code"] == code, (who, resp.text)
+    assert (await decide(env, "rob", pid, "retirement", "approve", "replacement validated")).status_code == 200
+    final = await wait_for(env, pid, lambda s: s["status"] == "retired")
+    assert final["retired_at"] is not None and final["revalidation_due_at"] is None
+    retired = await wait_audit(env, pid, "model.retired")
+    assert retired[0].payload["override_id"] == override.json()["override_id"]
+    model = (await env.http.get(f"/api/v1/models/{MODEL}", headers=env.auth("ann"))).json()
+    assert any(v["progression_id"] == pid and v["status"] == "retired" for v in model["versions"])
+    late = await _post(env, "mona", {"period": _today(), "metrics": credit_metrics()})
+    assert late.status_code == 409 and late.json()["code"] == "not_in_production"
