@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from engine.findings import (
         FINDING_WORKFLOW,
+        MONITORING_STAGE,
         OPEN_STATUSES,
         SIGNAL_GOVERNANCE,
         FindingInput,
@@ -562,12 +563,14 @@ class ProgressionWorkflow:
         self._touch()
 
     def _overdue_deadline(self) -> datetime | None:
-        """No results for ``overdue_after`` periods since the last result (or deployment, or the last overdue
-        finding): a finding."""
+        """No results for ``overdue_after`` periods since the last result (or the deployment): a finding, once per
+        gap (the next one only after results arrived again)."""
         rules, mon = self._input.policy.monitoring, self._mon()
         if rules is None or not rules.overdue_after:
             return None
-        since = [d for d in (mon.last_result_at, mon.last_overdue_at, self._state.deployed_at) if d is not None]
+        if mon.last_overdue_at is not None and (mon.last_result_at is None or mon.last_result_at <= mon.last_overdue_at):
+            return None
+        since = [d for d in (mon.last_result_at, self._state.deployed_at) if d is not None]
         return max(since) + rules.period_delta * rules.overdue_after if since else None
 
     async def _raise_overdue(self) -> None:
@@ -599,7 +602,7 @@ class ProgressionWorkflow:
         finding = FindingRecord(
             finding_id="F-" + workflow.uuid4().hex[:12], model_id=state.model_id, team=state.team,
             business_intent=state.business_intent, version_id=state.version_id,
-            progression_id=state.progression_id, stage=None, severity=severity, title=title[:300],
+            progression_id=state.progression_id, stage=MONITORING_STAGE, severity=severity, title=title[:300],
             description=description[:10_000], evidence_refs=refs, due_at=default_due(rules, severity, now),
             raised_by=raised_by, raised_by_username=username, raised_at=now)
         state.findings.append(finding.summary())
