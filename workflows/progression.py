@@ -568,7 +568,8 @@ class ProgressionWorkflow:
         rules, mon = self._input.policy.monitoring, self._mon()
         if rules is None or not rules.overdue_after:
             return None
-        if mon.last_overdue_at is not None and (mon.last_result_at is None or mon.last_result_at <= mon.last_overdue_at):
+        last_result, last_overdue = mon.last_result_at, mon.last_overdue_at
+        if last_overdue is not None and (last_result is None or last_result <= last_overdue):
             return None
         since = [d for d in (mon.last_result_at, self._state.deployed_at) if d is not None]
         return max(since) + rules.period_delta * rules.overdue_after if since else None
