@@ -22,7 +22,7 @@ from engine.lifecycle import (
     ProgressionState,
     RuleOutcome,
 )
-from engine.policy import MonitoringRules, Role, StageDef
+from engine.policy import FindingRules, MonitoringRules, Role, StageDef
 from engine.spec import ProgressionSpec
 
 # Activity names (``@activity.defn(name=...)``): what the workflow's history records for each.
@@ -34,6 +34,7 @@ DEPLOY = "deploy"
 SAVE_FINDING = "save_finding"  # findings and exceptions (workflows/finding.py)
 SAVE_EXCEPTION = "save_exception"
 EVALUATE_MONITORING = "evaluate_monitoring"  # the policy's monitoring rules over one period's results
+START_FINDINGS = "start_findings"  # findings raised by monitoring: their own workflows, not children
 
 
 NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened", "finding", "exception",
@@ -186,3 +187,15 @@ class EvaluateMonitoringInput(_Model):
 
 class EvaluateMonitoringResult(_Model):
     outcomes: list[RuleOutcome]
+
+
+class StartFindingsInput(_Model):
+    """Findings a production workflow raised (monitoring breaches, missing results): each gets its deadline
+    workflow, started by id (a retry finds it), independent of the progression that outlives or not."""
+
+    findings: list[FindingRecord]
+    rules: FindingRules
+
+
+class StartFindingsResult(_Model):
+    started: int

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         RECORD,
         RECORD_FAILURE,
         REGISTER_PROGRESSION,
+        START_FINDINGS,
         AuditEventIn,
         DeployInput,
         Deployment,
@@ -57,6 +58,8 @@ with workflow.unsafe.imports_passed_through():
         RecordResult,
         RegisterInput,
         RegisterResult,
+        StartFindingsInput,
+        StartFindingsResult,
     )
     from engine.findings import (
         FINDING_WORKFLOW,
@@ -592,8 +595,18 @@ class ProgressionWorkflow:
         self._notify("monitoring", [Role.model_developer, Role.model_risk_officer],
                      f"{state.model_id} {state.version_id}: {text}")
         self._touch()
-        await self._raise_conditions(findings)
+        await self._start_findings(findings)
         await self._flush()
+
+    async def _start_findings(self, findings: list[FindingRecord]) -> None:
+        """Monitoring findings get their own deadline workflows, started by an activity: unlike conditions they
+        are no children of this run, which continue-as-new or retirement may end while they stay open."""
+        rules = self._input.policy.findings
+        if not findings or rules is None:
+            return
+        await workflow.execute_activity(
+            START_FINDINGS, StartFindingsInput(findings=findings, rules=rules), result_type=StartFindingsResult,
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
 
     def _monitoring_finding(self, *, severity: str, title: str, description: str, refs: list[str],
                             raised_by: str, username: str) -> FindingRecord:
@@ -731,7 +744,7 @@ class ProgressionWorkflow:
                          f"{state.model_id} {state.version_id}, period {inp.period.isoformat()}: "
                          + "; ".join(actions))
         self._touch()
-        await self._raise_conditions(findings)
+        await self._start_findings(findings)
         await self._flush()
         result = MonitoringOutcome(result_id=inp.result_id, period=inp.period, breaches=breaches, actions=actions,
                                    state=guided(self._snapshot()))

@@ -3,6 +3,7 @@ calendar restarting, missing results, the materiality tier's cadence, and retire
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -17,6 +18,7 @@ from engine.db import FindingRow
 from engine.policy import Role
 from testing.monitoring import MONITOR, ask_retirement, credit_metrics, deliver
 from testing.polling import eventually
+from testing.temporal import time_skipping_server
 from testing.workflow import (
     CREDIT,
     DEV,
@@ -35,6 +37,14 @@ from testing.workflow import (
     walk_to_production,
     worker,
 )
+
+
+@pytest.fixture(scope="module")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own: these tests skip years, and the shared server's clock and
+    timers stay as the other modules expect them."""
+    async with time_skipping_server() as env:
+        yield env
 
 
 def _refused(info: pytest.ExceptionInfo[WorkflowUpdateFailedError]) -> str:
