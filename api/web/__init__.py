@@ -13,11 +13,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from api.web import audit, findings, inbox, models, policies, progressions, signin, start
+from api.web import audit, findings, inbox, models, monitoring, policies, progressions, signin, start
 from api.web.render import STATIC_DIR, UI, WebError, error_response, finish
 from api.web.session import CsrfFailed, LoginRequired
 
-PAGE_FAMILIES = (signin, inbox, progressions, start, models, policies, audit, findings)
+PAGE_FAMILIES = (signin, inbox, progressions, start, models, policies, audit, findings, monitoring)
 
 
 def mount_web(app: FastAPI) -> None:

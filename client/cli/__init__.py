@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from client.cli import audit, catalog, common, decisions, findings, progressions
+from client.cli import audit, catalog, common, decisions, findings, monitoring, progressions
 from client.cli.users import users_app
 
 app = typer.Typer(name="progression", help="Governance of the model development lifecycle.",
@@ -30,3 +30,4 @@ app.command("models")(catalog.models)
 app.command("policies")(catalog.policies)
 app.add_typer(audit.audit_app, name="audit")
 findings.register(app)
+monitoring.register(app)

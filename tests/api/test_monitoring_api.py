@@ -22,6 +22,8 @@ from engine.db import MonitoringResultRow, RetirementOverride
 from testing.api import ApiEnv, api_env, audit_events, decide, start, wait_audit, wait_for
 from testing.monitoring import credit_metrics
 from testing.people import create_people
+from tests.api import test_web_ui
+from tests.api.test_web_ui import Browser, signed_in
 
 MODEL = "retail-credit-scorecard"
 
@@ -184,3 +186,48 @@ async def test_retirement_gate_attacks_dependencies_and_override(env: ApiEnv) ->
     assert any(v["progression_id"] == pid and v["status"] == "retired" for v in model["versions"])
     late = await _post(env, "mona", {"period": _today(), "metrics": credit_metrics()})
     assert late.status_code == 409 and late.json()["code"] == "not_in_production"
+
+
+people = test_web_ui.people  # the web UI tests' browsers, over this module's env (with the monitor identity)
+
+
+async def test_model_page_plots_monitoring_and_the_owner_asks_to_retire(env: ApiEnv,
+                                                                        people: dict[str, Browser]) -> None:
+    pid = await _in_production(env)
+    today = datetime.now(UTC).date()
+    for days, psi in ((70, 0.05), (40, 0.12), (10, 0.31)):
+        resp = await _post(env, "mona", {"period": (today - timedelta(days=days)).isoformat(),
+                                         "metrics": credit_metrics(psi=psi)})
+        assert resp.status_code == 201, resp.text
+    dana = await signed_in(people, "dana")
+    page = await dana.get(f"/ui/models/{MODEL}")
+    assert page.status_code == 200 and f"/ui/models/{MODEL}/monitoring" in page.text
+    fragment = await dana.get(f"/ui/models/{MODEL}/monitoring")
+    assert fragment.status_code == 200
+    assert fragment.text.count("<svg") == 5  # one chart per declared metric
+    assert "psi-drift 0.25" in fragment.text and "fairness-breach 0.8" in fragment.text
+    assert "psi-drift (high: revalidate)" in fragment.text and 'action="/ui/models/' in fragment.text
+    # the chart says its series in words too
+    assert f"psi by period: {(today - timedelta(days=70)).isoformat()} 0.05" in fragment.text
+    vera = await signed_in(people, "vera")
+    assert 'action="/ui/models/' not in (await vera.get(f"/ui/models/{MODEL}/monitoring")).text
+
+    # the revalidation the drift opened must be decided before a retirement (one gate at a time)
+    await wait_for(env, pid, lambda s: s["current_stage"] == "revalidation")
+    refused = await dana.post(f"/ui/models/{MODEL}/retire", {"reason": "replaced"},
+                              csrf_from=f"/ui/models/{MODEL}")
+    assert refused.status_code == 409 and "revalidation is open" in refused.text
+    assert (await decide(env, "vera", pid, "revalidation", "approve", "drift explained")).status_code == 200
+    await wait_for(env, pid, lambda s: s["current_stage"] is None and s["revalidations"] == 1)
+    asked = await dana.post(f"/ui/models/{MODEL}/retire", {"reason": "replaced by 4.0", "replacement": "4.0.0"},
+                            csrf_from=f"/ui/models/{MODEL}")
+    assert asked.status_code == 303 and asked.headers["location"] == f"/ui/progressions/{pid}", asked.text[:300]
+    state = await wait_for(env, pid, lambda s: s["current_stage"] == "retirement")
+    assert state["retirement"]["replacement"] == "4.0.0"
+    inbox = (await env.http.get("/api/v1/inbox", headers=env.auth("rita"))).json()["items"]
+    assert pid in [i["progression_id"] for i in inbox]
+
+    # the monitor identity never signs in to the web UI
+    mona = people["mona"]
+    await mona.post("/ui/login", {"token": env.tokens["mona"], "next": "/ui/models"}, csrf_from="/ui/login")
+    assert (await mona.get("/ui/models")).status_code in (302, 303, 401, 403)
