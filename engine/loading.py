@@ -297,7 +297,7 @@ def _policy_problems(text: str | bytes, filename: str) -> tuple[GovernancePolicy
             spot: tuple[str, str, int, str] = ("monitoring", "rules", ri, "expr")
             try:
                 monitoring_eval.compile_rule(watch, policy.monitoring)
-            except checks.ExpressionError as exc:
+            except monitoring_eval.RuleError as exc:
                 problems.append(Problem(filename, _lookup_line(lines, spot), format_path(spot),
                                         f"monitoring rule {watch.id!r}: {exc}", "monitoring_rule"))
     return policy, programs, problems

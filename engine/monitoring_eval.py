@@ -13,12 +13,29 @@ from typing import Any
 
 import cel
 
-from engine.checks import ExpressionError, compile_expr
 from engine.lifecycle import RuleOutcome
 from engine.policy import MetricKind, MonitoringRule, MonitoringRules
 from engine.reads import bound_names
 
 FUNCTIONS = ("max", "min", "mean")
+_PROGRAMS: dict[str, cel.Program] = {}
+
+
+class RuleError(ValueError):
+    """A monitoring rule that does not compile, reads an undeclared metric or does not answer a boolean."""
+
+
+def _program(expr: str) -> cel.Program:
+    program = _PROGRAMS.get(expr)
+    if program is None:
+        try:
+            program = cel.compile(expr)
+        except Exception as exc:  # the Rust parser raises ValueError with a multi-line message
+            raise RuleError(f"CEL expression does not compile: {str(exc).strip().splitlines()[0]}") from None
+        if len(_PROGRAMS) > 10_000:  # policies are few; this only guards against unbounded growth
+            _PROGRAMS.clear()
+        _PROGRAMS[expr] = program
+    return program
 
 
 def _figures(value: Any) -> list[float]:
@@ -50,19 +67,19 @@ def _sample(rules: MonitoringRules) -> dict[str, Any]:
 
 
 def compile_rule(rule: MonitoringRule, rules: MonitoringRules) -> None:
-    """Raise :class:`ExpressionError` when ``rule`` does not compile, reads an undeclared metric, or does not
+    """Raise :class:`RuleError` when ``rule`` does not compile, reads an undeclared metric, or does not
     answer a boolean on sample figures of the declared kinds."""
-    program = compile_expr(rule.expr)
+    program = _program(rule.expr)
     unknown = sorted(set(program.variables()) - set(rules.metrics) - bound_names(rule.expr) - set(FUNCTIONS))
     if unknown:
-        raise ExpressionError(f"unknown metric {unknown[0]!r}; the policy declares "
+        raise RuleError(f"unknown metric {unknown[0]!r}; the policy declares "
                               f"{', '.join(sorted(rules.metrics))}")
     try:
         value = program.execute(_context(_sample(rules)))
     except Exception as exc:  # the Rust evaluator raises several types
-        raise ExpressionError(f"does not evaluate on sample figures: {str(exc).splitlines()[0]}") from None
+        raise RuleError(f"does not evaluate on sample figures: {str(exc).splitlines()[0]}") from None
     if not isinstance(value, bool):
-        raise ExpressionError(f"returns {type(value).__name__}, not a boolean")
+        raise RuleError(f"returns {type(value).__name__}, not a boolean")
 
 
 def evaluate_rules(rules: MonitoringRules, metrics: dict[str, Any]) -> list[RuleOutcome]:
@@ -71,7 +88,7 @@ def evaluate_rules(rules: MonitoringRules, metrics: dict[str, Any]) -> list[Rule
     out: list[RuleOutcome] = []
     for rule in rules.rules:
         try:
-            program = compile_expr(rule.expr)
+            program = _program(rule.expr)
             inputs = {name: metrics[name] for name in sorted(set(program.variables()) & set(metrics))}
             value = program.execute(ctx)
         except Exception as exc:  # noqa: BLE001 - a rule must never crash the caller
