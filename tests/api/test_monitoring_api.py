@@ -136,7 +136,7 @@ async def test_no_human_role_posts_results_and_the_monitor_reaches_nothing_else(
         path = route.path.replace("{model_id}", MODEL).replace("{progression_id}", "x@1").replace(
             "{intent}", "credit-underwriting")
         path = path.replace("{", "").replace("}", "")
-        for method in sorted(route.methods - {"HEAD", "OPTIONS"}):
+        for method in sorted((route.methods or set()) - {"HEAD", "OPTIONS"}):
             if method == "POST" and route.path == "/api/v1/models/{model_id}/monitoring":
                 continue
             resp = await env.http.request(method, path, headers=env.auth("mona"), json={})

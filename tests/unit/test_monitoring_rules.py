@@ -150,8 +150,8 @@ def test_retirement_is_asked_by_the_owning_team_without_unresolved_dependents() 
     assert retirement_refusal(_production(), owner, dependents=[], override_id=None) is None
     assert retirement_refusal(_production(), other, dependents=[], override_id=None).code == "not_model_owner"  # type: ignore[union-attr]
     assert retirement_refusal(_production(), officer, dependents=[], override_id=None).code == "not_model_owner"  # type: ignore[union-attr]
-    assert retirement_refusal(_production(), owner, dependents=["x@1"], override_id=None).code == \
-        "dependency_in_production"  # type: ignore[union-attr]
+    blocked = retirement_refusal(_production(), owner, dependents=["x@1"], override_id=None)
+    assert blocked is not None and blocked.code == "dependency_in_production"
     assert retirement_refusal(_production(), owner, dependents=["x@1"], override_id="RO-1") is None
     assert retirement_refusal(_production(status=Status.awaiting_approval), owner, dependents=[],
                               override_id=None).code == "not_in_production"  # type: ignore[union-attr]
