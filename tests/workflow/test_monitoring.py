@@ -3,12 +3,14 @@ calendar restarting, missing results, the materiality tier's cadence, and retire
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
-from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -26,6 +28,7 @@ from testing.workflow import (
     STRANGER,
     VALIDATOR,
     Env,
+    app_env,
     decide,
     events,
     example_input,
@@ -37,6 +40,7 @@ from testing.workflow import (
     walk_to_production,
     worker,
 )
+from tests.workflow.test_continue_as_new import short_history_client  # noqa: F401 - the fixture
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +247,41 @@ async def test_retirement_is_a_gate_then_undeploy_and_every_timer_stops(
         assert (await state(handle)).status == "retired"
         with pytest.raises(RPCError):  # the workflow has completed: nothing is delivered any more
             await deliver(handle, final.retired_at.date(), credit_metrics())
+
+
+async def test_monitoring_state_survives_continue_as_new(
+        short_history_client: Client, sqlite_url: str, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+    """Results delivered until the server suggests continue-as-new (a dev server of its own, short histories):
+    the new run still refuses a period it already has, answers a retried result without applying it again,
+    and a drift opens the revalidation gate."""
+    client, task_queue = short_history_client, f"tq-{uuid.uuid4()}"
+    async with app_env(sqlite_url, tmp_path) as env:
+        inp = await example_input(env, CREDIT, version=unique_version())
+        pid = inp.spec.progression_id
+        async with worker(client, task_queue, env):
+            handle = await start(client, inp, task_queue)
+            live = await walk_to_production(handle)
+            assert live.deployed_at is not None
+            day0 = live.deployed_at.date()
+            first = await deliver(handle, day0 - timedelta(days=400), credit_metrics(auc=0.6))
+            first_run = (await handle.describe()).run_id
+            for i in range(1, 80):
+                if (await client.get_workflow_handle(pid).describe()).run_id != first_run:
+                    break
+                await deliver(client.get_workflow_handle(pid), day0 - timedelta(days=400 - i), credit_metrics())
+            current = client.get_workflow_handle(pid)
+            assert (await current.describe()).run_id != first_run, "the workflow never continued as new"
+            carried = await wait_state(current, lambda s: s.monitoring is not None and len(s.monitoring.periods) > 1)
+            assert carried.monitoring is not None and day0 - timedelta(days=400) in carried.monitoring.periods
+            with pytest.raises(WorkflowUpdateFailedError) as info:
+                await deliver(current, day0 - timedelta(days=400), credit_metrics())
+            assert _refused(info) == "duplicate_period"
+            retry = await deliver(current, day0 - timedelta(days=400), credit_metrics(auc=0.6),
+                                  result_id=first.result_id)
+            assert [b.rule_id for b in retry.breaches] == ["auc-decay"]
+            drift = await deliver(current, day0, credit_metrics(psi=0.5))
+            assert [b.rule_id for b in drift.breaches] == ["psi-drift"]
+            await wait_state(current, lambda s: s.current_stage == "revalidation")
+            await current.terminate("test over")
+        breaches = [e for e in await events(env, pid, "monitoring.breach") if e.payload["rule_id"] == "auc-decay"]
+        assert len(breaches) == 1  # the retry in the new run raised nothing again
