@@ -99,6 +99,11 @@ def check_role_combination(roles: Iterable[Role], team: str | None) -> None:
     (without one, independence from the owning team cannot be shown)."""
     held = set(roles)
     deciding = sorted(r.value for r in held & DECIDING_ROLES)
+    if Role.monitor in held and len(held) > 1:
+        raise InvalidIdentity("monitor is the role of a service identity (the monitoring jobs) and is held alone: "
+                              "a person who also develops, decides or administers must not post the figures that "
+                              "judge a model", code="service_identity_alone",
+                              details={"roles": sorted(r.value for r in held)})
     if Role.admin in held and deciding:
         raise InvalidIdentity(f"an admin cannot also hold a deciding role ({', '.join(deciding)}): whoever "
                               "issues credentials and grants roles must not decide", code="admin_cannot_decide",

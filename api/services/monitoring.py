@@ -100,6 +100,15 @@ async def post_results(*, session: AsyncSession, app: AppState, principal: Princ
     stored = await session.scalar(select(MonitoringResultRow).where(
         MonitoringResultRow.model_id == model_id, MonitoringResultRow.period == period.isoformat()))
     if stored is not None and stored.digest != digest:
+        # Other figures for a stored period: refused and recorded (two sources disagreeing, or a poster trying to
+        # overwrite the figures that judged the model, must be visible to the auditor).
+        await audit.append_event(
+            session, event_id=f"monitoring-refused-{uuid.uuid4()}", event_type=EventType.monitoring_refused.value,
+            occurred_at=utcnow(), actor_id=principal.id, progression_id=stored.progression_id, model_id=model_id,
+            payload={"code": "duplicate_period", "period": period.isoformat(), "stored": stored.id,
+                     "stored_digest": stored.digest, "refused_digest": digest, "posted_by": principal.username,
+                     "credential_id": principal.credential_id}, chain=app.settings.audit_chain)
+        await session.commit()
         raise ApiError(409, "duplicate_period", f"results for period {period.isoformat()} of {model_id} were "
                        f"already posted ({stored.id}) with other figures", {"result_id": stored.id})
     if stored is None:

@@ -102,6 +102,8 @@ async def test_drift_opens_revalidation_once_and_hostile_documents_store_nothing
                                     "metrics": credit_metrics(psi=0.4)})
     assert dup.status_code == 409 and dup.json()["code"] == "duplicate_period"
     assert await env.count(MonitoringResultRow) == 1
+    refused = await audit_events(env, pid, "monitoring.refused")
+    assert len(refused) == 1 and refused[0].payload["stored"] == calm.json()["result_id"]
 
     drift = await _post(env, "mona", {"period": (today - timedelta(days=10)).isoformat(),
                                       "metrics": credit_metrics(psi=0.42)})
@@ -231,3 +233,34 @@ async def test_model_page_plots_monitoring_and_the_owner_asks_to_retire(env: Api
     mona = people["mona"]
     await mona.post("/ui/login", {"token": env.tokens["mona"], "next": "/ui/models"}, csrf_from="/ui/login")
     assert (await mona.get("/ui/models")).status_code in (302, 303, 401, 403)
+
+
+async def test_a_monitoring_identity_takes_two_admins_and_no_admin_holds_its_credential(env: ApiEnv) -> None:
+    adam = env.auth("adam")
+    for roles in (["monitor", "model_developer"], ["monitor", "admin"]):
+        r = await env.http.post("/api/v1/users", json={"username": "mixed", "roles": roles, "team": "retail-risk"},
+                                headers=adam)
+        assert r.status_code == 422 and r.json()["code"] == "service_identity_alone", r.text
+    r = await env.http.post(f"/api/v1/users/{env.user_ids['dana']}/role-grants", json={"role": "monitor"},
+                            headers=adam)
+    assert r.status_code == 409 and r.json()["code"] == "service_identity_alone", r.text
+    # the existing monitor: an admin cannot mint a token that posts figures as it
+    r = await env.http.post(f"/api/v1/users/{env.user_ids['mona']}/tokens", json={"name": "x"}, headers=adam)
+    assert r.status_code == 403 and r.json()["code"] == "self_enrollment_required", r.text
+    r = await env.http.post("/api/v1/users", json={"username": "scoring-monitor", "roles": ["monitor"]},
+                            headers=adam)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["token"] is None and created["user"]["roles"] == []
+    grant = created["user"]["grants"][0]
+    assert grant["status"] == "pending" and grant["role"] == "monitor"
+    r = await env.http.post(f"/api/v1/role-grants/{grant['id']}/approve", headers=adam)
+    assert r.status_code == 403 and r.json()["code"] == "same_admin"
+    async with env.sessionmaker() as session:
+        tokens, _ = await create_people(session, {"ada": (["admin"], "platform")})
+        await session.commit()
+    r = await env.http.post(f"/api/v1/role-grants/{grant['id']}/approve",
+                            headers={"Authorization": f"Bearer {tokens['ada']}"})
+    assert r.status_code == 200, r.text
+    r = await env.http.post(f"/api/v1/users/{created['user']['id']}/tokens", json={}, headers=adam)
+    assert r.status_code == 403 and r.json()["code"] == "self_enrollment_required"
