@@ -9,7 +9,8 @@ and the workflow (with every timer) has ended.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,21 @@ import pytest
 
 from testing.monitoring import credit_metrics
 from testing.polling import eventually_sync
-from tests.system.test_stack import Orchestrators, Stack, processes  # noqa: F401 - the fixture
+from tests.system.test_stack import CLI, Orchestrators, Stack, processes  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
 
 CREDIT_LIVE = "retail-credit-scorecard@3.1.0"
 MARKETING_LIVE = "savings-offer-propensity@1.3.0"
 WAIT = 120.0  # bounded waits on a loaded machine; nothing is asserted about how long anything took
+
+
+def _cli(stack: Stack, token: str, *args: str) -> str:
+    env = {**stack.env(), "PROGRESSION_URL": f"http://127.0.0.1:{stack.api_port}", "PROGRESSION_TOKEN": token,
+           "COLUMNS": "200"}
+    done = subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def _get(http: httpx.Client, token: str, path: str) -> Any:
@@ -61,10 +70,18 @@ def test_drifting_psi_opens_revalidation_and_retiring_marketing_stops_its_timers
         # the monitoring identity can do nothing else
         assert http.get("/inbox", headers={"Authorization": f"Bearer {tokens['monitor']}"}).status_code == 403
 
+        # the same from the terminal: the monitoring job posts the next period, an auditor reads the history
+        results = tmp_path / "results.json"
+        yesterday = (datetime.now(UTC).date() - timedelta(days=1)).isoformat()
+        results.write_text(json.dumps({"period": yesterday, "metrics": credit_metrics(psi=0.4)}))
+        posted = _cli(stack, tokens["monitor"], "monitoring", "post", "retail-credit-scorecard", str(results))
+        assert "psi-drift: the revalidation is already open" in posted, posted
+        shown = _cli(stack, tokens["alice"], "monitoring", "show", "retail-credit-scorecard")
+        assert "psi-drift at 0.25" in shown and yesterday in shown and today in shown, shown
+
         # the marketing owner retires the live marketing model; the policy's approver (a validator) decides
-        asked = http.post("/models/savings-offer-propensity/retire", json={"reason": "campaign ended"},
-                          headers={"Authorization": f"Bearer {tokens['mia']}"})
-        assert asked.status_code == 202, asked.text
+        asked = _cli(stack, tokens["mia"], "retire", "savings-offer-propensity", "-m", "campaign ended")
+        assert "retirement awaits model_validator" in asked, asked
         decided = http.post(f"/progressions/{MARKETING_LIVE}/decisions",
                             json={"stage": "retirement", "decision": "approve", "comment": "no longer used"},
                             headers={"Authorization": f"Bearer {tokens['victor']}"})
