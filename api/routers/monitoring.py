@@ -19,7 +19,7 @@ from engine.monitoring import MonitoringHistory, MonitoringResultOut, Retirement
 router = APIRouter(prefix="/api/v1/models", tags=["monitoring"], responses=COMMON_ERRORS)
 
 
-@router.post("/{model_id}/monitoring", response_model=MonitoringResultOut,
+@router.post("/{model_id}/monitoring", status_code=201, response_model=MonitoringResultOut,
              responses={**NOT_FOUND, **CONFLICT, **BODY_ERRORS},
              summary="A period's monitoring results of the model in production (the monitor service identity)")
 async def post_results(model_id: str, body: MonitoringResultsIn, request: Request, session: SessionDep,
@@ -39,7 +39,7 @@ async def get_history(model_id: str, session: SessionDep, user: CurrentUser, app
     return await svc.history(session=session, app=app, principal=user, model_id=model_id, limit=limit)
 
 
-@router.post("/{model_id}/retire", response_model=ProgressionState, responses={**NOT_FOUND, **CONFLICT,
+@router.post("/{model_id}/retire", status_code=202, response_model=ProgressionState, responses={**NOT_FOUND, **CONFLICT,
                                                                                 **BODY_ERRORS},
              summary="Ask to retire the model in production (the owning team; the policy's approvers decide)")
 async def retire(model_id: str, body: RetirementRequestIn, request: Request, session: SessionDep,
@@ -56,7 +56,7 @@ async def retire(model_id: str, body: RetirementRequestIn, request: Request, ses
                             app.sessionmaker, key=key)
 
 
-@router.post("/{model_id}/retirement-override", response_model=RetirementOverrideOut,
+@router.post("/{model_id}/retirement-override", status_code=201, response_model=RetirementOverrideOut,
              responses={**NOT_FOUND, **CONFLICT, **BODY_ERRORS},
              summary="Record that the model may retire although production models depend on it (risk officer)")
 async def override(model_id: str, body: RetirementOverrideIn, request: Request, session: SessionDep,

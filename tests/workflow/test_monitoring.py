@@ -94,6 +94,8 @@ async def test_breach_opens_revalidation_now_once_and_the_calendar_restarts(
         assert opened.monitoring is not None and opened.monitoring.triggered_by is not None
         assert opened.monitoring.triggered_by.rule_id == "psi-drift"
         assert opened.monitoring.triggered_by.inputs["psi"]["bureau_score"] == 0.41
+        assert any("monitoring breach psi-drift" in m for m in opened.missing)
+        assert opened.waiting_on == [Role.model_validator]
         triggered = await wait_events(env, pid, "revalidation.triggered")
         assert triggered[0].payload["breach"]["rule_id"] == "psi-drift"
         assert await events(env, pid, "revalidation.due") == []
@@ -215,6 +217,7 @@ async def test_retirement_is_a_gate_then_undeploy_and_every_timer_stops(
         gate = asked.stage("retirement")
         assert gate is not None and gate.status == "awaiting_approval" and asked.status == "in_production"
         assert [(a.role, a.count) for a in gate.approvals] == [(Role.model_risk_officer, 1)]
+        assert any("retirement asked by dana.dev: replaced by 4.0" in m for m in asked.missing)
         with pytest.raises(WorkflowUpdateFailedError) as info:
             await ask_retirement(handle, DEV)
         assert _refused(info) == "retirement_pending"
