@@ -18,6 +18,7 @@ import pytest
 from fastapi.routing import APIRoute
 from temporalio.client import Client
 
+from api.services.monitoring import _digest as svc_digest
 from engine.db import MonitoringResultRow, RetirementOverride
 from testing.api import ApiEnv, api_env, audit_events, decide, start, wait_audit, wait_for
 from testing.monitoring import credit_metrics
@@ -264,3 +265,26 @@ async def test_a_monitoring_identity_takes_two_admins_and_no_admin_holds_its_cre
     assert r.status_code == 200, r.text
     r = await env.http.post(f"/api/v1/users/{created['user']['id']}/tokens", json={}, headers=adam)
     assert r.status_code == 403 and r.json()["code"] == "self_enrollment_required"
+
+
+async def test_a_stored_result_whose_delivery_was_interrupted_is_delivered_by_the_retry(env: ApiEnv) -> None:
+    """Stored first, then delivered: a result stored when the API died before delivering it is delivered (once)
+    by the monitoring job's retry of the same document."""
+    pid = await _in_production(env)
+    period = datetime.now(UTC).date() - timedelta(days=5)
+    metrics = credit_metrics(psi=0.3)
+    async with env.sessionmaker() as session:  # what the first attempt left behind
+        session.add(MonitoringResultRow(
+            id="MR-interrupted", model_id=MODEL, version_id=pid.split("@")[1], progression_id=pid, team="retail-risk",
+            period=period.isoformat(), metrics=metrics, digest=svc_digest(metrics), posted_by=env.user_ids["mona"],
+            posted_at=datetime.now(UTC), delivered=False))
+        await session.commit()
+    retry = await _post(env, "mona", {"period": period.isoformat(), "metrics": metrics})
+    assert retry.status_code == 201, retry.text
+    assert retry.json()["result_id"] == "MR-interrupted" and retry.json()["delivered"] is True
+    assert [b["rule_id"] for b in retry.json()["breaches"]] == ["psi-drift"]
+    again = await _post(env, "mona", {"period": period.isoformat(), "metrics": metrics})
+    assert again.json()["result_id"] == "MR-interrupted"
+    state = await wait_for(env, pid, lambda s: s["current_stage"] == "revalidation")
+    assert state["monitoring"]["results"] == {"MR-interrupted": period.isoformat()}
+    assert len(await audit_events(env, pid, "monitoring.received")) == 1

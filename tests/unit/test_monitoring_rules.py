@@ -69,6 +69,16 @@ def test_monitoring_section_values_are_checked(before: str, after: str, says: st
     assert says in info.value.message
 
 
+def test_a_human_role_posts_results_only_where_the_policy_names_it() -> None:
+    text = CREDIT_POLICY.replace("  overdue_severity: medium\n",
+                                 "  overdue_severity: medium\n  posted_by: [monitor, model_validator]\n")
+    rules = _credit(text).monitoring
+    validator = Actor(user_id="u", username="v", roles=[Role.model_validator], team="validation")
+    developer = Actor(user_id="d", username="d", roles=[Role.model_developer], team="retail-risk")
+    assert poster_refusal(rules, validator) is None
+    assert poster_refusal(rules, developer) is not None
+
+
 def test_an_admin_is_never_a_monitoring_poster() -> None:
     text = CREDIT_POLICY.replace("  overdue_severity: medium\n", "  overdue_severity: medium\n  posted_by: [admin]\n")
     with pytest.raises(InvalidPolicy) as info:
