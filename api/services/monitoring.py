@@ -67,7 +67,7 @@ def _pinned_policy(app: AppState, row: ProgressionRow) -> GovernancePolicy | Non
     return loaded.policy if loaded is not None else None
 
 
-def _digest(metrics: dict[str, Any]) -> str:
+def results_digest(metrics: dict[str, Any]) -> str:
     canonical = json.dumps(metrics, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -96,7 +96,7 @@ async def post_results(*, session: AsyncSession, app: AppState, principal: Princ
                or metrics_refusal(rules, metrics))
     if refusal is not None:
         raise _refusal_error(refusal)
-    digest = _digest(metrics)
+    digest = results_digest(metrics)
     stored = await session.scalar(select(MonitoringResultRow).where(
         MonitoringResultRow.model_id == model_id, MonitoringResultRow.period == period.isoformat()))
     if stored is not None and stored.digest != digest:

@@ -18,7 +18,7 @@ import pytest
 from fastapi.routing import APIRoute
 from temporalio.client import Client
 
-from api.services.monitoring import _digest as svc_digest
+from api.services.monitoring import results_digest
 from engine.db import MonitoringResultRow, RetirementOverride
 from testing.api import ApiEnv, api_env, audit_events, decide, start, wait_audit, wait_for
 from testing.monitoring import credit_metrics
@@ -276,7 +276,7 @@ async def test_a_stored_result_whose_delivery_was_interrupted_is_delivered_by_th
     async with env.sessionmaker() as session:  # what the first attempt left behind
         session.add(MonitoringResultRow(
             id="MR-interrupted", model_id=MODEL, version_id=pid.split("@")[1], progression_id=pid, team="retail-risk",
-            period=period.isoformat(), metrics=metrics, digest=svc_digest(metrics), posted_by=env.user_ids["mona"],
+            period=period.isoformat(), metrics=metrics, digest=results_digest(metrics), posted_by=env.user_ids["mona"],
             posted_at=datetime.now(UTC), delivered=False))
         await session.commit()
     retry = await _post(env, "mona", {"period": period.isoformat(), "metrics": metrics})
