@@ -52,7 +52,7 @@ from workflows.contract import UPDATE_MONITORING, UPDATE_RETIRE, MonitoringInput
 async def _model(session: AsyncSession, model_id: str) -> CatalogModel:
     model = await session.get(CatalogModel, model_id)
     if model is None:
-        raise ApiError(404, "unknown_model", f"model {model_id} not found")
+        raise ApiError(404, "not_found", f"model {model_id} not found")
     return model
 
 
@@ -85,6 +85,8 @@ async def post_results(*, session: AsyncSession, app: AppState, principal: Princ
                        period: date, metrics: dict[str, Any]) -> MonitoringResultOut:
     """Store a period's results, then deliver them to the production workflow (idempotently)."""
     model = await _model(session, model_id)
+    if not principal.service_only:  # a person (where the policy lets one post) sees only their team's models
+        require_visible(principal, model.team, f"model {model_id}")
     row = await _in_production(session, model_id)
     if row is None:
         raise ApiError(409, "not_in_production", f"model {model_id} has no version in production; monitoring "

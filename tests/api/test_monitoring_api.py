@@ -89,7 +89,7 @@ async def test_drift_opens_revalidation_once_and_hostile_documents_store_nothing
         if code:
             assert resp.json()["code"] == code, resp.text
     unknown = await _post(env, "mona", {"period": _today(), "metrics": credit_metrics()}, model="no-such-model")
-    assert unknown.status_code == 404 and unknown.json()["code"] == "unknown_model"
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
     assert await env.count(MonitoringResultRow) == 0
     assert await audit_events(env, pid, "monitoring.stored") == []
 
@@ -131,6 +131,8 @@ async def test_no_human_role_posts_results_and_the_monitor_reaches_nothing_else(
     for who in ("dana", "vera", "rita", "ann", "adam"):
         resp = await _post(env, who, body)
         assert resp.status_code == 403, (who, resp.text)
+    # another team's developer does not even learn that the model exists
+    assert (await _post(env, "sam", body)).status_code == 404
     assert await env.count(MonitoringResultRow) == 0
     # every other endpoint refuses the monitor identity (and the web UI treats it as signed out)
     for route in env.app.routes:
