@@ -324,6 +324,8 @@ async def provision_jwt_user(session: AsyncSession, claims: dict[str, Any], sett
     roles = [r for r in raw_roles if isinstance(r, str) and r in Role._value2member_map_]
     if Role.admin.value in roles:  # an admin never also decides, whatever the SSO says
         roles = [r for r in roles if Role(r) not in DECIDING_ROLES]
+    if Role.monitor.value in roles and len(roles) > 1:  # the monitoring role is a service's, held alone
+        roles = [r for r in roles if r != Role.monitor.value]
     team = _claim(claims, settings.jwt_team_claim)
     team = team if isinstance(team, str) and TEAM_RE.match(team) else None
     name_claim = claims.get("name")

@@ -136,6 +136,12 @@ async def test_jwt_verification_and_provisioning(tmp_path: Path, sqlite_url: str
         async with sm() as session:
             again = await provision_jwt_user(session, changed, settings)
             assert again is not None and again.id == user.id and again.roles == ["auditor"] and again.team == "audit"
+        # the SSO cannot make a person the monitoring service too (its figures judge models): monitor is dropped
+        mixed = await verifier.verify(sso_token(key, roles=["model_developer", "monitor"], team="retail-risk"))
+        assert mixed is not None
+        async with sm() as session:
+            dev = await provision_jwt_user(session, mixed, settings)
+            assert dev is not None and dev.roles == ["model_developer"]
             # A local account is never taken over by an SSO identity with the same name.
             await create_user(session, username="local.admin", roles=["admin"])
             await session.commit()
