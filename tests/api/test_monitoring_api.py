@@ -30,8 +30,9 @@ MODEL = "retail-credit-scorecard"
 
 
 @pytest.fixture
-async def env(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[ApiEnv]:
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue) as e:
+async def env(database_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[ApiEnv]:
+    """SQLite and PostgreSQL (``postgres`` marker): the stored results, their unique period and the overrides."""
+    async with api_env(database_url, tmp_path, temporal_client, task_queue) as e:
         async with e.sessionmaker() as session:
             tokens, ids = await create_people(session, {"mona": (["monitor"], None)})
             await session.commit()
