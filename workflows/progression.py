@@ -548,7 +548,9 @@ class ProgressionWorkflow:
     async def _settle_gate(self, stage: StageState, period: timedelta | None) -> None:
         """Wait for an open revalidation or retirement gate; a decided revalidation restarts the calendar."""
         if not await self._wait_stage_ready(stage):
-            return  # closed (rejected at revalidation: retired), or the retirement was declined
+            if stage.name == REVALIDATION_STAGE and self._state.status == Status.retired:
+                await self._undeploy(stage, reason="revalidation rejected")  # retired means undeployed
+            return  # closed, or the retirement was declined
         state = self._state
         if stage.name == RETIREMENT_STAGE:
             await self._retire(stage)
@@ -626,15 +628,21 @@ class ProgressionWorkflow:
     async def _retire(self, stage: StageState) -> None:
         """The retirement gate passed: tell the promotion target to undeploy, then the model is retired (the
         workflow ends, so every timer stops)."""
-        state, spec = self._state, self._input.spec
         self._pass_stage(stage)
         await self._flush()
-        request = state.retirement
+        await self._undeploy(stage, reason=None)
+
+    async def _undeploy(self, stage: StageState, *, reason: str | None) -> None:
+        """Tell the promotion target to undeploy; the model is retired, stays in the inventory and the audit."""
+        state, spec = self._state, self._input.spec
+        request = state.retirement if stage.name == RETIREMENT_STAGE else None
+        key = f"{state.progression_id}/{RETIREMENT_STAGE}/{stage.attempt}" if request is not None else \
+            f"{state.progression_id}/{stage.name}/{state.revalidations + 1}/undeploy"
         deployment = Deployment(
-            deployment_key=f"{state.progression_id}/{RETIREMENT_STAGE}/{stage.attempt}",
-            progression_id=state.progression_id, model_id=state.model_id, version_id=state.version_id,
-            artifact=spec.version.artifact, stage=RETIREMENT_STAGE, business_intent=state.business_intent,
-            policy_hash=state.policy_hash, artifact_digest=spec.version.artifact_digest, action="undeploy")
+            deployment_key=key, progression_id=state.progression_id, model_id=state.model_id,
+            version_id=state.version_id, artifact=spec.version.artifact, stage=stage.name,
+            business_intent=state.business_intent, policy_hash=state.policy_hash,
+            artifact_digest=spec.version.artifact_digest, action="undeploy")
         result = await workflow.execute_activity(
             DEPLOY, DeployInput(deployment=deployment), result_type=DeployResult,
             start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=DEPLOY_RETRY)
@@ -643,15 +651,15 @@ class ProgressionWorkflow:
         state.current_stage = None
         state.revalidation_due_at = None
         state.revalidation_overdue = False
-        self._emit(EventType.model_retired, stage=RETIREMENT_STAGE, payload={
+        self._emit(EventType.model_retired, stage=stage.name, payload={
             "undeployment_id": result.receipt.deployment_id, "target": result.receipt.target,
-            "reason": request.reason if request else None, "replacement": request.replacement if request else None,
+            "reason": request.reason if request else reason, "replacement": request.replacement if request else None,
             "requested_by": request.requested_by_username if request else None,
-            "approved_by": {a.role.value: a.approved_by for a in stage.approvals},
+            "approved_by": {a.role.value: a.approved_by for a in stage.approvals} if request else {},
             "dependents": request.dependents if request else [],
             "override_id": request.override_id if request else None,
             "timers_stopped": ["revalidation", "monitoring"]})
-        self._notify("finished", [Role.model_developer], stage=RETIREMENT_STAGE,
+        self._notify("finished", [Role.model_developer], stage=stage.name,
                      message=f"{state.model_id} {state.version_id} is retired"
                              + (f"; replaced by {request.replacement}" if request and request.replacement else ""))
         self._touch()

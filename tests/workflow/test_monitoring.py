@@ -197,6 +197,32 @@ async def test_materiality_tier_is_an_input_that_scales_the_cadence(
         await handle.terminate("test over")
 
 
+async def test_a_rejected_revalidation_retires_and_undeploys_the_model(
+        time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
+    client = time_skipping_env.client
+    inp = await example_input(env, CREDIT, version=unique_version())
+    pid = inp.spec.progression_id
+    async with worker(client, task_queue, env):
+        handle = await start(client, inp, task_queue)
+        live = await walk_to_production(handle)
+        assert live.deployed_at is not None
+        # results keep coming (no overdue finding): only the calendar opens the gate
+        for month in range(1, 13):
+            await time_skipping_env.sleep(timedelta(days=30))
+            await deliver(handle, live.deployed_at.date() + timedelta(days=30 * month), credit_metrics())
+        await time_skipping_env.sleep(timedelta(days=10))
+        due = await wait_state(handle, lambda s: s.current_stage == "revalidation")
+        assert due.revalidation_overdue and (due.monitoring is None or due.monitoring.triggered_by is None)
+        await decide(handle, VALIDATOR, "revalidation", "reject", "population drifted; retire")
+        final = await handle.result()
+        assert final.status == "retired" and final.retired_at is not None
+        undeploy = [d for d in env.target.deployments if d.progression_id == pid and d.action == "undeploy"]
+        assert len(undeploy) == 1 and undeploy[0].stage == "revalidation"
+        retired = await wait_events(env, pid, "model.retired")
+        assert retired[0].payload["reason"] == "revalidation rejected"
+        assert await events(env, pid, "monitoring.overdue") == []
+
+
 async def test_retirement_is_a_gate_then_undeploy_and_every_timer_stops(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
