@@ -406,6 +406,13 @@ class ProgressionWorkflow:
             if timeout is not None and timeout <= timedelta(0):
                 await self._escalate(stage)
                 continue
+            overdue = self._overdue_deadline() if self._monitored and stage.name in POST_PRODUCTION_STAGES \
+                else None
+            if overdue is not None:  # a gate open in production: missing results still raise their finding
+                if overdue <= workflow.now():
+                    await self._raise_overdue()
+                    continue
+                timeout = min(timeout, overdue - workflow.now()) if timeout is not None else overdue - workflow.now()
             try:
                 await workflow.wait_condition(
                     lambda e=epoch: self._closed() or self._stage_ready(stage) or self._gate_epoch != e  # type: ignore[misc]

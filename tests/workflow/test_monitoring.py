@@ -197,7 +197,7 @@ async def test_materiality_tier_is_an_input_that_scales_the_cadence(
         await handle.terminate("test over")
 
 
-async def test_a_rejected_revalidation_retires_and_undeploys_the_model(
+async def test_overdue_results_while_a_gate_is_open_and_a_rejected_revalidation_undeploys(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
     inp = await example_input(env, CREDIT, version=unique_version())
@@ -213,6 +213,11 @@ async def test_a_rejected_revalidation_retires_and_undeploys_the_model(
         await time_skipping_env.sleep(timedelta(days=10))
         due = await wait_state(handle, lambda s: s.current_stage == "revalidation")
         assert due.revalidation_overdue and (due.monitoring is None or due.monitoring.triggered_by is None)
+        assert await events(env, pid, "monitoring.overdue") == []
+        # the gate stays open for months and the results stop: missing results still raise their finding
+        await time_skipping_env.sleep(timedelta(days=70))
+        overdue = await wait_events(env, pid, "monitoring.overdue")
+        assert overdue[0].payload["finding_id"]
         await decide(handle, VALIDATOR, "revalidation", "reject", "population drifted; retire")
         final = await handle.result()
         assert final.status == "retired" and final.retired_at is not None
@@ -220,7 +225,7 @@ async def test_a_rejected_revalidation_retires_and_undeploys_the_model(
         assert len(undeploy) == 1 and undeploy[0].stage == "revalidation"
         retired = await wait_events(env, pid, "model.retired")
         assert retired[0].payload["reason"] == "revalidation rejected"
-        assert await events(env, pid, "monitoring.overdue") == []
+        assert len(await events(env, pid, "monitoring.overdue")) == 1
 
 
 async def test_retirement_is_a_gate_then_undeploy_and_every_timer_stops(
