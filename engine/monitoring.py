@@ -10,7 +10,8 @@ A **retirement** is asked by the owning team, approved at a ``retirement`` gate 
 then the promotion target is told to undeploy and every timer stops.
 
 Every rule is a function returning a :class:`~engine.lifecycle.Refusal` or ``None``, so the API's fast answer
-and the workflow's Update validators cannot disagree. Nothing here reads a clock, a file or a database.
+and the workflow's Update validators cannot disagree. Nothing here reads a clock, a file or a database. The
+models the state carries (``Breach``, ``MonitoringState``, ``RetirementRequest``) live in ``engine.lifecycle``.
 """
 
 from __future__ import annotations
@@ -22,28 +23,14 @@ from typing import Any
 
 from pydantic import Field
 
-from engine.lifecycle import (  # noqa: F401 - the models of life after production, re-exported
-    RETIREMENT_STAGE,
-    Actor,
-    Breach,
-    Model,
-    MonitoringState,
-    ProgressionState,
-    Refusal,
-    RetirementRequest,
-    RuleOutcome,
-    Status,
-)
+from engine.lifecycle import RETIREMENT_STAGE, Actor, Breach, Model, ProgressionState, Refusal, Status
 from engine.policy import MetricKind, MonitoringRules, Role
 
 MAX_FEATURES_PER_METRIC = 2000
 MAX_METRICS = 100
-# Keep the workflow's memory bounded: the newest periods, results, breaches and raised keys.
+# Keep the workflow's memory bounded: the newest periods, results, breaches and raised keys it remembers (a
+# duplicate older than that is refused by the database's unique key, which the API checks first).
 KEEP = 60
-# Keep the workflow's memory bounded: the last periods received (duplicates older than this are refused by the
-# database's unique key, which the API checks first).
-
-
 
 # ---- the posted document -----------------------------------------------------------------
 
