@@ -596,6 +596,9 @@ class AsyncProgressionClient:
                      idempotency_key: str | None = None) -> ProgressionState:
         return await self._run(_Calls.retire(model_id, reason, replacement, idempotency_key))
 
+    async def retirement_override(self, model_id: str, reason: str) -> RetirementOverrideOut:
+        return await self._run(_Calls.retirement_override(model_id, reason))
+
     async def policies(self) -> _list[PolicySummary]:
         return await self._run(_Calls.policies())
 

@@ -14,11 +14,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.routing import APIRoute
 from temporalio.client import Client
 
 from api.services.monitoring import results_digest
+from client.sdk import AsyncProgressionClient, ConflictError, Forbidden, InvalidInput
 from engine.db import MonitoringResultRow, RetirementOverride
 from testing.api import ApiEnv, api_env, audit_events, decide, start, wait_audit, wait_for
 from testing.monitoring import credit_metrics
@@ -291,3 +293,26 @@ async def test_a_stored_result_whose_delivery_was_interrupted_is_delivered_by_th
     state = await wait_for(env, pid, lambda s: s["current_stage"] == "revalidation")
     assert state["monitoring"]["results"] == {"MR-interrupted": period.isoformat()}
     assert len(await audit_events(env, pid, "monitoring.received")) == 1
+
+
+async def test_the_sdk_posts_reads_and_asks(env: ApiEnv) -> None:
+    await _in_production(env)
+
+    def sdk(who: str) -> AsyncProgressionClient:
+        return AsyncProgressionClient("http://api.test", env.tokens[who], transport=httpx.ASGITransport(app=env.app))
+
+    async with sdk("mona") as mona, sdk("ann") as ann, sdk("rita") as rita, sdk("dana") as dana:
+        stored = await mona.post_monitoring(MODEL, _today(), credit_metrics(auc=0.6))
+        assert [b.rule_id for b in stored.breaches] == ["auc-decay"] and stored.delivered
+        history = await ann.monitoring(MODEL)
+        assert [r.result_id for r in history.results] == [stored.result_id]
+        with pytest.raises(InvalidInput) as invalid:
+            await mona.post_monitoring(MODEL, _today(), {**credit_metrics(), "gini": 0.1})
+        assert invalid.value.code == "unknown_metric"
+        with pytest.raises(ConflictError) as conflict:
+            await rita.retirement_override(MODEL, "no one depends on it")
+        assert conflict.value.code == "no_dependents"
+        with pytest.raises(Forbidden):
+            await ann.post_monitoring(MODEL, _today(), credit_metrics())
+        asked = await dana.retire(MODEL, "replaced", replacement="4.0.0")
+        assert asked.retirement is not None and asked.retirement.replacement == "4.0.0"
