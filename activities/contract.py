@@ -20,8 +20,9 @@ from engine.lifecycle import (
     GovernanceSnapshot,
     PriorOutcome,
     ProgressionState,
+    RuleOutcome,
 )
-from engine.policy import Role, StageDef
+from engine.policy import FindingRules, MonitoringRules, Role, StageDef
 from engine.spec import ProgressionSpec
 
 # Activity names (``@activity.defn(name=...)``): what the workflow's history records for each.
@@ -32,10 +33,12 @@ RECORD = "record"
 DEPLOY = "deploy"
 SAVE_FINDING = "save_finding"  # findings and exceptions (workflows/finding.py)
 SAVE_EXCEPTION = "save_exception"
+EVALUATE_MONITORING = "evaluate_monitoring"  # the policy's monitoring rules over one period's results
+START_FINDINGS = "start_findings"  # findings raised by monitoring: their own workflows, not children
 
 
 NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened", "finding", "exception",
-                           "flagged"]
+                           "flagged", "monitoring", "retirement"]
 
 
 class Notification(BaseModel):
@@ -65,6 +68,7 @@ class Deployment(BaseModel):
     policy_hash: str
     artifact_digest: str | None = None  # sha256:<hex> of the artifact the approvals bound to
     approval_bases: list[str] = []  # the basis hash of every approval that allowed this deployment
+    action: Literal["deploy", "undeploy"] = "deploy"  # undeploy: the model was retired
 
 
 class DeploymentReceipt(BaseModel):
@@ -171,3 +175,27 @@ class SaveExceptionInput(_Model):
 class SaveResult(_Model):
     written: bool
     progressions_told: int
+
+
+# ---- monitoring (workflows/progression.py, patch ``monitoring``) ----
+
+
+class EvaluateMonitoringInput(_Model):
+    rules: MonitoringRules
+    metrics: dict[str, float | dict[str, float]]
+
+
+class EvaluateMonitoringResult(_Model):
+    outcomes: list[RuleOutcome]
+
+
+class StartFindingsInput(_Model):
+    """Findings a production workflow raised (monitoring breaches, missing results): each gets its deadline
+    workflow, started by id (a retry finds it), independent of the progression that outlives or not."""
+
+    findings: list[FindingRecord]
+    rules: FindingRules
+
+
+class StartFindingsResult(_Model):
+    started: int

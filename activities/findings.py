@@ -17,23 +17,34 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.contract import (
     SAVE_EXCEPTION,
     SAVE_FINDING,
+    START_FINDINGS,
     AuditEventIn,
     Notification,
     SaveExceptionInput,
     SaveFindingInput,
     SaveResult,
+    StartFindingsInput,
+    StartFindingsResult,
 )
 from activities.governance import governance_snapshot
 from activities.notify import Notifier
 from activities.progression import ProgressionActivities
 from engine import audit
 from engine.db import AuditEvent, ExceptionRow, FindingRow, ProgressionRow
-from engine.findings import SIGNAL_GOVERNANCE, ExceptionRecord, FindingRecord
+from engine.findings import (
+    FINDING_WORKFLOW,
+    SIGNAL_GOVERNANCE,
+    ExceptionRecord,
+    FindingInput,
+    FindingRecord,
+    finding_workflow_id,
+)
 from engine.lifecycle import FINAL_STATUSES, EventType
 
 log = logging.getLogger("progression.activities.findings")
@@ -69,7 +80,17 @@ class FindingActivities:
         return cls(progression.sessionmaker, progression.notifier, client, audit_chain=progression.audit_chain)
 
     def all(self) -> list[Any]:
-        return [self.save_finding, self.save_exception]
+        return [self.save_finding, self.save_exception, self.start_findings]
+
+    @activity.defn(name=START_FINDINGS)
+    async def start_findings(self, inp: StartFindingsInput) -> StartFindingsResult:
+        """Start each finding's workflow on this worker's task queue; an existing one (a retry) is kept."""
+        for finding in inp.findings:
+            await self.client.start_workflow(
+                FINDING_WORKFLOW, FindingInput(finding=finding, rules=inp.rules),
+                id=finding_workflow_id(finding.finding_id), task_queue=activity.info().task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
+        return StartFindingsResult(started=len(inp.findings))
 
     @activity.defn(name=SAVE_FINDING)
     async def save_finding(self, inp: SaveFindingInput) -> SaveResult:

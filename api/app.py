@@ -19,7 +19,19 @@ from temporalio.client import Client
 from api.deps import STRICT_QUERY, AppState
 from api.errors import install_error_handlers
 from api.metrics import BodyLimitMiddleware, Metrics, MetricsMiddleware
-from api.routers import audit, features, findings, guidance, inbox, models, ops, policies, progressions, users
+from api.routers import (
+    audit,
+    features,
+    findings,
+    guidance,
+    inbox,
+    models,
+    monitoring,
+    ops,
+    policies,
+    progressions,
+    users,
+)
 from api.services.policies import record_policy_versions
 from api.web import mount_web
 from engine.database import upgrade
@@ -110,7 +122,7 @@ def create_app(
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.metrics = metrics
     install_error_handlers(app)
-    for module in (progressions, inbox, models, policies, features, audit, users, ops, findings):
+    for module in (progressions, inbox, models, policies, features, audit, users, ops, findings, monitoring):
         app.include_router(module.router)
     app.include_router(users.public_router)
     app.include_router(policies.route_router)

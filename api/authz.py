@@ -50,6 +50,9 @@ class Action(StrEnum):
     verify_finding = "verify_finding"
     request_exception = "request_exception"  # the policy narrows it to its grant roles
     approve_exception = "approve_exception"
+    post_monitoring = "post_monitoring"  # a period's results of a model in production (the policy names who)
+    request_retirement = "request_retirement"  # the owning team asks; the policy's approvers decide at a gate
+    override_retirement = "override_retirement"  # a risk officer lets a model with production dependents retire
 
 
 A = Action
@@ -62,16 +65,22 @@ _CATALOG = {A.propose_feature, A.decide_feature_proposal}
 
 # The single table. Object-level rules (team scoping, segregation of duties) come on top.
 ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
-    Role.model_developer: frozenset(_EVERYONE | _CATALOG | {A.start_progression, A.add_evidence, A.withdraw,
-                                                            A.read_audit, A.remediate_finding}),
+    Role.model_developer: frozenset(_EVERYONE | _CATALOG | {A.start_progression, A.add_evidence, A.withdraw, A.read_audit,
+                                                 A.remediate_finding, A.request_retirement}),
     # Validators attach validation reports (evidence) and decide validation gates.
     Role.model_validator: frozenset(_EVERYONE | _REVIEW | _CATALOG | {A.add_evidence, A.decide, A.read_audit}),
     Role.model_risk_officer: frozenset(_EVERYONE | _REVIEW | _CATALOG | {A.decide, A.read_audit, A.export_audit,
-                                                                         A.verify_audit}),
+                                                              A.verify_audit, A.override_retirement}),
     Role.auditor: frozenset(_EVERYONE | {A.read_audit, A.export_audit, A.verify_audit}),
     # Admins never decide, raise or close findings, or grant exceptions (and cannot hold a gate role).
-    Role.admin: frozenset(set(Action) - {A.decide, A.remediate_finding} - _REVIEW),
+    # Nor post monitoring results, ask for or override a retirement (the owners and risk officers do).
+    Role.admin: frozenset(set(Action) - {A.decide, A.remediate_finding, A.post_monitoring, A.request_retirement,
+                                         A.override_retirement} - _REVIEW),
+    # The monitoring jobs' service identity: posting results is all it does (a policy may name a human role too).
+    Role.monitor: frozenset({A.post_monitoring}),
 }
+# Roles of service identities: a caller holding only these reaches only what ``SERVICE_PATHS`` allow.
+SERVICE_ROLES = frozenset({Role.monitor})
 
 # Roles that see every team's progressions, models and audit events.
 GLOBAL_READERS = frozenset({Role.model_validator, Role.model_risk_officer, Role.auditor, Role.admin})
@@ -119,6 +128,11 @@ class Principal:
         for role in self.roles:
             out |= ROLE_ACTIONS.get(role, frozenset())
         return frozenset(out)
+
+    @property
+    def service_only(self) -> bool:
+        """A service identity (the monitoring jobs): it can do nothing but what its role allows."""
+        return bool(self.roles) and self.roles <= SERVICE_ROLES
 
     @property
     def reads_all_teams(self) -> bool:

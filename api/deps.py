@@ -4,6 +4,7 @@ check that the application applies to every route (``create_app(dependencies=[ST
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 
 from api.authz import Principal
-from api.errors import Unauthenticated, UnknownQueryParameters
+from api.errors import ApiError, Unauthenticated, UnknownQueryParameters
 from engine.identity import TOKEN_PREFIX, JWTVerifier, authenticate_credential, provision_jwt_user
 from engine.loading import PolicyRegistry
 from engine.settings import Settings
@@ -42,6 +43,9 @@ async def _session(request: Request) -> AsyncIterator[AsyncSession]:
     async with app_state(request).sessionmaker() as session:
         yield session
 
+
+# The one endpoint a monitoring service identity reaches.
+MONITORING_PATH = re.compile(r"/api/v1/models/[^/]+/monitoring")
 
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 StateDep = Annotated[AppState, Depends(app_state)]
@@ -72,6 +76,10 @@ async def _current_user(request: Request, session: SessionDep) -> Principal:
     if user is None:
         raise Unauthenticated("the bearer token is invalid, expired or revoked")
     principal = Principal.of(user, **credential)
+    if principal.service_only and not (request.method == "POST" and MONITORING_PATH.fullmatch(request.url.path)):
+        # Belt and braces over the role table: a service identity reaches its one endpoint and nothing else.
+        raise ApiError(403, "service_identity", f"{principal.username} is a service identity: it may only post "
+                       "monitoring results (POST /api/v1/models/{id}/monitoring)")
     request.state.principal = principal
     return principal
 

@@ -7,7 +7,7 @@ ignored, so a client never believes it acted as someone else.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -187,3 +187,19 @@ class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     database: str
     temporal: str
+
+
+class MonitoringResultsIn(Body):
+    """A period's monitoring results (``metrics`` are checked against the pinned policy's declared metrics)."""
+
+    period: date = Field(description="the last day of the period the figures cover (ISO date, not in the future)")
+    metrics: dict[str, Any] = Field(description="metric name -> number, or feature -> number for by_feature")
+
+
+class RetirementRequestIn(Body):
+    reason: str = Field(min_length=1, max_length=2000)
+    replacement: str | None = Field(default=None, max_length=200, description="a version that takes over")
+
+
+class RetirementOverrideIn(Body):
+    reason: str = Field(min_length=1, max_length=2000)

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 from client.repo import RepositoryUpload, read_repository
 from engine.lifecycle import DecisionKind, ProgressionDetail, ProgressionState
+from engine.monitoring import MonitoringHistory, MonitoringResultOut, RetirementOverrideOut
 from engine.wire import (
     AuditEventOut,
     AuditFilter,
@@ -289,6 +290,27 @@ class _Calls:
         return _Call("GET", f"/models/{quote(model_id, safe='')}", _as(ModelDetail))
 
     @staticmethod
+    def post_monitoring(model_id: str, period: str, metrics: Mapping[str, Any],
+                        idempotency_key: str | None) -> _Call[MonitoringResultOut]:
+        return _Call("POST", f"/models/{quote(model_id, safe='')}/monitoring", _as(MonitoringResultOut),
+                     json={"period": period, "metrics": dict(metrics)}, headers=_idem(idempotency_key))
+
+    @staticmethod
+    def monitoring(model_id: str) -> _Call[MonitoringHistory]:
+        return _Call("GET", f"/models/{quote(model_id, safe='')}/monitoring", _as(MonitoringHistory))
+
+    @staticmethod
+    def retire(model_id: str, reason: str, replacement: str | None,
+               idempotency_key: str | None) -> _Call[ProgressionState]:
+        return _Call("POST", f"/models/{quote(model_id, safe='')}/retire", _state,
+                     json={"reason": reason, "replacement": replacement}, headers=_idem(idempotency_key))
+
+    @staticmethod
+    def retirement_override(model_id: str, reason: str) -> _Call[RetirementOverrideOut]:
+        return _Call("POST", f"/models/{quote(model_id, safe='')}/retirement-override", _as(RetirementOverrideOut),
+                     json={"reason": reason})
+
+    @staticmethod
     def policies() -> _Call[_list[PolicySummary]]:
         return _Call("GET", "/policies", _list_of(PolicySummary))
 
@@ -471,6 +493,22 @@ class ProgressionClient:
     def model(self, model_id: str) -> ModelDetail:
         return self._run(_Calls.model(model_id))
 
+    def post_monitoring(self, model_id: str, period: str, metrics: Mapping[str, Any], *,
+                        idempotency_key: str | None = None) -> MonitoringResultOut:
+        """A period's monitoring results (the ``monitor`` service identity's token)."""
+        return self._run(_Calls.post_monitoring(model_id, period, metrics, idempotency_key))
+
+    def monitoring(self, model_id: str) -> MonitoringHistory:
+        return self._run(_Calls.monitoring(model_id))
+
+    def retire(self, model_id: str, reason: str, *, replacement: str | None = None,
+               idempotency_key: str | None = None) -> ProgressionState:
+        """Ask to retire the model in production (the owning team); the policy's approvers decide at a gate."""
+        return self._run(_Calls.retire(model_id, reason, replacement, idempotency_key))
+
+    def retirement_override(self, model_id: str, reason: str) -> RetirementOverrideOut:
+        return self._run(_Calls.retirement_override(model_id, reason))
+
     def policies(self) -> _list[PolicySummary]:
         return self._run(_Calls.policies())
 
@@ -630,6 +668,20 @@ class AsyncProgressionClient:
 
     async def model(self, model_id: str) -> ModelDetail:
         return await self._run(_Calls.model(model_id))
+
+    async def post_monitoring(self, model_id: str, period: str, metrics: Mapping[str, Any], *,
+                              idempotency_key: str | None = None) -> MonitoringResultOut:
+        return await self._run(_Calls.post_monitoring(model_id, period, metrics, idempotency_key))
+
+    async def monitoring(self, model_id: str) -> MonitoringHistory:
+        return await self._run(_Calls.monitoring(model_id))
+
+    async def retire(self, model_id: str, reason: str, *, replacement: str | None = None,
+                     idempotency_key: str | None = None) -> ProgressionState:
+        return await self._run(_Calls.retire(model_id, reason, replacement, idempotency_key))
+
+    async def retirement_override(self, model_id: str, reason: str) -> RetirementOverrideOut:
+        return await self._run(_Calls.retirement_override(model_id, reason))
 
     async def policies(self) -> _list[PolicySummary]:
         return await self._run(_Calls.policies())

@@ -403,6 +403,41 @@ class ExceptionRow(Base):
     record: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class MonitoringResultRow(Base):
+    """A period's monitoring results of a model in production: stored by the API before it is delivered to the
+    production workflow (``delivered`` turns true once the workflow answered, with its ``outcome``)."""
+
+    __tablename__ = "monitoring_results"
+    __table_args__ = (UniqueConstraint("model_id", "period", name="uq_monitoring_model_period"),)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(64), index=True)
+    version_id: Mapped[str] = mapped_column(String(64))
+    progression_id: Mapped[str] = mapped_column(String(140), index=True)
+    team: Mapped[str] = mapped_column(String(64), index=True)
+    period: Mapped[str] = mapped_column(String(10))  # ISO date of the period's end
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    digest: Mapped[str] = mapped_column(String(80))  # sha256 of the canonical metrics: a retry sends the same
+    posted_by: Mapped[str] = mapped_column(String(36))
+    posted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class RetirementOverride(Base):
+    """A model risk officer's recorded override: the model may be retired although production models declare
+    it a dependency."""
+
+    __tablename__ = "retirement_overrides"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(64), index=True)
+    dependents: Mapped[list[str]] = mapped_column(JSON, default=list)
+    reason: Mapped[str] = mapped_column(Text)
+    granted_by: Mapped[str] = mapped_column(String(36))
+    granted_by_username: Mapped[str] = mapped_column(String(128))
+    credential_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    granted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class AuditChainHead(Base):
     """One row: the last sequence number and hash; locked while appending so the chain stays linear."""
 

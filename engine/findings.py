@@ -382,6 +382,11 @@ def waived_checks(state: ProgressionState, now: datetime | None) -> dict[str, st
             if e.kind == ExceptionKind.check.value and e.check_id}
 
 
+# The ``stage`` of findings raised by monitoring a version in production: they bear on that version, and do not
+# keep another version (often their remediation) from production.
+MONITORING_STAGE = "monitoring"
+
+
 def blocking_findings(state: ProgressionState, rules: FindingRules | None, stage: str) -> list[FindingSummary]:
     """Open findings of the model that keep ``stage`` from completing under the policy's blocking rules."""
     if rules is None:
@@ -391,6 +396,8 @@ def blocking_findings(state: ProgressionState, rules: FindingRules | None, stage
         if block.stage != stage:
             continue
         for f in state.findings:
+            if f.stage == MONITORING_STAGE and f.version_id != state.version_id:
+                continue
             if f.status in OPEN_STATUSES and f.severity in block.severities \
                     and not (block.unless_condition and f.condition) and f not in found:
                 found.append(f)

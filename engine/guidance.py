@@ -77,6 +77,15 @@ def guidance(state: ProgressionState) -> dict[str, Any]:
         action = f"the engine is running the checks of stage {words(stage.name)}"
     if state.revalidation_overdue:
         missing.append("revalidation is overdue")
+    if stage is not None and state.status not in FINAL_STATUSES:
+        breach = state.monitoring.triggered_by if state.monitoring is not None else None
+        if stage.name == "revalidation" and breach is not None:
+            missing.append(f"monitoring breach {breach.rule_id} ({breach.severity}, period "
+                           f"{breach.period.isoformat()}) opened this revalidation early: {breach.reason}")
+        if stage.name == "retirement" and state.retirement is not None:
+            request = state.retirement
+            missing.append(f"retirement asked by {request.requested_by_username}: {request.reason}"
+                           + (f" (replacement {request.replacement})" if request.replacement else ""))
     action, waiting = _findings_guidance(state, stage, action, waiting, missing)
     return {"waiting_on": waiting, "missing": missing, "next_action": action}
 

@@ -99,6 +99,11 @@ def check_role_combination(roles: Iterable[Role], team: str | None) -> None:
     (without one, independence from the owning team cannot be shown)."""
     held = set(roles)
     deciding = sorted(r.value for r in held & DECIDING_ROLES)
+    if Role.monitor in held and len(held) > 1:
+        raise InvalidIdentity("monitor is the role of a service identity (the monitoring jobs) and is held alone: "
+                              "a person who also develops, decides or administers must not post the figures that "
+                              "judge a model", code="service_identity_alone",
+                              details={"roles": sorted(r.value for r in held)})
     if Role.admin in held and deciding:
         raise InvalidIdentity(f"an admin cannot also hold a deciding role ({', '.join(deciding)}): whoever "
                               "issues credentials and grants roles must not decide", code="admin_cannot_decide",
@@ -319,6 +324,8 @@ async def provision_jwt_user(session: AsyncSession, claims: dict[str, Any], sett
     roles = [r for r in raw_roles if isinstance(r, str) and r in Role._value2member_map_]
     if Role.admin.value in roles:  # an admin never also decides, whatever the SSO says
         roles = [r for r in roles if Role(r) not in DECIDING_ROLES]
+    if Role.monitor.value in roles and len(roles) > 1:  # the monitoring role is a service's, held alone
+        roles = [r for r in roles if r != Role.monitor.value]
     team = _claim(claims, settings.jwt_team_claim)
     team = team if isinstance(team, str) and TEAM_RE.match(team) else None
     name_claim = claims.get("name")

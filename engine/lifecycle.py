@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from engine.policy import Role
+from engine.policy import MonitoringAction, Role
 
 
 class EventType(StrEnum):
@@ -71,6 +71,16 @@ class EventType(StrEnum):
     exception_refused = "exception.refused"
     model_flagged = "model.flagged"
     stage_unblocked = "stage.unblocked"
+    monitoring_stored = "monitoring.stored"  # the API stored a period's results (before delivering them)
+    monitoring_refused = "monitoring.refused"
+    monitoring_received = "monitoring.received"  # the production workflow evaluated them
+    monitoring_breach = "monitoring.breach"
+    monitoring_overdue = "monitoring.overdue"
+    revalidation_triggered = "revalidation.triggered"
+    retirement_requested = "retirement.requested"
+    retirement_override = "retirement.override"
+    retirement_declined = "retirement.declined"
+    model_retired = "model.retired"
 
 
 class ResolvedFeature(BaseModel):
@@ -256,6 +266,55 @@ class GovernanceSnapshot(Model):
     exceptions: list[ExceptionSummary] = Field(default_factory=list)
 
 
+class Breach(Model):
+    """A rule that held over one period's results."""
+
+    rule_id: str
+    description: str
+    expr: str
+    severity: str
+    action: MonitoringAction
+    period: date
+    result_id: str
+    reason: str = ""
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class RuleOutcome(Model):
+    rule_id: str
+    breached: bool
+    reason: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class MonitoringState(Model):
+    """What the production workflow knows of its monitoring (carried across continue-as-new in the state)."""
+
+    periods: list[date] = Field(default_factory=list)  # periods received (the newest KEEP_PERIODS)
+    results: dict[str, date] = Field(default_factory=dict)  # result id -> period (the newest KEEP_PERIODS)
+    last_result_at: datetime | None = None
+    last_overdue_at: datetime | None = None  # when missing results last raised a finding
+    raised: list[str] = Field(default_factory=list)  # "<rule id>@<period>": findings raised (once per rule/period)
+    breaches: list[Breach] = Field(default_factory=list)  # the newest breaches, for the read side
+    trigger: Breach | None = None  # a revalidate breach the main loop has not acted on yet
+    triggered_by: Breach | None = None  # the breach that opened the current revalidation gate
+    tier: int | None = None  # the materiality tier the cadence was computed for
+
+
+class RetirementRequest(Model):
+    """The owner's request, as the retirement gate carries it."""
+
+    request_id: str
+    requested_by: str
+    requested_by_username: str
+    reason: str
+    replacement: str | None = None
+    requested_at: datetime
+    dependents: list[str] = Field(default_factory=list)  # production models declaring this one a dependency
+    override_id: str | None = None  # the risk officer's recorded override of those dependencies
+    override_by: str | None = None
+
+
 class ProgressionState(Model):
     """The whole state, returned by the ``state`` query and mirrored into the read model."""
 
@@ -304,6 +363,11 @@ class ProgressionState(Model):
     flags: list[str] = Field(default_factory=list)
     # Ids of the open findings that block the current stage under the pinned policy (patch ``findings``).
     blocked_by: list[str] = Field(default_factory=list)
+    # Life after production (patch ``monitoring``): results received, breaches, the trigger of an early
+    # revalidation; the owner's retirement request while its gate is open.
+    monitoring: MonitoringState | None = None
+    retirement: RetirementRequest | None = None
+    retired_at: datetime | None = None
     seq: int = 0  # bumps on every change; the read model keeps only the newest snapshot
 
     def stage(self, name: str) -> StageState | None:
@@ -540,6 +604,9 @@ def withdraw_refusal(state: ProgressionState, actor: Actor) -> Refusal | None:
 # ---- what an approval binds to ------------------------------------------------------------
 
 REVALIDATION_STAGE = "revalidation"
+RETIREMENT_STAGE = "retirement"
+# Gates a model in production may open: not part of the route a version walks to production.
+POST_PRODUCTION_STAGES = frozenset({REVALIDATION_STAGE, RETIREMENT_STAGE})
 READS_ALL = "*"
 # Evidence names that would pose as spec fields: the spec is fixed when the progression starts.
 SPEC_PARTS = {"spec": "spec", "model": "model", "model_id": "model.id", "version": "version",
@@ -549,14 +616,14 @@ SPEC_PARTS = {"spec": "spec", "model": "model", "model_id": "model.id", "version
 
 
 def _route(state: ProgressionState) -> list[StageState]:
-    return [s for s in state.stages if s.name != REVALIDATION_STAGE]
+    return [s for s in state.stages if s.name not in POST_PRODUCTION_STAGES]
 
 
 def reads_of(state: ProgressionState, stage: StageState, names: Iterable[str]) -> set[str]:
     """Which of ``names`` the stage reads. Evidence that no stage of the route reads (a document
     for the reviewers) is read by every stage with an approval gate: a person reads it."""
     names = set(names)
-    if stage.name == REVALIDATION_STAGE or stage.reads is None or READS_ALL in stage.reads:
+    if stage.name in POST_PRODUCTION_STAGES or stage.reads is None or READS_ALL in stage.reads:
         return names
     assigned: set[str] = set()
     for other in _route(state):

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from engine import checks
+from engine import checks, monitoring_eval
 from engine.contracts import contract_definition_problems
 from engine.errors import InvalidPolicy, InvalidSpec
 from engine.lifecycle import ResolvedFeature
@@ -310,6 +310,14 @@ def _policy_problems(text: str | bytes, filename: str) -> tuple[GovernancePolicy
     for contract in contract_definition_problems(policy):
         problems.append(Problem(filename, _lookup_line(lines, contract.field), format_path(contract.field),
                                 contract.message, contract.code))
+    if policy.monitoring is not None:
+        for ri, watch in enumerate(policy.monitoring.rules):
+            spot: tuple[str, str, int, str] = ("monitoring", "rules", ri, "expr")
+            try:
+                monitoring_eval.compile_rule(watch, policy.monitoring)
+            except monitoring_eval.RuleError as exc:
+                problems.append(Problem(filename, _lookup_line(lines, spot), format_path(spot),
+                                        f"monitoring rule {watch.id!r}: {exc}", "monitoring_rule"))
     return policy, programs, problems
 
 

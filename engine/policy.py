@@ -25,6 +25,8 @@ class Role(StrEnum):
     model_risk_officer = "model_risk_officer"
     auditor = "auditor"
     admin = "admin"
+    # A service identity of the bank's monitoring jobs: posts monitoring results and nothing else.
+    monitor = "monitor"
 
 
 # Roles that may sit on an approval gate.
@@ -208,6 +210,84 @@ class ExceptionRules(StrictModel):
         return parse_duration(self.max_expiry)
 
 
+MetricName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+
+
+class MetricKind(StrEnum):
+    number = "number"  # one figure per period (AUC, default rate, volume, a fairness ratio)
+    by_feature = "by_feature"  # one figure per feature (PSI per characteristic): a map name -> number
+
+
+class MetricDef(StrictModel):
+    kind: MetricKind = MetricKind.number
+    description: str = Field(default="", max_length=500)
+
+
+class MonitoringAction(StrEnum):
+    revalidate = "revalidate"  # the production workflow opens its revalidation gate now
+    finding = "finding"  # a finding is raised on the model (once per rule and period)
+
+
+class MonitoringRule(StrictModel):
+    """A CEL expression over one period's results (the metrics by name); ``True`` is a breach."""
+
+    id: CheckId
+    description: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    expr: Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+    severity: Severity
+    action: MonitoringAction
+
+
+class MonitoringRules(StrictModel):
+    """The policy's ``monitoring:`` section: the metrics a period's results carry, the rules over them, and
+    what missing results mean (no results for ``overdue_after`` periods raises a finding)."""
+
+    period: str = "30d"  # results are expected once per period
+    metrics: dict[MetricName, MetricDef] = Field(min_length=1, max_length=100)
+    rules: list[MonitoringRule] = Field(default_factory=list, max_length=100)
+    overdue_after: int | None = Field(default=2, ge=1, le=24)  # periods without results; None: never overdue
+    overdue_severity: Severity = "medium"
+    # Who may post results: the monitoring service identity; a human role only where the policy says so.
+    posted_by: list[Role] = Field(default_factory=lambda: [Role.monitor], min_length=1)
+
+    _check_period = field_validator("period")(classmethod(lambda cls, v: _duration(v)))
+
+    @field_validator("posted_by")
+    @classmethod
+    def _no_admin(cls, value: list[Role]) -> list[Role]:
+        if Role.admin in value:
+            raise ValueError("an admin never posts monitoring results (administrators administer)")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_rules(self) -> MonitoringRules:
+        ids = [r.id for r in self.rules]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"monitoring rule ids must be unique: {dupes}")
+        return self
+
+    @property
+    def period_delta(self) -> timedelta:
+        return parse_duration(self.period)
+
+
+class TierCadence(StrictModel):
+    """Revalidation for one materiality tier: how often, and how deep (the revalidation gate's approvals)."""
+
+    tier: int = Field(ge=1, le=3)
+    revalidation: str | None = None
+    approvals: list[ApprovalRule] = Field(default_factory=list, max_length=5)
+
+    _check_revalidation = field_validator("revalidation")(classmethod(lambda cls, v: _duration(v)))
+
+
+class RetirementRules(StrictModel):
+    """The policy's ``retirement:`` section: who approves a decommissioning (the owner asks)."""
+
+    approvals: list[ApprovalRule] = Field(min_length=1, max_length=5)
+
+
 class GovernancePolicy(StrictModel):
     api_version: Literal["progression/v1"] = Field(alias="apiVersion")
     kind: Literal["GovernancePolicy"]
@@ -225,6 +305,11 @@ class GovernancePolicy(StrictModel):
     requires_artifact_digest: bool = False
     findings: FindingRules | None = None
     exceptions: ExceptionRules | None = None
+    monitoring: MonitoringRules | None = None
+    # Materiality-scaled revalidation: per tier (1 most material), its period and review depth. The tier is an
+    # input of the progression (today the policy's risk_tier; a computed materiality tier later).
+    cadence: list[TierCadence] = Field(default_factory=list, max_length=3)
+    retirement: RetirementRules | None = None
 
     _check_revalidation = field_validator("revalidation")(classmethod(lambda cls, v: _duration(v)))
 
@@ -243,6 +328,20 @@ class GovernancePolicy(StrictModel):
             if rule.frozen_after is not None and rule.frozen_after not in names:
                 raise ValueError(f"evidence {item!r}: frozen_after names stage {rule.frozen_after!r}, "
                                  f"which the policy does not have (stages: {', '.join(names)})")
+        tiers = [c.tier for c in self.cadence]
+        if len(tiers) != len(set(tiers)):
+            raise ValueError("cadence names each tier once")
+        for watch in self.monitoring.rules if self.monitoring else []:
+            if watch.action == MonitoringAction.finding and self.findings is None:
+                raise ValueError(f"monitoring rule {watch.id!r} raises a finding, but the policy has no findings "
+                                 "section")
+            if self.findings is not None and watch.severity not in self.findings.severities:
+                raise ValueError(f"monitoring rule {watch.id!r}: severity {watch.severity!r} is not in the "
+                                 f"findings severities ({', '.join(self.findings.severities)})")
+        if self.monitoring and self.monitoring.overdue_after and self.findings is not None \
+                and self.monitoring.overdue_severity not in self.findings.severities:
+            raise ValueError(f"monitoring.overdue_severity {self.monitoring.overdue_severity!r} is not in the "
+                             f"findings severities ({', '.join(self.findings.severities)})")
         for block in self.findings.blocks if self.findings else []:
             if block.stage not in names:
                 raise ValueError(f"findings.blocks names stage {block.stage!r}, which the policy does not have "
@@ -258,6 +357,33 @@ class GovernancePolicy(StrictModel):
     @property
     def revalidation_delta(self) -> timedelta | None:
         return parse_duration(self.revalidation) if self.revalidation else None
+
+    def cadence_of(self, tier: int) -> TierCadence | None:
+        return next((c for c in self.cadence if c.tier == tier), None)
+
+    def revalidation_for(self, tier: int) -> timedelta | None:
+        """The revalidation period of a model of materiality ``tier``: the tier's cadence, else the policy's."""
+        cadence = self.cadence_of(tier)
+        if cadence is not None and cadence.revalidation:
+            return parse_duration(cadence.revalidation)
+        return self.revalidation_delta
+
+    def revalidation_approvals(self, tier: int) -> list[ApprovalRule]:
+        """The revalidation gate's approvals for ``tier``: the tier's cadence, else the validation stage's, else
+        one model risk officer."""
+        cadence = self.cadence_of(tier)
+        if cadence is not None and cadence.approvals:
+            return list(cadence.approvals)
+        validation = self.stage("validation")
+        if validation is not None and validation.approvals:
+            return list(validation.approvals)
+        return [ApprovalRule(role=Role.model_risk_officer, count=1)]
+
+    def retirement_approvals(self) -> list[ApprovalRule]:
+        """Who approves a retirement: the policy's ``retirement`` section, else one model risk officer."""
+        if self.retirement is not None:
+            return list(self.retirement.approvals)
+        return [ApprovalRule(role=Role.model_risk_officer, count=1)]
 
     def stage(self, name: str) -> StageDef | None:
         return next((s for s in self.stages if s.name == name), None)
@@ -276,7 +402,8 @@ def policy_hash(policy: GovernancePolicy) -> str:
     # Fields added later are left out while at their default, so a policy that does not use them keeps
     # the hash it had (progressions pinned it).
     for key, default in (("evidence", {}), ("requires_artifact_digest", False), ("independent_stages", []),
-                         ("findings", None), ("exceptions", None)):
+                         ("findings", None), ("exceptions", None), ("monitoring", None), ("cadence", []),
+                         ("retirement", None)):
         if data.get(key) == default:
             data.pop(key, None)
     for rule in (data.get("evidence") or {}).values():

@@ -60,6 +60,9 @@ class ProgressionSpec(StrictModel):
     features: list[FeatureName] = Field(default_factory=list, max_length=2000)
     evidence: dict[EvidenceName, str] = Field(default_factory=dict, max_length=100)
     target: Literal["staging", "production"] = "production"
+    # Models this one depends on (inputs, scores it consumes): none of them retires while this one is in
+    # production without a model risk officer's recorded override. Left out of the digest while unset.
+    depends_on: list[Slug] | None = Field(default=None, max_length=100)
 
     @field_validator("evidence")
     @classmethod

@@ -29,7 +29,7 @@ import uvicorn
 from api.app import create_app
 from engine.settings import Settings, get_settings
 from launch.binaries import temporal_cli_path
-from launch.seed import DEMO_USERS, seed_database, submit_examples
+from launch.seed import DEMO_USERS, seed_database, seed_production, submit_examples
 from launch.stack import StackRefused, acquire_data_dir, claim_ports, die_with_parent, listens_on
 from launch.worker import run_worker
 from workflows.contract import SEARCH_ATTRIBUTES, connect
@@ -116,7 +116,7 @@ def banner(settings: Settings, tokens: dict[str, str], seeded: list[str], tempor
         "Demo users (username: roles, team):",
     ]
     for username, _, roles, team in DEMO_USERS:
-        lines.append(f"  {username:7s} {','.join(roles):20s} {team:20s} {tokens.get(username, '')}")
+        lines.append(f"  {username:7s} {','.join(roles):20s} {team or '-':20s} {tokens.get(username, '')}")
     lines += ["", "Example progressions:", *seeded, "",
               f"Try: curl -H 'Authorization: Bearer {tokens.get('rita', '')}' {base}/api/v1/inbox",
               "Press Ctrl-C to stop everything.", ""]
@@ -180,7 +180,8 @@ async def _run_stack(settings: Settings, api_socket: socket.socket) -> None:
                 if task in done and task.exception():
                     raise task.exception()  # type: ignore[misc]
             return
-        seeded = await submit_examples(base_url, tokens)
+        seeded = await seed_production(base_url, tokens)
+        seeded += await submit_examples(base_url, tokens)
         print(banner(settings, tokens, seeded, temporal_ui), flush=True)
         done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
                                      return_when=asyncio.FIRST_COMPLETED)

@@ -29,7 +29,7 @@ from engine.settings import PROJECT_ROOT, Settings
 # The seed is the bootstrap path: run by the operator, it creates these people with their roles and
 # tokens directly in the database (engine.identity.create_user), recorded as granted and issued by
 # "bootstrap". Through the API, deciding roles need two admins and deciders enroll themselves.
-DEMO_USERS: list[tuple[str, str, list[str], str]] = [
+DEMO_USERS: list[tuple[str, str, list[str], str | None]] = [
     ("dana", "Dana Developer", ["model_developer"], "retail-risk"),
     ("frank", "Frank Developer", ["model_developer"], "payments-fraud"),
     ("mia", "Mia Developer", ["model_developer"], "marketing-analytics"),
@@ -40,11 +40,18 @@ DEMO_USERS: list[tuple[str, str, list[str], str]] = [
     ("admin", "Platform Admin", ["admin"], "platform"),
     # A second admin: deciding and admin roles granted through the API need two admins (maker-checker).
     ("ada", "Ada Admin", ["admin"], "platform"),
+    # The bank's monitoring jobs: a service identity that can only post monitoring results.
+    ("monitor", "Monitoring jobs", ["monitor"], None),
 ]
 EXAMPLES_DIR = PROJECT_ROOT / "examples"
 # Examples whose validation gate the demo validator approves at seed time, so the risk officers'
 # inbox has gates waiting too (the marketing one stays in the validator's inbox).
 SEED_VALIDATED = ("retail-credit-scorecard", "card-fraud-detector")
+# Earlier versions already live, so life after production has something to watch: (repository, version) walked
+# through every gate by the demo deciders at seed time (the example's newer version stays under review).
+SEED_IN_PRODUCTION = (("retail-credit-scorecard", "3.1.0"), ("marketing-propensity", "1.3.0"))
+# Who decides each gate of the seeded production versions (two risk officers at the credit risk review).
+_SEED_DECIDERS = {"validation": ["victor"], "risk_review": ["rita", "omar"]}
 
 
 async def seed_feature_catalog(settings: Settings) -> int:
@@ -155,3 +162,49 @@ async def _seed_validation(http: httpx.AsyncClient, pid: str, token: str) -> dic
             return state  # already decided on an earlier run, or blocked: leave it as it is
         await asyncio.sleep(0.1)
     return None
+
+
+async def seed_production(base_url: str, tokens: dict[str, str]) -> list[str]:
+    """Start the earlier versions of ``SEED_IN_PRODUCTION`` and decide their gates until they are in production
+    (bounded waits; a second ``make run`` finds them there)."""
+    developers = {team: name for name, _, roles, team in DEMO_USERS if "model_developer" in roles}
+    lines = []
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+        for repo_name, version in SEED_IN_PRODUCTION:
+            upload = read_repository(EXAMPLES_DIR / repo_name)
+            spec = yaml.safe_load(upload.spec_yaml)
+            current = str(spec["version"]["id"])
+            upload.spec_yaml = upload.spec_yaml.replace(current.encode(), version.encode())
+            developer = developers[spec["model"]["team"]]
+            pid = f"{spec['model']['id']}@{version}"
+            response = await http.post("/api/v1/progressions", files=upload.multipart_files(),
+                                       headers={"Authorization": f"Bearer {tokens[developer]}",
+                                                "Idempotency-Key": f"seed-production-{pid}"})
+            if response.status_code not in (200, 201, 409):
+                lines.append(f"  {pid}: {response.status_code} {response.json().get('message')}")
+                continue
+            state = await _walk_to_production(http, pid, tokens)
+            lines.append(f"  {pid}: {state.get('status') if state else 'not settled'}")
+    return lines
+
+
+async def _walk_to_production(http: httpx.AsyncClient, pid: str, tokens: dict[str, str]) -> dict[str, Any] | None:
+    auth = {"Authorization": f"Bearer {tokens['alice']}"}
+    state: dict[str, Any] | None = None
+    for _ in range(300):
+        state = (await http.get(f"/api/v1/progressions/{pid}", headers=auth)).json()
+        status, stage = state.get("status"), state.get("current_stage")
+        if status in ("in_production", "rejected", "withdrawn", "failed", "blocked", "retired"):
+            return state
+        if status == "awaiting_approval" and stage in _SEED_DECIDERS:
+            decided = {d["actor_username"] for s in state["stages"] if s["name"] == stage for d in s["decisions"]}
+            for decider in _SEED_DECIDERS[stage]:
+                if decider in decided:
+                    continue
+                await http.post(f"/api/v1/progressions/{pid}/decisions",
+                                headers={"Authorization": f"Bearer {tokens[decider]}",
+                                         "Idempotency-Key": f"seed-{pid}-{stage}-{decider}"},
+                                json={"stage": stage, "decision": "approve",
+                                      "comment": "Demo seed: an earlier version, live before this demo began."})
+        await asyncio.sleep(0.1)
+    return state

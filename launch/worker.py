@@ -16,6 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.findings import FindingActivities
+from activities.monitoring import monitoring_activities
 from activities.notify import build_notifier
 from activities.progression import ProgressionActivities
 from activities.promotion import build_promotion_target
@@ -38,7 +39,7 @@ def build_worker(client: Client, *, task_queue: str, activities: ProgressionActi
     kw.setdefault("graceful_shutdown_timeout", timedelta(seconds=30))
     findings = FindingActivities.beside(activities, client)
     return Worker(client, task_queue=task_queue, workflows=[ProgressionWorkflow, FindingWorkflow, ExceptionWorkflow],
-                  activities=activities.all() + findings.all(), **kw)
+                  activities=activities.all() + findings.all() + monitoring_activities(), **kw)
 
 
 def build_activities(settings: Settings) -> tuple[ProgressionActivities, Any]:

@@ -33,6 +33,7 @@ from testing.findings import (
     request_exception,
     verify,
 )
+from testing.monitoring import ask_retirement, credit_metrics, deliver
 from testing.temporal import time_skipping_server
 from testing.workflow import (
     CREDIT,
@@ -60,7 +61,8 @@ HISTORIES = Path(__file__).parent / "histories"
 # failed workflow records its failure first; approvals bound to their basis: evidence changes re-open
 # the stages that read them; guidance computed outside the workflow; findings: conditions of approvals,
 # blocking findings, waived checks).
-CURRENT = HISTORIES / "v6-findings-and-guidance"
+# v7: life after production (monitoring breaches, triggered revalidation, overdue results, retirement gate).
+CURRENT = HISTORIES / "v7-monitoring"
 FRAUD = CREDIT.parent / "card-fraud-detector"
 FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")
 
@@ -140,6 +142,30 @@ async def credit_conditions(env_ts: WorkflowEnvironment, handle: WorkflowHandle[
     await decide(handle, VALIDATOR, "revalidation", "reject", "retire")
 
 
+async def credit_monitoring(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
+    """In production: calm results, a drift breach opens revalidation now (a repeat opens no second gate), a
+    finding breach, a declined retirement, then a retirement that undeploys the model. (Overdue results are
+    covered on the time-skipping server by tests/workflow/test_monitoring.py.)"""
+    await wait_state(handle, at_gate("validation"))
+    await decide(handle, VALIDATOR, "validation", "approve", "validated")
+    await wait_state(handle, at_gate("risk_review"))
+    await decide(handle, RISK1, "risk_review", "approve", "accepted")
+    await decide(handle, RISK2, "risk_review", "approve", "agree")
+    live = await wait_state(handle, lambda s: s.status == "in_production")
+    day0 = live.deployed_at.date()  # type: ignore[union-attr]
+    await deliver(handle, day0 + timedelta(days=30), credit_metrics())
+    await deliver(handle, day0 + timedelta(days=31), credit_metrics(psi=0.4))
+    await wait_state(handle, lambda s: s.current_stage == "revalidation")
+    await deliver(handle, day0 + timedelta(days=32), credit_metrics(psi=0.5, auc=0.6))
+    await decide(handle, VALIDATOR, "revalidation", "approve", "drift explained")
+    await wait_state(handle, lambda s: s.revalidations == 1 and s.current_stage is None)
+    await ask_retirement(handle, DEV2, reason="replaced")
+    await decide(handle, RISK1, "retirement", "reject", "not yet")
+    await wait_state(handle, lambda s: s.current_stage is None)
+    await ask_retirement(handle, DEV2, reason="replaced", replacement="4.0.0")
+    await decide(handle, RISK1, "retirement", "approve", "replacement live")
+
+
 async def marketing_withdrawn(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any], env: Any) -> None:
     await wait_state(handle, at_gate("validation"))
     await withdraw(handle, MKT_DEV, "replaced by a new version")
@@ -149,19 +175,21 @@ async def squatted(env_ts: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]
     """Another team claims the credit model (registered by the credit journey): registration fails."""
 
 
-async def main(out: Path) -> None:
+async def main(out: Path, only: list[str]) -> None:
     async with time_skipping_server() as env_ts:
         with tempfile.TemporaryDirectory() as tmp:
             url = f"sqlite+aiosqlite:///{Path(tmp) / 'progression.db'}"
             async with app_env(url, Path(tmp)) as env:
                 runs = [
                     (await example_input(env, CREDIT, version={"id": "3.2.0"}), credit_journey),
+                    (await example_input(env, CREDIT, version={"id": "3.5.0"}), credit_monitoring),
                     (await example_input(env, MARKETING, submitted_by=MKT_DEV), marketing_withdrawn),
                     (await example_input(env, CREDIT, submitted_by=STRANGER, version={"id": "3.3.0"},
                                          model={"team": "payments"}), squatted),
                     (await example_input(env, FRAUD, submitted_by=FRAUD_DEV), fraud_reopened),
                     (await credit_input_without(env, "monitoring_plan", "3.4.0"), credit_conditions),
                 ]
+                runs = [(inp, drive) for inp, drive in runs if not only or drive.__name__ in only]
                 async with worker(env_ts.client, "make-histories", env):
                     for inp, drive in runs:
                         handle = await start(env_ts.client, inp, "make-histories")
@@ -179,6 +207,8 @@ async def main(out: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=CURRENT, help="generation directory to write")
-    out = parser.parse_args().out
-    out.mkdir(parents=True, exist_ok=True)
-    asyncio.run(main(out))
+    parser.add_argument("--only", action="append", default=[],
+                        help="journey function names to run (v7-monitoring: --only credit_monitoring)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(args.out, args.only))

@@ -8,6 +8,7 @@ The data converter is part of the contract too: every party connects with :func:
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from pydantic import Field
@@ -15,7 +16,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from engine.lifecycle import Actor, ConditionIn, DecisionKind, EvidenceRef, Model, ProgressionState
+from engine.lifecycle import Actor, Breach, ConditionIn, DecisionKind, EvidenceRef, Model, ProgressionState
 from engine.policy import GovernancePolicy
 from engine.spec import ProgressionSpec
 
@@ -23,6 +24,8 @@ WORKFLOW_NAME = "ProgressionWorkflow"
 UPDATE_DECIDE = "decide"
 UPDATE_SUBMIT_EVIDENCE = "submit_evidence"
 UPDATE_WITHDRAW = "withdraw"
+UPDATE_MONITORING = "record_monitoring"  # a period's monitoring results (patch ``monitoring``)
+UPDATE_RETIRE = "request_retirement"  # the owner asks to retire a model in production (patch ``monitoring``)
 QUERY_STATE = "state"
 
 # Custom search attributes: upserted by the workflow, filtered on by the API, registered on every server.
@@ -58,6 +61,9 @@ class ProgressionInput(Model):
     # Carried across continue-as-new so the history stays bounded without losing the state.
     resume_state: ProgressionState | None = None
     resume_memory: WorkflowMemory | None = None
+    # The model's materiality tier (1 most material): scales its revalidation period and depth (the policy's
+    # ``cadence``). An input, not a constant: unset, the policy's risk_tier; a computed tier will be passed here.
+    materiality_tier: int | None = Field(default=None, ge=1, le=3)
 
 
 class DecideInput(Model):
@@ -88,6 +94,35 @@ class WithdrawInput(Model):
     reason: str = Field(max_length=10_000)
     actor: Actor
     request_id: str
+
+
+class MonitoringInput(Model):
+    """One period's results, stored by the API first (``result_id`` is the stored row's id)."""
+
+    result_id: str = Field(min_length=1, max_length=64)
+    period: date
+    metrics: dict[str, float | dict[str, float]]
+    actor: Actor
+
+
+class MonitoringOutcome(Model):
+    result_id: str
+    period: date
+    breaches: list[Breach] = Field(default_factory=list)
+    actions: list[str] = Field(default_factory=list)  # what the breaches did, in words
+    state: ProgressionState
+
+
+class RetireInput(Model):
+    request_id: str
+    actor: Actor
+    reason: str = Field(min_length=1, max_length=10_000)
+    replacement: str | None = Field(default=None, max_length=200)  # a version that takes over, if any
+    # Computed by the API from the catalog: production models declaring this one a dependency, and the risk
+    # officer's recorded override (the validator refuses dependents without one).
+    dependents: list[str] = Field(default_factory=list)
+    override_id: str | None = None
+    override_by: str | None = None
 
 
 async def connect(address: str, namespace: str) -> Client:

@@ -38,15 +38,19 @@ with workflow.unsafe.imports_passed_through():
     from activities.contract import (
         DEPLOY,
         EVALUATE_CHECKS,
+        EVALUATE_MONITORING,
         RECORD,
         RECORD_FAILURE,
         REGISTER_PROGRESSION,
+        START_FINDINGS,
         AuditEventIn,
         DeployInput,
         Deployment,
         DeployResult,
         EvaluateChecksInput,
         EvaluateChecksResult,
+        EvaluateMonitoringInput,
+        EvaluateMonitoringResult,
         Notification,
         NotificationKind,
         RecordFailureInput,
@@ -54,9 +58,12 @@ with workflow.unsafe.imports_passed_through():
         RecordResult,
         RegisterInput,
         RegisterResult,
+        StartFindingsInput,
+        StartFindingsResult,
     )
     from engine.findings import (
         FINDING_WORKFLOW,
+        MONITORING_STAGE,
         OPEN_STATUSES,
         SIGNAL_GOVERNANCE,
         FindingInput,
@@ -72,15 +79,20 @@ with workflow.unsafe.imports_passed_through():
     from engine.guidance import FAILED_ACTION, guidance, guided
     from engine.lifecycle import (
         FINAL_STATUSES,
+        POST_PRODUCTION_STAGES,
+        RETIREMENT_STAGE,
         REVALIDATION_STAGE,
         ApprovalProgress,
+        Breach,
         DecisionKind,
         DecisionRecord,
         EventType,
         EvidenceRef,
         GovernanceSnapshot,
+        MonitoringState,
         ProgressionState,
         Refusal,
+        RetirementRequest,
         StageState,
         StageStatus,
         Status,
@@ -99,8 +111,15 @@ with workflow.unsafe.imports_passed_through():
         refresh_bases,
         withdraw_refusal,
     )
+    from engine.monitoring import (
+        KEEP,
+        metrics_refusal,
+        poster_refusal,
+        production_refusal,
+        retirement_refusal,
+    )
     from engine.payload import json_payload
-    from engine.policy import ApprovalRule, Role, StageDef
+    from engine.policy import ApprovalRule, MonitoringAction, Role, StageDef
     from engine.reads import stage_evidence_reads
     from engine.spec import spec_digest
     from workflows.contract import (
@@ -111,13 +130,18 @@ with workflow.unsafe.imports_passed_through():
         SA_STAGE,
         SA_STATUS,
         UPDATE_DECIDE,
+        UPDATE_MONITORING,
+        UPDATE_RETIRE,
         UPDATE_SUBMIT_EVIDENCE,
         UPDATE_WITHDRAW,
         WORKFLOW_NAME,
         DecideInput,
         DecideResult,
         EvidenceInput,
+        MonitoringInput,
+        MonitoringOutcome,
         ProgressionInput,
+        RetireInput,
         WithdrawInput,
         WorkflowMemory,
     )
@@ -154,6 +178,12 @@ PATCH_MEMORY = "carry-memory-across-continue-as-new"
 # conditions (findings, as child workflows), an active exception waives a failing check; its lapse flags the
 # model. Progressions started before the patch ignore the model's governance snapshots.
 PATCH_FINDINGS = "findings"
+# Life after production: monitoring results (Update ``record_monitoring``) whose breaches open the revalidation
+# gate now or raise findings, missing results raising a finding, the revalidation period and depth scaled by the
+# materiality tier (an input), and retirement (Update ``request_retirement``, a gate, undeploy, timers stop).
+# Progressions started before the patch keep the calendar-only revalidation loop.
+PATCH_MONITORING = "monitoring-and-retirement"
+MONITORING_TIMEOUT = timedelta(seconds=60)
 
 CHECKS_TIMEOUT = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=5)
@@ -191,6 +221,12 @@ class ProgressionWorkflow:
         self._governed = False  # set in run: PATCH_FINDINGS
         self._restart: int | None = None  # route index the main loop goes back to (evidence re-opened it)
         self._deploying = False
+        # Patch ``monitoring``: known from a resumed state at once (an Update may arrive before ``run`` starts).
+        self._monitored = inp.resume_state is not None and inp.resume_state.monitoring is not None
+        self._monitoring_outcomes: dict[str, MonitoringOutcome] = {}
+        self._stage_defs[RETIREMENT_STAGE] = StageDef(
+            name=RETIREMENT_STAGE, description="retirement of the model in production",
+            approvals=inp.policy.retirement_approvals())
         self._pin_basis_facts(inp)
 
     def _pin_basis_facts(self, inp: ProgressionInput) -> None:
@@ -278,6 +314,7 @@ class ProgressionWorkflow:
         self._guidance_in_state = not workflow.patched(PATCH_GUIDANCE)
         self._one_normaliser = workflow.patched(PATCH_JSON_PAYLOAD)
         self._governed = workflow.patched(PATCH_FINDINGS)
+        self._monitored = workflow.patched(PATCH_MONITORING)
         self._upsert_search_attributes(everything=True)
         if not self._registered:
             await self._register()
@@ -320,12 +357,14 @@ class ProgressionWorkflow:
             self._notify("finished", [], f"{self._state.model_id} {self._state.version_id} is "
                                          f"{self._state.status.value.replace('_', ' ')}")
             self._touch()
-        if self._state.status == Status.in_production and self._input.policy.revalidation_delta:
+        if self._state.status == Status.in_production and self._monitored:
+            await self._production()
+        elif self._state.status == Status.in_production and self._input.policy.revalidation_delta:
             await self._revalidation_cycles(self._input.policy.revalidation_delta)
         return await self._finish()
 
     def _route_defs(self) -> list[StageDef]:
-        return [self._stage_defs[s.name] for s in self._state.stages if s.name != REVALIDATION_STAGE]
+        return [self._stage_defs[s.name] for s in self._state.stages if s.name not in POST_PRODUCTION_STAGES]
 
     async def _register(self) -> None:
         inp = self._input
@@ -367,6 +406,13 @@ class ProgressionWorkflow:
             if timeout is not None and timeout <= timedelta(0):
                 await self._escalate(stage)
                 continue
+            overdue = self._overdue_deadline() if self._monitored and stage.name in POST_PRODUCTION_STAGES \
+                else None
+            if overdue is not None:  # a gate open in production: missing results still raise their finding
+                if overdue <= workflow.now():
+                    await self._raise_overdue()
+                    continue
+                timeout = min(timeout, overdue - workflow.now()) if timeout is not None else overdue - workflow.now()
             try:
                 await workflow.wait_condition(
                     lambda e=epoch: self._closed() or self._stage_ready(stage) or self._gate_epoch != e  # type: ignore[misc]
@@ -376,7 +422,7 @@ class ProgressionWorkflow:
                 continue  # the loop recomputes: escalates what is overdue now
             # Let running handlers finish (their audit appends) before acting on what they changed.
             await workflow.wait_condition(workflow.all_handlers_finished)
-            if self._closed():
+            if self._closed() or (stage.name == RETIREMENT_STAGE and stage.status == StageStatus.rejected):
                 return False
             if self._restart is not None or self._stage_ready(stage):
                 return True
@@ -416,7 +462,7 @@ class ProgressionWorkflow:
                        payload={"revalidations": state.revalidations, "next_due_at": state.revalidation_due_at})
             self._touch()
 
-    def _open_revalidation(self) -> StageState:
+    def _open_revalidation(self, trigger: Breach | None = None) -> StageState:
         state = self._state
         stage = state.stage(REVALIDATION_STAGE)
         if stage is None:
@@ -428,13 +474,363 @@ class ProgressionWorkflow:
         stage.decisions = []  # previous cycles' decisions live in the audit trail and decisions table
         stage.approvals = self._progress(stage_def)
         stage.completed_at = None
-        state.revalidation_overdue = True
+        state.revalidation_overdue = trigger is None
         self._enter_stage(stage)
-        self._emit(EventType.revalidation_due, stage=REVALIDATION_STAGE,
-                   payload={"due_at": state.revalidation_due_at, "cycle": state.revalidations + 1})
+        if trigger is None:
+            self._emit(EventType.revalidation_due, stage=REVALIDATION_STAGE,
+                       payload={"due_at": state.revalidation_due_at, "cycle": state.revalidations + 1})
+        else:  # a monitoring breach opened it before the calendar date: the breach is its evidence
+            self._emit(EventType.revalidation_triggered, stage=REVALIDATION_STAGE, payload={
+                "cycle": state.revalidations + 1, "calendar_due_at": state.revalidation_due_at,
+                "breach": trigger.model_dump(mode="json")})
+            self._notify("monitoring", [Role.model_developer, *open_gate_roles(stage)], stage=REVALIDATION_STAGE,
+                         message=f"{state.model_id} {state.version_id}: monitoring breach {trigger.rule_id} "
+                                 f"({trigger.severity}, period {trigger.period.isoformat()}) opened its "
+                                 "revalidation now")
         self._open_gate(stage_def, stage)
         self._touch()
         return stage
+
+    # ---- life after production (patch ``monitoring``) ---------------------------------------
+
+    def _tier(self) -> int:
+        return self._input.materiality_tier or self._input.policy.risk_tier
+
+    def _mon(self) -> MonitoringState:
+        if self._state.monitoring is None:
+            self._state.monitoring = MonitoringState(tier=self._tier())
+        return self._state.monitoring
+
+    def _post_production_gate(self) -> StageState | None:
+        state = self._state
+        stage = state.stage(state.current_stage) if state.current_stage else None
+        if stage is not None and stage.name in POST_PRODUCTION_STAGES and stage.status not in (
+                StageStatus.passed, StageStatus.rejected):
+            return stage
+        return None
+
+    async def _production(self) -> None:
+        """In production: race the revalidation date (by the materiality tier), the monitoring overdue deadline, a
+        breach that triggers revalidation now, and the owner's retirement request; stop when retired."""
+        state, policy = self._state, self._input.policy
+        tier = self._tier()
+        period = policy.revalidation_for(tier)
+        self._stage_defs[REVALIDATION_STAGE] = StageDef(
+            name=REVALIDATION_STAGE, description=f"revalidation of the model in production (tier {tier})",
+            approvals=policy.revalidation_approvals(tier))
+        mon = self._mon()
+        mon.tier = tier
+        while not self._closed():
+            gate = self._post_production_gate()
+            if gate is not None:
+                await self._settle_gate(gate, period)
+                continue
+            if period is not None and state.revalidation_due_at is None:
+                state.revalidation_due_at = (state.deployed_at or workflow.now()) + period
+                self._touch()
+            await self._flush()
+            deadlines = [d for d in (state.revalidation_due_at if period else None, self._overdue_deadline()) if d]
+            timeout = max(min(deadlines) - workflow.now(), timedelta(0)) if deadlines else None
+            try:
+                await workflow.wait_condition(
+                    lambda: self._closed() or mon.trigger is not None or self._post_production_gate() is not None
+                    or workflow.info().is_continue_as_new_suggested(), timeout=timeout)
+            except TimeoutError:
+                pass
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            if self._closed() or self._post_production_gate() is not None:
+                continue
+            now = workflow.now()
+            overdue = self._overdue_deadline()
+            if overdue is not None and now >= overdue:
+                await self._raise_overdue()
+            elif mon.trigger is not None:
+                mon.triggered_by, mon.trigger = mon.trigger, None
+                self._open_revalidation(trigger=mon.triggered_by)
+            elif period is not None and state.revalidation_due_at is not None and now >= state.revalidation_due_at:
+                self._open_revalidation()
+            elif workflow.info().is_continue_as_new_suggested():
+                await self._continue_as_new()
+
+    async def _settle_gate(self, stage: StageState, period: timedelta | None) -> None:
+        """Wait for an open revalidation or retirement gate; a decided revalidation restarts the calendar."""
+        if not await self._wait_stage_ready(stage):
+            if stage.name == REVALIDATION_STAGE and self._state.status == Status.retired:
+                await self._undeploy(stage, reason="revalidation rejected")  # retired means undeployed
+            return  # closed, or the retirement was declined
+        state = self._state
+        if stage.name == RETIREMENT_STAGE:
+            await self._retire(stage)
+            return
+        self._pass_stage(stage)
+        mon = self._mon()
+        state.revalidations += 1
+        state.revalidation_overdue = False
+        state.revalidation_due_at = workflow.now() + period if period is not None else None
+        state.current_stage = None
+        self._emit(EventType.revalidation_completed, stage=REVALIDATION_STAGE, payload={
+            "revalidations": state.revalidations, "next_due_at": state.revalidation_due_at,
+            "triggered_by": mon.triggered_by.rule_id if mon.triggered_by else None})
+        mon.triggered_by = None
+        self._touch()
+
+    def _overdue_deadline(self) -> datetime | None:
+        """No results for ``overdue_after`` periods since the last result (or the deployment): a finding, once per
+        gap (the next one only after results arrived again)."""
+        rules, mon = self._input.policy.monitoring, self._mon()
+        if rules is None or not rules.overdue_after:
+            return None
+        last_result, last_overdue = mon.last_result_at, mon.last_overdue_at
+        if last_overdue is not None and (last_result is None or last_result <= last_overdue):
+            return None
+        since = [d for d in (mon.last_result_at, self._state.deployed_at) if d is not None]
+        return max(since) + rules.period_delta * rules.overdue_after if since else None
+
+    async def _raise_overdue(self) -> None:
+        state, rules, mon = self._state, self._input.policy.monitoring, self._mon()
+        assert rules is not None
+        now = workflow.now()
+        mon.last_overdue_at = now
+        text = (f"no monitoring results for {rules.overdue_after} periods of {rules.period} (last: "
+                f"{mon.last_result_at.date().isoformat() if mon.last_result_at else 'never'})")
+        findings = []
+        if self._input.policy.findings is not None:
+            findings.append(self._monitoring_finding(
+                severity=rules.overdue_severity, title="Monitoring results overdue", description=text,
+                refs=[], raised_by="system:monitoring", username="monitoring overdue"))
+        self._emit(EventType.monitoring_overdue, payload={
+            "last_result_at": mon.last_result_at, "periods": rules.overdue_after, "period": rules.period,
+            "finding_id": findings[0].finding_id if findings else None})
+        self._notify("monitoring", [Role.model_developer, Role.model_risk_officer],
+                     f"{state.model_id} {state.version_id}: {text}")
+        self._touch()
+        await self._start_findings(findings)
+        await self._flush()
+
+    async def _start_findings(self, findings: list[FindingRecord]) -> None:
+        """Monitoring findings get their own deadline workflows, started by an activity: unlike conditions they
+        are no children of this run, which continue-as-new or retirement may end while they stay open."""
+        rules = self._input.policy.findings
+        if not findings or rules is None:
+            return
+        await workflow.execute_activity(
+            START_FINDINGS, StartFindingsInput(findings=findings, rules=rules), result_type=StartFindingsResult,
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+
+    def _monitoring_finding(self, *, severity: str, title: str, description: str, refs: list[str],
+                            raised_by: str, username: str) -> FindingRecord:
+        rules = self._input.policy.findings
+        assert rules is not None
+        state, now = self._state, workflow.now()
+        finding = FindingRecord(
+            finding_id="F-" + workflow.uuid4().hex[:12], model_id=state.model_id, team=state.team,
+            business_intent=state.business_intent, version_id=state.version_id,
+            progression_id=state.progression_id, stage=MONITORING_STAGE, severity=severity, title=title[:300],
+            description=description[:10_000], evidence_refs=refs, due_at=default_due(rules, severity, now),
+            raised_by=raised_by, raised_by_username=username, raised_at=now)
+        state.findings.append(finding.summary())
+        state.unseen_conditions.append(finding.finding_id)
+        return finding
+
+    async def _retire(self, stage: StageState) -> None:
+        """The retirement gate passed: tell the promotion target to undeploy, then the model is retired (the
+        workflow ends, so every timer stops)."""
+        self._pass_stage(stage)
+        await self._flush()
+        await self._undeploy(stage, reason=None)
+
+    async def _undeploy(self, stage: StageState, *, reason: str | None) -> None:
+        """Tell the promotion target to undeploy; the model is retired, stays in the inventory and the audit."""
+        state, spec = self._state, self._input.spec
+        request = state.retirement if stage.name == RETIREMENT_STAGE else None
+        key = f"{state.progression_id}/{RETIREMENT_STAGE}/{stage.attempt}" if request is not None else \
+            f"{state.progression_id}/{stage.name}/{state.revalidations + 1}/undeploy"
+        deployment = Deployment(
+            deployment_key=key, progression_id=state.progression_id, model_id=state.model_id,
+            version_id=state.version_id, artifact=spec.version.artifact, stage=stage.name,
+            business_intent=state.business_intent, policy_hash=state.policy_hash,
+            artifact_digest=spec.version.artifact_digest, action="undeploy")
+        result = await workflow.execute_activity(
+            DEPLOY, DeployInput(deployment=deployment), result_type=DeployResult,
+            start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=DEPLOY_RETRY)
+        state.status = Status.retired
+        state.retired_at = workflow.now()
+        state.current_stage = None
+        state.revalidation_due_at = None
+        state.revalidation_overdue = False
+        self._emit(EventType.model_retired, stage=stage.name, payload={
+            "undeployment_id": result.receipt.deployment_id, "target": result.receipt.target,
+            "reason": request.reason if request else reason, "replacement": request.replacement if request else None,
+            "requested_by": request.requested_by_username if request else None,
+            "approved_by": {a.role.value: a.approved_by for a in stage.approvals} if request else {},
+            "dependents": request.dependents if request else [],
+            "override_id": request.override_id if request else None,
+            "timers_stopped": ["revalidation", "monitoring"]})
+        self._notify("finished", [Role.model_developer], stage=stage.name,
+                     message=f"{state.model_id} {state.version_id} is retired"
+                             + (f"; replaced by {request.replacement}" if request and request.replacement else ""))
+        self._touch()
+
+    # ---- Update: record_monitoring ------------------------------------------------------------
+
+    def _monitoring_refusal(self, inp: MonitoringInput) -> Refusal | None:
+        mon = self._state.monitoring
+        if mon is not None and inp.result_id in mon.results:
+            return None  # a retry of a delivered result gets its answer
+        if not self._monitored:
+            return Refusal(code="monitoring_unsupported", http_status=409,
+                           message=f"{self._state.progression_id} started before monitoring results were accepted")
+        rules = self._input.policy.monitoring
+        refusal = (production_refusal(self._state) or poster_refusal(rules, inp.actor)
+                   or metrics_refusal(rules, inp.metrics))
+        if refusal is None and mon is not None and inp.period in mon.periods:
+            refusal = Refusal(code="duplicate_period", http_status=409,
+                              message=f"results for period {inp.period.isoformat()} of {self._state.model_id} were "
+                                      "already received")
+        return refusal
+
+    @workflow.update(name=UPDATE_MONITORING)
+    async def record_monitoring(self, inp: MonitoringInput) -> MonitoringOutcome:
+        mon = self._mon()
+        if inp.result_id in mon.results:
+            await workflow.wait_condition(lambda: inp.result_id in self._monitoring_outcomes
+                                          or not self._monitoring_outcomes)
+            return self._monitoring_outcomes.get(inp.result_id) or MonitoringOutcome(
+                result_id=inp.result_id, period=inp.period, state=guided(self._snapshot()),
+                breaches=[b for b in mon.breaches if b.result_id == inp.result_id])
+        if refusal := self._monitoring_refusal(inp):
+            raise _refuse(refusal)
+        rules = self._input.policy.monitoring
+        assert rules is not None
+        state = self._state
+        mon.results[inp.result_id] = inp.period
+        mon.periods = sorted({*mon.periods, inp.period})[-KEEP:]
+        mon.results = dict(sorted(mon.results.items(), key=lambda kv: kv[1])[-KEEP:])
+        mon.last_result_at = workflow.now()
+        evaluated = await workflow.execute_activity(
+            EVALUATE_MONITORING, EvaluateMonitoringInput(rules=rules, metrics=inp.metrics),
+            result_type=EvaluateMonitoringResult, start_to_close_timeout=MONITORING_TIMEOUT, retry_policy=DB_RETRY)
+        by_id = {r.id: r for r in rules.rules}
+        breaches = [Breach(rule_id=o.rule_id, description=by_id[o.rule_id].description, expr=by_id[o.rule_id].expr,
+                           severity=by_id[o.rule_id].severity, action=by_id[o.rule_id].action, period=inp.period,
+                           result_id=inp.result_id, reason=o.reason, inputs=o.inputs)
+                    for o in evaluated.outcomes if o.breached and o.rule_id in by_id]
+        self._emit(EventType.monitoring_received, actor_id=inp.actor.user_id, payload={
+            "result_id": inp.result_id, "period": inp.period.isoformat(), "posted_by": inp.actor.username,
+            "outcomes": [{"rule_id": o.rule_id, "breached": o.breached, "reason": o.reason}
+                         for o in evaluated.outcomes]})
+        actions: list[str] = []
+        findings: list[FindingRecord] = []
+        for breach in breaches:
+            outcome: dict[str, Any] = {}
+            if self._closed():
+                break
+            if breach.action == MonitoringAction.revalidate:
+                revalidating = self._post_production_gate()
+                if mon.trigger is not None or (revalidating is not None and revalidating.name == REVALIDATION_STAGE):
+                    outcome = {"revalidation": "already_open"}
+                    actions.append(f"{breach.rule_id}: the revalidation is already open; no second gate")
+                else:
+                    mon.trigger = breach
+                    outcome = {"revalidation": "opens_now" if revalidating is None else "after_retirement_gate"}
+                    actions.append(f"{breach.rule_id}: opens the revalidation gate now")
+            else:
+                key = f"{breach.rule_id}@{breach.period.isoformat()}"
+                if key in mon.raised:
+                    outcome = {"finding": "already_raised"}
+                    actions.append(f"{breach.rule_id}: a finding was already raised for this period")
+                else:
+                    mon.raised = [*mon.raised, key][-KEEP:]
+                    finding = self._monitoring_finding(
+                        severity=breach.severity, title=f"Monitoring breach {breach.rule_id}: {breach.description}",
+                        description=f"period {breach.period.isoformat()}: {breach.reason}",
+                        refs=[f"monitoring:{inp.result_id}"], raised_by=inp.actor.user_id,
+                        username=inp.actor.username)
+                    findings.append(finding)
+                    outcome = {"finding_id": finding.finding_id}
+                    actions.append(f"{breach.rule_id}: raised finding {finding.finding_id} ({breach.severity})")
+            self._emit(EventType.monitoring_breach, actor_id=inp.actor.user_id, payload={
+                "result_id": inp.result_id, "period": inp.period.isoformat(), "rule_id": breach.rule_id,
+                "severity": breach.severity, "action": breach.action.value, "reason": breach.reason,
+                "inputs": breach.inputs, **outcome})
+        mon.breaches = [*mon.breaches, *breaches][-KEEP:]
+        if breaches:
+            self._notify("monitoring", [Role.model_developer, Role.model_risk_officer],
+                         f"{state.model_id} {state.version_id}, period {inp.period.isoformat()}: "
+                         + "; ".join(actions))
+        self._touch()
+        await self._start_findings(findings)
+        await self._flush()
+        result = MonitoringOutcome(result_id=inp.result_id, period=inp.period, breaches=breaches, actions=actions,
+                                   state=guided(self._snapshot()))
+        self._monitoring_outcomes[inp.result_id] = result
+        return result
+
+    @record_monitoring.validator
+    def _validate_monitoring(self, inp: MonitoringInput) -> None:
+        if refusal := self._monitoring_refusal(inp):
+            raise _refuse(refusal)
+
+    # ---- Update: request_retirement -----------------------------------------------------------
+
+    def _retire_refusal(self, inp: RetireInput) -> Refusal | None:
+        request = self._state.retirement
+        if request is not None and request.request_id == inp.request_id:
+            return None  # a retry
+        if not self._monitored:
+            return Refusal(code="retirement_unsupported", http_status=409,
+                           message=f"{self._state.progression_id} started before retirement was a governed step")
+        return retirement_refusal(self._state, inp.actor, dependents=inp.dependents, override_id=inp.override_id)
+
+    @workflow.update(name=UPDATE_RETIRE)
+    async def request_retirement(self, inp: RetireInput) -> ProgressionState:
+        state = self._state
+        if state.retirement is not None and state.retirement.request_id == inp.request_id:
+            return guided(self._snapshot())
+        if refusal := self._retire_refusal(inp):
+            raise _refuse(refusal)
+        state.retirement = RetirementRequest(
+            request_id=inp.request_id, requested_by=inp.actor.user_id, requested_by_username=inp.actor.username,
+            reason=inp.reason, replacement=inp.replacement, requested_at=workflow.now(), dependents=inp.dependents,
+            override_id=inp.override_id, override_by=inp.override_by)
+        stage = state.stage(RETIREMENT_STAGE)
+        if stage is None:
+            stage = StageState(name=RETIREMENT_STAGE)
+            state.stages.append(stage)
+        stage_def = self._stage_defs[RETIREMENT_STAGE]
+        stage.status = StageStatus.pending
+        stage.checks, stage.decisions = [], []
+        stage.approvals = self._progress(stage_def)
+        stage.completed_at = None
+        self._enter_stage(stage)
+        self._emit(EventType.retirement_requested, stage=RETIREMENT_STAGE, actor_id=inp.actor.user_id, payload={
+            "request_id": inp.request_id, "actor": inp.actor.username, "reason": inp.reason,
+            "replacement": inp.replacement, "dependents": inp.dependents, "override_id": inp.override_id,
+            "override_by": inp.override_by, "credential_id": inp.actor.credential_id})
+        self._open_gate(stage_def, stage)
+        self._touch()
+        await self._flush()
+        return guided(self._state)
+
+    @request_retirement.validator
+    def _validate_retirement(self, inp: RetireInput) -> None:
+        if refusal := self._retire_refusal(inp):
+            raise _refuse(refusal)
+
+    def _decline_retirement(self, stage: StageState, inp: DecideInput) -> None:
+        """A reject (or request for changes) at the retirement gate: the model stays in production."""
+        state = self._state
+        stage.status = StageStatus.rejected
+        stage.completed_at = workflow.now()
+        state.current_stage = None
+        request, state.retirement = state.retirement, None
+        self._gate_epoch += 1
+        self._emit(EventType.retirement_declined, stage=RETIREMENT_STAGE, actor_id=inp.actor.user_id, payload={
+            "decision": inp.decision.value, "comment": inp.comment,
+            "request_id": request.request_id if request else None})
+        self._notify("retirement", [Role.model_developer], stage=RETIREMENT_STAGE,
+                     message=f"the retirement of {state.model_id} {state.version_id} was declined by "
+                             f"{inp.actor.username}; it stays in production")
 
     async def _finish(self) -> ProgressionState:
         await workflow.wait_condition(workflow.all_handlers_finished)
@@ -655,6 +1051,8 @@ class ProgressionWorkflow:
             progress.approved_by.append(actor.user_id)
             if all(a.satisfied for a in stage.approvals):
                 stage.status = StageStatus.running  # gate complete; the main loop finishes the stage
+        elif stage.name == RETIREMENT_STAGE:
+            self._decline_retirement(stage, inp)
         elif inp.decision == DecisionKind.reject:
             stage.status = StageStatus.rejected
             stage.completed_at = workflow.now()

@@ -41,9 +41,9 @@ from engine.identity import (
 from engine.lifecycle import DECIDING_ROLES, EventType
 from engine.policy import Role
 
-# Roles one admin alone cannot give: deciding roles (they count at gates) and admin (a second admin
-# account of one person would defeat maker-checker).
-MAKER_CHECKER_ROLES = DECIDING_ROLES | {Role.admin}
+# Roles one admin alone cannot give: deciding roles (they count at gates), admin (a second admin
+# account of one person would defeat maker-checker) and monitor (its figures open gates and raise findings).
+MAKER_CHECKER_ROLES = DECIDING_ROLES | {Role.admin, Role.monitor}
 
 
 def grant_out(grant: RoleGrant, username: str | None = None) -> RoleGrantOut:
@@ -153,10 +153,11 @@ async def new_token(*, session: AsyncSession, principal: Principal, user_id: str
                     chain: bool = True) -> NewToken:
     require(principal, Action.manage_users)
     user = await _user(session, user_id)
-    if (holds_deciding_role(user) or Role.admin.value in (user.roles or [])
+    if (holds_deciding_role(user) or {Role.admin.value, Role.monitor.value} & set(user.roles or [])
             or await _pending_maker_checker(session, user.id)):
         raise ApiError(403, "self_enrollment_required",
-                       f"{user.username} holds (or is being granted) a deciding or admin role: an admin cannot hold a "
+                       f"{user.username} holds (or is being granted) a deciding, monitor or admin role: an admin "
+                       "cannot hold a "
                        "credential that acts as them. Create an enrollment (POST /api/v1/users/{id}/enrollments) "
                        "whose one-time code they redeem themself (POST /api/v1/enroll), or use SSO",
                        {"user_id": user.id})

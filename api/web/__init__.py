@@ -16,11 +16,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.errors import UnknownQueryParameters, http_error_text, http_exception_response
 from api.errors import error_response as json_error
-from api.web import audit, features, findings, inbox, models, policies, progressions, signin, start, todo
+from api.web import (
+    audit,
+    features,
+    findings,
+    inbox,
+    models,
+    monitoring,
+    policies,
+    progressions,
+    signin,
+    start,
+    todo,
+)
 from api.web.render import STATIC_DIR, UI, WebError, error_response, finish
 from api.web.session import CsrfFailed, LoginRequired
 
-PAGE_FAMILIES = (signin, todo, inbox, progressions, start, models, features, policies, audit, findings)
+PAGE_FAMILIES = (signin, todo, inbox, progressions, start, models, features, policies, audit, findings,
+                 monitoring)
 
 
 _HTTP_HEADINGS = {404: "Page not found", 405: "Not possible on this page", 400: "Bad request",

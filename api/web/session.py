@@ -145,8 +145,9 @@ async def session_user(db: AsyncSession, session: WebSession) -> Principal | Non
     user = await db.get(User, session.user_id)
     if user is None or not user.active:
         return None
-    return Principal.of(user, credential_id=f"token:{token.id}", credential_issued_by=token.issued_by,
-                        credential_kind="token")
+    principal = Principal.of(user, credential_id=f"token:{token.id}", credential_issued_by=token.issued_by,
+                             credential_kind="token")
+    return None if principal.service_only else principal  # a service identity never signs in to the web UI
 
 
 async def verify_csrf(request: Request, session: WebSession) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from client.cli import audit, catalog, common, decisions, features, findings, guidance, progressions
+from client.cli import audit, catalog, common, decisions, features, findings, guidance, monitoring, progressions
 from client.cli.users import users_app
 
 app = typer.Typer(rich_markup_mode=None, name="progression", help="Governance of the model development lifecycle.",
@@ -33,3 +33,4 @@ app.command("policies")(catalog.policies)
 app.add_typer(audit.audit_app, name="audit")
 findings.register(app)
 features.register(app)
+monitoring.register(app)

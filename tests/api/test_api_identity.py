@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 from temporalio.client import Client
 
-from api.authz import ROLE_ACTIONS, Action, Principal, allowed
+from api.authz import ROLE_ACTIONS, SERVICE_ROLES, Action, Principal, allowed
 from engine.database import upgrade
 from engine.db import ApiToken, User, make_engine, make_sessionmaker
 from engine.errors import Conflict
@@ -86,7 +86,10 @@ def test_role_table_is_the_single_source() -> None:
     assert allowed(p(Role.model_risk_officer), Action.decide)
     assert allowed(p(Role.admin), Action.manage_users) and not allowed(p(Role.admin), Action.decide)
     assert not allowed(p(Role.model_validator), Action.manage_users)
-    assert all(Action.read_self in acts for acts in ROLE_ACTIONS.values())
+    # every person reads themself; a service identity (the monitoring jobs) does only its one thing
+    assert all(Action.read_self in acts for role, acts in ROLE_ACTIONS.items() if role not in SERVICE_ROLES)
+    assert ROLE_ACTIONS[Role.monitor] == frozenset({Action.post_monitoring})
+    assert not allowed(p(Role.admin), Action.post_monitoring) and not allowed(p(Role.admin), Action.request_retirement)
     assert not p(Role.model_developer).reads_all_teams and p(Role.auditor).reads_all_teams
 
 
@@ -133,6 +136,12 @@ async def test_jwt_verification_and_provisioning(tmp_path: Path, sqlite_url: str
         async with sm() as session:
             again = await provision_jwt_user(session, changed, settings)
             assert again is not None and again.id == user.id and again.roles == ["auditor"] and again.team == "audit"
+        # the SSO cannot make a person the monitoring service too (its figures judge models): monitor is dropped
+        mixed = await verifier.verify(sso_token(key, roles=["model_developer", "monitor"], team="retail-risk"))
+        assert mixed is not None
+        async with sm() as session:
+            dev = await provision_jwt_user(session, mixed, settings)
+            assert dev is not None and dev.roles == ["model_developer"]
             # A local account is never taken over by an SSO identity with the same name.
             await create_user(session, username="local.admin", roles=["admin"])
             await session.commit()

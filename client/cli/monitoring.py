@@ -1,0 +1,92 @@
+"""Life after production from the terminal: post and show monitoring results, ask for a retirement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from client.cli.common import JsonOpt, client, emit_json, handle_errors, out
+from client.cli.render import add_row, columns
+
+monitoring_app = typer.Typer(help="Monitoring results of models in production.", no_args_is_help=True)
+
+
+@handle_errors
+def post(
+    model_id: Annotated[str, typer.Argument(help="The model in production.")],
+    results: Annotated[Path, typer.Argument(help='A JSON file: {"period": "YYYY-MM-DD", "metrics": {...}}.',
+                                            exists=True, dir_okay=False)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Post a period's results (with the monitor identity's token); prints the breaches and what they did."""
+    try:
+        document = json.loads(results.read_text())
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"{results}: not a JSON document ({exc})") from None
+    if not isinstance(document, dict) or set(document) != {"period", "metrics"}:
+        raise typer.BadParameter(f"{results}: expected exactly the keys period and metrics")
+    with client() as c:
+        stored = c.post_monitoring(model_id, str(document["period"]), document["metrics"])
+    if as_json:
+        emit_json(stored)
+        return
+    console = out()
+    console.print(Text.assemble((stored.result_id, "bold"), f"  {stored.model_id} {stored.version_id} · period "
+                                                            f"{stored.period.isoformat()}"))
+    if not stored.breaches:
+        console.print("within every threshold")
+    for action in stored.actions:
+        console.print(f"- {action}")
+
+
+@handle_errors
+def show(
+    model_id: Annotated[str, typer.Argument(help="The model.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """The monitoring history with the thresholds of the policy's rules."""
+    with client() as c:
+        history = c.monitoring(model_id)
+    if as_json:
+        emit_json(history)
+        return
+    names = sorted(history.metrics)
+    table = columns("period", *names, "breaches")
+    for r in history.results:
+        cells = []
+        for name in names:
+            value = r.metrics.get(name)
+            cells.append(f"max {max(value.values()):.3g}" if isinstance(value, dict) and value else
+                         f"{value:.4g}" if isinstance(value, int | float) else "-")
+        add_row(table, r.period.isoformat(), *cells, ", ".join(b.rule_id for b in r.breaches) or "-")
+    console = out()
+    console.print(table)
+    for metric, lines in sorted(history.thresholds.items()):
+        console.print(f"{metric}: " + ", ".join(f"{t.rule_id} at {t.value:g}" for t in lines))
+
+
+@handle_errors
+def retire(
+    model_id: Annotated[str, typer.Argument(help="The model in production to retire.")],
+    reason: Annotated[str, typer.Option("--reason", "-m", help="Why it is retired.")],
+    replacement: Annotated[str | None, typer.Option(help="The version that takes over, if any.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask to retire a model (its owning team); the policy's approvers decide at the retirement gate."""
+    with client() as c:
+        state = c.retire(model_id, reason, replacement=replacement)
+    if as_json:
+        emit_json(state)
+        return
+    out().print(f"{state.progression_id}: retirement awaits {', '.join(r.value for r in state.waiting_on) or '-'}")
+
+
+def register(app: typer.Typer) -> None:
+    monitoring_app.command("post")(post)
+    monitoring_app.command("show")(show)
+    app.add_typer(monitoring_app, name="monitoring")
+    app.command("retire")(retire)
