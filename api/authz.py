@@ -65,12 +65,13 @@ _CATALOG = {A.propose_feature, A.decide_feature_proposal}
 
 # The single table. Object-level rules (team scoping, segregation of duties) come on top.
 ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
-    Role.model_developer: frozenset(_EVERYONE | _CATALOG | {A.start_progression, A.add_evidence, A.withdraw, A.read_audit,
-                                                 A.remediate_finding, A.request_retirement}),
+    Role.model_developer: frozenset(_EVERYONE | _CATALOG | {A.start_progression, A.add_evidence, A.withdraw,
+                                                            A.read_audit, A.remediate_finding,
+                                                            A.request_retirement}),
     # Validators attach validation reports (evidence) and decide validation gates.
     Role.model_validator: frozenset(_EVERYONE | _REVIEW | _CATALOG | {A.add_evidence, A.decide, A.read_audit}),
     Role.model_risk_officer: frozenset(_EVERYONE | _REVIEW | _CATALOG | {A.decide, A.read_audit, A.export_audit,
-                                                              A.verify_audit, A.override_retirement}),
+                                                                         A.verify_audit, A.override_retirement}),
     Role.auditor: frozenset(_EVERYONE | {A.read_audit, A.export_audit, A.verify_audit}),
     # Admins never decide, raise or close findings, or grant exceptions (and cannot hold a gate role).
     # Nor post monitoring results, ask for or override a retirement (the owners and risk officers do).

@@ -197,4 +197,5 @@ def test_evidence_writers_write_what_start_submits(tmp_path: Path) -> None:
         return [(s.name, c.id, c.passed, c.reason) for s in verdict.result.route for c in s.checks]  # type: ignore[attr-defined]
 
     assert checks(from_repo) == checks(in_memory)
-    assert ("validation", "discrimination", True, "met: Holdout AUC is at least 0.60 — evidence.metrics.auc = 0.64") in checks(from_repo)
+    passed = ("validation", "discrimination", True, "met: Holdout AUC is at least 0.60 — evidence.metrics.auc = 0.64")
+    assert passed in checks(from_repo)
