@@ -5,6 +5,8 @@ succeeded on ``merge-trial`` and is refused now:
   removal needs: one human, two approvals;
 - a new feature named ``Age`` beside ``age`` (protected_attribute): a spec that lists ``Age`` carries the same
   column through the credit policy's "no protected attribute" check untagged;
+- a username ``dana\n`` (``$`` matched before the newline) or ``Dana`` beside ``dana``: a second account that reads
+  as dana in the audit trail, exports and approval lists;
 - a display name ``=HYPERLINK(...)`` lands in the audit CSV as a live spreadsheet formula;
 - a decision kept through an expired session is filled in on another gate than the one it was written for, and
   ticked again after the evidence it was written on changed.
@@ -173,3 +175,17 @@ async def test_a_kept_decision_on_evidence_that_changed_is_not_ticked_again(env:
     assert 'id="pending-decision"' in shown and "changed since you wrote it" in shown
     assert "validated on the old numbers" in shown  # the words are kept...
     assert 'value="approve" required checked' not in shown  # ... the choice is made again
+
+
+# ---- usernames that read like another person's ------------------------------------------------------
+
+
+async def test_a_username_that_reads_like_another_one_is_refused(env: ApiEnv) -> None:
+    for lookalike, status in (("dana\n", 422), ("Dana", 409), ("DANA", 409)):
+        r = await env.http.post("/api/v1/users", headers=env.auth("adam"),
+                                json={"username": lookalike, "roles": ["model_developer"], "team": "retail-risk"})
+        assert r.status_code == status, (lookalike, r.text)
+    users = (await env.http.get("/api/v1/users", headers=env.auth("adam"))).json()
+    assert [u["username"] for u in users if u["username"].strip().lower() == "dana"] == ["dana"]
+    assert (await env.http.post("/api/v1/users", headers=env.auth("adam"), json={
+        "username": "dana2", "roles": ["model_developer"], "team": "retail-risk"})).status_code == 201
