@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from pydantic import BaseModel
@@ -32,8 +34,25 @@ SENSITIVE_TAGS = frozenset({"protected_attribute", "proxy"})
 RESTRICTED_PREFIX = "restricted:"
 
 
-def is_sensitive(tag: str) -> bool:
-    return tag in SENSITIVE_TAGS or tag.startswith(RESTRICTED_PREFIX)
+def is_sensitive(tag: str, policy_tags: AbstractSet[str] = frozenset()) -> bool:
+    return tag in SENSITIVE_TAGS or tag.startswith(RESTRICTED_PREFIX) or tag in policy_tags
+
+
+_LITERAL = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
+
+
+def policy_tags(policies: Iterable[GovernancePolicy]) -> frozenset[str]:
+    """The tags the policies' feature checks name (``'pii' in f.tags``): removing one of them from a feature lifts
+    a check as surely as removing ``proxy`` does (e.g. ``pii`` and the credit policy's pii_justification), so it
+    takes two approvers too, and never a direct write."""
+    out: set[str] = set()
+    for policy in policies:
+        for stage in policy.stages:
+            for check in stage.checks:
+                paths, _ = referenced_paths(check.expr)
+                if any(p and p[0] in ("features", "feature_names") for p in paths):
+                    out.update(a or b for a, b in _LITERAL.findall(check.expr) if a or b)
+    return frozenset(out)
 
 
 def normalize_tags(tags: Iterable[str]) -> list[str]:
@@ -61,13 +80,15 @@ def snapshot_from_content(version: int, content: Mapping[str, Any]) -> CatalogSn
 # ---- proposals ---------------------------------------------------------------------------------
 
 
-def removed_sensitive_tags(before: Sequence[str] | None, after: Sequence[str]) -> list[str]:
-    return sorted(t for t in set(before or []) - set(after) if is_sensitive(t))
+def removed_sensitive_tags(before: Sequence[str] | None, after: Sequence[str],
+                           policy_tags: AbstractSet[str] = frozenset()) -> list[str]:
+    return sorted(t for t in set(before or []) - set(after) if is_sensitive(t, policy_tags))
 
 
-def approvals_needed(before: Sequence[str] | None, after: Sequence[str]) -> int:
+def approvals_needed(before: Sequence[str] | None, after: Sequence[str],
+                     policy_tags: AbstractSet[str] = frozenset()) -> int:
     """Two approvals (two different people) when the change removes a sensitive tag, else one."""
-    return 2 if removed_sensitive_tags(before, after) else 1
+    return 2 if removed_sensitive_tags(before, after, policy_tags) else 1
 
 
 class Refusal(BaseModel):

@@ -24,6 +24,7 @@ from engine.catalog import (
     approvals_needed,
     feature_verdicts,
     normalize_tags,
+    policy_tags,
     removed_sensitive_tags,
 )
 from engine.db import ApiToken, AuditEvent, CatalogModel, Feature, FeatureProposal, ModelVersion, User, utcnow
@@ -167,7 +168,7 @@ async def get_catalog_version(*, session: AsyncSession, principal: Principal, ve
 
 
 async def put_feature(*, session: AsyncSession, principal: Principal, name: str, body: FeatureIn,
-                      chain: bool = True) -> FeatureOut:
+                      chain: bool = True, registry: PolicyRegistry | None = None) -> FeatureOut:
     """The admin's direct write. It cannot remove a sensitive tag: that takes a proposal and two approvers."""
     require(principal, Action.write_features)
     _check_name(name)
@@ -181,7 +182,8 @@ async def put_feature(*, session: AsyncSession, principal: Principal, name: str,
         # PUT is idempotent: a repeat (e.g. a retry after a lost answer) changes nothing and records nothing.
         assert before is not None
         return _out(before, [], {}, {})
-    removed = removed_sensitive_tags(previous["tags"] if previous else None, tags)
+    removed = removed_sensitive_tags(previous["tags"] if previous else None, tags,
+                                     policy_tags(_policies(registry)))
     if removed:
         raise ApiError(409, "two_approvals_required",
                        f"tags: removing {', '.join(removed)} from {name!r} needs a proposal approved by two people "
@@ -230,7 +232,7 @@ def _proposal_out(p: FeatureProposal) -> FeatureProposalOut:
 
 
 async def propose(*, session: AsyncSession, principal: Principal, body: FeatureProposalIn,
-                  chain: bool = True) -> FeatureProposalOut:
+                  chain: bool = True, registry: PolicyRegistry | None = None) -> FeatureProposalOut:
     """A new feature, or a change of an existing one's description, tags or owner; nothing changes until approved."""
     require(principal, Action.propose_feature)
     name = body.feature
@@ -262,7 +264,8 @@ async def propose(*, session: AsyncSession, principal: Principal, body: FeatureP
         id=f"fp-{uuid.uuid4().hex[:16]}", feature=name, kind="change" if row is not None else "create",
         status="pending", proposed=proposed, previous=previous,
         based_on_version=await current_catalog_version(session),
-        approvals_needed=approvals_needed(previous["tags"] if previous else None, tags),
+        approvals_needed=approvals_needed(previous["tags"] if previous else None, tags,
+                                          policy_tags(_policies(registry))),
         approvals=[], comment=body.comment, proposed_by=principal.id, proposed_by_username=principal.username,
         proposed_at=utcnow(), decision_comment="", revision=0)
     session.add(proposal)

@@ -189,3 +189,27 @@ async def test_a_username_that_reads_like_another_one_is_refused(env: ApiEnv) ->
     assert [u["username"] for u in users if u["username"].strip().lower() == "dana"] == ["dana"]
     assert (await env.http.post("/api/v1/users", headers=env.auth("adam"), json={
         "username": "dana2", "roles": ["model_developer"], "team": "retail-risk"})).status_code == 201
+
+
+# ---- a tag a policy check reads is as sensitive as proxy --------------------------------------------
+
+
+async def test_removing_pii_which_the_credit_policy_reads_takes_two_people_not_one_admin(env: ApiEnv) -> None:
+    assert "pii" in await _tags(env, "zip_code")
+    row = (await env.http.get("/api/v1/features/zip_code", headers=env.auth("adam"))).json()
+    without_pii = [t for t in row["tags"] if t != "pii"]
+    # Before: the admin's direct write lifted the credit policy's pii_justification check on zip_code.
+    put = await env.http.put("/api/v1/features/zip_code", headers=env.auth("adam"),
+                             json={"description": row["description"], "tags": without_pii})
+    assert put.status_code == 409 and put.json()["code"] == "two_approvals_required", put.text
+    assert put.json()["details"]["removed"] == ["pii"]
+    proposed = await env.http.post("/api/v1/features/proposals", headers=env.auth("dana"),
+                                   json={"feature": "zip_code", "tags": without_pii, "comment": "not personal"})
+    assert proposed.status_code == 201 and proposed.json()["approvals_needed"] == 2, proposed.text
+    assert (await _approve(env, "adam", proposed.json()["id"])).status_code == 200
+    assert "pii" in await _tags(env, "zip_code")  # one approval of the two
+    # A tag no policy reads is still one person's decision.
+    assert "geographic" in row["tags"]
+    r = await env.http.put("/api/v1/features/first_name", headers=env.auth("adam"), json={
+        "description": "Given name", "tags": (await _tags(env, "first_name")) + ["extra"]})
+    assert r.status_code == 200, r.text
