@@ -55,6 +55,17 @@ def policy_tags(policies: Iterable[GovernancePolicy]) -> frozenset[str]:
     return frozenset(out)
 
 
+# Lower-case ASCII: "Proxy", "proxy\u200b" or a Cyrillic "рrоху" would read as proxy on every page yet not be the
+# tag the policies' checks test ('proxy' in f.tags), so a feature could look tagged without being it, and a
+# proposal's "remove proxy, add рrоху" would look like no change to its approvers.
+TAG_RE = re.compile(r"[a-z0-9_*][a-z0-9_.:*-]{0,99}")
+
+
+def invalid_tags(tags: Iterable[str]) -> list[str]:
+    """The tags (after :func:`normalize_tags`) that are not lower-case ASCII names."""
+    return [t for t in tags if not TAG_RE.fullmatch(t)]
+
+
 def normalize_tags(tags: Iterable[str]) -> list[str]:
     """Sorted and unique, blanks dropped: tag order carries no meaning and must not show up as a change."""
     return sorted({str(t).strip() for t in tags if str(t).strip()})

@@ -23,6 +23,7 @@ from engine.catalog import (
     approval_refusal,
     approvals_needed,
     feature_verdicts,
+    invalid_tags,
     normalize_tags,
     policy_tags,
     removed_sensitive_tags,
@@ -77,6 +78,14 @@ async def _check_new_name(session: AsyncSession, name: str) -> None:
         raise ApiError(422, "feature_name_taken",
                        f"feature name {name!r} differs from the existing feature {clash!r} by case only; "
                        f"propose a change of {clash!r} instead", {"field": "feature", "existing": clash})
+
+
+def _check_tags(tags: list[str]) -> None:
+    bad = invalid_tags(tags)
+    if bad:
+        raise ApiError(422, "invalid_tag", f"tags: {bad[0]!r} is not a tag: lower-case letters, digits and _ . : * - "
+                                           "only (e.g. proxy, restricted:credit-underwriting)",
+                       {"field": "tags", "invalid": bad})
 
 
 async def _check_owner(session: AsyncSession, owner: str | None) -> None:
@@ -173,6 +182,7 @@ async def put_feature(*, session: AsyncSession, principal: Principal, name: str,
     require(principal, Action.write_features)
     _check_name(name)
     tags = normalize_tags(body.tags)
+    _check_tags(tags)
     before = await session.get(Feature, name)
     if before is None:
         await _check_new_name(session, name)
@@ -246,6 +256,8 @@ async def propose(*, session: AsyncSession, principal: Principal, body: FeatureP
                        {"field": "description"})
     before = previous or {}
     tags: list[str] = normalize_tags(body.tags) if body.tags is not None else list(before.get("tags", []))
+    if body.tags is not None:
+        _check_tags(tags)
     proposed = {
         "description": body.description if body.description is not None else before.get("description", ""),
         "tags": tags,

@@ -213,3 +213,22 @@ async def test_removing_pii_which_the_credit_policy_reads_takes_two_people_not_o
     r = await env.http.put("/api/v1/features/first_name", headers=env.auth("adam"), json={
         "description": "Given name", "tags": (await _tags(env, "first_name")) + ["extra"]})
     assert r.status_code == 200, r.text
+
+
+async def test_a_tag_that_only_looks_like_proxy_is_refused(env: ApiEnv) -> None:
+    """"Proxy", a Cyrillic "рrоху" or "proxy" with a zero-width space read as proxy on every page, but the credit
+    policy tests 'proxy' in f.tags: a new feature so tagged looks covered and is not; a change that swaps one in
+    reads as no change to its approvers."""
+    for lookalike in ("Proxy", "\u0440r\u043e\u0445y", "proxy\u200b", "pro xy"):
+        new = await env.http.post("/api/v1/features/proposals", headers=env.auth("dana"), json={
+            "feature": "zip3", "description": "First three ZIP digits", "tags": ["pii", lookalike],
+            "comment": "coarser geography"})
+        assert new.status_code == 422 and new.json()["code"] == "invalid_tag", (lookalike, new.text)
+        put = await env.http.put("/api/v1/features/zip3", headers=env.auth("adam"),
+                                 json={"description": "First three ZIP digits", "tags": ["pii", lookalike]})
+        assert put.status_code == 422 and put.json()["code"] == "invalid_tag", (lookalike, put.text)
+    ok = await env.http.post("/api/v1/features/proposals", headers=env.auth("dana"), json={
+        "feature": "zip3", "description": "First three ZIP digits", "tags": ["pii", " proxy ",
+                                                                             "restricted:credit-underwriting"],
+        "comment": "coarser geography"})
+    assert ok.status_code == 201 and ok.json()["tags"] == ["pii", "proxy", "restricted:credit-underwriting"], ok.text
