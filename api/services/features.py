@@ -29,8 +29,8 @@ from engine.catalog import (
     removed_sensitive_tags,
 )
 from engine.db import ApiToken, AuditEvent, CatalogModel, Feature, FeatureProposal, ModelVersion, User, utcnow
-from engine.identity import BOOTSTRAP
 from engine.features import catalog_snapshot, current_catalog_version, upsert_feature
+from engine.identity import BOOTSTRAP
 from engine.lifecycle import EventType, ResolvedFeature
 from engine.loading import PolicyRegistry
 from engine.policy import GovernancePolicy, Role

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
-
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import update
 
@@ -120,7 +119,8 @@ async def test_the_audit_csv_does_not_carry_a_display_name_as_a_spreadsheet_form
         await session.execute(update(User).where(User.username == "dana").values(display_name=FORMULA))
         await session.commit()
     r = await env.http.post("/api/v1/features/proposals", headers=env.auth("dana"),
-                            json={"feature": "age", "description": "Age of the applicant, in whole years", "comment": "-1+1"})
+                            json={"feature": "age", "description": "Age of the applicant, in whole years",
+                                  "comment": "-1+1"})
     assert r.status_code == 201, r.text
     export = await env.http.get("/api/v1/audit/export", params={"format": "csv", "actor": "dana"},
                                 headers=env.auth("ann"))
