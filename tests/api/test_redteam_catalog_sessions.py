@@ -232,3 +232,30 @@ async def test_a_tag_that_only_looks_like_proxy_is_refused(env: ApiEnv) -> None:
                                                                              "restricted:credit-underwriting"],
         "comment": "coarser geography"})
     assert ok.status_code == 201 and ok.json()["tags"] == ["pii", "proxy", "restricted:credit-underwriting"], ok.text
+
+
+# ---- probes that hold (no hole found; kept so that one cannot open unnoticed) ---------------------------
+
+
+async def test_markup_in_a_description_comment_or_display_name_renders_inert_on_the_feature_pages(
+        env: ApiEnv) -> None:
+    script, img = "<script>alert(1)</script>", '<img src=x onerror="alert(2)">'
+    async with env.sessionmaker() as session:
+        await session.execute(update(User).where(User.username == "dana").values(display_name=script))
+        await session.commit()
+    r = await env.http.post("/api/v1/features/proposals", headers=env.auth("dana"), json={
+        "feature": "zip3", "description": f"ZIP3 {img}", "tags": ["pii"], "comment": f"why {script}"})
+    assert r.status_code == 201, r.text
+    adam = Browser(env)
+    await adam.sign_in("adam")
+    try:
+        for url in ("/ui/features", "/ui/features/age", "/ui/audit?event_type=feature.proposed"):
+            page = await adam.get(url)
+            assert page.status_code == 200, (url, page.text[:300])
+            assert script not in page.text and "<img src=x" not in page.text, url
+        audit = await adam.get("/ui/audit?event_type=feature.proposed")
+        assert "&lt;script&gt;" in audit.text  # shown, as text
+        # A strict query holds on the HTML pages too, repeated or not.
+        assert (await adam.get("/ui/features?q=a&q=b&debug=1")).status_code == 422
+    finally:
+        await adam.aclose()
