@@ -26,3 +26,4 @@ def test_a_table_cell_shows_control_characters_as_escapes() -> None:
 def test_printable_keeps_text_tabs_and_newlines() -> None:
     assert printable("Vera Schäfer 同意\tl'AUC\nok") == "Vera Schäfer 同意\tl'AUC\nok"
     assert printable("\x00\x07\x7f") == "\\x00\\x07\\x7f"
+
