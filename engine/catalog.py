@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from pydantic import BaseModel
@@ -32,8 +34,36 @@ SENSITIVE_TAGS = frozenset({"protected_attribute", "proxy"})
 RESTRICTED_PREFIX = "restricted:"
 
 
-def is_sensitive(tag: str) -> bool:
-    return tag in SENSITIVE_TAGS or tag.startswith(RESTRICTED_PREFIX)
+def is_sensitive(tag: str, policy_tags: AbstractSet[str] = frozenset()) -> bool:
+    return tag in SENSITIVE_TAGS or tag.startswith(RESTRICTED_PREFIX) or tag in policy_tags
+
+
+_LITERAL = re.compile(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"")
+
+
+def policy_tags(policies: Iterable[GovernancePolicy]) -> frozenset[str]:
+    """The tags the policies' feature checks name (``'pii' in f.tags``): removing one of them from a feature lifts
+    a check as surely as removing ``proxy`` does (e.g. ``pii`` and the credit policy's pii_justification), so it
+    takes two approvers too, and never a direct write."""
+    out: set[str] = set()
+    for policy in policies:
+        for stage in policy.stages:
+            for check in stage.checks:
+                paths, _ = referenced_paths(check.expr)
+                if any(p and p[0] in ("features", "feature_names") for p in paths):
+                    out.update(a or b for a, b in _LITERAL.findall(check.expr) if a or b)
+    return frozenset(out)
+
+
+# Lower-case ASCII: "Proxy", "proxy\u200b" or a Cyrillic "рrоху" would read as proxy on every page yet not be the
+# tag the policies' checks test ('proxy' in f.tags), so a feature could look tagged without being it, and a
+# proposal's "remove proxy, add рrоху" would look like no change to its approvers.
+TAG_RE = re.compile(r"[a-z0-9_*][a-z0-9_.:*-]{0,99}")
+
+
+def invalid_tags(tags: Iterable[str]) -> list[str]:
+    """The tags (after :func:`normalize_tags`) that are not lower-case ASCII names."""
+    return [t for t in tags if not TAG_RE.fullmatch(t)]
 
 
 def normalize_tags(tags: Iterable[str]) -> list[str]:
@@ -61,13 +91,15 @@ def snapshot_from_content(version: int, content: Mapping[str, Any]) -> CatalogSn
 # ---- proposals ---------------------------------------------------------------------------------
 
 
-def removed_sensitive_tags(before: Sequence[str] | None, after: Sequence[str]) -> list[str]:
-    return sorted(t for t in set(before or []) - set(after) if is_sensitive(t))
+def removed_sensitive_tags(before: Sequence[str] | None, after: Sequence[str],
+                           policy_tags: AbstractSet[str] = frozenset()) -> list[str]:
+    return sorted(t for t in set(before or []) - set(after) if is_sensitive(t, policy_tags))
 
 
-def approvals_needed(before: Sequence[str] | None, after: Sequence[str]) -> int:
+def approvals_needed(before: Sequence[str] | None, after: Sequence[str],
+                     policy_tags: AbstractSet[str] = frozenset()) -> int:
     """Two approvals (two different people) when the change removes a sensitive tag, else one."""
-    return 2 if removed_sensitive_tags(before, after) else 1
+    return 2 if removed_sensitive_tags(before, after, policy_tags) else 1
 
 
 class Refusal(BaseModel):
@@ -78,10 +110,15 @@ class Refusal(BaseModel):
 
 def approval_refusal(*, proposal_status: str, proposer_id: str, approver_id: str, approver_username: str,
                      approver_is_admin: bool, feature_owner: str | None, feature: str,
-                     earlier_approvers: Sequence[str]) -> Refusal | None:
+                     earlier_approvers: Sequence[str], approver_holder: str | None = None,
+                     linked: Sequence[tuple[str, str | None]] = ()) -> Refusal | None:
     """Why this person may not approve (or reject) this proposal now; ``None`` when they may.
 
-    Deciders: the feature's data owner or an admin. Never the proposer; nobody counts twice.
+    Deciders: the feature's data owner or an admin. Never the proposer; nobody counts twice. ``linked`` holds
+    (username, who else holds the credential they acted with) of the proposer and the earlier approvers, and
+    ``approver_holder`` who else holds the approver's: an approval made with a credential one of them holds (an
+    admin saw the secret of the token they issued for another account), by the holder of one of their credentials,
+    or with a credential held by the same person as one of theirs, is the same human twice and is refused.
     """
     if proposal_status != "pending":
         return Refusal(status=409, code="proposal_closed", message=f"the proposal is {proposal_status}, not pending")
@@ -96,7 +133,15 @@ def approval_refusal(*, proposal_status: str, proposer_id: str, approver_id: str
     if approver_id in earlier_approvers:
         return Refusal(status=409, code="already_approved",
                        message="you already approved this proposal; a second approval must come from someone else")
+    mine = approver_holder
+    for username, theirs in linked:
+        if mine == username or theirs == approver_username or (mine is not None and mine == theirs):
+            return Refusal(status=403, code="linked_credential",
+                           message=f"your credential and {username}'s are held by one person ({mine or theirs} "
+                                   "issued it and saw its secret): the proposer and each approver must be different "
+                                   "people with their own credentials (an enrollment code they redeem themselves)")
     return None
+
 
 
 # ---- what each policy says of a feature --------------------------------------------------------

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,8 +37,9 @@ ENROLLMENT_PREFIX = "enr_"
 ENROLLMENT_TTL = timedelta(days=2)
 BOOTSTRAP = "bootstrap"  # the operator's own path: the make-run seed and the `progression users` CLI
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
-TEAM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# \Z, not $: "$" also matches before a final newline, and "dana\n" would be another user who reads as dana.
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")
+TEAM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 
 class InvalidIdentity(ProgressionError):
@@ -121,6 +122,12 @@ async def get_user_by_username(session: AsyncSession, username: str) -> User | N
     return (await session.execute(select(User).where(User.username == username))).scalar_one_or_none()
 
 
+async def username_taken(session: AsyncSession, username: str) -> str | None:
+    """The existing username equal to ``username`` but for case (``Rita`` beside ``rita``), if any: two accounts
+    whose names read alike in an audit trail, an export or an approval list are refused."""
+    return await session.scalar(select(User.username).where(func.lower(User.username) == username.lower()).limit(1))
+
+
 async def create_user(
     session: AsyncSession,
     *,
@@ -144,8 +151,8 @@ async def create_user(
     if not parsed:
         raise InvalidIdentity("a user needs at least one role", details={"field": "roles"})
     check_role_combination(parsed, team)
-    if await get_user_by_username(session, username) is not None:
-        raise Conflict(f"user {username!r} already exists", code="user_exists", details={"username": username})
+    if (existing := await username_taken(session, username)) is not None:
+        raise Conflict(f"user {existing!r} already exists", code="user_exists", details={"username": existing})
     user = User(id=str(uuid.uuid4()), username=username, display_name=display_name or "",
                 team=team, roles=[r.value for r in parsed], active=True, external=False, created_at=utcnow())
     session.add(user)
@@ -331,6 +338,8 @@ async def provision_jwt_user(session: AsyncSession, claims: dict[str, Any], sett
     name_claim = claims.get("name")
     display: str = name_claim if isinstance(name_claim, str) else ""
     user = await get_user_by_username(session, username)
+    if user is None and await username_taken(session, username) is not None:
+        return None  # another account's name but for case: not a new account that reads like it
     if user is None:
         user = User(id=str(uuid.uuid4()), username=username, display_name=display[:200], team=team,
                     roles=roles, active=True, external=True, created_at=utcnow())

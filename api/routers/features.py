@@ -55,7 +55,8 @@ async def list_proposals(session: SessionDep, user: CurrentUser,
 async def propose(body: FeatureProposalIn, request: Request, session: SessionDep, user: CurrentUser,
                   app: StateDep) -> JSONResponse:
     async def produce() -> tuple[int, object]:
-        return 201, await svc.propose(session=session, principal=user, body=body, chain=app.settings.audit_chain)
+        return 201, await svc.propose(session=session, principal=user, body=body, chain=app.settings.audit_chain,
+                                      registry=app.registry)
 
     return await idempotent(request, user, fingerprint("propose_feature", body.model_dump(mode="json")), produce,
                             app.sessionmaker)
@@ -99,8 +100,9 @@ async def get_feature(name: str, session: SessionDep, user: CurrentUser, app: St
 
 
 @router.put("/{name}", response_model=FeatureOut, responses={**BODY_ERRORS, **CONFLICT},
-            summary="Create or update a feature (admin; audited; removing a sensitive tag needs a proposal)")
+            summary="Create or update a feature (admin; audited; removing a sensitive tag (protected_attribute, proxy, "
+                     "restricted:*, or any tag a policy check names, e.g. pii) needs a proposal)")
 async def put_feature(name: str, body: FeatureIn, session: SessionDep, user: CurrentUser,
                       app: StateDep) -> FeatureOut:
     return await svc.put_feature(session=session, principal=user, name=name, body=body,
-                                 chain=app.settings.audit_chain)
+                                 chain=app.settings.audit_chain, registry=app.registry)

@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, Field
 
 from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
+from api.exports import csv_cell
 from api.idempotency import decision_id_for, fingerprint, idempotency_key, idempotent
 from api.schemas import MAX_OFFSET, Body
 from api.services import findings as svc
@@ -113,7 +114,7 @@ def findings_csv(items: list[FindingRecord], now: datetime | None = None) -> str
     for f in items:
         row = f.model_dump(mode="json")
         row["age_days"] = (now - f.raised_at).days
-        writer.writerow(["" if row.get(c) is None else row.get(c) for c in CSV_COLUMNS])
+        writer.writerow([csv_cell(row.get(c)) for c in CSV_COLUMNS])
     return out.getvalue()
 
 

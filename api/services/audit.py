@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.authz import Action, Principal, require, visible_team_filter
 from api.errors import ApiError
+from api.exports import csv_cell
 from api.services.people import people, resolve_user
 from engine.audit import event_to_dict, filter_conditions, verify_chain
 from engine.db import AuditEvent, CatalogModel
@@ -128,16 +129,13 @@ async def export_events(*, sessionmaker: async_sessionmaker[AsyncSession], princ
                     else:
                         d["payload"] = json.dumps(d["payload"], sort_keys=True, separators=(",", ":"), default=str,
                                                   ensure_ascii=False)
-                        writer.writerow([_cell(d[c]) for c in CSV_COLUMNS])
+                        writer.writerow([csv_cell(d[c]) for c in CSV_COLUMNS])
                 yield buf.getvalue().encode()
                 after = rows[-1].seq
                 session.expunge_all()
 
     return generate()
 
-
-def _cell(value: Any) -> Any:
-    return "" if value is None else value
 
 
 async def verify(*, session: AsyncSession, principal: Principal) -> ChainVerification:

@@ -23,11 +23,14 @@ from engine.catalog import (
     approval_refusal,
     approvals_needed,
     feature_verdicts,
+    invalid_tags,
     normalize_tags,
+    policy_tags,
     removed_sensitive_tags,
 )
-from engine.db import CatalogModel, Feature, FeatureProposal, ModelVersion, User, utcnow
+from engine.db import ApiToken, AuditEvent, CatalogModel, Feature, FeatureProposal, ModelVersion, User, utcnow
 from engine.features import catalog_snapshot, current_catalog_version, upsert_feature
+from engine.identity import BOOTSTRAP
 from engine.lifecycle import EventType, ResolvedFeature
 from engine.loading import PolicyRegistry
 from engine.policy import GovernancePolicy, Role
@@ -64,6 +67,25 @@ def _check_name(name: str) -> None:
                        {"field": "feature"}) from None
     if name in RESERVED_NAMES:
         raise ApiError(422, "invalid_feature_name", f"feature name {name!r} is reserved", {"field": "feature"})
+
+
+async def _check_new_name(session: AsyncSession, name: str) -> None:
+    """A new feature's name may not differ from an existing one's by case only: ``Age`` beside ``age`` (tagged
+    protected_attribute) would be another, untagged feature that a spec lists to get the same column through."""
+    clash = await session.scalar(select(Feature.name).where(func.lower(Feature.name) == name.lower(),
+                                                            Feature.name != name))
+    if clash is not None:
+        raise ApiError(422, "feature_name_taken",
+                       f"feature name {name!r} differs from the existing feature {clash!r} by case only; "
+                       f"propose a change of {clash!r} instead", {"field": "feature", "existing": clash})
+
+
+def _check_tags(tags: list[str]) -> None:
+    bad = invalid_tags(tags)
+    if bad:
+        raise ApiError(422, "invalid_tag", f"tags: {bad[0]!r} is not a tag: lower-case letters, digits and _ . : * - "
+                                           "only (e.g. proxy, restricted:credit-underwriting)",
+                       {"field": "tags", "invalid": bad})
 
 
 async def _check_owner(session: AsyncSession, owner: str | None) -> None:
@@ -155,19 +177,23 @@ async def get_catalog_version(*, session: AsyncSession, principal: Principal, ve
 
 
 async def put_feature(*, session: AsyncSession, principal: Principal, name: str, body: FeatureIn,
-                      chain: bool = True) -> FeatureOut:
+                      chain: bool = True, registry: PolicyRegistry | None = None) -> FeatureOut:
     """The admin's direct write. It cannot remove a sensitive tag: that takes a proposal and two approvers."""
     require(principal, Action.write_features)
     _check_name(name)
     tags = normalize_tags(body.tags)
+    _check_tags(tags)
     before = await session.get(Feature, name)
+    if before is None:
+        await _check_new_name(session, name)
     previous = _entry(before)
     owner = body.owner if body.owner is not None else (before.owner if before is not None else None)
     if previous is not None and previous == {"description": body.description, "tags": tags, "owner": owner}:
         # PUT is idempotent: a repeat (e.g. a retry after a lost answer) changes nothing and records nothing.
         assert before is not None
         return _out(before, [], {}, {})
-    removed = removed_sensitive_tags(previous["tags"] if previous else None, tags)
+    removed = removed_sensitive_tags(previous["tags"] if previous else None, tags,
+                                     policy_tags(_policies(registry)))
     if removed:
         raise ApiError(409, "two_approvals_required",
                        f"tags: removing {', '.join(removed)} from {name!r} needs a proposal approved by two people "
@@ -216,18 +242,22 @@ def _proposal_out(p: FeatureProposal) -> FeatureProposalOut:
 
 
 async def propose(*, session: AsyncSession, principal: Principal, body: FeatureProposalIn,
-                  chain: bool = True) -> FeatureProposalOut:
+                  chain: bool = True, registry: PolicyRegistry | None = None) -> FeatureProposalOut:
     """A new feature, or a change of an existing one's description, tags or owner; nothing changes until approved."""
     require(principal, Action.propose_feature)
     name = body.feature
     _check_name(name)
     row = await session.get(Feature, name)
+    if row is None:
+        await _check_new_name(session, name)
     previous = _entry(row)
     if row is None and body.description is None:
         raise ApiError(422, "description_required", f"description: a new feature {name!r} needs a description",
                        {"field": "description"})
     before = previous or {}
     tags: list[str] = normalize_tags(body.tags) if body.tags is not None else list(before.get("tags", []))
+    if body.tags is not None:
+        _check_tags(tags)
     proposed = {
         "description": body.description if body.description is not None else before.get("description", ""),
         "tags": tags,
@@ -246,7 +276,8 @@ async def propose(*, session: AsyncSession, principal: Principal, body: FeatureP
         id=f"fp-{uuid.uuid4().hex[:16]}", feature=name, kind="change" if row is not None else "create",
         status="pending", proposed=proposed, previous=previous,
         based_on_version=await current_catalog_version(session),
-        approvals_needed=approvals_needed(previous["tags"] if previous else None, tags),
+        approvals_needed=approvals_needed(previous["tags"] if previous else None, tags,
+                                          policy_tags(_policies(registry))),
         approvals=[], comment=body.comment, proposed_by=principal.id, proposed_by_username=principal.username,
         proposed_at=utcnow(), decision_comment="", revision=0)
     session.add(proposal)
@@ -286,15 +317,45 @@ async def _proposal(session: AsyncSession, proposal_id: str, *, lock: bool = Fal
     return row
 
 
+def credential_holder(issued_by: str | None) -> str | None:
+    """Who else holds an API token: the admin who issued it saw its secret. ``None`` when nobody but its owner
+    does: redeemed from an enrollment code (``enrollment:<admin>``) or the operator's bootstrap."""
+    if issued_by is None or issued_by == BOOTSTRAP or issued_by.startswith("enrollment:"):
+        return None
+    return issued_by
+
+
+async def _credential_holder(session: AsyncSession, credential: object) -> str | None:
+    """Who else holds the credential an act was recorded with (``token:<id>``; SSO sessions: nobody)."""
+    if not isinstance(credential, str) or not credential.startswith("token:"):
+        return None
+    return credential_holder(await session.scalar(select(ApiToken.issued_by).where(
+        ApiToken.id == credential.removeprefix("token:"))))
+
+
+async def _linked_parties(session: AsyncSession, proposal: FeatureProposal) -> list[tuple[str, str | None]]:
+    """(username, who else holds the credential they used) of the proposer and each earlier approver."""
+    payload = await session.scalar(select(AuditEvent.payload).where(
+        AuditEvent.event_id == f"feature-proposal-{proposal.id}"))
+    credential = payload.get("credential") if isinstance(payload, dict) else None
+    parties = [(proposal.proposed_by_username, await _credential_holder(session, credential))]
+    for a in proposal.approvals or []:
+        parties.append((a["username"], await _credential_holder(session, a.get("credential"))))
+    return parties
+
+
 async def _refuse_if_needed(session: AsyncSession, principal: Principal, proposal: FeatureProposal, act: str,
                             chain: bool) -> None:
     require(principal, Action.decide_feature_proposal)
     current = await session.get(Feature, proposal.feature)
+    linked = await _linked_parties(session, proposal) if act == "approve" else []
     refusal = approval_refusal(
         proposal_status=proposal.status, proposer_id=proposal.proposed_by, approver_id=principal.id,
         approver_username=principal.username, approver_is_admin=Role.admin in principal.roles,
         feature_owner=current.owner if current is not None else None, feature=proposal.feature,
-        earlier_approvers=[a["actor_id"] for a in proposal.approvals or []] if act == "approve" else [])
+        earlier_approvers=[a["actor_id"] for a in proposal.approvals or []] if act == "approve" else [],
+        approver_holder=credential_holder(principal.credential_issued_by)
+        if principal.credential_kind == "token" else None, linked=linked)
     if refusal is None:
         return
     await audit.append_event(

@@ -26,7 +26,6 @@ from engine.identity import (
     check_role_combination,
     create_enrollment,
     get_user,
-    get_user_by_username,
     holds_deciding_role,
     issue_token,
     list_tokens,
@@ -35,6 +34,7 @@ from engine.identity import (
     revoke_token,
     role_grants,
     user_roles,
+    username_taken,
     validate_team,
     validate_username,
 )
@@ -86,8 +86,8 @@ async def create_user(*, session: AsyncSession, principal: Principal, body: User
     except Exception as exc:  # InvalidIdentity: a stable code, answered 422
         code = getattr(exc, "code", "invalid_identity")
         raise ApiError(422, code, getattr(exc, "message", str(exc)), getattr(exc, "details", None)) from None
-    if await get_user_by_username(session, body.username) is not None:
-        raise ApiError(409, "user_exists", f"user {body.username!r} already exists", {"username": body.username})
+    if (existing := await username_taken(session, body.username)) is not None:  # "Rita" beside "rita" too
+        raise ApiError(409, "user_exists", f"user {existing!r} already exists", {"username": existing})
     now = utcnow()
     direct = [r for r in roles if r not in MAKER_CHECKER_ROLES]
     pending = [r for r in roles if r in MAKER_CHECKER_ROLES]

@@ -245,8 +245,8 @@ def _nice(value: float) -> float:
     """The round number at or above ``value`` (0.36 -> 0.4, 96512 -> 100000): readable axis ends."""
     if value <= 0 or not math.isfinite(value):
         return 1.0
-    scale = 10 ** math.floor(math.log10(value))
-    return next(m * scale for m in (1, 2, 2.5, 5, 10) if m * scale >= value)
+    scale = 10.0 ** math.floor(math.log10(value))  # a float: 10 ** 308 as an int overflows the arithmetic after
+    return next((m * scale for m in (1, 2, 2.5, 5, 10) if m * scale >= value and math.isfinite(m * scale)), value)
 
 
 _COMPARE = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,

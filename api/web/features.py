@@ -77,7 +77,8 @@ async def propose_form(web: PostWeb) -> Response:
             feature=name, comment=values["comment"],
             description=values["description"] if values["description"] or not existing else None,
             tags=_tags(values["tags"]), owner=values["owner"] or None)
-        await svc.propose(session=web.db, principal=web.user, body=body, chain=web.app.settings.audit_chain)
+        await svc.propose(session=web.db, principal=web.user, body=body, chain=web.app.settings.audit_chain,
+                          registry=web.app.registry)
     except ProgressionError as exc:
         if existing:
             return render(web.request, "feature.html", await _feature_context(

@@ -203,11 +203,18 @@ async def progression_page(web: UserWeb, progression_id: str, done: str | None =
     pending = await take_pending(web.db, web.session, progression_id)
     if pending is not None:
         # A decision typed on a session that expired: shown filled in, submitted only when the person confirms.
-        extra["form"] = {"decision": pending.get("decision"), "comment": pending.get("comment") or ""}
+        # Only on the gate it was written for: kept for another stage (the progression moved on, or the form
+        # named another one), it fills nothing in here. On evidence that changed since, the comment is kept but
+        # the choice is not ticked: the person chooses again after reading what changed.
+        gate = state.stage(state.current_stage) if state.current_stage else None
+        same_gate = (gate is not None and gate.status == StageStatus.awaiting_approval
+                     and gate.name == pending.get("stage"))
+        changed = bool(pending.get("basis")) and gate is not None and gate.basis != pending.get("basis")
+        if same_gate:
+            extra["form"] = {"decision": None if changed else pending.get("decision"),
+                             "comment": pending.get("comment") or ""}
         extra["pending"] = {"at": pending.get("kept_at"), "stage": pending.get("stage"),
-                            "evidence_changed": bool(pending.get("basis")) and any(
-                                s.name == pending.get("stage") and s.basis != pending.get("basis")
-                                for s in state.stages)}
+                            "evidence_changed": same_gate and changed, "other_gate": not same_gate}
     return _progression_response(web, await _progression_context(web, state, flash=flash, **extra))
 
 

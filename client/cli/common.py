@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.text import Text
 
+from client.cli.render import printable
 from client.sdk import (
     ConflictError,
     ConnectionFailed,
@@ -137,9 +138,9 @@ def emit_json(value: Any) -> None:
 
 def fail(message: str, code: int, details: list[str] | None = None) -> NoReturn:
     console = err()
-    console.print(Text("error: ", style="bold red") + Text(message))
+    console.print(Text("error: ", style="bold red") + Text(printable(message)))
     for line in details or []:
-        console.print(Text("  " + line))
+        console.print(Text("  " + printable(line)))
     raise typer.Exit(code)
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from client.cli.common import JsonOpt, client, emit_json, handle_errors, out
-from client.cli.render import add_row, columns
+from client.cli.render import add_row, columns, printable
 from engine.wire import FeatureOut, FeatureProposalOut
 
 features_app = typer.Typer(help="The feature catalog: search, what policies say, proposals and approvals.",
@@ -61,7 +61,7 @@ def show(name: Annotated[str, typer.Argument(help="The feature's name.")], as_js
         emit_json(f)
         return
     console = out()
-    console.print(Text.assemble((f.name, "bold"), f"  {f.description}"))
+    console.print(Text.assemble((f.name, "bold"), f"  {printable(f.description)}"))
     console.print(Text(f"tags: {', '.join(f.tags) or '-'} · owner: {f.owner or '- (admins approve)'}"
                        + (f" · {f.pending_proposals} pending proposal(s)" if f.pending_proposals else "")))
     for v in f.policies:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,9 +118,19 @@ def columns(*names: str) -> Table:
     return table
 
 
+# C0/C1 control characters but tab and newline: an escape sequence in a display name (an SSO "name" claim, say)
+# would move the cursor and overwrite the actor column of the auditor's terminal ("\x1b[2K\x1b[1Gvera").
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every terminal control character shown as its escape (``\\x1b``), never sent raw."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def add_row(table: Table, *cells: str | Text) -> None:
-    # Plain text, never console markup: ids, comments and reasons may contain '[...]'.
-    table.add_row(*(Text(c) if isinstance(c, str) else c for c in cells))
+    # Plain text, never console markup: ids, comments and reasons may contain '[...]'; nor terminal controls.
+    table.add_row(*(Text(printable(c)) if isinstance(c, str) else c for c in cells))
 
 
 def _check_line(stage: str, check_id: str, passed: bool, reason: str) -> Text:

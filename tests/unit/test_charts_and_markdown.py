@@ -75,3 +75,10 @@ def test_markdown_keeps_what_a_model_card_needs() -> None:
     html = str(render_markdown("## Performance\n| a | b |\n|---|---|\n| 1 | 2 |\n\n**bold** [ok](https://x.example/)"))
     assert "<h2>Performance</h2>" in html and "<td>1</td>" in html and "<strong>bold</strong>" in html
     assert '<a href="https://x.example/" rel="nofollow noopener noreferrer">ok</a>' in html
+
+
+def test_a_huge_value_in_a_series_does_not_break_the_chart() -> None:
+    """Evidence is the developer's: 1e308 (valid JSON) made the axis arithmetic overflow (OverflowError, a 500)."""
+    for huge in (1e308, -1e308, 1.7976931348623157e308):
+        chart = series_chart("PSI by month", [("2026-01", huge), ("2026-02", 0.1)], threshold=0.25, op="<=")
+        assert "<svg" in str(chart.svg) and len(chart.rows) == 2
