@@ -75,7 +75,9 @@ class ProgressionPage(BaseModel):
     total: int
     limit: int
     offset: int
-    next_offset: int | None
+    next_offset: int | None = Field(description="offset paging (kept for old clients; prefer next_cursor)")
+    next_cursor: str | None = Field(default=None, description=(
+        "pass as ?cursor= for the next page (keyset: stable while progressions start); null on the last page"))
 
 
 class InboxItem(BaseModel):
@@ -99,7 +101,10 @@ class InboxItem(BaseModel):
 
 class Inbox(BaseModel):
     items: list[InboxItem]
-    total: int
+    total: int = Field(description="open gates waiting on the caller's roles (before the per-gate rules of the page)")
+    limit: int = 50
+    next_cursor: str | None = Field(default=None, description=(
+        "pass as ?cursor= for the next page (keyset: stable while gates open); null on the last page"))
 
 
 class VersionOut(BaseModel):
