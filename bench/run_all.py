@@ -32,7 +32,7 @@ QUICK: dict[str, list[str]] = {
     "approval_latency": ["--samples", "10"],
     "api_reads": ["--requests", "100", "--progressions", "3", "--rounds", "1"],
     "audit": ["--events", "5000", "--journeys", "3", "--rounds", "1", "--transactions", "30", "--samples", "20"],
-    "scale": ["--size", "20", "--small", "5"],
+    "scale": ["--counts", "5,12,20", "--budget-s", "600"],
 }
 
 
