@@ -69,7 +69,8 @@ async def progressions_page(web: UserWeb, model: str | None = None, intent: str 
                             status: str | None = None, cursor: str | None = None) -> Response:
     filters = {"model": model or None, "intent": intent or None, "status": status or None}
     page = await call(list_progressions(session=web.db, principal=web.user, secret=web.app.settings.secret_key,
-                                        limit=PAGE_SIZE, cursor=cursor or None, **filters))
+                                        limit=PAGE_SIZE, cursor=cursor or None, model=filters["model"],
+                                        intent=filters["intent"], status=filters["status"]))
     query = urlencode({k: v for k, v in filters.items() if v})
     return render(web.request, "progressions.html", {
         "title": "Progressions", "active": "progressions", "page": page, "filters": filters, "query": query,

@@ -9,9 +9,12 @@ the rules computed here in Python; cursors are tampered with, forged and replaye
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -21,6 +24,7 @@ from api.cursors import encode_cursor
 from client.sdk import AsyncProgressionClient
 from engine.db import AuditEvent, ProgressionRow
 from testing.api import ApiEnv, decide, started_at_gate, wait_read_model
+from tests.api.test_web_ui import Browser
 
 TEAMS = ("retail-risk", "payments", "cards")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -239,3 +243,32 @@ async def test_decisions_are_prechecked_on_the_read_model_and_the_validator_stil
         assert resp.status_code == 409, resp.text
         refusals = await _refusals(env, pid)
         assert [r["source"] for r in refusals] == ["workflow"], refusals
+
+
+NEXT_RE = re.compile(r'href="(/ui/(?:inbox|progressions)\?[^"]*cursor=[^"]+)">Next page')
+LINK_RE = re.compile(r'href="/ui/progressions/([^"/]+)"')
+
+
+async def test_the_web_ui_pages_the_inbox_and_the_list_by_cursor(env: ApiEnv) -> None:
+    template = await park_one(env)
+    await clone_gates(env, template, 120)
+    for who, start_url, expected in (("vera", "/ui/inbox", await pages(env, "vera", "/api/v1/inbox", 500)),
+                                     ("ann", "/ui/progressions", await pages(env, "ann", "/api/v1/progressions",
+                                                                             500))):
+        browser = Browser(env)
+        try:
+            await browser.sign_in(who)
+            seen: list[str] = []
+            url: str | None = start_url
+            while url:
+                page = await browser.get(html.unescape(url))
+                assert page.status_code == 200, page.text[:300]
+                seen += [unquote(p) for p in dict.fromkeys(LINK_RE.findall(page.text))]
+                found = NEXT_RE.search(page.text)
+                url = found.group(1) if found else None
+            ids = [i.get("progression_id") or i.get("id") for i in expected]
+            assert [p for p in seen if p in set(ids)] == ids, who
+            bad = await browser.get(start_url, params={"cursor": "forged"})
+            assert bad.status_code == 422 and "cursor" in bad.text, bad.text[:300]
+        finally:
+            await browser.aclose()
