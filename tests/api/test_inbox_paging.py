@@ -13,17 +13,19 @@ import html
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import httpx
 import pytest
 from sqlalchemy import select
+from temporalio.client import Client
 
 from api.cursors import encode_cursor
 from client.sdk import AsyncProgressionClient
 from engine.db import AuditEvent, ProgressionRow
-from testing.api import ApiEnv, decide, started_at_gate, wait_read_model
+from testing.api import ApiEnv, api_env, decide, started_at_gate, wait_read_model
 from tests.api.test_web_ui import Browser
 
 TEAMS = ("retail-risk", "payments", "cards")
@@ -92,6 +94,16 @@ def expected_for(gates: list[dict[str, Any]], *, team: str, role: str, may_be_ow
 
 
 async def test_the_inbox_pages_every_decidable_gate_once_in_order_and_never_widens(env: ApiEnv) -> None:
+    await inbox_paging(env)
+
+
+async def test_the_inbox_pages_on_postgresql(postgres_url: str, tmp_path: Path, temporal_client: Client,
+                                             task_queue: str) -> None:
+    async with api_env(postgres_url, tmp_path, temporal_client, task_queue) as env:
+        await inbox_paging(env)
+
+
+async def inbox_paging(env: ApiEnv) -> None:
     template = await park_one(env)
     gates = await clone_gates(env, template, 40)
     ids = {g["id"] for g in gates}
