@@ -85,7 +85,7 @@ async def park(client: Client, stack: Stack, base: Any, n: int, tag: str, sm: An
     for first in range(0, n, wave):
         batch = await bounded_gather(min(wave, n - first), 32,
                                      lambda i, first=first: start(first + i))  # type: ignore[misc]
-        await wait_all(sm, batch, "awaiting_approval", timeout=max(120.0, len(batch) * 0.5))
+        await wait_all(sm, batch, "awaiting_approval", timeout=max(600.0, len(batch) * 2.0))
         ids += batch
     return ids
 
@@ -111,7 +111,7 @@ async def drain(http: httpx.AsyncClient, stack: Stack, ids: list[str], sm: Any) 
 
     t0 = time.perf_counter()
     await bounded_gather(len(ids), 16, approve)
-    await wait_all(sm, ids, "in_production", timeout=max(120.0, len(ids) * 0.5))
+    await wait_all(sm, ids, "in_production", timeout=max(600.0, len(ids) * 2.0))
     return time.perf_counter() - t0
 
 
@@ -153,20 +153,24 @@ async def main(args: argparse.Namespace) -> Report:
                     # The baseline: the smallest count parked, measured and drained on its own.
                     ids = await park(client, stack, base, counts[0], f"s-{tag}", sm, args.wave)
                     series.append(await measure(http, stack, counts[0]))
+                    progress(args, series, drains)
                     drains[counts[0]] = counts[0] / await drain(http, stack, ids, sm)
+                    progress(args, series, drains)
                     # Then parked cumulatively up to each larger count, as far as the time budget allows.
                     parked: list[str] = []
                     rate = 0.0
                     for n in counts[1:]:
                         left = args.budget_s - (time.perf_counter() - t_start)
-                        need = (n - len(parked)) / rate if rate else 0.0
-                        if rate and need * 2.2 > left:  # parking, then draining about as long, must fit
+                        drain_n = min(args.drain, n) if args.drain else n
+                        need = (n - len(parked) + drain_n) / rate if rate else 0.0
+                        if rate and need * 1.2 > left:  # parking, then draining (about as fast), must fit
                             skipped.append(n)
                             continue
                         t0, before = time.perf_counter(), len(parked)
                         parked += await park(client, stack, base, n - before, f"{n}-{tag}", sm, args.wave)
                         rate = (n - before) / max(time.perf_counter() - t0, 1e-3)
                         series.append(await measure(http, stack, n))
+                        progress(args, series, drains)
                     drained = parked[-args.drain:] if args.drain else parked
                     drains[len(parked)] = len(drained) / await drain(http, stack, drained, sm)
                 finally:
@@ -200,6 +204,14 @@ async def main(args: argparse.Namespace) -> Report:
 
 def write_series(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def progress(args: argparse.Namespace, series: list[dict[str, float]], drains: dict[int, float]) -> None:
+    """Each point as soon as it is measured (stdout, and the series file): a run stopped early keeps them."""
+    print(f"point: {json.dumps(series[-1])} drains: {json.dumps(drains)}", flush=True)
+    if args.series:
+        write_series(Path(args.series), {"cache": args.cache, "db": args.db, "points": series, "partial": True,
+                                         "drains": {str(k): v for k, v in drains.items()}})
 
 
 async def measure(http: httpx.AsyncClient, stack: Stack, n: int) -> dict[str, float]:

@@ -15,4 +15,4 @@ async def inbox_page(web: UserWeb, cursor: str | None = None) -> Response:
     box = await call(inbox(session=web.db, principal=web.user, secret=web.app.settings.secret_key,
                            cursor=cursor or None, limit=PAGE_SIZE))
     return render(web.request, "inbox.html", {"title": "Inbox", "active": "inbox", "inbox": box,
-                                              "paged": bool(cursor)})
+                                              "paged": bool(cursor), "cursor": cursor or None})
