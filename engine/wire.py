@@ -101,7 +101,9 @@ class InboxItem(BaseModel):
 
 class Inbox(BaseModel):
     items: list[InboxItem]
-    total: int = Field(description="open gates waiting on the caller's roles (before the per-gate rules of the page)")
+    total: int = Field(description="open gates waiting on the caller's roles (before the per-gate rules of the "
+                                   "page), counted up to 1,000")
+    total_more: bool = Field(default=False, description="more open gates than ``total`` (counting stops at 1,000)")
     limit: int = 50
     next_cursor: str | None = Field(default=None, description=(
         "pass as ?cursor= for the next page (keyset: stable while gates open); null on the last page"))

@@ -23,6 +23,7 @@ from sqlalchemy import select
 from temporalio.client import Client
 
 from api.cursors import encode_cursor
+from api.services import inbox as inbox_service
 from client.sdk import AsyncProgressionClient
 from engine.db import AuditEvent, ProgressionRow
 from testing.api import ApiEnv, api_env, decide, started_at_gate, wait_read_model
@@ -284,3 +285,17 @@ async def test_the_web_ui_pages_the_inbox_and_the_list_by_cursor(env: ApiEnv) ->
             assert bad.status_code == 422 and "cursor" in bad.text, bad.text[:300]
         finally:
             await browser.aclose()
+
+
+async def test_the_inbox_counts_up_to_its_cap_and_says_there_are_more(env: ApiEnv,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    template = await park_one(env)
+    gates = await clone_gates(env, template, 30)
+    decidable = len(expected_for(gates, team="validation", role="model_validator")) + 1  # + the template
+    monkeypatch.setattr(inbox_service, "TOTAL_CAP", 10)
+    body = (await env.http.get("/api/v1/inbox", params={"limit": "3"}, headers=env.auth("vera"))).json()
+    assert body["total"] == 10 and body["total_more"] is True
+    monkeypatch.setattr(inbox_service, "TOTAL_CAP", 1000)
+    body = (await env.http.get("/api/v1/inbox", params={"limit": "3"}, headers=env.auth("vera"))).json()
+    # the count is taken before the per-gate rule (vera's own approvals), so it is at least what she can decide
+    assert body["total_more"] is False and body["total"] >= decidable
