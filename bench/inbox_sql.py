@@ -1,11 +1,11 @@
 """The inbox's SQL cost alone, at 100 to 100,000 open gates (no Temporal, no worker, no HTTP).
 
-    python -m bench.inbox_sql [--counts 100,10000,100000] [--samples 30] [--db sqlite|postgresql]
+    python -m bench.inbox_sql [--counts 100,10000,100000] [--samples 200] [--db sqlite|postgresql]
 
 Open gates are inserted straight into the read model (``progressions`` rows with a gate record, as the worker
 writes them: three teams, one validator approval each) and the validator's inbox service is called in process:
 the first page (50 gates) and a page deep in the listing (followed by cursor, 20 pages in). p50/p95 of
-``--samples`` calls each; the baseline is the smallest count. ``bench.scale`` measures the same over HTTP with
+``--samples`` calls each (200); the baseline is the smallest count. ``bench.scale`` measures the same over HTTP with
 real parked workflows, up to what the machine parks within its time budget; this one reaches 100,000.
 """
 
@@ -117,7 +117,7 @@ async def timed(sm: Any, principal: Any, secret: str, cursor: str | None, expect
 def parser() -> argparse.ArgumentParser:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--counts", default="100,10000,100000")
-    p.add_argument("--samples", type=int, default=30)
+    p.add_argument("--samples", type=int, default=200)
     p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     return p
 
