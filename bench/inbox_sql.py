@@ -3,7 +3,8 @@
     python -m bench.inbox_sql [--counts 100,10000,100000] [--samples 200] [--db sqlite|postgresql]
 
 Open gates are inserted straight into the read model (``progressions`` rows with a gate record, as the worker
-writes them: three teams, one validator approval each) and the validator's inbox service is called in process:
+writes them: three teams, one validator approval each), ANALYZEd as autovacuum would, and the validator's inbox
+service is called in process:
 the first page (50 gates) and a page deep in the listing (followed by cursor, 20 pages in). p50/p95 of
 ``--samples`` calls each (200); the baseline is the smallest count. ``bench.scale`` measures the same over HTTP with
 real parked workflows, up to what the machine parks within its time budget; this one reaches 100,000.
@@ -44,7 +45,7 @@ def gate_rows(start: int, n: int, model_id: str, submitter: str) -> list[dict[st
 
 
 async def main(args: argparse.Namespace) -> Report:
-    from sqlalchemy import insert
+    from sqlalchemy import insert, text
 
     from api.authz import Principal
     from api.services.inbox import inbox
@@ -75,6 +76,9 @@ async def main(args: argparse.Namespace) -> Report:
                             start, min(BATCH, n - start), "bench-model", str(uuid.uuid4())))
                     await session.commit()
                 have = n
+                async with engine.connect() as conn:  # what autovacuum does after a load this size
+                    await conn.execute(text("ANALYZE progressions" if args.db == "postgresql" else "ANALYZE"))
+                    await conn.commit()
 
                 async with sm() as session:  # a cursor 20 pages in (or the last page of a small inbox)
                     cursor = None
