@@ -1,9 +1,9 @@
 """An SVG chart of ``bench.scale``'s points: worker memory and inbox latency against the parked count.
 
-    python -m bench.plot_scale SERIES.json [--old OLD.json] [--out docs/scale.svg]
+    python -m bench.plot_scale SERIES.json [MORE.json ...] [--old OLD.json] [--out docs/scale.svg]
 
 Hand-written SVG (no plotting library, no CDN): two panels side by side, the count on a log axis. ``--old``
-adds earlier points (same JSON shape) as a dashed line, e.g. the figures measured before the inbox paged in SQL.
+adds earlier points (same JSON shape) as hollow markers, e.g. the figures measured before the inbox paged in SQL.
 """
 
 from __future__ import annotations
@@ -60,30 +60,44 @@ def panel(x0: float, title: str, unit: str, lines: list[tuple[str, str, bool, li
     out.append(f'<text transform="translate({x0 + 14},{PAD_T + ph / 2}) rotate(-90)" text-anchor="middle">'
                f'{escape(unit)}</text>')
     for n, (label, colour, dashed, ps) in enumerate(lines):
-        path = " ".join(f"{sx(c):.1f},{sy(v):.1f}" for c, v in sorted(ps))
-        dash = ' stroke-dasharray="5,4"' if dashed else ""
-        out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>')
+        # Earlier figures ("dashed") are single measurements: hollow markers, no line drawn between them.
+        fill = "white" if dashed else colour
+        if not dashed:
+            path = " ".join(f"{sx(c):.1f},{sy(v):.1f}" for c, v in sorted(ps))
+            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
         for c, v in ps:
-            out.append(f'<circle cx="{sx(c):.1f}" cy="{sy(v):.1f}" r="3" fill="{colour}">'
-                       f'<title>{escape(label)}: {c:,.0f} parked, {v:.3g} {escape(unit)}</title></circle>')
+            out.append(f'<circle cx="{sx(c):.1f}" cy="{sy(v):.1f}" r="4" fill="{fill}" stroke="{colour}" '
+                       f'stroke-width="2"><title>{escape(label)}: {c:,.0f} parked, {v:.3g} {escape(unit)}</title>'
+                       f'</circle>')
         ly = PAD_T + 14 + 14 * n
-        out.append(f'<line x1="{x0 + PAD_L + 8}" y1="{ly - 4}" x2="{x0 + PAD_L + 26}" y2="{ly - 4}" '
-                   f'stroke="{colour}" stroke-width="2"{dash}/>')
+        if dashed:
+            out.append(f'<circle cx="{x0 + PAD_L + 17}" cy="{ly - 4}" r="4" fill="white" stroke="{colour}" '
+                       f'stroke-width="2"/>')
+        else:
+            out.append(f'<line x1="{x0 + PAD_L + 8}" y1="{ly - 4}" x2="{x0 + PAD_L + 26}" y2="{ly - 4}" '
+                       f'stroke="{colour}" stroke-width="2"/>')
         out.append(f'<text x="{x0 + PAD_L + 30}" y="{ly}">{escape(label)}</text>')
     return "\n".join(out)
 
 
-def chart(new: dict[str, Any], old: dict[str, Any] | None) -> str:
-    pts = new["points"]
-    mem = [("worker RSS", "#1f6feb", False, [(p["count"], p["rss"]) for p in pts])]
+COLOURS = ("#1f6feb", "#8250df", "#cf222e")
+
+
+def chart(runs: list[dict[str, Any]], old: dict[str, Any] | None) -> str:
+    """Memory: one line per run (each its own worker cache); latency: the first run's inbox p50/p95."""
+    mem = [(f"worker RSS, cache {r.get('cache', '?')}", COLOURS[i % 3], False,
+            [(p["count"], p["rss"]) for p in r["points"]]) for i, r in enumerate(runs)]
+    pts = runs[0]["points"]
     lat = [("inbox p50", "#1a7f37", False, [(p["count"], p["inbox_p50"]) for p in pts]),
            ("inbox p95", "#bf8700", False, [(p["count"], p["inbox_p95"]) for p in pts])]
     if old:
-        mem.append(("worker RSS, before", "#1f6feb", True, [(p["count"], p["rss"]) for p in old["points"]]))
-        lat.append(("inbox p50, before", "#1a7f37", True, [(p["count"], p["inbox_p50"]) for p in old["points"]]))
-        lat.append(("inbox p95, before", "#bf8700", True, [(p["count"], p["inbox_p95"]) for p in old["points"]]))
-    body = panel(0, f"Worker memory (cache {new.get('cache', '?')} workflows)", "MiB", mem) + "\n" + \
-        panel(W, "Validator inbox latency (first page)", "ms", lat)
+        before = old["points"]
+        mem.append(("worker RSS before issue 21", COLOURS[0], True, [(p["count"], p["rss"]) for p in before]))
+        for key, colour in (("inbox_p50", "#1a7f37"), ("inbox_p95", "#bf8700")):
+            label = f"{key.replace('_', ' ')} before issue 21"
+            lat.append((label, colour, True, [(p["count"], p[key]) for p in before]))
+    body = panel(0, "Worker memory (resident)", "MiB", mem) + "\n" + \
+        panel(W, "Validator inbox latency (first page, HTTP)", "ms", lat)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H}" viewBox="0 0 {2 * W} {H}" '
             f'font-family="sans-serif" font-size="11">\n<rect width="100%" height="100%" fill="white"/>\n'
             f'{body}\n</svg>\n')
@@ -91,13 +105,13 @@ def chart(new: dict[str, Any], old: dict[str, Any] | None) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("series")
+    p.add_argument("series", nargs="+", help="bench.scale --series files; the first one's inbox is drawn")
     p.add_argument("--old", help="earlier points, drawn dashed")
     p.add_argument("--out", default="docs/scale.svg")
     args = p.parse_args()
-    new = json.loads(Path(args.series).read_text())
+    runs = [json.loads(Path(f).read_text()) for f in args.series]
     old = json.loads(Path(args.old).read_text()) if args.old else None
-    Path(args.out).write_text(chart(new, old))
+    Path(args.out).write_text(chart(runs, old))
     print(f"wrote {args.out}")
 
 
