@@ -457,7 +457,7 @@ class ProgressionClient:
         while True:
             page = self._run(_Calls.inbox(cursor, page_size))
             out.extend(page.items)
-            if not page.next_cursor or not page.items:
+            if not page.next_cursor:  # a page may be short (or empty) and still not the last
                 return out
             cursor = page.next_cursor
 
@@ -630,7 +630,7 @@ class AsyncProgressionClient:
         while True:
             page = await self._run(_Calls.inbox(cursor, page_size))
             out.extend(page.items)
-            if not page.next_cursor or not page.items:
+            if not page.next_cursor:  # a page may be short (or empty) and still not the last
                 return out
             cursor = page.next_cursor
 

@@ -27,6 +27,9 @@ CURSOR_KIND = "inbox"
 TOTAL_CAP = 1000
 # Extra rows read per query while filling a page: a gate the caller already approved is skipped after the query.
 _BATCH_SLACK = 10
+# Queries per page at most: a page of gates the caller mostly approved already ends early (with its cursor)
+# instead of reading on through every such gate.
+_MAX_BATCHES = 10
 
 
 def waiting_on_role(role: str) -> ColumnElement[bool]:
@@ -83,7 +86,9 @@ async def inbox(*, session: AsyncSession, principal: Principal, secret: str, cur
     items: list[InboxItem] = []
     last: tuple[datetime, str] | None = None
     exhausted = False
-    while len(items) < limit and not exhausted:
+    for _ in range(_MAX_BATCHES):
+        if len(items) >= limit or exhausted:
+            break
         want = limit - len(items) + _BATCH_SLACK
         where = [*conds, after] if after is not None else conds
         rows = (await session.execute(

@@ -299,3 +299,18 @@ async def test_the_inbox_counts_up_to_its_cap_and_says_there_are_more(env: ApiEn
     body = (await env.http.get("/api/v1/inbox", params={"limit": "3"}, headers=env.auth("vera"))).json()
     # the count is taken before the per-gate rule (vera's own approvals), so it is at least what she can decide
     assert body["total_more"] is False and body["total"] >= decidable
+
+
+async def test_a_page_that_ends_early_still_continues_where_it_stopped(env: ApiEnv,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """One query a page and no slack: pages with gates vera already approved come back short, and the cursor
+    carries on after the last gate examined, so walking every page still finds each decidable gate once."""
+    template = await park_one(env)
+    gates = await clone_gates(env, template, 40)
+    monkeypatch.setattr(inbox_service, "_MAX_BATCHES", 1)
+    monkeypatch.setattr(inbox_service, "_BATCH_SLACK", 0)
+    walked = [i["progression_id"] for i in await pages(env, "vera", "/api/v1/inbox", 3)]
+    assert [p for p in walked if p != template] == expected_for(gates, team="validation", role="model_validator")
+    async with AsyncProgressionClient("http://api.test", env.tokens["vera"],
+                                      transport=httpx.ASGITransport(app=env.app)) as sdk:
+        assert [i.progression_id for i in await sdk.inbox(page_size=3)] == walked
