@@ -26,13 +26,15 @@ FULL: dict[str, list[str]] = {
     "api_reads": [],
     "audit": [],
     "scale": [],
+    "inbox_sql": [],
 }
 QUICK: dict[str, list[str]] = {
     "throughput": ["--count", "10", "--rounds", "1", "--concurrency", "4"],
     "approval_latency": ["--samples", "10"],
     "api_reads": ["--requests", "100", "--progressions", "3", "--rounds", "1"],
     "audit": ["--events", "5000", "--journeys", "3", "--rounds", "1", "--transactions", "30", "--samples", "20"],
-    "scale": ["--size", "20", "--small", "5"],
+    "scale": ["--counts", "5,12,20", "--budget-s", "600"],
+    "inbox_sql": ["--counts", "20,200", "--samples", "5"],
 }
 
 

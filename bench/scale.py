@@ -1,21 +1,25 @@
 """Scale: many progressions parked at approval gates; worker memory, inbox latency, drain time.
 
-    python -m bench.scale [--size 10000] [--small 100] [--db sqlite|postgresql]
+    python -m bench.scale [--counts 100,1000,10000] [--cache 1000] [--budget-s 3600] [--db sqlite|postgresql]
+                          [--series FILE]
 
 The product runs as two processes (API, worker). Marketing progressions (one validator approval,
 then deployment) are started straight on Temporal (the API's start path is measured elsewhere) and
-parked at their validation gate. Measured twice, first with ``--small`` parked (the baseline),
-then with ``--size``: the worker's resident memory, the validator's ``GET /api/v1/inbox`` latency
-(p50/p95 of 20 reads), and the time to drain every gate with HTTP approvals (16 clients) until each
-progression is ``in_production`` in the read model. Full size takes about 15-25 minutes on 2 cores.
+parked at their validation gate. The smallest count is the baseline: parked, measured, drained. Then
+progressions are parked cumulatively up to each larger count (while the time budget allows), and at each
+the worker's resident memory and the validator's ``GET /api/v1/inbox`` latency (p50/p95 of 20 reads,
+first page) are measured; finally the largest count is drained with HTTP approvals (16 clients) until
+each progression is ``in_production`` in the read model. Full size takes about 25-35 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -81,7 +85,7 @@ async def park(client: Client, stack: Stack, base: Any, n: int, tag: str, sm: An
     for first in range(0, n, wave):
         batch = await bounded_gather(min(wave, n - first), 32,
                                      lambda i, first=first: start(first + i))  # type: ignore[misc]
-        await wait_all(sm, batch, "awaiting_approval", timeout=max(120.0, len(batch) * 0.5))
+        await wait_all(sm, batch, "awaiting_approval", timeout=max(600.0, len(batch) * 2.0))
         ids += batch
     return ids
 
@@ -93,7 +97,7 @@ async def inbox_latency(http: httpx.AsyncClient, stack: Stack, expect: int) -> l
         resp = await http.get("/api/v1/inbox", headers=stack.auth("vera"))
         out.append((time.perf_counter() - t0) * 1000)
         body = resp.json()
-        if resp.status_code != 200 or body["total"] < expect:
+        if resp.status_code != 200 or (body["total"] < expect and not body.get("total_more")):
             raise RuntimeError(f"inbox: {resp.status_code} total={body.get('total')} expected >= {expect}")
     return out
 
@@ -107,8 +111,15 @@ async def drain(http: httpx.AsyncClient, stack: Stack, ids: list[str], sm: Any) 
 
     t0 = time.perf_counter()
     await bounded_gather(len(ids), 16, approve)
-    await wait_all(sm, ids, "in_production", timeout=max(120.0, len(ids) * 0.5))
+    await wait_all(sm, ids, "in_production", timeout=max(600.0, len(ids) * 2.0))
     return time.perf_counter() - t0
+
+
+def counts_of(text: str) -> list[int]:
+    counts = sorted({int(c) for c in text.split(",") if c.strip()})
+    if len(counts) < 2 or counts[0] < 1:
+        raise SystemExit("--counts: at least two positive counts, e.g. 100,1000,10000")
+    return counts
 
 
 async def main(args: argparse.Namespace) -> Report:
@@ -118,11 +129,18 @@ async def main(args: argparse.Namespace) -> Report:
     from engine.policy import Role
     from testing import workflow as hw
 
-    report = Report("scale", "python -m bench.scale", params={"size": args.size, "small": args.small, "db": args.db,
-                                                               "wave": args.wave})
+    counts = counts_of(args.counts)
+    report = Report("scale", "python -m bench.scale", params={
+        "counts": args.counts, "db": args.db, "wave": args.wave, "cache": args.cache, "budget-s": args.budget_s})
+    t_start = time.perf_counter()
+    series: list[dict[str, float]] = []  # one point per count reached: parked, RSS, inbox p50/p95
+    drains: dict[int, float] = {}  # gates drained -> approvals/s
+    skipped: list[int] = []
     async with temporal_server() as (client, address):
         with fresh_database(args.db) as url:
-            async with product_stack(address, url) as stack, http_client(stack, 16) as http:
+            async with product_stack(address, url, extra_env={
+                    "PROGRESSION_WORKER_MAX_CACHED_WORKFLOWS": str(args.cache)}) as stack, \
+                    http_client(stack, 16) as http:
                 engine = make_engine(url)
                 sm = make_sessionmaker(engine)
                 try:
@@ -132,38 +150,88 @@ async def main(args: argparse.Namespace) -> Report:
                     base = await hw.example_input(env, hw.MARKETING, submitted_by=mia,  # type: ignore[arg-type]
                                                   version={"id": "6.0.0"})
                     tag = uuid.uuid4().hex[:6]
-                    results: dict[str, dict[str, float]] = {}
-                    for label, n in (("small", args.small), ("size", args.size)):
-                        t0 = time.perf_counter()
-                        ids = await park(client, stack, base, n, f"{label}-{tag}", sm, args.wave)
-                        park_s = time.perf_counter() - t0
-                        rss = rss_mib(stack.worker_pid)
-                        lat = await inbox_latency(http, stack, n)
-                        drain_s = await drain(http, stack, ids, sm)
-                        results[label] = {"park_s": park_s, "rss": rss, "inbox_p50": percentile(lat, 50),
-                                          "inbox_p95": percentile(lat, 95), "drain_s": drain_s,
-                                          "drain_rate": n / drain_s, "park_rate": n / park_s}
+                    # The baseline: the smallest count parked, measured and drained on its own.
+                    ids = await park(client, stack, base, counts[0], f"s-{tag}", sm, args.wave)
+                    series.append(await measure(http, stack, counts[0]))
+                    progress(args, series, drains)
+                    drains[counts[0]] = counts[0] / await drain(http, stack, ids, sm)
+                    progress(args, series, drains)
+                    # Then parked cumulatively up to each larger count, as far as the time budget allows.
+                    parked: list[str] = []
+                    rate = 0.0
+                    for n in counts[1:]:
+                        left = args.budget_s - (time.perf_counter() - t_start)
+                        drain_n = min(args.drain, n) if args.drain else n
+                        need = (n - len(parked) + drain_n) / rate if rate else 0.0
+                        if rate and need * 1.2 > left:  # parking, then draining (about as fast), must fit
+                            skipped.append(n)
+                            continue
+                        t0, before = time.perf_counter(), len(parked)
+                        parked += await park(client, stack, base, n - before, f"{n}-{tag}", sm, args.wave)
+                        rate = (n - before) / max(time.perf_counter() - t0, 1e-3)
+                        series.append(await measure(http, stack, n))
+                        progress(args, series, drains)
+                    drained = parked[-args.drain:] if args.drain else parked
+                    drains[len(parked)] = len(drained) / await drain(http, stack, drained, sm)
                 finally:
                     await engine.dispose()
-    s, b = results["size"], results["small"]
-    report.add(f"worker RSS with {args.size:,} parked", s["rss"], "MiB", baseline=b["rss"],
-               note=f"baseline: with {args.small} parked; the worker caches at most 1,000 workflows "
-                    "(max_cached_workflows), so memory is bounded beyond that")
-    report.add(f"inbox p50 with {args.size:,} gates", s["inbox_p50"], "ms", baseline=b["inbox_p50"])
-    report.add(f"inbox p95 with {args.size:,} gates", s["inbox_p95"], "ms", baseline=b["inbox_p95"])
-    report.add(f"drain {args.size:,} gates (HTTP approvals -> in_production)", s["drain_s"], "s",
-               note=f"{s['drain_rate']:.1f} approvals/s; baseline rate with {args.small}: {b['drain_rate']:.1f}/s")
-    report.add("drain rate", s["drain_rate"], "/s", baseline=b["drain_rate"])
-    report.add("park rate (start -> gate open)", s["park_rate"], "/s", baseline=b["park_rate"])
+    small, large = series[0], series[-1]
+    at_1000 = next((p for p in series if p["count"] == 1000), series[1])
+    n_large = int(large["count"])
+    for point in series:
+        report.add(f"worker RSS with {int(point['count']):,} parked", point["rss"], "MiB",
+                   note=f"worker cache (max_cached_workflows): {args.cache}")
+        report.add(f"inbox p50 with {int(point['count']):,} gates", point["inbox_p50"], "ms")
+        report.add(f"inbox p95 with {int(point['count']):,} gates", point["inbox_p95"], "ms")
+    report.add(f"worker RSS {n_large:,} vs {int(at_1000['count']):,} parked", large["rss"], "MiB",
+               baseline=at_1000["rss"], goal="ratio <= 1.2", met=large["rss"] <= 1.2 * at_1000["rss"])
+    report.add(f"inbox p95 {n_large:,} vs {int(small['count']):,} gates", large["inbox_p95"], "ms",
+               baseline=small["inbox_p95"], goal="ratio <= 1.5", met=large["inbox_p95"] <= 1.5 * small["inbox_p95"])
+    report.add(f"inbox p50 {n_large:,} vs {int(small['count']):,} gates", large["inbox_p50"], "ms",
+               baseline=small["inbox_p50"])
+    d_small, d_large = drains[counts[0]], drains[len(parked)]
+    report.add(f"drain rate with {n_large:,} parked vs {counts[0]:,}", d_large, "/s", baseline=d_small,
+               goal="ratio >= 0.9", met=d_large >= 0.9 * d_small,
+               note=f"{len(drained):,} HTTP approvals (16 clients) until in_production")
+    if skipped:
+        report.add("counts left out (time budget)", float(len(skipped)), "",
+                   note="skipped: " + ", ".join(f"{n:,}" for n in skipped))
+    if args.series:
+        write_series(Path(args.series), {"cache": args.cache, "db": args.db, "points": series,
+                                         "drains": {str(k): v for k, v in drains.items()}})
     return report
+
+
+def write_series(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def progress(args: argparse.Namespace, series: list[dict[str, float]], drains: dict[int, float]) -> None:
+    """Each point as soon as it is measured (stdout, and the series file): a run stopped early keeps them."""
+    print(f"point: {json.dumps(series[-1])} drains: {json.dumps(drains)}", flush=True)
+    if args.series:
+        write_series(Path(args.series), {"cache": args.cache, "db": args.db, "points": series, "partial": True,
+                                         "drains": {str(k): v for k, v in drains.items()}})
+
+
+async def measure(http: httpx.AsyncClient, stack: Stack, n: int) -> dict[str, float]:
+    rss = rss_mib(stack.worker_pid)
+    lat = await inbox_latency(http, stack, n)
+    return {"count": float(n), "rss": rss, "inbox_p50": percentile(lat, 50), "inbox_p95": percentile(lat, 95)}
 
 
 def parser() -> argparse.ArgumentParser:
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=10_000, help="progressions parked at the gate")
-    p.add_argument("--small", type=int, default=100, help="the baseline's parked progressions")
+    p.add_argument("--counts", default="100,1000,10000",
+                   help="parked counts, smallest first: the smallest is the baseline (parked, drained alone); the "
+                        "others are reached cumulatively, and the largest is drained")
+    p.add_argument("--drain", type=int, default=0, help="drain only this many of the largest count (0: all)")
+    p.add_argument("--cache", type=int, default=1000, help="the worker's max_cached_workflows")
+    p.add_argument("--budget-s", type=float, default=3600.0,
+                   help="a larger count is left out when parking and draining it would pass this many seconds")
     p.add_argument("--wave", type=int, default=500, help="progressions started and parked at a time")
     p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    p.add_argument("--series", metavar="FILE", help="also write the points (for bench.plot_scale)")
     return p
 
 

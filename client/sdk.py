@@ -40,6 +40,7 @@ from engine.wire import (
     FeatureOut,
     FeatureProposalList,
     FeatureProposalOut,
+    Inbox,
     InboxItem,
     ModelDetail,
     ModelOut,
@@ -47,6 +48,7 @@ from engine.wire import (
     PolicyDetail,
     PolicySummary,
     ProgressionPage,
+    ProgressionSummary,
     ProgressionVerification,
     Todo,
 )
@@ -278,8 +280,8 @@ class _Calls:
                      headers=_idem(idempotency_key))
 
     @staticmethod
-    def inbox() -> _Call[_list[InboxItem]]:
-        return _Call("GET", "/inbox", _list_of(InboxItem))
+    def inbox(cursor: str | None, limit: int | None) -> _Call[Inbox]:
+        return _Call("GET", "/inbox", _as(Inbox), params=_clean({"cursor": cursor, "limit": limit}))
 
     @staticmethod
     def models(filters: Mapping[str, Any]) -> _Call[ModelPage]:
@@ -438,8 +440,19 @@ class ProgressionClient:
         return self._run(_Calls.get(progression_id))
 
     def list(self, **filters: Any) -> ProgressionPage:
-        """One page of summaries. Filters: ``model``, ``intent``, ``stage``, ``status``, ``limit``, ``offset``."""
+        """One page of summaries. Filters: ``model``, ``intent``, ``stage``, ``status``, ``team``; ``limit``,
+        ``cursor`` (a page's ``next_cursor``)."""
         return self._run(_Calls.list(filters))
+
+    def progressions(self, *, page_size: int | None = None, **filters: Any) -> Iterator[ProgressionSummary]:
+        """Every progression visible to the caller (newest first), page after page by cursor."""
+        cursor: str | None = None
+        while True:
+            page = self._run(_Calls.list({**filters, "cursor": cursor, "limit": page_size}))
+            yield from page.items
+            if not page.next_cursor or not page.items:
+                return
+            cursor = page.next_cursor
 
     def decide(self, progression_id: str, stage: str, decision: DecisionKind | str, comment: str,
                idempotency_key: str | None = None, basis: str | None = None) -> ProgressionState:
@@ -461,8 +474,16 @@ class ProgressionClient:
     def withdraw(self, progression_id: str, reason: str, *, idempotency_key: str | None = None) -> ProgressionState:
         return self._run(_Calls.withdraw(progression_id, reason, idempotency_key))
 
-    def inbox(self) -> _list[InboxItem]:
-        return self._run(_Calls.inbox())
+    def inbox(self, *, page_size: int | None = None) -> _list[InboxItem]:
+        """Every gate waiting on the caller (oldest first), all pages."""
+        out: _list[InboxItem] = []
+        cursor: str | None = None
+        while True:
+            page = self._run(_Calls.inbox(cursor, page_size))
+            out.extend(page.items)
+            if not page.next_cursor:  # a page may be short (or empty) and still not the last
+                return out
+            cursor = page.next_cursor
 
     def todo(self) -> Todo:
         """Everything waiting on me, most urgent first."""
@@ -630,6 +651,17 @@ class AsyncProgressionClient:
     async def list(self, **filters: Any) -> ProgressionPage:
         return await self._run(_Calls.list(filters))
 
+    async def progressions(self, *, page_size: int | None = None, **filters: Any
+                           ) -> AsyncIterator[ProgressionSummary]:
+        cursor: str | None = None
+        while True:
+            page = await self._run(_Calls.list({**filters, "cursor": cursor, "limit": page_size}))
+            for item in page.items:
+                yield item
+            if not page.next_cursor or not page.items:
+                return
+            cursor = page.next_cursor
+
     async def decide(self, progression_id: str, stage: str, decision: DecisionKind | str, comment: str,
                      idempotency_key: str | None = None, basis: str | None = None) -> ProgressionState:
         if basis is None:
@@ -647,8 +679,15 @@ class AsyncProgressionClient:
                        ) -> ProgressionState:
         return await self._run(_Calls.withdraw(progression_id, reason, idempotency_key))
 
-    async def inbox(self) -> _list[InboxItem]:
-        return await self._run(_Calls.inbox())
+    async def inbox(self, *, page_size: int | None = None) -> _list[InboxItem]:
+        out: _list[InboxItem] = []
+        cursor: str | None = None
+        while True:
+            page = await self._run(_Calls.inbox(cursor, page_size))
+            out.extend(page.items)
+            if not page.next_cursor:  # a page may be short (or empty) and still not the last
+                return out
+            cursor = page.next_cursor
 
     async def todo(self) -> Todo:
         return await self._run(_Calls.todo())

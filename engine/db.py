@@ -213,6 +213,10 @@ class ProgressionRow(Base):
 
 
 Index("ix_progressions_status_gate", ProgressionRow.status, ProgressionRow.gate_opened_at)
+# Keyset order of the inbox (gate opened, id) and of the progressions listing (newest first, id): a page
+# reads its rows off the index instead of sorting every open gate or progression (migration 0011).
+Index("ix_progressions_gate_opened_id", ProgressionRow.gate_opened_at, ProgressionRow.id)
+Index("ix_progressions_started_id", ProgressionRow.started_at, ProgressionRow.id)
 
 
 class DecisionRow(Base):

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1, le=500)
     db_max_overflow: int = Field(default=20, ge=0, le=500)
     db_pool_timeout: float = Field(default=30.0, gt=0)
+    # Workflows a worker process keeps in memory (Temporal's sticky cache). What bounds its memory: beyond it
+    # parked progressions are evicted and cost nothing until a message wakes them (a replay of their history).
+    worker_max_cached_workflows: int = Field(default=1000, ge=0, le=100_000)
 
     @property
     def resolved_database_url(self) -> str:

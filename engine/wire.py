@@ -80,7 +80,9 @@ class ProgressionPage(BaseModel):
     total: int
     limit: int
     offset: int
-    next_offset: int | None
+    next_offset: int | None = Field(description="offset paging (kept for old clients; prefer next_cursor)")
+    next_cursor: str | None = Field(default=None, description=(
+        "pass as ?cursor= for the next page (keyset: stable while progressions start); null on the last page"))
 
 
 class InboxItem(BaseModel):
@@ -127,7 +129,12 @@ class Todo(BaseModel):
 
 class Inbox(BaseModel):
     items: list[InboxItem]
-    total: int
+    total: int = Field(description="open gates waiting on the caller's roles (before the per-gate rules of the "
+                                   "page), counted up to 1,000")
+    total_more: bool = Field(default=False, description="more open gates than ``total`` (counting stops at 1,000)")
+    limit: int = 50
+    next_cursor: str | None = Field(default=None, description=(
+        "pass as ?cursor= for the next page (keyset: stable while gates open); null on the last page"))
 
 
 class VersionOut(BaseModel):

@@ -64,7 +64,8 @@ async def run_worker(settings: Settings | None = None) -> None:
     client = await connect(address, settings.temporal_namespace)
     activities, engine = build_activities(settings)
     try:
-        worker = build_worker(client, task_queue=settings.task_queue, activities=activities)
+        worker = build_worker(client, task_queue=settings.task_queue, activities=activities,
+                              max_cached_workflows=settings.worker_max_cached_workflows)
         log.info("worker polling task queue %r on %s", settings.task_queue, address)
         await worker.run()
     finally:

@@ -42,15 +42,17 @@ async def start_progression(request: Request, session: SessionDep, user: Current
     return await idempotent(request, user, fingerprint("start", body.fingerprint()), produce, app.sessionmaker)
 
 
-@router.get("", response_model=ProgressionPage, summary="List progressions (read model), filtered and paged")
+@router.get("", response_model=ProgressionPage, summary="List progressions (read model), newest first, filtered; "
+                                                  "pass next_cursor as ?cursor= to page")
 async def list_progressions(
-    session: SessionDep, user: CurrentUser,
+    session: SessionDep, user: CurrentUser, app: StateDep,
     model: str | None = None, intent: str | None = None, stage: str | None = None, status: str | None = None,
-    team: str | None = None,
+    team: str | None = None, cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50, offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> ProgressionPage:
-    return await svc.list_progressions(session=session, principal=user, model=model, intent=intent, stage=stage,
-                                       status=status, team=team, limit=limit, offset=offset)
+    return await svc.list_progressions(session=session, principal=user, secret=app.settings.secret_key,
+                                       model=model, intent=intent, stage=stage, status=status, team=team,
+                                       limit=limit, offset=offset, cursor=cursor)
 
 
 @router.get("/{progression_id}", response_model=ProgressionDetail, responses={**NOT_FOUND},

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import (
@@ -38,6 +38,7 @@ from api.authz import (
     require_visible,
     team_refusal,
 )
+from api.cursors import decode_cursor, encode_cursor
 from api.deps import AppState
 from api.errors import ApiError
 from api.services.people import people
@@ -236,19 +237,41 @@ def summary(row: ProgressionRow) -> ProgressionSummary:
         started_at=row.started_at, updated_at=row.updated_at)
 
 
-async def list_progressions(*, session: AsyncSession, principal: Principal, model: str | None = None,
+PROGRESSIONS_CURSOR = "progressions"
+
+
+async def list_progressions(*, session: AsyncSession, principal: Principal, secret: str, model: str | None = None,
                             intent: str | None = None, stage: str | None = None, status: str | None = None,
-                            team: str | None = None, limit: int = 50, offset: int = 0) -> ProgressionPage:
+                            team: str | None = None, limit: int = 50, offset: int = 0,
+                            cursor: str | None = None) -> ProgressionPage:
+    """Newest first. Paged by ``cursor`` (keyset on started_at, id: stable while progressions start; see
+    :mod:`api.cursors`), or by ``offset`` for old clients. A cursor continues only the listing (caller and
+    filters) it was issued for; the team scope applies on every page."""
     require(principal, Action.list_progressions)
+    filters = {"model": model, "intent": intent, "stage": stage, "status": status, "team": team}
     conds = listing_conditions(principal, ProgressionRow.team, team=(ProgressionRow.team, team),
                                model=(ProgressionRow.model_id, model),
                                intent=(ProgressionRow.business_intent, intent),
                                stage=(ProgressionRow.current_stage, stage), status=(ProgressionRow.status, status))
     total = (await session.execute(select(func.count()).select_from(ProgressionRow).where(*conds))).scalar_one()
-    rows = (await session.execute(
-        select(ProgressionRow).where(*conds)
-        .order_by(ProgressionRow.started_at.desc(), ProgressionRow.id).limit(limit).offset(offset))).scalars().all()
-    next_offset = offset + len(rows) if offset + len(rows) < total else None
+    query = select(ProgressionRow).where(*conds)
+    if cursor:
+        key = decode_cursor(cursor, secret=secret, kind=PROGRESSIONS_CURSOR, user_id=principal.id, filters=filters)
+        try:
+            started, last_id = datetime.fromisoformat(key[0]), str(key[1])
+        except (ValueError, TypeError, IndexError):
+            raise ApiError(422, "invalid_cursor", "cursor is not one this API issued for this listing",
+                           {"cursor": cursor[:200]}) from None
+        query = query.where(or_(ProgressionRow.started_at < started,
+                                and_(ProgressionRow.started_at == started, ProgressionRow.id > last_id)))
+        offset = 0
+    fetched = (await session.execute(
+        query.order_by(ProgressionRow.started_at.desc(), ProgressionRow.id).limit(limit + 1).offset(offset)
+    )).scalars().all()
+    rows, more = fetched[:limit], len(fetched) > limit
+    next_offset = offset + len(rows) if more and not cursor else None
+    next_cursor = (encode_cursor(secret=secret, kind=PROGRESSIONS_CURSOR, user_id=principal.id, filters=filters,
+                                 key=[rows[-1].started_at.isoformat(), rows[-1].id]) if more and rows else None)
     names = await people(session, (r.submitted_by for r in rows))
     items = []
     for r in rows:
@@ -256,7 +279,8 @@ async def list_progressions(*, session: AsyncSession, principal: Principal, mode
         item.submitted_by_username = person.username if person else None
         item.submitted_by_display_name = person.display_name if person else None
         items.append(item)
-    return ProgressionPage(items=items, total=total, limit=limit, offset=offset, next_offset=next_offset)
+    return ProgressionPage(items=items, total=total, limit=limit, offset=offset, next_offset=next_offset,
+                           next_cursor=next_cursor)
 
 
 # ---- evidence storage ------------------------------------------------------------------------
@@ -549,7 +573,12 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
                  stage: str, decision: DecisionKind, comment: str, decision_id: str,
                  basis: str | None = None, conditions: list[ConditionIn] | None = None) -> ProgressionState:
     require(principal, Action.read_progression)
-    state, live = await _load_state(session, app, progression_id)
+    # The pre-checks read the read model, never the workflow: a query would make the worker replay an evicted
+    # (parked) progression's history just to refuse, and a wrong decision must not wake it at all. The
+    # snapshot is what the decider saw (every GET, the inbox and the basis read it); where it lags the
+    # workflow (an activity recording it is in flight), the Update validator below applies every rule
+    # again on the live state.
+    state = await recorded_state(session, app, progression_id)
     if state is None:
         raise ApiError(404, "not_found", f"progression {progression_id} not found")
     require_visible(principal, state.team, f"progression {progression_id}")
@@ -566,13 +595,10 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
         refusal = Refusal(code="sso_required", http_status=403,
                           message="decisions are accepted only from an SSO session in this installation; "
                                   "API tokens cannot decide")
-    elif live:
+    else:
         refusal = (decision_refusal(state, principal.actor, stage, decision)
                    or acknowledgement_refusal(state, decision, comment) or basis_refusal(state, stage, basis)
                    or _findings_refusal(app, state, stage, decision, conditions or []))
-    # else: a snapshot (no worker answered the query) may lag the workflow, so it must not refuse a
-    # decision the gate now accepts; the workflow's validator applies the same rule, and its refusals
-    # are recorded below.
     if refusal is not None:
         await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision_name,
                              comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain,

@@ -37,7 +37,6 @@ from api.web.render import (
     PAGE_SIZE,
     UI,
     AnyWeb,
-    PageOffset,
     PostWeb,
     UserWeb,
     Web,
@@ -69,13 +68,15 @@ router = APIRouter(prefix=UI, include_in_schema=False)
 
 @router.get("/progressions", name="ui_progressions")
 async def progressions_page(web: UserWeb, model: str | None = None, intent: str | None = None,
-                            status: str | None = None, offset: PageOffset = 0) -> Response:
+                            status: str | None = None, cursor: str | None = None) -> Response:
     filters = {"model": model or None, "intent": intent or None, "status": status or None}
-    page = await call(list_progressions(session=web.db, principal=web.user, limit=PAGE_SIZE,
-                                        offset=max(offset, 0), **filters))
+    page = await call(list_progressions(session=web.db, principal=web.user, secret=web.app.settings.secret_key,
+                                        limit=PAGE_SIZE, cursor=cursor or None, model=filters["model"],
+                                        intent=filters["intent"], status=filters["status"]))
     query = urlencode({k: v for k, v in filters.items() if v})
     return render(web.request, "progressions.html", {
         "title": "Progressions", "active": "progressions", "page": page, "filters": filters, "query": query,
+        "paged": bool(cursor),
         "intents": web.app.registry.intents(), "statuses": [s.value for s in _statuses()],
         "can_start": allowed(web.user, Action.start_progression)})
 

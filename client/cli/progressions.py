@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import time
@@ -269,17 +270,20 @@ def list_progressions(
     intent: Annotated[str | None, typer.Option(help="Business intent.")] = None,
     stage: Annotated[str | None, typer.Option(help="Current stage.")] = None,
     status_: Annotated[str | None, typer.Option("--status", help="Status.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many.", min=1)] = 50,
+    limit: Annotated[int, typer.Option(help="At most this many (pages on by cursor until then).", min=1)] = 50,
+    all_: Annotated[bool, typer.Option("--all", help="Every page, however many.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Progressions you can see, newest first."""
     with client() as c:
-        page = c.list(model=model, intent=intent, stage=stage, status=status_, limit=limit)
+        found = c.progressions(model=model, intent=intent, stage=stage, status=status_,
+                               page_size=min(limit, 500) if not all_ else 500)
+        items = list(found) if all_ else list(itertools.islice(found, limit))
     if as_json:
-        emit_json(page)
+        emit_json({"items": [p.model_dump(mode="json") for p in items]})
         return
     table = columns("progression", "intent", "tier", "status", "stage", "waiting on", "updated")
-    for p in page.items:
+    for p in items:
         add_row(table, p.id, p.business_intent, str(p.risk_tier), p.status, p.current_stage or "-",
                       ", ".join(p.waiting_on) or "-", f"{ago(p.updated_at)} ago")
     out().print(table)

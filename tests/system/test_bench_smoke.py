@@ -19,6 +19,7 @@ EXPECTED = {
     "api_reads": "GET /progressions/{id} requests/s",
     "audit": "filtered audit query p95 (postgresql",
     "scale": "worker RSS",
+    "inbox_sql": "inbox p95 at",
 }
 
 
