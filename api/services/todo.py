@@ -38,7 +38,8 @@ async def todo(*, session: AsyncSession, app: AppState, principal: Principal) ->
     now = utcnow()
     items: list[TodoItem] = []
     if allowed(principal, Action.decide):
-        for gate in (await inbox(session=session, principal=principal, limit=LIMIT)).items:
+        for gate in (await inbox(session=session, principal=principal, secret=app.settings.secret_key,
+                                     limit=LIMIT)).items:
             pid = gate.progression_id
             items.append(TodoItem(
                 kind="gate", model_id=gate.model_id, progression_id=pid, stage=gate.stage,
