@@ -476,6 +476,11 @@ def decision_refusal(
                        message=f"stage {stage_name!r} is {stage.status.value}, not awaiting approval")
     if refusal := _gate_role_refusal(stage, actor):
         return refusal
+    if Role.admin in actor.roles:  # ... and holds the gate's role
+        # Identity never grants an admin a deciding role; should a user row say so anyway (edited in the
+        # database), the workflow refuses too, not only the API.
+        return Refusal(code="admin_cannot_decide", http_status=403,
+                       message="administrators administer but never decide on gates, whatever other role they hold")
     if actor.user_id == state.submitted_by:
         return Refusal(code="own_submission", http_status=403,
                        message="you submitted this progression; segregation of duties forbids deciding on it")

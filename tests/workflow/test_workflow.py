@@ -188,6 +188,14 @@ async def test_refused_not_a_gate_role(validation_gate) -> None:  # type: ignore
     await _assert_refused(validation_gate, RISK1, "validation", "approve", "not_a_gate_role")
 
 
+async def test_refused_an_admin_holding_a_gate_role(validation_gate) -> None:  # type: ignore[no-untyped-def]
+    """Attack: an admin whose user row was edited to add model_validator decides through a path that skips the
+    API's check; the workflow's own validator refuses (the decision never enters history)."""
+    admin_as_validator = Actor(user_id="u-adm", username="adam.admin", roles=[Role.admin, Role.model_validator],
+                               team="platform")
+    await _assert_refused(validation_gate, admin_as_validator, "validation", "approve", "admin_cannot_decide")
+
+
 async def test_refused_own_submission(validation_gate) -> None:  # type: ignore[no-untyped-def]
     submitter_as_validator = Actor(user_id=DEV.user_id, username=DEV.username,
                                    roles=[Role.model_developer, Role.model_validator], team=None)
