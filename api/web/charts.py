@@ -188,12 +188,21 @@ def funnel_chart(title: str, steps: Sequence[tuple[str, int]], *, key: str = "")
 
 
 def series_chart(title: str, points: Sequence[tuple[str, float]], *, threshold: float | None = None,
-                 op: str | None = None, key: str = "", value_label: str = "value") -> Chart:
+                 op: str | None = None, key: str = "", value_label: str = "value",
+                 lines: Sequence[tuple[str, float]] = (), verdicts: Sequence[bool | None] | None = None) -> Chart:
     """A line through ``points`` (label, value) in order, with the threshold as a dashed line; a point that
-    breaks the rule (``value op threshold`` false) is marked as failing."""
+    breaks the rule (``value op threshold`` false) is marked as failing.
+
+    ``lines`` are further named thresholds (a monitoring metric's rules: ``("psi-drift", 0.25)``), each drawn
+    dashed and labelled "name value". ``verdicts`` (one per point: passed, failed or None) judge the points
+    when the rule is not a single comparison (a period's recorded breaches); they take precedence over ``op``."""
+    if verdicts is not None and len(verdicts) != len(points):
+        raise ValueError("series_chart: one verdict per point")
     values = [v for _, v in points if math.isfinite(v)]
-    top = _nice(max(values + ([threshold] if threshold is not None else []) + [0.0]) * 1.1)
-    low = -_nice(-min(values + [0.0])) if min(values + [0.0]) < 0 else 0.0
+    marks = ([threshold] if threshold is not None else []) + [v for _, v in lines if math.isfinite(v)]
+    top = _nice(max(values + marks + [0.0]) * 1.1)
+    low_value = min(values + marks + [0.0])
+    low = -_nice(-low_value) if low_value < 0 else 0.0
     span = (top - low) or 1.0
     left, right, top_pad, bottom_pad = 60, 16, 12, 34
     height = 200
@@ -203,7 +212,9 @@ def series_chart(title: str, points: Sequence[tuple[str, float]], *, threshold: 
         x = left + (plot_w * (i + 0.5) / max(len(points), 1))
         return x, top_pad + plot_h - (v - low) / span * plot_h
 
-    def passes(v: float) -> bool | None:
+    def passes(i: int, v: float) -> bool | None:
+        if verdicts is not None:
+            return verdicts[i]
         if threshold is None or op is None or op not in _COMPARE:
             return None
         return _COMPARE[op](v, threshold)
@@ -218,6 +229,13 @@ def series_chart(title: str, points: Sequence[tuple[str, float]], *, threshold: 
                     'stroke="#1b1b1b" stroke-width="1.5" stroke-dasharray="4 3"/>')
         body.append(_text(WIDTH - right, ty - 8, f"{op or ''} {number(threshold)}".strip(), anchor="end",
                           cls="chart-threshold"))
+    for name, value in lines:
+        if not math.isfinite(value):
+            continue
+        ly = xy(0, value)[1]
+        body.append(f'<line x1="{left}" y1="{ly:.1f}" x2="{WIDTH - right}" y2="{ly:.1f}" class="threshold" '
+                    'stroke="#1b1b1b" stroke-width="1.5" stroke-dasharray="4 3"/>')
+        body.append(_text(WIDTH - right, ly - 8, f"{name} {number(value)}", anchor="end", cls="chart-threshold"))
     finite = [(i, v) for i, (_, v) in enumerate(points) if math.isfinite(v)]
     if len(finite) > 1:
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in finite))
@@ -227,15 +245,18 @@ def series_chart(title: str, points: Sequence[tuple[str, float]], *, threshold: 
         if not math.isfinite(v):
             continue
         x, y = xy(i, v)
-        state = _state(passes(v))
+        state = _state(passes(i, v))
         body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" class="point bar-{state}" fill="{_FILL[state]}">'
                     f"<title>{escape(label)}: {escape(number(v))}</title></circle>")
         body.append(_text(x, height - bottom_pad / 2, _clip(label, 10), anchor="middle", cls="chart-axis"))
-    desc = "; ".join(f"{label} {number(v)}" for label, v in points)
-    columns = ["point", value_label] + (["meets the rule"] if threshold is not None and op else [])
+    desc = f"{title}: " + "; ".join(f"{label} {number(v)}" for label, v in points)
+    if lines:
+        desc += ". Thresholds: " + ", ".join(f"{name} {number(value)}" for name, value in lines)
+    judged = verdicts is not None or (threshold is not None and bool(op))
+    columns = ["point", value_label] + (["meets the rule"] if judged else [])
     rows = []
-    for label, v in points:
-        verdict = passes(v)
+    for i, (label, v) in enumerate(points):
+        verdict = passes(i, v)
         rows.append([label, number(v)] + ([] if len(columns) == 2 else ["—" if verdict is None else
                                                                         ("yes" if verdict else "no")]))
     return Chart(title=title, svg=_svg(height, title, desc, body), columns=columns, rows=rows, key=key)

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Response
 from api.authz import Action
 from api.services.catalog import get_model
 from api.services.monitoring import history, request_retirement
-from api.web.monitoring_svg import series_svg
+from api.web.charts import Chart, series_chart
 from api.web.render import UI, PostWeb, UserWeb, call, redirect, render
 from engine.errors import ProgressionError
-from engine.monitoring import series_value
+from engine.monitoring import MonitoringHistory, series_value
 
 router = APIRouter(prefix=UI, include_in_schema=False)
 
@@ -20,15 +20,25 @@ router = APIRouter(prefix=UI, include_in_schema=False)
 async def _context(web: UserWeb, model_id: str, error: str | None = None) -> dict[str, object]:
     model = await call(get_model(session=web.db, principal=web.user, model_id=model_id))
     data = await call(history(session=web.db, app=web.app, principal=web.user, model_id=model_id))
-    charts = []
-    for metric in sorted(data.metrics):
-        points = [(r.period, v) for r in data.results if (v := series_value(r.metrics.get(metric))) is not None]
-        lines = [(t.rule_id, t.value) for t in data.thresholds.get(metric, [])]
-        charts.append({"metric": metric, "kind": data.metrics[metric], "svg": series_svg(metric, points, lines)})
     in_production = any(v.status == "in_production" for v in model.versions)
     can_retire = in_production and Action.request_retirement in web.user.actions and web.user.team == model.team
-    return {"model": model, "history": data, "charts": charts, "can_retire": can_retire, "error": error,
+    return {"model": model, "history": data, "charts": monitoring_charts(data), "can_retire": can_retire, "error": error,
             "series_value": series_value}
+
+
+def monitoring_charts(data: MonitoringHistory) -> list[Chart]:
+    """One series chart per declared metric (a per-feature metric plots its largest figure), its rules'
+    thresholds drawn, and a period marked failing when it recorded a breach of a rule reading that metric."""
+    charts = []
+    for metric in sorted(data.metrics):
+        rules = {t.rule_id for t in data.thresholds.get(metric, [])}
+        judged = [(r, v) for r in data.results if (v := series_value(r.metrics.get(metric))) is not None]
+        verdicts = [None if not rules else not any(b.rule_id in rules for b in r.breaches) for r, _ in judged]
+        label = metric + (" (largest feature)" if data.metrics[metric] == "by_feature" else "")
+        charts.append(series_chart(f"{metric} by period", [(r.period.isoformat(), v) for r, v in judged],
+                                   key=f"monitoring-{metric}", value_label=label, verdicts=verdicts,
+                                   lines=[(t.rule_id, t.value) for t in data.thresholds.get(metric, [])]))
+    return charts
 
 
 @router.get("/models/{model_id}/monitoring", name="ui_model_monitoring")

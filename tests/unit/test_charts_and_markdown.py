@@ -48,6 +48,24 @@ def test_a_series_chart_marks_the_points_that_break_the_rule() -> None:
     assert series_chart("one", [("a", 1.0)]).rows == [["a", "1"]]
 
 
+def test_a_monitoring_series_draws_every_rule_threshold_and_judges_points_by_their_breaches() -> None:
+    """The model and gate pages' monitoring charts: several named thresholds (one line each, labelled, on the
+    scale even above every value), points judged by the period's recorded breaches, the series in words."""
+    chart = series_chart("psi by period", [("2026-01-01", 0.05), ("2026-02-01", 0.31)],
+                         lines=[("psi-drift", 0.25), ("psi-watch", 0.5)], verdicts=[True, False])
+    root = ET.fromstring(str(chart.svg))
+    assert len([ln for ln in root.iter(f"{SVG}line") if ln.get("class") == "threshold"]) == 2
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert "psi-drift 0.25" in texts and "psi-watch 0.5" in texts
+    assert [c.get("class") for c in root.iter(f"{SVG}circle")] == ["point bar-pass", "point bar-fail"]
+    assert chart.rows == [["2026-01-01", "0.05", "yes"], ["2026-02-01", "0.31", "no"]]
+    desc = root.find(f"{SVG}desc")
+    assert desc is not None and desc.text == ("psi by period: 2026-01-01 0.05; 2026-02-01 0.31. "
+                                              "Thresholds: psi-drift 0.25, psi-watch 0.5")
+    with pytest.raises(ValueError, match="one verdict per point"):
+        series_chart("x", [("a", 1.0)], verdicts=[])
+
+
 @pytest.mark.parametrize(("value", "text"), [(0.781, "0.781"), (96512, "96,512"), (1.2e-05, "1.2e-05"),
                                              (0.0, "0"), (-0.021, "-0.021")])
 def test_numbers_read_as_people_write_them(value: float, text: str) -> None:
