@@ -20,11 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from api.authz import Principal
 from api.deps import AppState
 from api.services.catalog import production_version
+from api.services.monitoring import history
 from api.services.progressions import get_progression
 from engine.checks import evidence_value
 from engine.db import ModelVersion, ProgressionRow
+from engine.errors import ProgressionError
 from engine.evidence import EvidenceStore
-from engine.lifecycle import ProgressionState
+from engine.lifecycle import POST_PRODUCTION_STAGES, ProgressionState
+from engine.monitoring import MonitoringHistory
 
 INLINE_MAX_BYTES = 1_000_000  # larger evidence is downloaded, not shown inline
 
@@ -56,6 +59,7 @@ class VersionMaterial:
 class ReviewMaterial:
     this: VersionMaterial
     production: VersionMaterial | None = None
+    monitoring: MonitoringHistory | None = None  # at a revalidation or retirement gate of a monitored model
 
 
 async def _read(store: EvidenceStore, sha256: str, size: int) -> bytes | None:
@@ -92,7 +96,8 @@ async def _material(session: AsyncSession, app: AppState, state: ProgressionStat
 
 async def review_material(*, session: AsyncSession, app: AppState, principal: Principal,
                           state: ProgressionState) -> ReviewMaterial:
-    """This version's evidence content and, when another version of the model is in production, its own."""
+    """This version's evidence content, when another version of the model is in production its own, and at a
+    revalidation or retirement gate the model's monitoring history."""
     material = ReviewMaterial(this=await _material(session, app, state))
     rows = list((await session.execute(select(ProgressionRow).where(
         ProgressionRow.model_id == state.model_id, ProgressionRow.id != state.progression_id))).scalars())
@@ -100,4 +105,11 @@ async def review_material(*, session: AsyncSession, app: AppState, principal: Pr
     if live is not None:
         production = await get_progression(session=session, app=app, principal=principal, progression_id=live.id)
         material.production = await _material(session, app, production)
+    if state.current_stage in POST_PRODUCTION_STAGES:
+        # the model's monitoring series, read with the caller's visibility (the gate's model is visible)
+        try:
+            series = await history(session=session, app=app, principal=principal, model_id=state.model_id)
+        except ProgressionError:  # the page still reviews the gate; the history is one part of it
+            series = None
+        material.monitoring = series if series is not None and series.results else None
     return material

@@ -22,8 +22,8 @@ async def _context(web: UserWeb, model_id: str, error: str | None = None) -> dic
     data = await call(history(session=web.db, app=web.app, principal=web.user, model_id=model_id))
     in_production = any(v.status == "in_production" for v in model.versions)
     can_retire = in_production and Action.request_retirement in web.user.actions and web.user.team == model.team
-    return {"model": model, "history": data, "charts": monitoring_charts(data), "can_retire": can_retire, "error": error,
-            "series_value": series_value}
+    return {"model": model, "history": data, "charts": monitoring_charts(data), "can_retire": can_retire,
+            "error": error, "series_value": series_value}
 
 
 def monitoring_charts(data: MonitoringHistory) -> list[Chart]:

@@ -22,8 +22,9 @@ from markupsafe import Markup
 
 from api.services.review import ReviewMaterial, VersionMaterial
 from api.web.charts import Bar, Chart, Measure, bar_chart, number, threshold_chart
+from api.web.monitoring import monitoring_charts
 from api.web.safe_markdown import render_markdown
-from engine.lifecycle import CheckResult, ProgressionState, StageState
+from engine.lifecycle import REVALIDATION_STAGE, Breach, CheckResult, ProgressionState, StageState
 
 _NUM = r"-?\d+(?:\.\d+)?"
 _OPS: dict[str, Callable[[Any, Any], bool]] = {">=": operator.ge, ">": operator.gt, "<=": operator.le,
@@ -230,6 +231,8 @@ class Review:
     documents: list[tuple[str, Markup]]  # (evidence name, safe HTML) of Markdown evidence, model card first
     unavailable: list[tuple[str, str]]  # (evidence name, why it is not shown inline)
     comparison: Comparison | None
+    monitoring: list[Chart] = field(default_factory=list)  # the model's monitoring series, thresholds drawn
+    trigger: Breach | None = None  # the monitoring breach that opened this revalidation gate
 
 
 def build_review(state: ProgressionState, material: ReviewMaterial) -> Review:
@@ -242,4 +245,13 @@ def build_review(state: ProgressionState, material: ReviewMaterial) -> Review:
     return Review(stages=stages, charts=charts,
                   documents=[(name, render_markdown(str(c.value))) for name, c in docs],
                   unavailable=[(name, c.problem) for name, c in material.this.evidence.items() if c.problem],
-                  comparison=comparison(material))
+                  comparison=comparison(material),
+                  monitoring=monitoring_charts(material.monitoring) if material.monitoring else [],
+                  trigger=_trigger(state))
+
+
+def _trigger(state: ProgressionState) -> Breach | None:
+    """The breach that opened the open revalidation gate (none for a revalidation that fell due by date)."""
+    if state.current_stage != REVALIDATION_STAGE or state.monitoring is None:
+        return None
+    return state.monitoring.triggered_by

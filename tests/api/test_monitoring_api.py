@@ -241,6 +241,54 @@ async def test_model_page_plots_monitoring_and_the_owner_asks_to_retire(env: Api
     assert (await mona.get("/ui/models")).status_code in (302, 303, 401, 403)
 
 
+async def test_the_revalidation_and_retirement_gates_show_the_monitoring_history_and_the_breach(
+        env: ApiEnv, people: dict[str, Browser]) -> None:
+    """A reviewer at a triggered revalidation reads why it opened (rule, figures, period) at the top of the
+    summary and the series with their thresholds; at the retirement gate the series again, no trigger."""
+    pid = await _in_production(env)
+    today = datetime.now(UTC).date()
+    drift_period = (today - timedelta(days=10)).isoformat()
+    for period, psi in (((today - timedelta(days=40)).isoformat(), 0.07), (drift_period, 0.42)):
+        resp = await _post(env, "mona", {"period": period, "metrics": credit_metrics(psi=psi)})
+        assert resp.status_code == 201, resp.text
+    await wait_for(env, pid, lambda s: s["current_stage"] == "revalidation" and s["status"] == "in_production")
+    vera = await signed_in(people, "vera")
+    page = await vera.get(f"/ui/progressions/{pid}")
+    assert page.status_code == 200, page.text[:300]
+    summary = page.text.split('id="review-summary"', 1)[1].split("</section>", 1)[0]
+    trigger = summary.split('id="summary-trigger"', 1)[1].split("</div>\n  </div>", 1)[0]
+    assert summary.index('id="summary-trigger"') < summary.index("What is approved")  # at the top
+    assert 'data-rule="psi-drift"' in trigger and f"<strong>{drift_period}</strong>" in trigger
+    assert "psi.max() &gt; 0.25" in trigger and "bureau_score 0.42" in trigger
+    history = page.text.split('id="monitoring-history"', 1)[1].split("</section>", 1)[0]
+    assert history.count("<svg") == 5 and 'id="chart-monitoring-psi"' in history
+    assert "psi-drift 0.25" in history and "fairness-breach 0.8" in history
+    assert f"psi by period: {(today - timedelta(days=40)).isoformat()} 0.07; {drift_period} 0.42" in history
+    assert "point bar-fail" in history  # the drift period is marked as breaching
+
+    assert (await decide(env, "vera", pid, "revalidation", "approve", "drift explained")).status_code == 200
+    await wait_for(env, pid, lambda s: s["current_stage"] is None and s["revalidations"] == 1)
+    asked = await env.http.post(f"/api/v1/models/{MODEL}/retire", json={"reason": "replaced"},
+                                headers=env.auth("dana"))
+    assert asked.status_code == 202, asked.text
+    await wait_for(env, pid, lambda s: s["current_stage"] == "retirement")
+    rita = await signed_in(people, "rita")
+    gate = await rita.get(f"/ui/progressions/{pid}")
+    assert gate.status_code == 200 and 'id="review-summary"' in gate.text
+    assert 'id="summary-trigger"' not in gate.text  # a retirement is asked, not triggered
+    assert 'id="chart-monitoring-psi"' in gate.text.split('id="monitoring-history"', 1)[1]
+
+
+async def test_a_model_in_production_without_an_open_gate_shows_no_monitoring_review(
+        env: ApiEnv, people: dict[str, Browser]) -> None:
+    pid = await _in_production(env)
+    resp = await _post(env, "mona", {"period": _today(), "metrics": credit_metrics()})
+    assert resp.status_code == 201, resp.text
+    page = await (await signed_in(people, "vera")).get(f"/ui/progressions/{pid}")
+    assert page.status_code == 200 and 'id="monitoring-history"' not in page.text
+    assert 'id="summary-trigger"' not in page.text
+
+
 async def test_a_monitoring_identity_takes_two_admins_and_no_admin_holds_its_credential(env: ApiEnv) -> None:
     adam = env.auth("adam")
     for roles in (["monitor", "model_developer"], ["monitor", "admin"]):
