@@ -1,4 +1,5 @@
-"""Life after production from the terminal: post and show monitoring results, ask for a retirement."""
+"""Life after production from the terminal: post and show monitoring results, ask for a retirement, record a
+risk officer's retirement override."""
 
 from __future__ import annotations
 
@@ -85,8 +86,29 @@ def retire(
     out().print(f"{state.progression_id}: retirement awaits {', '.join(r.value for r in state.waiting_on) or '-'}")
 
 
+@handle_errors
+def retire_override(
+    model_id: Annotated[str, typer.Argument(help="The model production models depend on.")],
+    reason: Annotated[str, typer.Option("--reason", "-m", help="Why it may retire although they depend on it.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Record that a model may retire although production models declare it a dependency (a model risk
+    officer independent of the owning team; audited). The retirement itself still goes through its gate."""
+    if not reason.strip():
+        raise typer.BadParameter("say why the model may retire (--reason/-m)", param_hint="--reason")
+    with client() as c:
+        override = c.retirement_override(model_id, reason.strip())
+    if as_json:
+        emit_json(override)
+        return
+    out().print(Text.assemble((override.override_id, "bold"), f"  {override.model_id} may retire although "
+                              f"{', '.join(override.dependents)} depend on it (recorded by {override.granted_by})"))
+    out().print(f"The owning team now asks: progression retire {override.model_id} -m REASON")
+
+
 def register(app: typer.Typer) -> None:
     monitoring_app.command("post")(post)
     monitoring_app.command("show")(show)
     app.add_typer(monitoring_app, name="monitoring")
     app.command("retire")(retire)
+    app.command("retire-override")(retire_override)

@@ -550,6 +550,46 @@ def test_unauthenticated_and_unreachable(cli: CLI, tmp_path: Path) -> None:
         assert "cannot reach" in result.output
 
 
+def _to_production(cli: CLI, repo: Path) -> str:
+    """Start a repository and approve every gate with the people of USERS: the progression id, in production."""
+    pid = cli.json("dana", "start", repo)["progression_id"]
+    for stage, people in (("validation", ["victor"]), ("risk_review", ["rita", "omar"])):
+        follow_until(cli, pid, lambda s, name=stage: s["current_stage"] == name and s["status"] == "awaiting_approval")
+        for person in people:
+            cli.ok(person, "decide", pid, "--stage", stage, "approve", "-m", f"{person} approves")
+    follow_until(cli, pid, lambda s: s["status"] == "in_production")
+    return pid
+
+
+def test_retire_override_is_a_risk_officers_and_refusals_say_why(cli: CLI, tmp_path: Path) -> None:
+    """`progression retire-override MODEL -m REASON`: the owner and an auditor are refused with the code, an
+    independent risk officer records it once a production model depends on the model, and the owner's
+    `retire` then reaches the retirement gate."""
+    base, dependent = f"cli-base-{uuid.uuid4().hex[:6]}", f"cli-dependent-{uuid.uuid4().hex[:6]}"
+    base_pid = _to_production(cli, make_repo(tmp_path, version="1.0.0", edit={"model.id": base}))
+    assert cli.run("rita", "retire-override", base, "-m", "   ").exit_code == 2  # a reason is required
+
+    nothing = cli.run("rita", "retire-override", base, "-m", "consolidation")
+    assert nothing.exit_code == 3 and "nothing to override [no_dependents]" in nothing.stderr, nothing.output
+    dep_pid = _to_production(cli, make_repo(tmp_path, version="1.0.0",
+                                            edit={"model.id": dependent, "depends_on": [base]}))
+    blocked = cli.run("dana", "retire", base, "-m", "replaced")
+    assert blocked.exit_code == 3 and "[dependency_in_production]" in blocked.stderr, blocked.output
+    for who, code in (("dana", "forbidden"), ("alice", "forbidden")):
+        refused = cli.run(who, "retire-override", base, "-m", "let it go")
+        assert refused.exit_code == 3 and f"[{code}]" in refused.stderr, (who, refused.output)
+        assert "Traceback" not in refused.output
+    missing = cli.run("rita", "retire-override", "no-such-model", "-m", "x")
+    assert missing.exit_code == 4, missing.output
+
+    text = cli.ok("rita", "retire-override", base, "-m", "the dependent moves to the new base").stdout
+    assert f"{base} may retire although {dep_pid} depend on it (recorded by rita)" in text
+    as_json = cli.json("omar", "retire-override", base, "-m", "second opinion")
+    assert as_json["dependents"] == [dep_pid] and as_json["granted_by"] == "omar"
+    asked = cli.ok("dana", "retire", base, "-m", "replaced")
+    assert f"{base_pid}: retirement awaits model_risk_officer" in asked.stdout
+
+
 def test_usage_errors_exit_2(cli: CLI) -> None:
     assert cli.run("victor", "decide", "x@1", "--stage", "validation", "maybe", "-m", "x").exit_code == 2
     assert cli.run("victor", "decide", "x@1", "approve", "-m", "x").exit_code == 2  # --stage missing
