@@ -1,4 +1,6 @@
-"""The model page's life after production: the monitoring table and charts, and the retirement form."""
+"""The model page's life after production: the monitoring table and charts, the retirement form, and the
+retirement override form (a model risk officer independent of the owning team, when production models depend
+on the model)."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ from fastapi import APIRouter, Response
 
 from api.authz import Action
 from api.services.catalog import get_model
-from api.services.monitoring import history, request_retirement
+from api.services.monitoring import dependents_in_production, history, override_retirement, request_retirement
 from api.web.charts import Chart, series_chart
 from api.web.render import UI, PostWeb, UserWeb, call, redirect, render
 from engine.errors import ProgressionError
 from engine.monitoring import MonitoringHistory, series_value
+from engine.policy import Role
 
 router = APIRouter(prefix=UI, include_in_schema=False)
 
@@ -22,8 +25,14 @@ async def _context(web: UserWeb, model_id: str, error: str | None = None) -> dic
     data = await call(history(session=web.db, app=web.app, principal=web.user, model_id=model_id))
     in_production = any(v.status == "in_production" for v in model.versions)
     can_retire = in_production and Action.request_retirement in web.user.actions and web.user.team == model.team
+    # The override form: only to whom the API would accept it from (the same rules as
+    # api.services.monitoring.override_retirement), and only while production models depend on this one.
+    may_override = (Action.override_retirement in web.user.actions and Role.model_risk_officer in web.user.roles
+                    and web.user.team is not None and web.user.team != model.team)
+    dependents = await dependents_in_production(web.db, model_id) if in_production and may_override else []
     return {"model": model, "history": data, "charts": monitoring_charts(data), "can_retire": can_retire,
-            "error": error, "series_value": series_value}
+            "can_override": bool(dependents), "dependents": dependents, "error": error,
+            "series_value": series_value}
 
 
 def monitoring_charts(data: MonitoringHistory) -> list[Chart]:
@@ -62,3 +71,20 @@ async def retire_form(web: PostWeb, model_id: str) -> Response:
         return render(web.request, "_model_monitoring.html", await _context(web, model_id, exc.message),
                       status=getattr(exc, "status", 409))
     return redirect(web.request, f"{UI}/progressions/{state.progression_id}")
+
+
+@router.post("/models/{model_id}/retirement-override")
+async def retirement_override_form(web: PostWeb, model_id: str) -> Response:
+    form = await web.request.form()
+    reason = str(form.get("reason") or "").strip()
+    if not reason or len(reason) > 2000:
+        return render(web.request, "_model_monitoring.html",
+                      await _context(web, model_id, "Say why the model may retire although others depend on it "
+                                                    "(at most 2,000 characters)."), status=422)
+    try:
+        await override_retirement(session=web.db, app=web.app, principal=web.user, model_id=model_id,
+                                  reason=reason)
+    except ProgressionError as exc:
+        return render(web.request, "_model_monitoring.html", await _context(web, model_id, exc.message),
+                      status=getattr(exc, "status", 409))
+    return redirect(web.request, f"{UI}/models/{model_id}")

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.routing import APIRoute
+from sqlalchemy import select
 from temporalio.client import Client
 
 from api.services.monitoring import results_digest
@@ -287,6 +288,40 @@ async def test_a_model_in_production_without_an_open_gate_shows_no_monitoring_re
     page = await (await signed_in(people, "vera")).get(f"/ui/progressions/{pid}")
     assert page.status_code == 200 and 'id="monitoring-history"' not in page.text
     assert 'id="summary-trigger"' not in page.text
+
+
+async def test_the_override_form_is_shown_to_and_accepted_from_an_independent_risk_officer_only(
+        env: ApiEnv, people: dict[str, Browser]) -> None:
+    """The model page's retirement override: no form for the owner, an admin or the owning team's risk officer,
+    and their hand-made posts are refused with the reason; an independent risk officer records it."""
+    await _in_production(env)
+    page = f"/ui/models/{MODEL}"
+    rita = await signed_in(people, "rita")
+    assert 'id="retirement-override"' not in (await rita.get(f"{page}/monitoring")).text  # nothing depends on it
+    dep_pid = await _in_production(env, model={"id": "limit-setting", "name": "Limit setting"}, depends_on=[MODEL])
+    form = {"reason": "limit setting moves to the 2027 scorecard"}
+    officer_only = "needs one of: model_risk_officer"
+    for who, status, words in (("dana", 403, officer_only), ("adam", 403, officer_only),
+                               ("rory", 403, "independent of team")):
+        browser = await signed_in(people, who)
+        fragment = await browser.get(f"{page}/monitoring")
+        assert fragment.status_code == 200 and 'id="retirement-override"' not in fragment.text, who
+        refused = await browser.post(f"{page}/retirement-override", form, csrf_from=page)
+        assert refused.status_code == status and words in refused.text, (who, refused.status_code, refused.text[:300])
+    assert await env.count(RetirementOverride) == 0
+
+    shown = await rita.get(f"{page}/monitoring")
+    assert 'id="retirement-override"' in shown.text and dep_pid in shown.text
+    blank = await rita.post(f"{page}/retirement-override", {"reason": "  "}, csrf_from=page)
+    assert blank.status_code == 422 and "Say why" in blank.text
+    accepted = await rita.post(f"{page}/retirement-override", form, csrf_from=page)
+    assert accepted.status_code == 303 and accepted.headers["location"] == page, accepted.text[:300]
+    async with env.sessionmaker() as session:
+        rows = (await session.scalars(select(RetirementOverride))).all()
+    assert [(r.granted_by_username, r.dependents, r.reason) for r in rows] == [("rita", [dep_pid], form["reason"])]
+    asked = await env.http.post(f"/api/v1/models/{MODEL}/retire", json={"reason": "replaced"},
+                                headers=env.auth("dana"))
+    assert asked.status_code == 202 and asked.json()["retirement"]["override_id"] == rows[0].id, asked.text
 
 
 async def test_a_monitoring_identity_takes_two_admins_and_no_admin_holds_its_credential(env: ApiEnv) -> None:
