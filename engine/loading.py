@@ -21,7 +21,7 @@ from engine import checks, monitoring_eval
 from engine.contracts import contract_definition_problems
 from engine.errors import InvalidPolicy, InvalidSpec
 from engine.lifecycle import ResolvedFeature
-from engine.policy import GovernancePolicy, policy_hash
+from engine.policy import GovernancePolicy, Role, policy_hash
 from engine.spec import ProgressionSpec, check_relative_path
 from engine.yaml_safe import (
     DEFAULT_MAX_BYTES,
@@ -231,9 +231,37 @@ def load_spec(
                 f"the {loaded.intent} policy requires the artifact's digest: add "
                 "'artifact_digest: sha256:<64 hex>' (the sha256 of the artifact's bytes) under version",
                 "artifact_digest_required"))
+        if spec is not None and loaded is not None and (
+                tier_problem := materiality_problem(spec, loaded.policy)) is not None:
+            code, message = tier_problem
+            problems.append(Problem(filename, _lookup_line(lines, ("materiality_tier",)), "materiality_tier",
+                                    message, code))
     if problems or spec is None:
         _raise(InvalidSpec, problems)
     return spec
+
+
+def materiality_problem(spec: ProgressionSpec, policy: GovernancePolicy) -> tuple[str, str] | None:
+    """(code, message) when the spec's materiality tier is outside the policy's tiers, or is less material than
+    the policy's risk_tier on a route where no model risk officer approves (then nobody independent of the
+    developer would agree to the slower revalidation cadence it buys). A more material tier is always allowed.
+
+    Where a model risk officer does approve on the route, the tier is part of the spec (and its digest) every
+    decision binds to, and the gate page shows it against the policy's risk tier."""
+    tier = spec.materiality_tier
+    if tier is None:
+        return None
+    top = max([policy.risk_tier, *(c.tier for c in policy.cadence)])
+    if not 1 <= tier <= top:
+        return ("tier_out_of_range", f"materiality_tier {tier} is outside the {policy.intent} policy's tiers "
+                                     f"1..{top}")
+    if tier > policy.risk_tier and not any(a.role == Role.model_risk_officer for stage in
+                                           policy.route_for(spec.target) for a in stage.approvals):
+        return ("tier_needs_risk_officer",
+                f"materiality_tier {tier} is less material than the {policy.intent} policy's risk_tier "
+                f"{policy.risk_tier}, and no model risk officer approves on this route to agree to it; "
+                f"leave it unset or at most {policy.risk_tier}")
+    return None
 
 
 def _misspelt_not_missing(problems: list[Problem]) -> list[Problem]:

@@ -63,6 +63,10 @@ class ProgressionSpec(StrictModel):
     # Models this one depends on (inputs, scores it consumes): none of them retires while this one is in
     # production without a model risk officer's recorded override. Left out of the digest while unset.
     depends_on: list[Slug] | None = Field(default=None, max_length=100)
+    # The model's materiality tier (1 most material): its revalidation cadence after production. Unset, the
+    # policy's risk_tier. Checked against the policy at load (engine.loading.materiality_problem). Left out of
+    # the digest while unset.
+    materiality_tier: int | None = Field(default=None, ge=1, le=3, strict=True)
 
     @field_validator("evidence")
     @classmethod

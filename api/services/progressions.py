@@ -482,7 +482,8 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
 
     refs = await store_evidence(session, app, uploads, principal)
     inp = ProgressionInput(spec=spec, spec_yaml=spec_text.decode("utf-8-sig"), policy=loaded.policy,
-                           policy_hash=loaded.hash, evidence=refs, submitted_by=principal.actor)
+                           policy_hash=loaded.hash, evidence=refs, submitted_by=principal.actor,
+                           materiality_tier=spec.materiality_tier)
     first_stage = loaded.policy.route_for(spec.target)[0].name
     attrs = TypedSearchAttributes([
         SearchAttributePair(SA_MODEL_ID, spec.model.id),

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,6 +53,7 @@ class EvidenceContent:
 class VersionMaterial:
     state: ProgressionState
     features: list[str] = field(default_factory=list)
+    materiality_tier: int | None = None  # the spec's, when set at start (else the policy's risk_tier holds)
     evidence: dict[str, EvidenceContent] = field(default_factory=dict)
 
 
@@ -91,7 +93,18 @@ async def _material(session: AsyncSession, app: AppState, state: ProgressionStat
                 else:
                     content.value = value
         contents[name] = content
-    return VersionMaterial(state=state, features=list(version.features or []) if version else [], evidence=contents)
+    return VersionMaterial(state=state, features=list(version.features or []) if version else [], evidence=contents,
+                           materiality_tier=_materiality_tier(version.spec_yaml if version else None))
+
+
+def _materiality_tier(spec_yaml: str | None) -> int | None:
+    """The stored spec's materiality tier (validated at start; read again here as plain YAML)."""
+    try:
+        data = yaml.safe_load(spec_yaml) if spec_yaml else None
+    except yaml.YAMLError:
+        return None
+    tier = data.get("materiality_tier") if isinstance(data, dict) else None
+    return tier if isinstance(tier, int) and not isinstance(tier, bool) else None
 
 
 async def review_material(*, session: AsyncSession, app: AppState, principal: Principal,

@@ -233,6 +233,7 @@ class Review:
     comparison: Comparison | None
     monitoring: list[Chart] = field(default_factory=list)  # the model's monitoring series, thresholds drawn
     trigger: Breach | None = None  # the monitoring breach that opened this revalidation gate
+    materiality_tier: int | None = None  # set at start in the spec (else the policy's risk_tier holds)
 
 
 def build_review(state: ProgressionState, material: ReviewMaterial) -> Review:
@@ -247,7 +248,7 @@ def build_review(state: ProgressionState, material: ReviewMaterial) -> Review:
                   unavailable=[(name, c.problem) for name, c in material.this.evidence.items() if c.problem],
                   comparison=comparison(material),
                   monitoring=monitoring_charts(material.monitoring) if material.monitoring else [],
-                  trigger=_trigger(state))
+                  trigger=_trigger(state), materiality_tier=material.this.materiality_tier)
 
 
 def _trigger(state: ProgressionState) -> Breach | None:

@@ -9,6 +9,7 @@ cannot ask, and a model another production model depends on is not retired witho
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,8 @@ from temporalio.client import Client
 from api.services.monitoring import results_digest
 from client.sdk import AsyncProgressionClient, ConflictError, Forbidden, InvalidInput
 from engine.db import MonitoringResultRow, RetirementOverride
+from engine.loading import PolicyRegistry
+from engine.settings import PROJECT_ROOT
 from testing.api import ApiEnv, api_env, audit_events, decide, start, wait_audit, wait_for
 from testing.monitoring import credit_metrics
 from testing.people import create_people
@@ -322,6 +325,60 @@ async def test_the_override_form_is_shown_to_and_accepted_from_an_independent_ri
     asked = await env.http.post(f"/api/v1/models/{MODEL}/retire", json={"reason": "replaced"},
                                 headers=env.auth("dana"))
     assert asked.status_code == 202 and asked.json()["retirement"]["override_id"] == rows[0].id, asked.text
+
+
+async def test_a_tier_3_credit_start_is_revalidated_on_the_tier_3_cadence_and_says_so(
+        env: ApiEnv, people: dict[str, Browser]) -> None:
+    """The materiality tier set at start (spec ``materiality_tier``): recorded in progression.started, shown to
+    the risk officers whose approval agrees to it, and the production cadence is the tier's (730 days, not the
+    tier-1 policy's 365)."""
+    pid, resp = await start(env, materiality_tier=3)
+    assert resp.status_code == 201, resp.text
+    started = await wait_audit(env, pid, "progression.started")
+    assert started[0].payload["spec"]["materiality_tier"] == 3
+    await wait_for(env, pid, lambda s: s["current_stage"] == "validation" and s["status"] == "awaiting_approval")
+    assert (await decide(env, "vera", pid, "validation")).status_code == 200
+    await wait_for(env, pid, lambda s: s["current_stage"] == "risk_review" and s["status"] == "awaiting_approval")
+    page = await (await signed_in(people, "rita")).get(f"/ui/progressions/{pid}")
+    summary = page.text.split('id="review-summary"', 1)[1].split("</dl>", 1)[0]
+    assert '<strong id="summary-materiality">3</strong>' in summary and "approving agrees to it" in summary
+    assert (await decide(env, "rita", pid, "risk_review")).status_code == 200
+    assert (await decide(env, "rob", pid, "risk_review")).status_code == 200
+    state = await wait_for(env, pid, lambda s: s["status"] == "in_production" and s["revalidation_due_at"])
+    assert state["monitoring"]["tier"] == 3
+    deployed, due = (datetime.fromisoformat(state[k]) for k in ("deployed_at", "revalidation_due_at"))
+    assert due - deployed == timedelta(days=730)
+
+    # unset, the policy's risk tier 1 holds: a year
+    other, resp = await start(env, model={"id": "retail-credit-tier1", "name": "Tier 1"})
+    assert resp.status_code == 201, resp.text
+    assert (await wait_audit(env, other, "progression.started"))[0].payload["spec"].get("materiality_tier") is None
+
+
+async def test_a_developer_cannot_buy_a_slower_cadence_where_no_risk_officer_approves(
+        sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> None:
+    """The attack through the API: the same tier-3 start on a credit policy whose route no risk officer
+    approves is refused (422, code tier_needs_risk_officer naming the field and line); nothing starts. A tier
+    outside 1..3 is refused on its field too."""
+    policies = tmp_path / "policies"
+    shutil.copytree(PROJECT_ROOT / "policies", policies)
+    credit = policies / "credit-underwriting.yaml"
+    credit.write_text(credit.read_text().replace("      - role: model_risk_officer\n        count: 2\n",
+                                                 "      - role: model_validator\n        count: 1\n"))
+    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue,
+                       policies=PolicyRegistry.from_dir(policies)) as e:
+        pid, resp = await start(e, materiality_tier=3)
+        assert resp.status_code == 422, resp.text
+        body = resp.json()
+        assert body["code"] == "invalid_spec" and "no model risk officer approves" in body["message"]
+        assert [(d["field"], d["type"]) for d in body["details"]] == [("materiality_tier", "tier_needs_risk_officer")]
+        assert body["details"][0]["line"]
+        for bad in (0, 4, "1"):
+            refused = (await start(e, materiality_tier=bad))[1]
+            assert refused.status_code == 422 and refused.json()["details"][0]["field"] == "materiality_tier", bad
+        assert (await e.http.get(f"/api/v1/progressions/{pid}", headers=e.auth("dana"))).status_code == 404
+        ok, resp = await start(e, materiality_tier=1)  # as material as the policy: the developer's to set
+        assert resp.status_code == 201, resp.text
 
 
 async def test_a_monitoring_identity_takes_two_admins_and_no_admin_holds_its_credential(env: ApiEnv) -> None:

@@ -3,15 +3,17 @@ field), a period's results checked before anything is stored, CEL rules over the
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
-from engine.errors import InvalidPolicy
+from engine.errors import InvalidPolicy, InvalidSpec
 from engine.lifecycle import Actor, ProgressionState, Status
-from engine.loading import policy_from_text
+from engine.loading import PolicyRegistry, load_spec, materiality_problem, policy_from_text
 from engine.monitoring import (
     metrics_refusal,
     period_refusal,
@@ -23,6 +25,7 @@ from engine.monitoring import (
 from engine.monitoring_eval import evaluate_rules
 from engine.policy import Role, policy_hash
 from engine.settings import PROJECT_ROOT
+from engine.spec import spec_digest
 from testing.monitoring import MONITOR, credit_metrics
 
 CREDIT_POLICY = (PROJECT_ROOT / "policies" / "credit-underwriting.yaml").read_text()
@@ -167,3 +170,47 @@ def test_retirement_is_asked_by_the_owning_team_without_unresolved_dependents() 
                               override_id=None).code == "not_in_production"  # type: ignore[union-attr]
     assert retirement_refusal(_production(status=Status.retired), owner, dependents=[],
                               override_id=None).code == "progression_closed"  # type: ignore[union-attr]
+
+
+# ---- the materiality tier set at start -------------------------------------------------------------
+
+
+def _credit_spec(**changes: object) -> str:
+    data = yaml.safe_load((PROJECT_ROOT / "examples" / "retail-credit-scorecard" / "progression.yaml").read_text())
+    data.update(changes)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def test_a_materiality_tier_in_the_spec_is_checked_against_the_policy() -> None:
+    reg = PolicyRegistry.from_dir(PROJECT_ROOT / "policies")
+    unset = load_spec(_credit_spec(), registry=reg)
+    three = load_spec(_credit_spec(materiality_tier=3), registry=reg)  # risk officers approve on credit's route
+    assert unset.materiality_tier is None and three.materiality_tier == 3
+    assert spec_digest(unset) != spec_digest(three)  # every decision binds to the tier
+    assert "materiality_tier" not in json.dumps(unset.model_dump(mode="json", exclude_none=True))
+    for bad in (0, 4, "3", True):
+        with pytest.raises(InvalidSpec) as err:
+            load_spec(_credit_spec(materiality_tier=bad), registry=reg)
+        assert any(d["field"] == "materiality_tier" and d["line"] for d in err.value.details), (bad, err.value.details)
+
+
+def test_a_developer_cannot_make_her_model_less_material_where_no_risk_officer_approves() -> None:
+    """The attack: tier 3 on a tier-1 policy buys a two-year revalidation cadence; with no model risk officer on
+    the route nobody independent agrees to it. Refused at load (so the dry run says so too); a tier at least as
+    material as the policy's is the developer's to set; a tier beyond the policy's tiers is refused."""
+    text = (PROJECT_ROOT / "policies" / "credit-underwriting.yaml").read_text()
+    no_officer = text.replace("      - role: model_risk_officer\n        count: 2\n",
+                              "      - role: model_validator\n        count: 1\n")
+    assert no_officer != text
+    policy = policy_from_text(no_officer).policy
+    spec = load_spec(_credit_spec(materiality_tier=3))
+    problem = materiality_problem(spec, policy)
+    assert problem is not None and problem[0] == "tier_needs_risk_officer" and "risk_tier 1" in problem[1]
+    assert materiality_problem(load_spec(_credit_spec(materiality_tier=1)), policy) is None
+    assert materiality_problem(spec, policy_from_text(text).policy) is None
+    two_tiers = policy_from_text(text.replace("risk_tier: 1\n", "risk_tier: 2\n", 1).replace(
+        "  - tier: 3\n    revalidation: 730d\n    approvals: [{role: model_validator, count: 1, sla: 10d, "
+        "escalate_to: model_risk_officer}]\n", "")).policy
+    assert max(c.tier for c in two_tiers.cadence) == 2
+    out_of_range = materiality_problem(spec, two_tiers)
+    assert out_of_range is not None and out_of_range[0] == "tier_out_of_range"
