@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -92,7 +93,12 @@ def period_refusal(period: date, today: date) -> Refusal | None:
 
 def poster_refusal(rules: MonitoringRules | None, actor: Actor) -> Refusal | None:
     """Only the roles the policy names post results (by default the ``monitor`` service identity)."""
-    allowed = rules.posted_by if rules is not None else [Role.monitor]
+    return role_poster_refusal(rules.posted_by if rules is not None else [Role.monitor], actor)
+
+
+def role_poster_refusal(allowed: Sequence[Role], actor: Actor) -> Refusal | None:
+    """Refused unless ``actor`` holds one of ``allowed`` (the API asks first with every policy's posters, so who
+    can never post learns nothing about the model, then with the pinned policy's)."""
     if not set(actor.roles) & set(allowed):
         held = ", ".join(sorted(r.value for r in actor.roles)) or "none"
         return Refusal(code="not_a_monitoring_poster", http_status=403,

@@ -43,6 +43,7 @@ from engine.monitoring import (
     period_refusal,
     poster_refusal,
     retirement_refusal,
+    role_poster_refusal,
     rule_thresholds,
 )
 from engine.policy import GovernancePolicy, Role
@@ -84,6 +85,11 @@ def _out(row: MonitoringResultRow) -> MonitoringResultOut:
 async def post_results(*, session: AsyncSession, app: AppState, principal: Principal, model_id: str,
                        period: date, metrics: dict[str, Any]) -> MonitoringResultOut:
     """Store a period's results, then deliver them to the production workflow (idempotently)."""
+    # Who can never post (an admin, a role no policy names) is refused before anything about the model is told.
+    posters = {Role.monitor} | {role for loaded in app.registry.all() if loaded.policy.monitoring is not None
+                                for role in loaded.policy.monitoring.posted_by}
+    if refusal := role_poster_refusal(sorted(posters), principal.actor):
+        raise _refusal_error(refusal)
     model = await _model(session, model_id)
     if not principal.service_only:  # a person (where the policy lets one post) sees only their team's models
         require_visible(principal, model.team, f"model {model_id}")

@@ -18,6 +18,7 @@ written to ``test-artifacts/authz-matrix.json``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import uuid
@@ -134,6 +135,7 @@ OK, CREATED = (200, None), (201, None)
 FORBIDDEN = (403, "forbidden")
 HIDDEN = (404, "not_found")
 NOT_GATE = (403, "not_a_gate_role")
+NOT_POSTER = (403, "not_a_monitoring_poster")  # no shipped policy lets a person post monitoring results
 READ_OBJECT = by_role({"developer": (OK, HIDDEN), "validator": OK, "risk_officer": OK, "auditor": OK, "admin": OK})
 AUDITORS = by_role({"developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": OK, "auditor": OK, "admin": OK})
 ADMIN_ONLY = by_role({"developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": FORBIDDEN,
@@ -178,6 +180,12 @@ FAIRNESS_UPDATE = (CREDIT / "evidence" / "fairness.json").read_bytes().replace(b
 
 def dry_run_body() -> dict[str, Any]:
     return {"spec": spec_text(version={"id": unique_version()})}
+
+
+def monitoring_body() -> dict[str, Any]:
+    return {"period": dt.date.today().isoformat(),
+            "metrics": {"psi": {"bureau_score": 0.1}, "auc": 0.75, "default_rate": 0.02, "volume": 1000,
+                        "fairness_ratio": 0.9}}
 
 
 def new_user_body() -> dict[str, Any]:
@@ -412,6 +420,21 @@ ROUTES: dict[str, Route] = {
     "POST /api/v1/models/{model_id}/intent": Route(change_intent(), by_role({
         "developer": (FORBIDDEN, HIDDEN), "validator": FORBIDDEN, "risk_officer": ((403, "own_team"), OK),
         "auditor": FORBIDDEN, "admin": FORBIDDEN})),
+    # Life after production (issue 20). The matrix's model is at its validation gate, not in production.
+    "GET /api/v1/models/{model_id}/monitoring": Route(api("GET", "/api/v1/models/{model}/monitoring"), READ_OBJECT),
+    "POST /api/v1/models/{model_id}/monitoring": Route(
+        api("POST", "/api/v1/models/{model}/monitoring", body=monitoring_body), by_role({
+            "developer": NOT_POSTER, "validator": NOT_POSTER, "risk_officer": NOT_POSTER, "auditor": NOT_POSTER,
+            "admin": NOT_POSTER})),
+    "POST /api/v1/models/{model_id}/retire": Route(
+        api("POST", "/api/v1/models/{model}/retire", body={"reason": "matrix"}), by_role({
+            "developer": ((409, "not_in_production"), HIDDEN), "validator": FORBIDDEN, "risk_officer": FORBIDDEN,
+            "auditor": FORBIDDEN, "admin": FORBIDDEN})),
+    "POST /api/v1/models/{model_id}/retirement-override": Route(
+        api("POST", "/api/v1/models/{model}/retirement-override", body={"reason": "matrix"}), by_role({
+            "developer": FORBIDDEN, "validator": FORBIDDEN,
+            "risk_officer": ((403, "own_team"), (409, "no_dependents")), "auditor": FORBIDDEN,
+            "admin": FORBIDDEN})),
     "GET /healthz": Route(api("GET", "/healthz"), public()),
     "GET /readyz": Route(api("GET", "/readyz"), public()),
     "GET /metrics": Route(api("GET", "/metrics"), public()),
@@ -498,6 +521,10 @@ UI_ROUTES: dict[str, Route] = {
     "POST /ui/findings/{finding_id}/remediation": Route(ui("POST", "/ui/findings/F-none/remediation"), UI_POST),
     "POST /ui/findings/{finding_id}/verification": Route(ui("POST", "/ui/findings/F-none/verification"), UI_POST),
     "GET /ui/models/{model_id}/findings": Route(ui("GET", "/ui/models/{model}/findings"), UI_OBJECT),
+    "GET /ui/models/{model_id}/monitoring": Route(ui("GET", "/ui/models/{model}/monitoring"), UI_OBJECT),
+    "POST /ui/models/{model_id}/retire": Route(ui("POST", "/ui/models/{model}/retire"), UI_POST),
+    "POST /ui/models/{model_id}/retirement-override": Route(ui("POST", "/ui/models/{model}/retirement-override"),
+                                                            UI_POST),
     "POST /ui/progressions/{progression_id}/conditional-approval": Route(
         ui("POST", "/ui/progressions/{pid}/conditional-approval"), UI_POST),
     "GET /ui/progressions/{progression_id}/charts/{key}.svg": Route(

@@ -138,8 +138,12 @@ async def test_no_human_role_posts_results_and_the_monitor_reaches_nothing_else(
     for who in ("dana", "vera", "rita", "ann", "adam"):
         resp = await _post(env, who, body)
         assert resp.status_code == 403, (who, resp.text)
-    # another team's developer does not even learn that the model exists
-    assert (await _post(env, "sam", body)).status_code == 404
+    # who can never post is refused before the model is looked up: another team's developer gets the same
+    # answer for this model as for one that does not exist, so she does not learn that it exists
+    other_team = await _post(env, "sam", body)
+    unknown = await env.http.post("/api/v1/models/no-such-model/monitoring", json=body, headers=env.auth("sam"))
+    assert other_team.status_code == unknown.status_code == 403
+    assert other_team.json() == unknown.json() and other_team.json()["code"] == "not_a_monitoring_poster"
     assert await env.count(MonitoringResultRow) == 0
     # every other endpoint refuses the monitor identity (and the web UI treats it as signed out)
     for route in env.app.routes:
