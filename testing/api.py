@@ -8,6 +8,9 @@ fresh task queue and the app (lifespan included) behind ``httpx.AsyncClient`` wi
 from __future__ import annotations
 
 import asyncio
+import atexit
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +30,7 @@ from activities.notify import LogNotifier
 from activities.progression import ProgressionActivities
 from activities.promotion import RecordingPromotionTarget
 from api.app import create_app
+from engine.database import sqlite_file
 from engine.db import AuditEvent, ProgressionRow, make_engine, make_sessionmaker
 from engine.evidence import EvidenceStore
 from engine.settings import Settings
@@ -78,17 +82,53 @@ def make_settings(tmp_path: Path, url: str, task_queue: str, **overrides: Any) -
     return Settings(env="test", data_dir=tmp_path, database_url=url, task_queue=task_queue, **overrides)
 
 
+# One SQLite file per process at head with the feature catalog and PEOPLE, with their tokens and ids.
+_people_template: tuple[Path, dict[str, str], dict[str, str]] | None = None
+
+
+async def _with_people(url: str) -> tuple[dict[str, str], dict[str, str]]:
+    await prepare_database(url)
+    engine = make_engine(url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            tokens, ids = await create_people(session, PEOPLE)
+            await session.commit()
+    finally:
+        await engine.dispose()  # the last connection closes: the file alone holds everything
+    return tokens, ids
+
+
+async def database_with_people(url: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Bring ``url`` to head with the feature catalog and PEOPLE (username -> token, username -> user id).
+
+    A SQLite file that does not exist yet is a copy of a template made once per process: every test still
+    has its own database (the same people, tokens and user ids as the other tests of the process, in another
+    file; nothing the shared Temporal server sees is keyed by a user id). Anything else is prepared in place.
+    """
+    global _people_template
+    target = sqlite_file(url)
+    if target is None or target.exists():
+        return await _with_people(url)
+    if _people_template is None:
+        directory = Path(tempfile.mkdtemp(prefix="progression-people-"))
+        atexit.register(shutil.rmtree, directory, True)
+        path = directory / "people.db"
+        tokens, ids = await _with_people(f"sqlite+aiosqlite:///{path}")
+        _people_template = path, tokens, ids
+    path, tokens, ids = _people_template
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, target)
+    return dict(tokens), dict(ids)
+
+
 @asynccontextmanager
 async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *, worker: bool = True,
                   policies: Any = None,
                   **overrides: Any) -> AsyncIterator[ApiEnv]:
-    await prepare_database(url)
+    tokens, ids = await database_with_people(url)
     engine = make_engine(url)
     sm = make_sessionmaker(engine)
     settings = make_settings(tmp_path, url, task_queue, **overrides)
-    async with sm() as session:
-        tokens, ids = await create_people(session, PEOPLE)
-        await session.commit()
     activities = ProgressionActivities(sm, EvidenceStore(settings.evidence_dir), RecordingPromotionTarget(),
                                        LogNotifier(), audit_chain=True)
     # ``policies``: another PolicyRegistry (e.g. a policy changed for one test); default: policies/

@@ -68,7 +68,7 @@ def fresh_database(kind: str, prefix: str = "progression_test") -> Iterator[str]
 # ---- a database at head with the feature catalog ------------------------------------------------
 
 
-_template: Path | None = None
+_templates: dict[bool, Path] = {}
 
 
 async def _seed_catalog(sm: async_sessionmaker[AsyncSession]) -> None:
@@ -77,22 +77,44 @@ async def _seed_catalog(sm: async_sessionmaker[AsyncSession]) -> None:
         await session.commit()
 
 
-async def _sqlite_template() -> Path:
-    """One SQLite file per process, migrated to head and seeded; removed when the process exits."""
-    global _template
-    if _template is None:
+async def _sqlite_template(*, seeded: bool) -> Path:
+    """One SQLite file per process and kind, migrated to head (and seeded with the feature catalog when
+    ``seeded``); removed when the process exits. The seeded one starts as a copy of the migrated one."""
+    if seeded not in _templates:
         directory = Path(tempfile.mkdtemp(prefix="progression-template-"))
         atexit.register(shutil.rmtree, directory, True)
         path = directory / "template.db"
         url = f"sqlite+aiosqlite:///{path}"
-        await upgrade(url)
-        engine = make_engine(url)
-        try:
-            await _seed_catalog(make_sessionmaker(engine))
-        finally:
-            await engine.dispose()  # the last connection closes: nothing left in a journal beside the file
-        _template = path
-    return _template
+        if seeded:
+            shutil.copyfile(await _sqlite_template(seeded=False), path)
+            engine = make_engine(url)
+            try:
+                await _seed_catalog(make_sessionmaker(engine))
+            finally:
+                await engine.dispose()  # the last connection closes: nothing left in a journal beside the file
+        else:
+            await upgrade(url)
+        _templates[seeded] = path
+    return _templates[seeded]
+
+
+def _new_sqlite_file(url: str) -> Path | None:
+    """The SQLite file ``url`` names if it does not exist yet (its directory created), else None."""
+    target = sqlite_file(url)
+    if target is None or target.exists():
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+async def migrated_database(url: str) -> None:
+    """Bring ``url`` to head, nothing seeded: a new SQLite file is a copy of the migrated template (the same
+    schema and ``alembic_version`` that ``engine.database.upgrade`` writes), anything else is migrated."""
+    target = _new_sqlite_file(url)
+    if target is not None:
+        shutil.copyfile(await _sqlite_template(seeded=False), target)
+        return
+    await upgrade(url)
 
 
 async def prepare_database(url: str) -> None:
@@ -101,10 +123,9 @@ async def prepare_database(url: str) -> None:
     A SQLite file that does not exist yet is copied from the template; anything else (PostgreSQL, an
     existing file) is migrated and seeded in place.
     """
-    target = sqlite_file(url)
-    if target is not None and not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(await _sqlite_template(), target)
+    target = _new_sqlite_file(url)
+    if target is not None:
+        shutil.copyfile(await _sqlite_template(seeded=True), target)
         return
     await upgrade(url)
     engine = make_engine(url)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -36,6 +35,7 @@ from engine.findings import (
 )
 from engine.lifecycle import Actor, ConditionIn, DecisionKind, ProgressionState
 from engine.loading import load_spec
+from testing import polling
 from testing.workflow import CREDIT, DEV, Env, put_evidence, registry
 from workflows.contract import UPDATE_DECIDE, DecideInput, DecideResult, ProgressionInput
 
@@ -147,13 +147,13 @@ async def reaping(client: Client, env: Env, model_id: str) -> AsyncIterator[None
                     raise
 
 
-async def eventually(probe: Callable[[], Any], predicate: Callable[[Any], bool], *, attempts: int = 300) -> Any:
-    """Poll an async probe until ``predicate`` holds (bounded by attempts, not by a clock assertion)."""
-    last = None
-    for _ in range(attempts):
-        last = await probe()
-        if predicate(last):
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never matched; last: {last!r}")
+async def eventually(probe: Callable[[], Awaitable[Any]], predicate: Callable[[Any], bool],
+                     what: str = "a findings answer") -> Any:
+    """Await ``probe()`` until ``predicate`` holds of its answer and return that answer (which may be falsy):
+    :func:`testing.polling.eventually`'s loop and timeout, not a second polling loop."""
 
+    async def matched() -> tuple[Any] | None:
+        answer = await probe()
+        return (answer,) if predicate(answer) else None
+
+    return (await polling.eventually(matched, what))[0]

@@ -62,7 +62,7 @@ async def test_redteam_exception_scoped_to_one_version_waives_a_finding_of_anoth
         async def status() -> str:
             r = await env.http.get(f"/api/v1/findings/{fid}", headers=env.auth("ann"))
             return str(r.json()["status"])
-        after = await eventually(status, lambda s: s == "risk_accepted", attempts=100)
+        after = await eventually(status, lambda s: s == "risk_accepted")
         await wait_for(env, pid2, lambda s: all(f["status"] != "open" for f in s["findings"]
                                                 if f["finding_id"] == fid))
         # ... and v2 walks into production with its own open high finding (credit: high blocks production)

@@ -15,7 +15,6 @@ restricted feature is one the notebook said was forbidden at the start.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -204,20 +203,46 @@ async def test_every_example_evaluates_the_same_in_the_notebook_the_dry_run_and_
         await _workflow_equals_notebook(env, case, root, local)
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(case=repositories())
-async def test_notebook_equals_dry_run_on_generated_evidence(env: ApiEnv, case: dict[str, Any]) -> None:
+# The inner loop draws a few repositories (derandomized: the same ones every run); ``make test`` also runs the
+# long property runs (``slow``).
+PROPERTY = settings(deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+async def _dry_run_case(env: ApiEnv, case: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         await _notebook_equals_dry_run(env, Policies(env), case, _write(Path(tmp), case))
 
 
-@settings(max_examples=12, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(case=repositories())
-async def test_notebook_equals_the_workflow_on_generated_evidence(env: ApiEnv, case: dict[str, Any]) -> None:
+async def _workflow_case(env: ApiEnv, case: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = _write(Path(tmp), case)
         local = await _notebook_equals_dry_run(env, Policies(env), case, root)
         await _workflow_equals_notebook(env, case, root, local)
-    shutil.rmtree(Path(tmp), ignore_errors=True)
+
+
+@settings(PROPERTY, max_examples=10)
+@given(case=repositories())
+async def test_notebook_equals_dry_run_on_generated_evidence(env: ApiEnv, case: dict[str, Any]) -> None:
+    await _dry_run_case(env, case)
+
+
+@pytest.mark.slow  # the long property run
+@settings(PROPERTY, max_examples=30)
+@given(case=repositories())
+async def test_notebook_equals_dry_run_on_many_generated_repositories(env: ApiEnv, case: dict[str, Any]) -> None:
+    await _dry_run_case(env, case)
+
+
+@settings(PROPERTY, max_examples=4)
+@given(case=repositories())
+async def test_notebook_equals_the_workflow_on_generated_evidence(env: ApiEnv, case: dict[str, Any]) -> None:
+    await _workflow_case(env, case)
+
+
+@pytest.mark.slow  # the long property run: a workflow per repository
+@settings(PROPERTY, max_examples=12)
+@given(case=repositories())
+async def test_notebook_equals_the_workflow_on_many_generated_repositories(env: ApiEnv, case: dict[str, Any]
+                                                                           ) -> None:
+    await _workflow_case(env, case)

@@ -144,9 +144,13 @@ def merge_override(base: dict[str, Any], override: Mapping[str, Any]) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def compose_schema() -> dict[str, Any]:
+def compose_validator() -> Any:
+    """A validator of the compose-spec schema, the schema itself checked against its meta-schema once."""
     text = (resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text()
-    return json.loads(text)
+    schema = json.loads(text)
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator_cls.check_schema(schema)
+    return validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
 
 
 @pytest.fixture(scope="module")
@@ -160,28 +164,25 @@ def deployed(compose: dict[str, Any]) -> dict[str, Any]:
     return interpolate(compose, DEPLOY_ENV)
 
 
-def schema_errors(schema: dict[str, Any], document: Any) -> list[str]:
-    validator_cls = jsonschema.validators.validator_for(schema)
-    validator_cls.check_schema(schema)
-    validator = validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
+def schema_errors(validator: Any, document: Any) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(document)]
 
 
 # --- the compose-spec schema ---------------------------------------------------------------------
 
 
-def test_compose_file_validates_against_compose_spec(compose_schema: dict[str, Any], compose: dict[str, Any],
+def test_compose_file_validates_against_compose_spec(compose_validator: Any, compose: dict[str, Any],
                                                      deployed: dict[str, Any]) -> None:
-    assert schema_errors(compose_schema, compose) == []
-    assert schema_errors(compose_schema, deployed) == []
+    assert schema_errors(compose_validator, compose) == []
+    assert schema_errors(compose_validator, deployed) == []
 
 
-def test_webhooks_override_validates_alone_and_merged(compose_schema: dict[str, Any],
+def test_webhooks_override_validates_alone_and_merged(compose_validator: Any,
                                                       compose: dict[str, Any]) -> None:
     override = load_yaml(WEBHOOKS_OVERRIDE)
-    assert schema_errors(compose_schema, override) == []
+    assert schema_errors(compose_validator, override) == []
     merged = interpolate(merge_override(compose, override), DEPLOY_ENV)
-    assert schema_errors(compose_schema, merged) == []
+    assert schema_errors(compose_validator, merged) == []
     worker_env = environment_of(merged["services"]["worker"])
     assert worker_env["PROGRESSION_PROMOTION_TARGET"] == "webhook"
     assert worker_env["PROGRESSION_WEBHOOK_SECRET"] == DEPLOY_ENV["PROGRESSION_WEBHOOK_SECRET"]
@@ -196,17 +197,17 @@ def test_webhooks_override_validates_alone_and_merged(compose_schema: dict[str, 
             interpolate(override, env)
 
 
-def test_schema_validation_is_not_vacuous(compose_schema: dict[str, Any], compose: dict[str, Any]) -> None:
+def test_schema_validation_is_not_vacuous(compose_validator: Any, compose: dict[str, Any]) -> None:
     """Typical mistakes are caught by the same validation the real file passes."""
     broken = copy.deepcopy(compose)
     broken["services"]["api"]["depends_on"]["migrate"]["condition"] = "service_finished"
-    assert any("service_finished" in e for e in schema_errors(compose_schema, broken))
+    assert any("service_finished" in e for e in schema_errors(compose_validator, broken))
     broken = copy.deepcopy(compose)
     broken["services"]["worker"]["deploy"]["replica"] = broken["services"]["worker"]["deploy"].pop("replicas")
-    assert any("replica" in e for e in schema_errors(compose_schema, broken))
+    assert any("replica" in e for e in schema_errors(compose_validator, broken))
     broken = copy.deepcopy(compose)
     broken["services"]["postgres"]["helthcheck"] = broken["services"]["postgres"].pop("healthcheck")
-    assert any("helthcheck" in e for e in schema_errors(compose_schema, broken))
+    assert any("helthcheck" in e for e in schema_errors(compose_validator, broken))
 
 
 def test_real_compose_implementation_accepts_the_file_when_installed() -> None:
