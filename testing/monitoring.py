@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import date
 from typing import Any
 
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 
 from engine.lifecycle import Actor, ProgressionState
 from engine.policy import Role
@@ -26,7 +27,22 @@ async def deliver(handle: WorkflowHandle[Any, Any], period: date, metrics: dict[
                   actor: Actor = MONITOR, result_id: str | None = None) -> MonitoringOutcome:
     inp = MonitoringInput(result_id=result_id or f"MR-{uuid.uuid4().hex[:12]}", period=period, metrics=metrics,
                           actor=actor)
-    return await handle.execute_update(UPDATE_MONITORING, inp, result_type=MonitoringOutcome)
+    # An Update admitted just as the run continues as new may never complete on that run: wait a bounded time,
+    # then send it again to the current run (the workflow answers a result id it already has without applying
+    # it twice), so a test never hangs on that race.
+    client: Client = handle._client  # noqa: SLF001 - the handle's own client, to address the current run
+    for _ in range(5):
+        try:
+            return await asyncio.wait_for(
+                client.get_workflow_handle(handle.id).execute_update(UPDATE_MONITORING, inp,
+                                                                     result_type=MonitoringOutcome),
+                timeout=DELIVERY_WAIT_S)
+        except TimeoutError:
+            continue
+    raise AssertionError(f"monitoring result {inp.result_id} was not delivered to {handle.id} in 5 attempts")
+
+
+DELIVERY_WAIT_S = 30.0
 
 
 async def ask_retirement(handle: WorkflowHandle[Any, Any], actor: Actor, *, reason: str = "superseded",

@@ -8,6 +8,7 @@ complete); other figures for a stored period are refused. Nothing is stored for 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -143,14 +144,21 @@ async def post_results(*, session: AsyncSession, app: AppState, principal: Princ
     return await _deliver(session, app, principal, stored)
 
 
+DELIVERY_TIMEOUT_S = 30.0
+
+
 async def _deliver(session: AsyncSession, app: AppState, principal: Principal,
                    stored: MonitoringResultRow) -> MonitoringResultOut:
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(stored.progression_id)
     inp = MonitoringInput(result_id=stored.id, period=date.fromisoformat(stored.period), metrics=stored.metrics,
                           actor=principal.actor)
     try:
-        outcome = await handle.execute_update(UPDATE_MONITORING, inp, id=f"monitoring-{stored.id}",
-                                              result_type=MonitoringOutcome)
+        # Bounded: an Update admitted just as the run continues as new may never complete on that run. The
+        # result stays stored and undelivered; the client's retry delivers it to the current run.
+        outcome = await asyncio.wait_for(
+            handle.execute_update(UPDATE_MONITORING, inp, id=f"monitoring-{stored.id}",
+                                  result_type=MonitoringOutcome),
+            timeout=DELIVERY_TIMEOUT_S)
     except WorkflowUpdateFailedError as exc:
         # The workflow refused (it moved since the API checked): nothing of this document stays.
         await session.delete(stored)
@@ -158,6 +166,10 @@ async def _deliver(session: AsyncSession, app: AppState, principal: Principal,
         raise _refusal_error(_refusal_from_update(exc)) from None
     except RPCError as exc:  # stored, not delivered: a retry delivers it
         raise _closed_or_unavailable(exc, stored.progression_id) from None
+    except TimeoutError:  # stored, not delivered: a retry delivers it
+        raise ApiError(503, "temporal_unavailable", f"monitoring result {stored.id} is stored but its delivery to "
+                       f"{stored.progression_id} did not complete in {DELIVERY_TIMEOUT_S:.0f} s; post the same "
+                       "document again to deliver it") from None
     stored.delivered = True
     stored.outcome = {"breaches": [b.model_dump(mode="json") for b in outcome.breaches], "actions": outcome.actions}
     await session.commit()
