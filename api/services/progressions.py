@@ -570,6 +570,17 @@ def deciding_role_refusal(principal: Principal) -> Refusal | None:
     return Refusal(code="not_a_gate_role", http_status=403, message=f"your roles ({held}) cannot decide on gates")
 
 
+_MAY_LAG_CODES = frozenset({"gate_not_open", "stale_basis"})
+
+
+def _state_refusal(app: AppState, state: ProgressionState, principal: Principal, stage: str,
+                   decision: DecisionKind, comment: str, basis: str | None,
+                   conditions: list[ConditionIn] | None) -> Refusal | None:
+    return (decision_refusal(state, principal.actor, stage, decision)
+            or acknowledgement_refusal(state, decision, comment) or basis_refusal(state, stage, basis)
+            or _findings_refusal(app, state, stage, decision, conditions or []))
+
+
 async def decide(*, session: AsyncSession, app: AppState, principal: Principal, progression_id: str,
                  stage: str, decision: DecisionKind, comment: str, decision_id: str,
                  basis: str | None = None, conditions: list[ConditionIn] | None = None) -> ProgressionState:
@@ -597,9 +608,14 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
                           message="decisions are accepted only from an SSO session in this installation; "
                                   "API tokens cannot decide")
     else:
-        refusal = (decision_refusal(state, principal.actor, stage, decision)
-                   or acknowledgement_refusal(state, decision, comment) or basis_refusal(state, stage, basis)
-                   or _findings_refusal(app, state, stage, decision, conditions or []))
+        refusal = _state_refusal(app, state, principal, stage, decision, comment, basis, conditions)
+        if refusal is not None and refusal.code in _MAY_LAG_CODES:
+            # The snapshot can lag the workflow (the gate opened but its record is not written yet, or a record
+            # re-run after a worker died): a gate refused only on the snapshot's word is confirmed live.
+            live = await load_state(session, app, progression_id)
+            if live is not None:
+                state = live
+                refusal = _state_refusal(app, state, principal, stage, decision, comment, basis, conditions)
     if refusal is not None:
         await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision_name,
                              comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain,
