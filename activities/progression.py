@@ -4,7 +4,7 @@ The workflow is the single writer of a progression's rows: catalog (model, versi
 read model, decisions and audit events are all written by these activities, so a start that
 fails leaves nothing half written. Every activity is idempotent under Temporal's retries:
 audit event ids come from the workflow (deterministic), the read model is only overwritten by
-a newer ``seq``, decision rows are keyed by ``decision_id`` and evidence links by (name, hash).
+a newer (``updated_at``, ``seq``) (see ``_sync_read_model``), decision rows are keyed by ``decision_id`` and evidence links by (name, hash).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -134,12 +134,18 @@ class ProgressionActivities:
         return len(events)
 
     async def _sync_read_model(self, session: AsyncSession, state: ProgressionState) -> bool:
-        # Conditional on seq: concurrent or retried writers can only move the snapshot forward.
+        # The snapshot is ordered by (updated_at, seq), not by seq alone. ``record`` is a local activity: it
+        # runs inside a workflow task and writes before that task completes. A task that never completes
+        # (worker killed, task failed) leaves a snapshot the history never reached; the retried task runs
+        # again on the durable history, later (``updated_at`` is ``workflow.now()``, the task's start, and
+        # strictly later for every attempt), and may reach the same seq with other content or a lower one.
+        # Seq alone refused those writes and kept the phantom. Ordered by (updated_at, seq) the durable
+        # retry always supersedes it; within a task seq orders the writes; older writes (a late retry of an
+        # activity) are refused; an equal key rewrites (a retried record carries the same state).
+        row = ProgressionRow
+        newer = or_(row.updated_at < state.updated_at, and_(row.updated_at == state.updated_at, row.seq <= state.seq))
         result = await session.execute(
-            update(ProgressionRow)
-            .where(ProgressionRow.id == state.progression_id, ProgressionRow.seq < state.seq)
-            .values(**_read_model_values(state))
-        )
+            update(row).where(row.id == state.progression_id, newer).values(**_read_model_values(state)))
         return bool(cast(CursorResult[Any], result).rowcount)
 
     async def _link_evidence(self, session: AsyncSession, progression_id: str, refs: list[EvidenceRef],

@@ -180,7 +180,7 @@ class ModelVersion(Base):
 
 
 class ProgressionRow(Base):
-    """Read model of a progression: a snapshot of the workflow state, newest ``seq`` wins."""
+    """Read model of a progression: a snapshot of the workflow state, newest (``updated_at``, ``seq``) wins."""
 
     __tablename__ = "progressions"
     id: Mapped[str] = mapped_column(String(140), primary_key=True)  # == Temporal workflow id

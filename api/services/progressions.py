@@ -570,7 +570,8 @@ def deciding_role_refusal(principal: Principal) -> Refusal | None:
     return Refusal(code="not_a_gate_role", http_status=403, message=f"your roles ({held}) cannot decide on gates")
 
 
-_MAY_LAG_CODES = frozenset({"gate_not_open", "stale_basis"})
+# Refusals that speak of the gate's state as recorded: the decider may have read it a moment before it changed.
+_RECORDED_STATE_CODES = frozenset({"gate_not_open", "stale_basis"})
 
 
 def _state_refusal(app: AppState, state: ProgressionState, principal: Principal, stage: str,
@@ -609,13 +610,14 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
                                   "API tokens cannot decide")
     else:
         refusal = _state_refusal(app, state, principal, stage, decision, comment, basis, conditions)
-        if refusal is not None and refusal.code in _MAY_LAG_CODES:
-            # The snapshot can lag the workflow (the gate opened but its record is not written yet, or a record
-            # re-run after a worker died): a gate refused only on the snapshot's word is confirmed live.
-            live = await load_state(session, app, progression_id)
-            if live is not None:
-                state = live
-                refusal = _state_refusal(app, state, principal, stage, decision, comment, basis, conditions)
+        if refusal is not None and refusal.code in _RECORDED_STATE_CODES:
+            # Final, never confirmed by a query: the snapshot is monotone and faithful to the workflow's durable
+            # history (activities.progression: _sync_read_model), written before the workflow task that changed
+            # the gate completes. A gate that opened a moment ago shows once its record is written: the
+            # caller reads the progression again and retries (the message says so).
+            refusal = refusal.model_copy(update={"message": (
+                f"{refusal.message} (as recorded {state.updated_at.isoformat()}, record {state.seq}); "
+                "if the gate has only just changed, read the progression again and retry")})
     if refusal is not None:
         await record_refusal(session, principal=principal, state=state, stage=stage, decision=decision_name,
                              comment=comment, refusal=refusal, source="api", chain=app.settings.audit_chain,
