@@ -20,7 +20,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 from sqlalchemy import select
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor, OutboundInterceptor, QueryWorkflowInput
 
 from api.cursors import encode_cursor
 from api.services import inbox as inbox_service
@@ -234,15 +234,15 @@ async def test_decisions_are_prechecked_on_the_read_model_and_the_validator_stil
         resp = await decide(env, "dana", pid, "validation")
         assert resp.status_code == 403, resp.text
         assert [r["source"] for r in await _refusals(env, pid)] == ["api"]
-        # The read model lags (its record of the open gate is late, or re-run after a worker died) and says the
-        # gate is not open while the workflow has it open: a stale snapshot never refuses a legitimate decision
-        # (the split-process test found this); the gate's state is confirmed live.
+        # The read model says the validation gate is closed (while the parked workflow has it open): the API
+        # refuses from the read model, without asking the workflow (the snapshot is faithful to the durable
+        # history, tests/workflow/test_snapshot.py; a gate that just opened is retried after a GET).
         def close(state: dict[str, Any]) -> None:
             _stage(state, "validation")["status"] = "pending"
         await _rewrite_snapshot(env, pid, close)
         resp = await decide(env, "vera", pid, "validation")
-        assert resp.status_code == 200, resp.text
-        assert [r["source"] for r in await _refusals(env, pid)] == ["api"]  # nothing more refused
+        assert resp.status_code == 409 and resp.json()["code"] == "gate_not_open", resp.text
+        assert [r["source"] for r in await _refusals(env, pid)] == ["api", "api"]
     else:
         # The read model lags: vera's approval moved the workflow to the risk review, then the snapshot from
         # before it is back (as if its record were late). The pre-check lets vera's second approval through;
@@ -262,6 +262,61 @@ async def test_decisions_are_prechecked_on_the_read_model_and_the_validator_stil
         assert resp.status_code == 409, resp.text
         refusals = await _refusals(env, pid)
         assert [r["source"] for r in refusals] == ["workflow"], refusals
+
+
+class CountQueries(Interceptor):
+    """Counts the workflow queries a client sends (the API's, here)."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        outer = self
+
+        class Counting(OutboundInterceptor):
+            async def query_workflow(self, input: QueryWorkflowInput) -> Any:
+                outer.queries += 1
+                return await super().query_workflow(input)
+
+        return Counting(next)
+
+
+async def test_a_decision_refused_on_the_recorded_gate_sends_no_query(sqlite_url: str, tmp_path: Path,
+                                                                     temporal_client: Client, task_queue: str
+                                                                     ) -> None:
+    """Issue 21: deciding on a parked progression never makes the worker replay it just to refuse. Every
+    refusal that reads the gate (not open, a stale basis, a snapshot that has not caught up) comes from the
+    read model: no workflow query (which would replay an evicted workflow), and the refusal says to read again."""
+    counter = CountQueries()
+    client = Client(**{**temporal_client.config(), "interceptors": [counter]})
+    async with api_env(sqlite_url, tmp_path, client, task_queue) as env:
+        pid = await park_one(env)
+        queries = counter.queries
+        resp = await decide(env, "rita", pid, "risk_review")  # the next gate, not open yet
+        assert resp.status_code == 409 and resp.json()["code"] == "gate_not_open", resp.text
+        resp = await env.http.post(f"/api/v1/progressions/{pid}/decisions", headers=env.auth("vera"), json={
+            "stage": "validation", "decision": "approve", "comment": "ok", "basis": "sha256:" + "0" * 64})
+        assert resp.status_code == 409 and resp.json()["code"] == "stale_basis", resp.text
+        async with env.sessionmaker() as session:
+            row = await session.get(ProgressionRow, pid)
+            assert row is not None
+            recorded = json.loads(json.dumps(row.state))
+
+        def not_yet(state: dict[str, Any]) -> None:  # the snapshot from just before the gate opened
+            _stage(state, "validation")["status"] = "running"
+        await _rewrite_snapshot(env, pid, not_yet)
+        resp = await decide(env, "vera", pid, "validation")
+        assert resp.status_code == 409 and resp.json()["code"] == "gate_not_open", resp.text
+        assert "read the progression again and retry" in resp.json()["message"], resp.text
+        assert counter.queries == queries  # none of the three asked the workflow
+        assert [r["source"] for r in await _refusals(env, pid)] == ["api"] * 3
+
+        def written(state: dict[str, Any]) -> None:  # the gate's record lands; the caller reads and retries
+            state.clear()
+            state.update(recorded)
+        await _rewrite_snapshot(env, pid, written)
+        assert (await env.http.get(f"/api/v1/progressions/{pid}", headers=env.auth("vera"))).status_code == 200
+        assert (await decide(env, "vera", pid, "validation")).status_code == 200
 
 
 NEXT_RE = re.compile(r'href="(/ui/(?:inbox|progressions)\?[^"]*cursor=[^"]+)">Next page')
