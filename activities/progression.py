@@ -4,7 +4,8 @@ The workflow is the single writer of a progression's rows: catalog (model, versi
 read model, decisions and audit events are all written by these activities, so a start that
 fails leaves nothing half written. Every activity is idempotent under Temporal's retries:
 audit event ids come from the workflow (deterministic), the read model is only overwritten by
-a newer (``updated_at``, ``seq``) (see ``_sync_read_model``), decision rows are keyed by ``decision_id`` and evidence links by (name, hash).
+a newer or equal (``updated_at``, ``seq``) (see ``_sync_read_model``), decision rows are keyed by
+``decision_id`` and evidence links by (name, hash).
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
                           [--series FILE]
 
 The product runs as two processes (API, worker). Marketing progressions (one validator approval,
-then deployment) are started straight on Temporal (the API's start path is measured elsewhere) and
-parked at their validation gate. The smallest count is the baseline: parked, measured, drained. Then
+then deployment) are started through the API's start path (``POST /api/v1/progressions``, spec and
+evidence uploaded; ``--start-concurrency`` at a time) and parked at their validation gate. The
+smallest count is the baseline: parked, measured, drained. Then
 progressions are parked cumulatively up to each larger count (while the time budget allows), and at each
 the worker's resident memory and the validator's ``GET /api/v1/inbox`` latency (p50/p95 of 20 reads,
 first page) are measured; finally the largest count is drained with HTTP approvals (16 clients) until
@@ -20,12 +21,10 @@ import json
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 from sqlalchemy import func, select
-from temporalio.client import Client
 
 from bench.common import (
     Report,
@@ -38,6 +37,7 @@ from bench.common import (
     product_stack,
     rss_mib,
     run,
+    start_via_api,
     temporal_server,
 )
 
@@ -63,8 +63,10 @@ async def wait_all(sm: Any, ids: list[str], status: str, timeout: float) -> floa
     raise RuntimeError(f"not all {len(ids)} progressions reached {status} within {timeout:.0f}s")
 
 
-async def park(client: Client, stack: Stack, base: Any, n: int, tag: str, sm: Any, wave: int) -> list[str]:
-    """Start ``n`` marketing progressions on Temporal, ``wave`` at a time, each wave parked at its
+async def park(http: httpx.AsyncClient, stack: Stack, n: int, tag: str, sm: Any, wave: int,
+               concurrency: int) -> list[str]:
+    """Start ``n`` marketing progressions through the product's start path (``POST /api/v1/progressions``,
+    spec and evidence uploaded, ``concurrency`` at a time), ``wave`` at a time, each wave parked at its
     validation gate before the next starts.
 
     Waves, because more progressions *running* at once than the worker caches (``max_cached_workflows``,
@@ -72,18 +74,12 @@ async def park(client: Client, stack: Stack, base: Any, n: int, tag: str, sm: An
     burst of 10,000 simultaneous starts parked 291 in 20 minutes. Parked ones sit in a wait and are
     evicted harmlessly.
     """
-    from workflows.contract import WORKFLOW_NAME
-
     async def start(i: int) -> str:
-        spec = base.spec.model_copy(update={"version": base.spec.version.model_copy(
-            update={"id": f"6.{i}.0-{tag}"})})
-        inp = base.model_copy(update={"spec": spec})
-        await client.start_workflow(WORKFLOW_NAME, inp, id=spec.progression_id, task_queue=stack.task_queue)
-        return spec.progression_id
+        return await start_via_api(http, stack, "mia", "marketing-propensity", f"6.{i}.0-{tag}")
 
     ids: list[str] = []
     for first in range(0, n, wave):
-        batch = await bounded_gather(min(wave, n - first), 32,
+        batch = await bounded_gather(min(wave, n - first), concurrency,
                                      lambda i, first=first: start(first + i))  # type: ignore[misc]
         await wait_all(sm, batch, "awaiting_approval", timeout=max(600.0, len(batch) * 2.0))
         ids += batch
@@ -124,10 +120,6 @@ def counts_of(text: str) -> list[int]:
 
 async def main(args: argparse.Namespace) -> Report:
     from engine.db import make_engine, make_sessionmaker
-    from engine.evidence import EvidenceStore
-    from engine.lifecycle import Actor
-    from engine.policy import Role
-    from testing import workflow as hw
 
     counts = counts_of(args.counts)
     report = Report("scale", "python -m bench.scale", params={
@@ -136,7 +128,7 @@ async def main(args: argparse.Namespace) -> Report:
     series: list[dict[str, float]] = []  # one point per count reached: parked, RSS, inbox p50/p95
     drains: dict[int, float] = {}  # gates drained -> approvals/s
     skipped: list[int] = []
-    async with temporal_server() as (client, address):
+    async with temporal_server() as (_client, address):
         with fresh_database(args.db) as url:
             async with product_stack(address, url, extra_env={
                     "PROGRESSION_WORKER_MAX_CACHED_WORKFLOWS": str(args.cache)}) as stack, \
@@ -144,14 +136,9 @@ async def main(args: argparse.Namespace) -> Report:
                 engine = make_engine(url)
                 sm = make_sessionmaker(engine)
                 try:
-                    env = SimpleNamespace(store=EvidenceStore(stack.data_dir / "evidence"), sessionmaker=sm)
-                    mia = Actor(user_id=stack.user_ids["mia"], username="mia", roles=[Role.model_developer],
-                                team="marketing-analytics")
-                    base = await hw.example_input(env, hw.MARKETING, submitted_by=mia,  # type: ignore[arg-type]
-                                                  version={"id": "6.0.0"})
                     tag = uuid.uuid4().hex[:6]
                     # The baseline: the smallest count parked, measured and drained on its own.
-                    ids = await park(client, stack, base, counts[0], f"s-{tag}", sm, args.wave)
+                    ids = await park(http, stack, counts[0], f"s-{tag}", sm, args.wave, args.start_concurrency)
                     series.append(await measure(http, stack, counts[0]))
                     progress(args, series, drains)
                     drains[counts[0]] = counts[0] / await drain(http, stack, ids, sm)
@@ -167,7 +154,8 @@ async def main(args: argparse.Namespace) -> Report:
                             skipped.append(n)
                             continue
                         t0, before = time.perf_counter(), len(parked)
-                        parked += await park(client, stack, base, n - before, f"{n}-{tag}", sm, args.wave)
+                        parked += await park(http, stack, n - before, f"{n}-{tag}", sm, args.wave,
+                                             args.start_concurrency)
                         rate = (n - before) / max(time.perf_counter() - t0, 1e-3)
                         series.append(await measure(http, stack, n))
                         progress(args, series, drains)
@@ -230,6 +218,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=3600.0,
                    help="a larger count is left out when parking and draining it would pass this many seconds")
     p.add_argument("--wave", type=int, default=500, help="progressions started and parked at a time")
+    p.add_argument("--start-concurrency", type=int, default=16, help="HTTP starts in flight while parking")
     p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     p.add_argument("--series", metavar="FILE", help="also write the points (for bench.plot_scale)")
     return p
