@@ -9,7 +9,8 @@ evidence uploaded; ``--start-concurrency`` at a time) and parked at their valida
 smallest count is the baseline: parked, measured, drained. Then
 progressions are parked cumulatively up to each larger count (while the time budget allows), and at each
 the worker's resident memory and the validator's ``GET /api/v1/inbox`` latency (p50/p95 of 20 reads,
-first page) are measured; finally the largest count is drained with HTTP approvals (16 clients) until
+first page) are measured; finally the largest count (or `--drain` of it, sampled across all parked, so
+most are evicted from the worker's cache) is drained with HTTP approvals (16 clients) until
 each progression is ``in_production`` in the read model. Full size takes about 25-35 minutes on 2 cores.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
 import uuid
 from pathlib import Path
@@ -159,7 +161,9 @@ async def main(args: argparse.Namespace) -> Report:
                         rate = (n - before) / max(time.perf_counter() - t0, 1e-3)
                         series.append(await measure(http, stack, n))
                         progress(args, series, drains)
-                    drained = parked[-args.drain:] if args.drain else parked
+                    # A sample spread over everything parked (not the newest, which are still in the worker's
+                    # cache): what a day of decisions on a large bank's gates looks like.
+                    drained = random.Random(21).sample(parked, min(args.drain, len(parked))) if args.drain else parked
                     drains[len(parked)] = len(drained) / await drain(http, stack, drained, sm)
                 finally:
                     await engine.dispose()
