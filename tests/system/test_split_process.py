@@ -247,9 +247,10 @@ async def test_split_process_credit_journey(postgres_url: str, cluster: Workflow
             return s if s["status"] == "awaiting_approval" and s["current_stage"] == stage else None
 
         async def decide(person: str, stage: str) -> None:
-            # A worker killed as the gate opened: the snapshot may show a gate whose workflow task never
-            # completed; the surviving worker opens it again, and the decision is accepted once it is open
-            # (until then the refusal is gate_not_open, never anything else).
+            # A worker killed as the gate opened: until the surviving worker retries that workflow task (and
+            # its record supersedes the dead one's, activities.progression._sync_read_model), the snapshot may
+            # show a gate the history has not reached; the Update validator then refuses gate_not_open. The
+            # caller retries, as any caller refused on a gate that is just changing (never anything else).
             async def attempt() -> httpx.Response | None:
                 response = await http.post(f"/api/v1/progressions/{pid}/decisions", headers=auth(person),
                                            json={"stage": stage, "decision": "approve",
