@@ -77,7 +77,14 @@ async def park(http: httpx.AsyncClient, stack: Stack, n: int, tag: str, sm: Any,
     evicted harmlessly.
     """
     async def start(i: int) -> str:
-        return await start_via_api(http, stack, "mia", "marketing-propensity", f"6.{i}.0-{tag}")
+        for attempt in range(6):  # what a client does with 503 "retry shortly" (a busy database under load)
+            try:
+                return await start_via_api(http, stack, "mia", "marketing-propensity", f"6.{i}.0-{tag}")
+            except RuntimeError as exc:
+                if ": 503 " not in str(exc) or attempt == 5:
+                    raise
+                await asyncio.sleep(2 ** attempt)
+        raise AssertionError("unreachable")
 
     ids: list[str] = []
     for first in range(0, n, wave):
@@ -125,7 +132,8 @@ async def main(args: argparse.Namespace) -> Report:
 
     counts = counts_of(args.counts)
     report = Report("scale", "python -m bench.scale", params={
-        "counts": args.counts, "db": args.db, "wave": args.wave, "cache": args.cache, "budget-s": args.budget_s})
+        "counts": args.counts, "db": args.db, "wave": args.wave, "cache": args.cache, "budget-s": args.budget_s,
+        "shared-workflow-modules": args.shared_workflow_modules})
     t_start = time.perf_counter()
     series: list[dict[str, float]] = []  # one point per count reached: parked, RSS, inbox p50/p95
     drains: dict[int, float] = {}  # gates drained -> approvals/s
@@ -133,7 +141,9 @@ async def main(args: argparse.Namespace) -> Report:
     async with temporal_server() as (_client, address):
         with fresh_database(args.db) as url:
             async with product_stack(address, url, extra_env={
-                    "PROGRESSION_WORKER_MAX_CACHED_WORKFLOWS": str(args.cache)}) as stack, \
+                    "PROGRESSION_WORKER_MAX_CACHED_WORKFLOWS": str(args.cache),
+                    "PROGRESSION_WORKER_SHARED_WORKFLOW_MODULES": str(args.shared_workflow_modules).lower(),
+            }) as stack, \
                     http_client(stack, 16) as http:
                 engine = make_engine(url)
                 sm = make_sessionmaker(engine)
@@ -219,6 +229,8 @@ def parser() -> argparse.ArgumentParser:
                         "others are reached cumulatively, and the largest is drained")
     p.add_argument("--drain", type=int, default=0, help="drain only this many of the largest count (0: all)")
     p.add_argument("--cache", type=int, default=1000, help="the worker's max_cached_workflows")
+    p.add_argument("--shared-workflow-modules", action="store_true",
+                   help="PROGRESSION_WORKER_SHARED_WORKFLOW_MODULES=true (workflow modules loaded once per process)")
     p.add_argument("--budget-s", type=float, default=3600.0,
                    help="a larger count is left out when parking and draining it would pass this many seconds")
     p.add_argument("--wave", type=int, default=500, help="progressions started and parked at a time")

@@ -14,6 +14,7 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.findings import FindingActivities
 from activities.monitoring import monitoring_activities
@@ -31,6 +32,15 @@ from workflows.finding import ExceptionWorkflow, FindingWorkflow
 from workflows.progression import ProgressionWorkflow
 
 log = logging.getLogger("progression.worker")
+
+
+def workflow_runner(*, shared_workflow_modules: bool) -> SandboxedWorkflowRunner:
+    """Temporal's sandbox; with ``shared_workflow_modules`` the ``workflows`` package is loaded once per process
+    (``Settings.worker_shared_workflow_modules``: why, and the price)."""
+    restrictions = SandboxRestrictions.default
+    if shared_workflow_modules:
+        restrictions = restrictions.with_passthrough_modules("workflows")
+    return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
 def build_worker(client: Client, *, task_queue: str, activities: ProgressionActivities, **kw: Any) -> Worker:
@@ -65,7 +75,9 @@ async def run_worker(settings: Settings | None = None) -> None:
     activities, engine = build_activities(settings)
     try:
         worker = build_worker(client, task_queue=settings.task_queue, activities=activities,
-                              max_cached_workflows=settings.worker_max_cached_workflows)
+                              max_cached_workflows=settings.worker_max_cached_workflows,
+                              workflow_runner=workflow_runner(
+                                  shared_workflow_modules=settings.worker_shared_workflow_modules))
         log.info("worker polling task queue %r on %s", settings.task_queue, address)
         await worker.run()
     finally:
