@@ -80,12 +80,13 @@ def panel(x0: float, title: str, unit: str, lines: list[tuple[str, str, bool, li
     return "\n".join(out)
 
 
-COLOURS = ("#1f6feb", "#8250df", "#cf222e")
+COLOURS = ("#1f6feb", "#8250df", "#cf222e", "#0a7f8c")
 
 
 def chart(runs: list[dict[str, Any]], old: dict[str, Any] | None) -> str:
     """Memory: one line per run (each its own worker cache); latency: the first run's inbox p50/p95."""
-    mem = [(f"worker RSS, cache {r.get('cache', '?')}", COLOURS[i % 3], False,
+    mem = [(f"worker RSS, cache {r.get('cache', '?')}{', ' + r['label'] if r.get('label') else ''}",
+             COLOURS[i % len(COLOURS)], False,
             [(p["count"], p["rss"]) for p in r["points"]]) for i, r in enumerate(runs)]
     pts = runs[0]["points"]
     lat = [("inbox p50", "#1a7f37", False, [(p["count"], p["inbox_p50"]) for p in pts]),

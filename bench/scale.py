@@ -206,9 +206,13 @@ async def main(args: argparse.Namespace) -> Report:
         report.add("counts left out (time budget)", float(len(skipped)), "",
                    note="skipped: " + ", ".join(f"{n:,}" for n in skipped))
     if args.series:
-        write_series(Path(args.series), {"cache": args.cache, "db": args.db, "points": series,
+        write_series(Path(args.series), {"cache": args.cache, "db": args.db, "label": _label(args), "points": series,
                                          "drains": {str(k): v for k, v in drains.items()}})
     return report
+
+
+def _label(args: argparse.Namespace) -> str:
+    return "HTTP starts" + (", shared workflow modules" if args.shared_workflow_modules else "")
 
 
 def write_series(path: Path, data: dict[str, Any]) -> None:
@@ -219,7 +223,8 @@ def progress(args: argparse.Namespace, series: list[dict[str, float]], drains: d
     """Each point as soon as it is measured (stdout, and the series file): a run stopped early keeps them."""
     print(f"point: {json.dumps(series[-1])} drains: {json.dumps(drains)}", flush=True)
     if args.series:
-        write_series(Path(args.series), {"cache": args.cache, "db": args.db, "points": series, "partial": True,
+        write_series(Path(args.series), {"cache": args.cache, "db": args.db, "label": _label(args),
+                                         "points": series, "partial": True,
                                          "drains": {str(k): v for k, v in drains.items()}})
 
 
