@@ -27,6 +27,7 @@ FULL: dict[str, list[str]] = {
     "audit": [],
     "scale": [],
     "inbox_sql": [],
+    "years": [],
 }
 QUICK: dict[str, list[str]] = {
     "throughput": ["--count", "10", "--rounds", "1", "--concurrency", "4"],
@@ -35,6 +36,7 @@ QUICK: dict[str, list[str]] = {
     "audit": ["--events", "5000", "--journeys", "3", "--rounds", "1", "--transactions", "30", "--samples", "20"],
     "scale": ["--counts", "5,12,20", "--budget-s", "600"],
     "inbox_sql": ["--counts", "20,200", "--samples", "5"],
+    "years": ["--years", "2"],
 }
 
 

@@ -31,9 +31,14 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         yield env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    """Time-skipping test server for long timers (SLA days, yearly revalidation)."""
+    """A time-skipping test server of the test's own, for long timers (SLA days, yearly revalidation); ~0.2 s to start.
+
+    Not shared: a test may leave workflows behind on the server with timers (a monitoring finding outlives its
+    progression by design; a model stays in production), and after such a test, with its worker gone, the next
+    test's ``sleep`` over a year failed ("Timeout expired"; even with those workflows terminated). A fresh server per
+    test gives every test a clean clock and no one else's workflows (tests/workflow/test_time_skipping_isolation.py)."""
     async with time_skipping_server() as env:
         yield env
 

@@ -4,7 +4,6 @@ calendar restarting, missing results, the materiality tier's cadence, and retire
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from engine.db import FindingRow
 from engine.policy import Role
 from testing.monitoring import MONITOR, ask_retirement, credit_metrics, deliver
 from testing.polling import eventually
-from testing.temporal import time_skipping_server
 from testing.workflow import (
     CREDIT,
     DEV,
@@ -41,14 +39,6 @@ from testing.workflow import (
     worker,
 )
 from tests.workflow.test_continue_as_new import short_history_client  # noqa: F401 - the fixture
-
-
-@pytest.fixture(scope="module")
-async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A time-skipping server of this module's own: these tests skip years, and the shared server's clock and
-    timers stay as the other modules expect them."""
-    async with time_skipping_server() as env:
-        yield env
 
 
 def _refused(info: pytest.ExceptionInfo[WorkflowUpdateFailedError]) -> str:
