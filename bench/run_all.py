@@ -53,6 +53,7 @@ class Goal:
     goal: str
     holds: Callable[[float], bool]
     contains: str = ""  # and contains this
+    on_value: bool = False  # judge the figure's value (itself a ratio measured by the benchmark), not value / baseline
 
 
 # Each read from the JSON of the benchmark that measured it, whatever goal that benchmark itself prints.
@@ -67,8 +68,8 @@ ISSUE_21: list[Goal] = [
     Goal("drain rate, 10,000 parked vs 100", "scale", "drain rate with", "ratio >= 0.9", lambda r: r >= 0.9),
     Goal("worker RSS, 10,000 vs 1,000 parked", "scale", "worker RSS ", "ratio <= 1.2", lambda r: r <= 1.2,
          contains=" vs "),
-    Goal("journeys/s, 2 worker processes vs 1", "scale_out", "journeys/s, 2 workers vs 1", "ratio >= 0.9",
-         lambda r: r >= 0.9),
+    Goal("journeys/s, 2 worker processes vs 1 (median of interleaved round pairs)", "scale_out",
+         "journeys/s ratio, 2 workers / 1", "ratio >= 0.9", lambda r: r >= 0.9, on_value=True),
 ]
 
 
@@ -80,14 +81,14 @@ def issue_21_table(out: Path) -> str:
         path = out / f"{g.bench}.json"
         figures = json.loads(path.read_text())["figures"] if path.exists() else []
         f = next((f for f in figures if f["name"].startswith(g.prefix) and g.contains in f["name"]), None)
-        if f is None or not f.get("baseline"):
+        if f is None or not (f.get("baseline") or g.on_value):
             why = "not run" if not path.exists() else "no such figure"
             lines.append(f"| {g.what} | ({why}: `python -m bench.{g.bench}`) | - | - | - | {g.goal} | - |")
             continue
-        ratio = f["value"] / f["baseline"]
+        ratio = f["value"] if g.on_value else f["value"] / f["baseline"]
         met = "yes" if g.holds(ratio) else "**no**"
-        lines.append(f"| {g.what} | {f['name']} | {_num(f['value'], f['unit'])} | {_num(f['baseline'], f['unit'])} "
-                     f"| {ratio:.2f}x | {g.goal} | {met} |")
+        value, baseline = ("-", "-") if g.on_value else (_num(f["value"], f["unit"]), _num(f["baseline"], f["unit"]))
+        lines.append(f"| {g.what} | {f['name']} | {value} | {baseline} | {ratio:.2f}x | {g.goal} | {met} |")
     return "\n".join(lines) + "\n"
 
 

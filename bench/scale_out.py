@@ -47,6 +47,7 @@ from bench.common import (
     child_pids,
     cpu_seconds,
     fresh_database,
+    median,
     percentile,
     run,
     upload_files,
@@ -100,6 +101,7 @@ class Side:
     cpu: dict[str, float] = field(default_factory=lambda: dict.fromkeys(COMPONENTS, 0.0))
     per_process: dict[str, float] = field(default_factory=dict)
     machine_busy: float = 0.0
+    rates: list[float] = field(default_factory=list)  # journeys/s of each round
     _next: itertools.cycle[int] = field(default_factory=lambda: itertools.cycle(range(2)))
 
     @property
@@ -188,6 +190,7 @@ async def measured_round(side: Side, count: int, concurrency: int, first: int, t
     add_cpu(side, before, CpuSnapshot(side, temporal_pids))
     side.wall += wall
     side.journeys += count
+    side.rates.append(count / wall)
     print(f"round: {side.label}: {count} journeys in {wall:.1f}s ({count / wall:.2f}/s), "
           f"{side.decisions - decisions} decisions, {side.reads - reads} reads, "
           f"decision p50 {percentile(side.latencies_ms[latencies:], 50):.0f} ms", flush=True)
@@ -242,10 +245,15 @@ async def main(args: argparse.Namespace) -> Report:
 
 def add_figures(report: Report, one: Side, two: Side) -> None:
     rate1, rate2 = one.journeys / one.wall, two.journeys / two.wall
+    # Each round with two workers against the round with one just before it: the machine's load changes
+    # between pairs more than within one, and a pooled rate is dominated by the slowest round.
+    pairs = sorted(b / a for a, b in zip(one.rates, two.rates, strict=True))
+    ratio = median(pairs)
+    report.add("journeys/s ratio, 2 workers / 1, median of round pairs", ratio, "x", goal=">= 0.9",
+               met=ratio >= 0.9, note="each round pair (1 worker, then 2): " + ", ".join(f"{r:.2f}x" for r in pairs)
+               + "; goal: a second worker costs nothing (2 shared cores cannot double the rate)")
     report.add("journeys/s, 2 workers vs 1 (HTTP, full credit journey)", rate2, "/s", baseline=rate1,
-               goal="ratio >= 0.9", met=rate2 >= 0.9 * rate1,
-               note="baseline: the same journeys with one worker process, interleaved rounds; goal: a second worker "
-                    "costs nothing (2 shared cores cannot double the rate)")
+               note="pooled over the rounds; baseline: the same journeys with one worker process, interleaved rounds")
     report.add("decisions/s, 2 workers vs 1", two.decisions / two.wall, "/s", baseline=one.decisions / one.wall)
     for p in (50, 95):
         report.add(f"decision latency p{p}, 2 workers vs 1", percentile(two.latencies_ms, p), "ms",
