@@ -58,6 +58,9 @@ from testing.temporal import dev_server
 from testing.topology import Topology, production_topology
 
 REPO = "retail-credit-scorecard"
+# Four API processes and three workers share one PostgreSQL (max_connections 100 by default, other work on it
+# too): each API process keeps at most 10 + 10 connections instead of 20 + 20 (docs/PRODUCTION.md, "Sizing").
+API_POOL = {"PROGRESSION_DB_POOL_SIZE": "10", "PROGRESSION_DB_MAX_OVERFLOW": "10"}
 # The components whose CPU is reported, in the table's order.
 COMPONENTS = ("api", "worker", "temporal", "postgres", "driver")
 COMPONENT_NAMES = {"api": "API processes (2)", "worker": "worker process(es)", "temporal": "Temporal server",
@@ -102,6 +105,7 @@ class Side:
     per_process: dict[str, float] = field(default_factory=dict)
     machine_busy: float = 0.0
     rates: list[float] = field(default_factory=list)  # journeys/s of each round
+    retries: int = 0  # requests answered 503 (a dependency briefly unavailable) and sent again
     _next: itertools.cycle[int] = field(default_factory=lambda: itertools.cycle(range(2)))
 
     @property
@@ -138,11 +142,23 @@ def add_cpu(side: Side, before: CpuSnapshot, after: CpuSnapshot) -> None:
     side.machine_busy += after.machine - before.machine
 
 
+async def send(side: Side, method: str, url: str, **kw: Any) -> httpx.Response:
+    """One request to the next API process; a 503 ("retry shortly": e.g. the shared PostgreSQL out of
+    connections) is sent again, up to 8 times, with the same Idempotency-Key."""
+    for attempt in range(8):
+        resp = await side.http().request(method, url, **kw)
+        if resp.status_code != 503:
+            break
+        side.retries += 1
+        await asyncio.sleep(0.5 * (attempt + 1))
+    return resp
+
+
 async def journey(side: Side, i: int, tag: str, poll: float, timeout: float) -> None:
     topo = side.topology
     pid, files = upload_files(REPO, f"5.{i}.{side.workers}-{tag}")
-    resp = await side.http().post("/api/v1/progressions", files=files,
-                                  headers={**topo.auth("dana"), "Idempotency-Key": f"start-{pid}"})
+    resp = await send(side, "POST", "/api/v1/progressions", files=files,
+                      headers={**topo.auth("dana"), "Idempotency-Key": f"start-{pid}"})
     if resp.status_code != 201:
         raise RuntimeError(f"start {pid}: {resp.status_code} {resp.text[:300]}")
 
@@ -152,7 +168,7 @@ async def journey(side: Side, i: int, tag: str, poll: float, timeout: float) -> 
         async def probe() -> bool:
             nonlocal body
             side.reads += 1
-            body = (await side.http().get(f"/api/v1/progressions/{pid}", headers=topo.auth("ann"))).json()
+            body = (await send(side, "GET", f"/api/v1/progressions/{pid}", headers=topo.auth("ann"))).json()
             if body.get("status") in ("blocked", "rejected", "failed"):
                 raise RuntimeError(f"{pid}: {body.get('status')} at {body.get('current_stage')}: "
                                    f"{body.get('missing')}")
@@ -166,8 +182,9 @@ async def journey(side: Side, i: int, tag: str, poll: float, timeout: float) -> 
 
     async def decide(who: str, stage: str) -> None:
         t0 = time.perf_counter()
-        resp = await side.http().post(f"/api/v1/progressions/{pid}/decisions", headers=topo.auth(who),
-                                      json={"stage": stage, "decision": "approve", "comment": f"{who}: sound"})
+        resp = await send(side, "POST", f"/api/v1/progressions/{pid}/decisions",
+                          headers={**topo.auth(who), "Idempotency-Key": f"{who}-{stage}-{pid}"},
+                          json={"stage": stage, "decision": "approve", "comment": f"{who}: sound"})
         side.latencies_ms.append((time.perf_counter() - t0) * 1000)
         if resp.status_code != 200:
             raise RuntimeError(f"{who} on {pid} {stage}: {resp.status_code} {resp.text[:300]}")
@@ -202,7 +219,8 @@ async def side(address: str, workers: int, root: Path) -> AsyncIterator[Side]:
     with fresh_database("postgresql") as url, processes(root / f"logs-{workers}w") as procs:
         database = url.rsplit("/", 1)[1]
         async with production_topology(procs, address, url, root / f"data-{workers}w", BENCH_PEOPLE,
-                                       apis=2, workers=workers) as topo, contextlib.AsyncExitStack() as stack:
+                                       apis=2, workers=workers, settings=API_POOL) as topo, \
+                contextlib.AsyncExitStack() as stack:
             limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
             clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=base, timeout=120, limits=limits))
                        for base in topo.base_urls]
@@ -269,7 +287,7 @@ def add_figures(report: Report, one: Side, two: Side) -> None:
     report.add("one worker: journeys/s per core of the worker process", one.journeys / one.cpu["worker"], "/s",
                note="what one worker process carries at full CPU (it runs on one core)")
     report.add("GET reads per journey (the driver's polling)", (one.reads + two.reads) / (one.journeys + two.journeys),
-               "")
+               "", note=f"requests answered 503 and sent again: {one.retries} with 1 worker, {two.retries} with 2")
 
 
 def parser() -> argparse.ArgumentParser:
