@@ -74,10 +74,14 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+_admin: list[psycopg.Connection[Any]] = []  # one connection for the whole run: the server may be full later
+
+
 def backend_pids(database: str) -> list[int]:
     """PostgreSQL backends connected to ``database`` now."""
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)).fetchall()
+    if not _admin:
+        _admin.append(psycopg.connect(PG_ADMIN_DSN, autocommit=True))
+    rows = _admin[0].execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,)).fetchall()
     return [int(r[0]) for r in rows]
 
 
@@ -236,6 +240,7 @@ async def main(args: argparse.Namespace) -> Report:
         "count": args.count, "rounds": args.rounds, "concurrency": args.concurrency, "poll": args.poll})
     tag = uuid.uuid4().hex[:6]
     # As on a cluster: an activity task goes through the task queue to whichever worker polls.
+    backend_pids("postgres")  # the monitoring connection, before the topologies take theirs
     async with dev_server(extra_args=["--dynamic-config-value", "system.enableActivityEagerExecution=false"]) as env:
         address = env.client.service_client.config.target_host
         temporal_pids = child_pids("temporal")
@@ -254,6 +259,7 @@ async def main(args: argparse.Namespace) -> Report:
                                              args.timeout, temporal_pids)
                 for s in sides:
                     s.topology.processes.assert_alive()
+    _admin.pop().close()
     for s in sides:
         for name, seconds in s.per_process.items():
             print(f"cpu: {s.label}: {name}: {seconds / s.wall:.2f} cores, {_ms_per(s, seconds):.0f} ms/journey")
