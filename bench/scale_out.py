@@ -1,6 +1,6 @@
 """Scale out: credit journeys/s through the HTTP API with one worker process against two, side by side.
 
-    python -m bench.scale_out [--count 30] [--rounds 2] [--concurrency 12] [--poll 0.2]
+    python -m bench.scale_out [--count 12] [--rounds 5] [--concurrency 8] [--poll 0.2]
 
 The production topology as plain processes (``testing/topology.py``): one Temporal dev server standing in for
 the cluster (eager activity execution off, as on a cluster: activity tasks go through the task queue to any
@@ -17,7 +17,9 @@ workers so the machine's other load hits both alike; each round runs ``--count``
 at a time. Measured per round: wall time, the latency of every ``POST /decisions``, and the CPU time of every
 process from ``/proc/<pid>/stat``: each API, each worker, the Temporal server, the PostgreSQL backends serving
 the topology's database (``pg_stat_activity``; the server's shared background processes are left out), this
-driver, and the machine as a whole (``/proc/stat``).
+driver, and the machine as a whole (``/proc/stat``). The goal is on the median of the round pairs' ratios
+(two workers' round over the one-worker round just before it): a pooled rate is dominated by its slowest round.
+About 10 minutes at the defaults on 2 loaded cores.
 """
 
 from __future__ import annotations
@@ -298,9 +300,9 @@ def add_figures(report: Report, one: Side, two: Side) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--count", type=int, default=30, help="journeys per round and topology")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (1 worker, 2 workers) ...")
-    p.add_argument("--concurrency", type=int, default=12, help="journeys in flight")
+    p.add_argument("--count", type=int, default=12, help="journeys per round and topology")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (1 worker, 2 workers) ...")
+    p.add_argument("--concurrency", type=int, default=8, help="journeys in flight")
     p.add_argument("--warmup", type=int, default=2, help="concurrent warm-up journeys per topology (after one alone)")
     p.add_argument("--poll", type=float, default=0.2, help="seconds between the driver's reads of a journey's state")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a journey may wait for one gate")
