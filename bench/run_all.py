@@ -2,7 +2,7 @@
 
     python -m bench.run_all [--quick] [--out .data/bench-results] [--only NAMES] [--render]
 
-Full size (``make bench``) takes about 35 minutes on an otherwise idle 2-core machine, most of it
+Full size (``make bench``) takes about 45 minutes on an otherwise idle 2-core machine, most of it
 ``bench.scale`` (10,000 parked progressions) and the two million-event audit loads; ``--quick`` runs
 every script at a small size in a few minutes (the figures then prove the scripts work, not the
 goals). Writes ``figures.md``, one table of every figure, from the JSON in ``--out``, and prints (and
