@@ -50,7 +50,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy engine workflows activities api client launch progression testing
 
-# Every benchmark at full size (about 35 minutes on 2 cores; see docs/PERFORMANCE.md). BENCH_ARGS=--quick for a smoke run.
+# Every benchmark at full size (about 45 minutes on 2 cores; see docs/PERFORMANCE.md). BENCH_ARGS=--quick for a smoke run.
 bench: $(STAMP)
 	$(PY) -m bench.run_all $(BENCH_ARGS)
 

@@ -83,16 +83,19 @@ async def record_policy_versions(session: AsyncSession, registry: PolicyRegistry
             existing.active = True
             await session.commit()
             continue
-        session.add(PolicyVersion(intent=p.intent, policy_hash=loaded.hash, title=p.title, risk_tier=p.risk_tier,
-                                  content_yaml=loaded.yaml_text, active=True, published_at=utcnow()))
-        await audit.append_event(
-            session, event_id=f"policy-{p.intent}-{loaded.hash}", event_type=EventType.policy_published.value,
-            occurred_at=utcnow(), payload={"intent": p.intent, "policy_hash": loaded.hash, "title": p.title,
-                                           "risk_tier": p.risk_tier, "file": loaded.path.name}, chain=chain)
+        # Another process may record it first (API replicas starting together on a new database): the
+        # conflict surfaces at the autoflush of the audit append as well as at the commit.
         try:
+            session.add(PolicyVersion(intent=p.intent, policy_hash=loaded.hash, title=p.title,
+                                      risk_tier=p.risk_tier, content_yaml=loaded.yaml_text, active=True,
+                                      published_at=utcnow()))
+            await audit.append_event(
+                session, event_id=f"policy-{p.intent}-{loaded.hash}", event_type=EventType.policy_published.value,
+                occurred_at=utcnow(), payload={"intent": p.intent, "policy_hash": loaded.hash, "title": p.title,
+                                               "risk_tier": p.risk_tier, "file": loaded.path.name}, chain=chain)
             await session.commit()
             added += 1
-        except IntegrityError:  # another process recorded it first
+        except IntegrityError:
             await session.rollback()
     return added
 

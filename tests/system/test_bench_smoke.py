@@ -20,6 +20,7 @@ EXPECTED = {
     "audit": "filtered audit query p95 (postgresql",
     "scale": "worker RSS",
     "inbox_sql": "inbox p95 at",
+    "scale_out": "journeys/s ratio, 2 workers / 1",
 }
 
 
