@@ -19,7 +19,7 @@ from typing import Any
 
 from api.errors import ApiError
 from engine.db import User
-from engine.identity import actor_for, user_roles
+from engine.identity import MAKER_CHECKER_ROLES, actor_for, user_roles
 from engine.lifecycle import Actor, Refusal
 from engine.policy import Role
 
@@ -100,12 +100,18 @@ class Principal:
     credential_id: str | None = None
     credential_issued_by: str | None = None
     credential_kind: str | None = None  # "token" or "sso"
+    # Roles the user holds that this credential does not act in yet: a re-issued token (its person held one
+    # before, or an admin changed their e-mail address) acts in no maker-checker role until a second admin
+    # confirms it (POST /api/v1/users/{id}/tokens/{token_id}/confirm).
+    held_roles: frozenset[Role] = field(default_factory=frozenset)
 
     @classmethod
     def of(cls, user: User, *, credential_id: str | None = None, credential_issued_by: str | None = None,
-           credential_kind: str | None = None) -> Principal:
-        return cls(user=user, roles=frozenset(user_roles(user)), credential_id=credential_id,
-                   credential_issued_by=credential_issued_by, credential_kind=credential_kind)
+           credential_kind: str | None = None, awaiting_confirmation: bool = False) -> Principal:
+        roles = frozenset(user_roles(user))
+        held = roles & MAKER_CHECKER_ROLES if awaiting_confirmation else frozenset()
+        return cls(user=user, roles=roles - held, credential_id=credential_id,
+                   credential_issued_by=credential_issued_by, credential_kind=credential_kind, held_roles=held)
 
     @property
     def id(self) -> str:
@@ -121,7 +127,10 @@ class Principal:
 
     @property
     def actor(self) -> Actor:
-        return actor_for(self.user, credential_id=self.credential_id, credential_issued_by=self.credential_issued_by)
+        actor = actor_for(self.user, credential_id=self.credential_id, credential_issued_by=self.credential_issued_by)
+        if self.held_roles:  # the workflow's rules see only the roles this credential acts in
+            actor = actor.model_copy(update={"roles": [r for r in actor.roles if r not in self.held_roles]})
+        return actor
 
     @property
     def actions(self) -> frozenset[Action]:
@@ -148,6 +157,11 @@ def role_refusal(principal: Principal, action: Action) -> Refusal | None:
     """Why the role table does not let ``principal`` do ``action`` (``None`` when it does)."""
     if allowed(principal, action):
         return None
+    if any(action in ROLE_ACTIONS.get(role, frozenset()) for role in principal.held_roles):
+        roles = ", ".join(sorted(r.value for r in principal.held_roles))
+        return Refusal(code="credential_unconfirmed", http_status=403,
+                       message=f"this credential was re-issued and acts as {roles} only once a second admin "
+                               "confirms it (POST /api/v1/users/{id}/tokens/{token_id}/confirm)")
     held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
     who = sorted(r.value for r, acts in ROLE_ACTIONS.items() if action in acts)
     return Refusal(code="forbidden", http_status=403,
@@ -157,7 +171,7 @@ def role_refusal(principal: Principal, action: Action) -> Refusal | None:
 def require(principal: Principal, action: Action) -> None:
     if (refusal := role_refusal(principal, action)) is not None:
         who = sorted(r.value for r, acts in ROLE_ACTIONS.items() if action in acts)
-        raise ApiError(403, "forbidden", refusal.message, {"action": action.value, "roles_allowed": who})
+        raise ApiError(403, refusal.code, refusal.message, {"action": action.value, "roles_allowed": who})
 
 
 def can_see_team(principal: Principal, team: str) -> bool:

@@ -146,7 +146,7 @@ async def session_user(db: AsyncSession, session: WebSession) -> Principal | Non
     if user is None or not user.active:
         return None
     principal = Principal.of(user, credential_id=f"token:{token.id}", credential_issued_by=token.issued_by,
-                             credential_kind="token")
+                             credential_kind="token", awaiting_confirmation=token.awaiting_confirmation)
     return None if principal.service_only else principal  # a service identity never signs in to the web UI
 
 
