@@ -80,6 +80,8 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     # The monitoring jobs' service identity: posting results is all it does (a policy may name a human role too).
     Role.monitor: frozenset({A.post_monitoring}),
 }
+# What a re-issued credential awaiting a second admin's confirmation may do in its held roles: read, never act.
+HELD_ACTIONS = frozenset(_EVERYONE | {A.read_audit})
 # Roles of service identities: a caller holding only these reaches only what ``SERVICE_PATHS`` allow.
 SERVICE_ROLES = frozenset({Role.monitor})
 
@@ -137,6 +139,8 @@ class Principal:
         out: set[Action] = set()
         for role in self.roles:
             out |= ROLE_ACTIONS.get(role, frozenset())
+        for role in self.held_roles:
+            out |= ROLE_ACTIONS.get(role, frozenset()) & HELD_ACTIONS
         return frozenset(out)
 
     @property
@@ -146,7 +150,7 @@ class Principal:
 
     @property
     def reads_all_teams(self) -> bool:
-        return bool(self.roles & GLOBAL_READERS)
+        return bool((self.roles | self.held_roles) & GLOBAL_READERS)
 
 
 def allowed(principal: Principal, action: Action) -> bool:
