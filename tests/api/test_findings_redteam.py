@@ -189,9 +189,8 @@ async def test_redteam_admin_redeems_enrollments_and_grants_a_maker_checker_exce
     pid, resp = await start(env, skip=("monitoring_plan",))
     assert resp.status_code == 201, resp.text
     model, version = pid.split("@")
-    adam = env.auth("adam")
     async with env.sessionmaker() as session:  # a second admin, who confirms the re-issued credentials
-        ada, env.tokens["adam2"] = await create_user(session, username="adam2", roles=["admin"], team="platform")
+        _, env.tokens["adam2"] = await create_user(session, username="adam2", roles=["admin"], team="platform")
         await session.commit()
     stolen: dict[str, str] = {}
     for who in ("rita", "rob"):
