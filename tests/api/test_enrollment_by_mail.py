@@ -19,10 +19,11 @@ from typing import Any
 from sqlalchemy import select, update
 from temporalio.client import Client
 
-from engine.db import AuditEvent, Enrollment, User, utcnow
+from engine.db import AuditEvent, DecisionRow, Enrollment, User, utcnow
 from engine.identity import create_user, hash_token
 from testing.api import ApiEnv, api_env, decide, started_at_gate
 from tests.api.test_api_identity import make_jwks, sso_token
+from tests.api.test_web_ui import Browser
 
 
 async def _admin(env: ApiEnv, username: str) -> None:
@@ -231,3 +232,32 @@ async def test_with_sso_the_code_redeems_only_for_the_persons_sso_identity(sqlit
 async def _id(env: ApiEnv, username: str) -> str:
     async with env.sessionmaker() as session:
         return str(await session.scalar(select(User.id).where(User.username == username)))
+
+
+async def test_a_re_issued_credential_signed_in_to_the_web_ui_decides_nothing_until_confirmed(env: ApiEnv) -> None:
+    """The web UI builds its caller from the same token row: an unconfirmed re-issued credential gets no decision
+    there either (the form is refused, nothing is recorded), and decides once a second admin confirms it."""
+    assert env.mail is not None
+    await _admin(env, "ada")
+    pid, _ = await started_at_gate(env, "dana")
+    await env.http.post(f"/api/v1/users/{env.user_ids['vera']}/enrollments", headers=env.auth("adam"))
+    redeemed = await env.http.post("/api/v1/enroll", json={"code": env.mail.last_code("vera@bank.example"),
+                                                           "username": "vera"})
+    assert redeemed.status_code == 201 and redeemed.json()["awaiting_confirmation"] is True, redeemed.text
+    env.tokens["vera-web"] = redeemed.json()["token"]
+    browser = Browser(env)
+    try:
+        await browser.sign_in("vera-web")
+        url = f"/ui/progressions/{pid}"
+        r = await browser.post(f"{url}/decisions", {"stage": "validation", "decision": "approve",
+                                                    "comment": "independent review done"}, csrf_from=url)
+        assert r.status_code == 403, r.text[:300]
+        assert await env.count(DecisionRow, DecisionRow.progression_id == pid) == 0
+        confirmed = await env.http.post(
+            f"/api/v1/users/{env.user_ids['vera']}/tokens/{redeemed.json()['id']}/confirm", headers=env.auth("ada"))
+        assert confirmed.status_code == 200, confirmed.text
+        r = await browser.post(f"{url}/decisions", {"stage": "validation", "decision": "approve",
+                                                    "comment": "independent review done"}, csrf_from=url)
+        assert r.status_code == 303, r.text[:300]
+    finally:
+        await browser.aclose()
