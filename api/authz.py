@@ -105,15 +105,18 @@ class Principal:
     # Roles the user holds that this credential does not act in yet: a re-issued token (its person held one
     # before, or an admin changed their e-mail address) acts in no maker-checker role until a second admin
     # confirms it (POST /api/v1/users/{id}/tokens/{token_id}/confirm).
+    # An admin-issued token never acts in them (``engine.identity.credential_hold``: ``hold`` is its code).
     held_roles: frozenset[Role] = field(default_factory=frozenset)
+    hold: str | None = None
 
     @classmethod
     def of(cls, user: User, *, credential_id: str | None = None, credential_issued_by: str | None = None,
-           credential_kind: str | None = None, awaiting_confirmation: bool = False) -> Principal:
+           credential_kind: str | None = None, hold: str | None = None) -> Principal:
         roles = frozenset(user_roles(user))
-        held = roles & MAKER_CHECKER_ROLES if awaiting_confirmation else frozenset()
+        held = roles & MAKER_CHECKER_ROLES if hold else frozenset()
         return cls(user=user, roles=roles - held, credential_id=credential_id,
-                   credential_issued_by=credential_issued_by, credential_kind=credential_kind, held_roles=held)
+                   credential_issued_by=credential_issued_by, credential_kind=credential_kind, held_roles=held,
+                   hold=hold if held else None)
 
     @property
     def id(self) -> str:
@@ -163,6 +166,10 @@ def role_refusal(principal: Principal, action: Action) -> Refusal | None:
         return None
     if any(action in ROLE_ACTIONS.get(role, frozenset()) for role in principal.held_roles):
         roles = ", ".join(sorted(r.value for r in principal.held_roles))
+        if principal.hold == "admin_issued_credential":
+            return Refusal(code="admin_issued_credential", http_status=403,
+                           message=f"an admin issued this token and saw its secret: it never acts as {roles}; "
+                                   "enroll for a credential of your own (the code is mailed to you)")
         return Refusal(code="credential_unconfirmed", http_status=403,
                        message=f"this credential was re-issued and acts as {roles} only once a second admin "
                                "confirms it (POST /api/v1/users/{id}/tokens/{token_id}/confirm)")

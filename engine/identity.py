@@ -243,6 +243,19 @@ async def authenticate_credential(session: AsyncSession, token: str) -> tuple[Us
     return user, row
 
 
+def credential_hold(row: ApiToken) -> str | None:
+    """Why this token acts in none of its person's maker-checker roles (deciding, admin, monitor), or None.
+
+    ``admin_issued_credential``: an admin issued it (``POST /users/{id}/tokens``) and saw its secret; a role
+    granted to the account later does not reach that token (the person enrolls for a credential of their own).
+    ``credential_unconfirmed``: re-issued by enrollment, until a second admin confirms it."""
+    if row.issued_by not in (None, BOOTSTRAP) and not row.issued_by.startswith("enrollment:"):
+        return "admin_issued_credential"
+    if row.awaiting_confirmation:
+        return "credential_unconfirmed"
+    return None
+
+
 def holds_deciding_role(user: User) -> bool:
     return bool(set(user_roles(user)) & DECIDING_ROLES)
 

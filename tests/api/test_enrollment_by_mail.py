@@ -170,6 +170,12 @@ async def test_an_address_change_ends_live_codes_and_an_unnotifiable_change_is_r
     assert r.status_code == 200, r.text
     r = await env.http.post("/api/v1/enroll", json={"code": code, "username": "vic"})
     assert r.status_code == 404 and r.json()["code"] == "enrollment_invalid", r.text
+    # vic never held a credential, but the address changed: the next one waits for a second admin.
+    r = await env.http.post(f"/api/v1/users/{vic}/enrollments", headers=env.auth("ada"))
+    assert r.status_code == 201 and r.json()["reissue"] is True, r.text
+    redeemed = await env.http.post("/api/v1/enroll", json={"code": env.mail.last_code("vic2@bank.example"),
+                                                           "username": "vic"})
+    assert redeemed.status_code == 201 and redeemed.json()["awaiting_confirmation"] is True, redeemed.text
     env.settings.smtp_port = 1  # the old address cannot be told: the address does not change
     r = await env.http.put(f"/api/v1/users/{vic}/email", json={"email": "vic3@evil.example", "reason": "r"},
                            headers=env.auth("adam"))
@@ -261,3 +267,27 @@ async def test_a_re_issued_credential_signed_in_to_the_web_ui_decides_nothing_un
         assert r.status_code == 303, r.text[:300]
     finally:
         await browser.aclose()
+
+
+async def test_attack_a_token_the_admin_was_given_before_a_deciding_role_was_granted_never_decides(
+        env: ApiEnv) -> None:
+    """The admin creates a developer (he gets their token: developers' tokens may come from an admin), then has
+    a validator role granted to that account by a second admin, who sees nothing wrong with the grant. The token in
+    the admin's hands must not decide as the validator: an admin-issued token never acts in a maker-checker role;
+    the person enrolls (the code goes to their mailbox) for a credential of their own."""
+    await _admin(env, "ada")
+    r = await env.http.post("/api/v1/users", json={"username": "pup", "roles": ["model_developer"],
+                                                   "team": "validation", "email": "pup@bank.example"},
+                            headers=env.auth("adam"))
+    assert r.status_code == 201 and r.json()["token"] is not None, r.text
+    env.tokens["pup"], pup = r.json()["token"]["token"], r.json()["user"]["id"]
+    proposed = await env.http.post(f"/api/v1/users/{pup}/role-grants", json={"role": "model_validator", "reason": "r"},
+                                   headers=env.auth("adam"))
+    assert proposed.status_code == 201, proposed.text
+    approved = await env.http.post(f"/api/v1/role-grants/{proposed.json()['id']}/approve", headers=env.auth("ada"))
+    assert approved.status_code == 200, approved.text
+    pid, _ = await started_at_gate(env, "dana")
+    r = await decide(env, "pup", pid, "validation")
+    assert r.status_code == 403, r.text
+    me = (await env.http.get("/api/v1/me", headers=env.auth("pup"))).json()
+    assert me["held_roles"] == ["model_validator"] and "start_progression" in me["actions"], me
