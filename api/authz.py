@@ -19,7 +19,7 @@ from typing import Any
 
 from api.errors import ApiError
 from engine.db import User
-from engine.identity import actor_for, user_roles
+from engine.identity import MAKER_CHECKER_ROLES, actor_for, user_roles
 from engine.lifecycle import Actor, Refusal
 from engine.policy import Role
 
@@ -80,6 +80,8 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     # The monitoring jobs' service identity: posting results is all it does (a policy may name a human role too).
     Role.monitor: frozenset({A.post_monitoring}),
 }
+# What a re-issued credential awaiting a second admin's confirmation may do in its held roles: read, never act.
+HELD_ACTIONS = frozenset(_EVERYONE | {A.read_audit})
 # Roles of service identities: a caller holding only these reaches only what ``SERVICE_PATHS`` allow.
 SERVICE_ROLES = frozenset({Role.monitor})
 
@@ -100,12 +102,21 @@ class Principal:
     credential_id: str | None = None
     credential_issued_by: str | None = None
     credential_kind: str | None = None  # "token" or "sso"
+    # Roles the user holds that this credential does not act in yet: a re-issued token (its person held one
+    # before, or an admin changed their e-mail address) acts in no maker-checker role until a second admin
+    # confirms it (POST /api/v1/users/{id}/tokens/{token_id}/confirm).
+    # An admin-issued token never acts in them (``engine.identity.credential_hold``: ``hold`` is its code).
+    held_roles: frozenset[Role] = field(default_factory=frozenset)
+    hold: str | None = None
 
     @classmethod
     def of(cls, user: User, *, credential_id: str | None = None, credential_issued_by: str | None = None,
-           credential_kind: str | None = None) -> Principal:
-        return cls(user=user, roles=frozenset(user_roles(user)), credential_id=credential_id,
-                   credential_issued_by=credential_issued_by, credential_kind=credential_kind)
+           credential_kind: str | None = None, hold: str | None = None) -> Principal:
+        roles = frozenset(user_roles(user))
+        held = roles & MAKER_CHECKER_ROLES if hold else frozenset()
+        return cls(user=user, roles=roles - held, credential_id=credential_id,
+                   credential_issued_by=credential_issued_by, credential_kind=credential_kind, held_roles=held,
+                   hold=hold if held else None)
 
     @property
     def id(self) -> str:
@@ -121,13 +132,18 @@ class Principal:
 
     @property
     def actor(self) -> Actor:
-        return actor_for(self.user, credential_id=self.credential_id, credential_issued_by=self.credential_issued_by)
+        actor = actor_for(self.user, credential_id=self.credential_id, credential_issued_by=self.credential_issued_by)
+        if self.held_roles:  # the workflow's rules see only the roles this credential acts in
+            actor = actor.model_copy(update={"roles": [r for r in actor.roles if r not in self.held_roles]})
+        return actor
 
     @property
     def actions(self) -> frozenset[Action]:
         out: set[Action] = set()
         for role in self.roles:
             out |= ROLE_ACTIONS.get(role, frozenset())
+        for role in self.held_roles:
+            out |= ROLE_ACTIONS.get(role, frozenset()) & HELD_ACTIONS
         return frozenset(out)
 
     @property
@@ -137,7 +153,7 @@ class Principal:
 
     @property
     def reads_all_teams(self) -> bool:
-        return bool(self.roles & GLOBAL_READERS)
+        return bool((self.roles | self.held_roles) & GLOBAL_READERS)
 
 
 def allowed(principal: Principal, action: Action) -> bool:
@@ -148,6 +164,15 @@ def role_refusal(principal: Principal, action: Action) -> Refusal | None:
     """Why the role table does not let ``principal`` do ``action`` (``None`` when it does)."""
     if allowed(principal, action):
         return None
+    if any(action in ROLE_ACTIONS.get(role, frozenset()) for role in principal.held_roles):
+        roles = ", ".join(sorted(r.value for r in principal.held_roles))
+        if principal.hold == "admin_issued_credential":
+            return Refusal(code="admin_issued_credential", http_status=403,
+                           message=f"an admin issued this token and saw its secret: it never acts as {roles}; "
+                                   "enroll for a credential of your own (the code is mailed to you)")
+        return Refusal(code="credential_unconfirmed", http_status=403,
+                       message=f"this credential was re-issued and acts as {roles} only once a second admin "
+                               "confirms it (POST /api/v1/users/{id}/tokens/{token_id}/confirm)")
     held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
     who = sorted(r.value for r, acts in ROLE_ACTIONS.items() if action in acts)
     return Refusal(code="forbidden", http_status=403,
@@ -157,7 +182,7 @@ def role_refusal(principal: Principal, action: Action) -> Refusal | None:
 def require(principal: Principal, action: Action) -> None:
     if (refusal := role_refusal(principal, action)) is not None:
         who = sorted(r.value for r, acts in ROLE_ACTIONS.items() if action in acts)
-        raise ApiError(403, "forbidden", refusal.message, {"action": action.value, "roles_allowed": who})
+        raise ApiError(403, refusal.code, refusal.message, {"action": action.value, "roles_allowed": who})
 
 
 def can_see_team(principal: Principal, team: str) -> bool:

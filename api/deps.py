@@ -18,7 +18,7 @@ from temporalio.client import Client
 
 from api.authz import Principal
 from api.errors import ApiError, Unauthenticated, UnknownQueryParameters
-from engine.identity import TOKEN_PREFIX, JWTVerifier, authenticate_credential, provision_jwt_user
+from engine.identity import TOKEN_PREFIX, JWTVerifier, authenticate_credential, credential_hold, provision_jwt_user
 from engine.loading import PolicyRegistry
 from engine.settings import Settings
 
@@ -60,12 +60,14 @@ async def _current_user(request: Request, session: SessionDep) -> Principal:
     state = app_state(request)
     user = None
     credential: dict[str, str | None] = {}
+    hold: str | None = None
     if token.startswith(TOKEN_PREFIX):
         found = await authenticate_credential(session, token)
         if found is not None:
             user, row = found
             credential = {"credential_id": f"token:{row.id}", "credential_issued_by": row.issued_by,
                           "credential_kind": "token"}
+            hold = credential_hold(row)
     elif state.jwt is not None:
         claims = await state.jwt.verify(token)
         if claims is not None:
@@ -75,7 +77,7 @@ async def _current_user(request: Request, session: SessionDep) -> Principal:
                           "credential_kind": "sso"}
     if user is None:
         raise Unauthenticated("the bearer token is invalid, expired or revoked")
-    principal = Principal.of(user, **credential)
+    principal = Principal.of(user, **credential, hold=hold)
     if principal.service_only and not (request.method == "POST" and MONITORING_PATH.fullmatch(request.url.path)):
         # Belt and braces over the role table: a service identity reaches its one endpoint and nothing else.
         raise ApiError(403, "service_identity", f"{principal.username} is a service identity: it may only post "

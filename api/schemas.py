@@ -96,6 +96,13 @@ class UserCreate(Body):
     roles: list[Role] = Field(min_length=1)
     team: str | None = Field(default=None, max_length=64)
     display_name: str = Field(default="", max_length=200)
+    email: str | None = Field(default=None, max_length=254,
+                              description="where the person's enrollment codes are sent (never to the admin)")
+
+
+class EmailChange(Body):
+    email: str = Field(min_length=3, max_length=254)
+    reason: str = Field(min_length=1, max_length=2000)
 
 
 class TokenCreate(Body):
@@ -129,6 +136,7 @@ class UserOut(BaseModel):
     active: bool
     external: bool
     created_at: datetime
+    email: str | None = Field(default=None, description="where enrollment codes go")
     grants: list[RoleGrantOut] = Field(default_factory=list, description="who proposed and approved each role")
 
 
@@ -140,6 +148,10 @@ class TokenOut(BaseModel):
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
     issued_by: str | None = Field(default=None, description="admin, enrollment:<admin> or bootstrap")
+    awaiting_confirmation: bool = Field(default=False, description="re-issued: acts in no maker-checker role "
+                                                                   "until a second admin confirms it")
+    confirmed_by: str | None = None
+    confirmed_at: datetime | None = None
 
 
 class NewToken(TokenOut):
@@ -156,13 +168,19 @@ class UserCreated(BaseModel):
 class EnrollmentCreated(BaseModel):
     id: str
     user_id: str
-    code: str = Field(description="one-time code for the person (out of band); shown only in this answer")
+    sent_to: str = Field(description="the masked address the one-time code was mailed to (a***@bank.example); "
+                                     "the code itself is never in an answer")
     expires_at: datetime
     created_by: str
+    reissue: bool = Field(description="the person held a credential before (or their address changed): the "
+                                      "token they redeem acts in no maker-checker role until a second admin "
+                                      "confirms it")
 
 
 class EnrollRequest(Body):
     code: str = Field(min_length=1, max_length=200)
+    username: str = Field(min_length=1, max_length=128, description="whose code it is: a code redeems only for "
+                                                                     "the person it was mailed to")
     name: str = Field(default="", max_length=100)
 
 
@@ -174,6 +192,8 @@ class IntentChange(Body):
 class Me(UserOut):
     actions: list[str]
     reads_all_teams: bool
+    held_roles: list[str] = Field(default_factory=list, description="roles this credential does not act in until "
+                                                                    "a second admin confirms it")
 
 
 # ---- operations -------------------------------------------------------------------------------

@@ -93,6 +93,12 @@ class User(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     external: Mapped[bool] = mapped_column(Boolean, default=False)  # provisioned from SSO claims
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Where enrollment codes are sent (out of band: the admin who creates one never sees it).
+    email: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    # When an admin last changed the address: an enrollment after that re-issues a credential (confirmed by a
+    # second admin before its holder decides), and the old address was told.
+    email_changed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    email_changed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class ApiToken(Base):
@@ -108,6 +114,15 @@ class ApiToken(Base):
     # Who issued it: an admin's username, "enrollment:<admin>" for a token the person redeemed
     # themself, "bootstrap" for the seed and the operator CLI.
     issued_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    # A token redeemed from a re-issuing enrollment (its person had a credential before, or an admin changed
+    # their e-mail address): its holder's maker-checker roles act only once a second admin confirms it.
+    confirmation_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    confirmed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    confirmed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    @property
+    def awaiting_confirmation(self) -> bool:
+        return bool(self.confirmation_required) and self.confirmed_at is None
 
 
 class BrowserSession(Base):
@@ -139,6 +154,9 @@ class Enrollment(Base):
     expires_at: Mapped[datetime] = mapped_column()
     redeemed_at: Mapped[datetime | None] = mapped_column(nullable=True)
     token_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    sent_to: Mapped[str] = mapped_column(String(254), default="")  # the masked address the code was mailed to
+    reissue: Mapped[bool] = mapped_column(Boolean, default=False)  # its token awaits a second admin's confirmation
+    superseded_at: Mapped[datetime | None] = mapped_column(nullable=True)  # a newer code (or an e-mail change)
 
 
 class RoleGrant(Base):

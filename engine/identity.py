@@ -34,12 +34,20 @@ from engine.settings import Settings
 
 TOKEN_PREFIX = "prg_"
 ENROLLMENT_PREFIX = "enr_"
-ENROLLMENT_TTL = timedelta(days=2)
+# Short-lived: the code travels by e-mail to the person, who redeems it at once; a late one is asked for again.
+ENROLLMENT_TTL = timedelta(hours=1)
 BOOTSTRAP = "bootstrap"  # the operator's own path: the make-run seed and the `progression users` CLI
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 # \Z, not $: "$" also matches before a final newline, and "dana\n" would be another user who reads as dana.
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")
 TEAM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+# A plain mailbox (no display name, no comments, no whitespace, no CR/LF for a header to smuggle).
+EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+'-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+\Z")
+# Roles one admin alone cannot give: deciding roles (they count at gates), admin (a second admin
+# account of one person would defeat maker-checker) and monitor (its figures open gates and raise findings).
+# A re-issued credential acts in none of them until a second admin confirms it.
+MAKER_CHECKER_ROLES = DECIDING_ROLES | {Role.admin, Role.monitor}
 
 
 class InvalidIdentity(ProgressionError):
@@ -82,6 +90,21 @@ def validate_team(team: str | None) -> str | None:
         raise InvalidIdentity(f"team {team!r} must be a slug (lowercase letters, digits, '-')",
                               details={"field": "team"})
     return team
+
+
+def validate_email(email: str | None) -> str | None:
+    if email is not None and (len(email) > 254 or not EMAIL_RE.match(email)):
+        raise InvalidIdentity(f"{email!r} is not a plain e-mail address (name@domain)", code="invalid_email",
+                              details={"field": "email"})
+    return email
+
+
+def mask_email(email: str | None) -> str:
+    """What an admin sees of where a code went: ``alice@bank.example`` -> ``a***@bank.example``."""
+    if not email or "@" not in email:
+        return ""
+    local, _, domain = email.rpartition("@")
+    return f"{local[:1]}***@{domain}"
 
 
 def user_roles(user: User) -> list[Role]:
@@ -137,6 +160,7 @@ async def create_user(
     display_name: str = "",
     token_name: str = "initial",
     granted_by: str = BOOTSTRAP,
+    email: str | None = None,
 ) -> tuple[User, str]:
     """Create a user with roles and their first API token; returns the token in clear (the only time it exists).
 
@@ -147,6 +171,7 @@ async def create_user(
     """
     validate_username(username)
     validate_team(team)
+    validate_email(email)
     parsed = parse_roles(roles)
     if not parsed:
         raise InvalidIdentity("a user needs at least one role", details={"field": "roles"})
@@ -154,7 +179,8 @@ async def create_user(
     if (existing := await username_taken(session, username)) is not None:
         raise Conflict(f"user {existing!r} already exists", code="user_exists", details={"username": existing})
     user = User(id=str(uuid.uuid4()), username=username, display_name=display_name or "",
-                team=team, roles=[r.value for r in parsed], active=True, external=False, created_at=utcnow())
+                team=team, roles=[r.value for r in parsed], active=True, external=False, created_at=utcnow(),
+                email=email)
     session.add(user)
     await session.flush()
     now = utcnow()
@@ -217,43 +243,89 @@ async def authenticate_credential(session: AsyncSession, token: str) -> tuple[Us
     return user, row
 
 
+def credential_hold(row: ApiToken) -> str | None:
+    """Why this token acts in none of its person's maker-checker roles (deciding, admin, monitor), or None.
+
+    ``admin_issued_credential``: an admin issued it (``POST /users/{id}/tokens``) and saw its secret; a role
+    granted to the account later does not reach that token (the person enrolls for a credential of their own).
+    ``credential_unconfirmed``: re-issued by enrollment, until a second admin confirms it."""
+    if row.issued_by not in (None, BOOTSTRAP) and not row.issued_by.startswith("enrollment:"):
+        return "admin_issued_credential"
+    if row.awaiting_confirmation:
+        return "credential_unconfirmed"
+    return None
+
+
 def holds_deciding_role(user: User) -> bool:
     return bool(set(user_roles(user)) & DECIDING_ROLES)
 
 
-async def create_enrollment(session: AsyncSession, user: User, *, created_by: str) -> tuple[Enrollment, str]:
-    """A one-time code the person redeems for their own token (shown once; only its hash is stored)."""
-    code = ENROLLMENT_PREFIX + secrets.token_urlsafe(24)
+async def reissues_credential(session: AsyncSession, user: User) -> bool:
+    """Whether an enrollment for ``user`` now re-issues a credential: they held one before (any token, even
+    revoked), or an admin changed their e-mail address. Its token then waits for a second admin's confirmation."""
+    if user.email_changed_at is not None:
+        return True
+    return bool(await session.scalar(select(func.count()).select_from(ApiToken).where(ApiToken.user_id == user.id)))
+
+
+async def create_enrollment(session: AsyncSession, user: User, *, created_by: str, sent_to: str = "",
+                            reissue: bool = False) -> tuple[Enrollment, str]:
+    """A one-time code for ``user`` alone (only its hash is stored); any earlier unredeemed code of theirs is
+    superseded, so one code at most is live per person."""
     now = utcnow()
+    await session.execute(update(Enrollment).where(
+        Enrollment.user_id == user.id, Enrollment.redeemed_at.is_(None), Enrollment.superseded_at.is_(None)
+    ).values(superseded_at=now))
+    code = ENROLLMENT_PREFIX + secrets.token_urlsafe(24)
     row = Enrollment(id=str(uuid.uuid4()), user_id=user.id, code_hash=hash_token(code), created_by=created_by,
-                     created_at=now, expires_at=now + ENROLLMENT_TTL)
+                     created_at=now, expires_at=now + ENROLLMENT_TTL, sent_to=sent_to, reissue=reissue)
     session.add(row)
     await session.flush()
     return row, code
 
 
-async def redeem_enrollment(session: AsyncSession, code: str, *, name: str = "") -> tuple[User, ApiToken, str,
-                                                                                          Enrollment]:
-    """Exchange a valid, unused, unexpired code for a new token of its person (single use)."""
+async def supersede_enrollments(session: AsyncSession, user_id: str) -> int:
+    """End every live code of ``user_id`` (its address changed: a code mailed to the old one no longer works)."""
+    result = await session.execute(update(Enrollment).where(
+        Enrollment.user_id == user_id, Enrollment.redeemed_at.is_(None), Enrollment.superseded_at.is_(None)
+    ).values(superseded_at=utcnow()))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+_INVALID = "the enrollment code is unknown, used, superseded or expired, or not this user's"
+
+
+async def enrollment_for(session: AsyncSession, code: str, username: str) -> tuple[Enrollment, User]:
+    """The live enrollment of this code and its person; the code is bound to them (``username`` must name them).
+    Unknown, used, superseded, expired and someone else's codes answer alike (no oracle)."""
     if not code.startswith(ENROLLMENT_PREFIX) or len(code) > 200:
-        raise NotFound("the enrollment code is unknown, used or expired", code="enrollment_invalid")
+        raise NotFound(_INVALID, code="enrollment_invalid")
     row = (await session.execute(select(Enrollment).where(Enrollment.code_hash == hash_token(code)))
            ).scalar_one_or_none()
-    if row is None or row.redeemed_at is not None or row.expires_at <= utcnow():
-        raise NotFound("the enrollment code is unknown, used or expired", code="enrollment_invalid")
+    if (row is None or row.redeemed_at is not None or row.superseded_at is not None
+            or row.expires_at <= utcnow()):
+        raise NotFound(_INVALID, code="enrollment_invalid")
     user = await session.get(User, row.user_id)
-    if user is None or not user.active:
-        raise NotFound("the enrollment code is unknown, used or expired", code="enrollment_invalid")
+    if user is None or not user.active or user.username != username:
+        raise NotFound(_INVALID, code="enrollment_invalid")
+    return row, user
+
+
+async def redeem_enrollment(session: AsyncSession, row: Enrollment, user: User, *, name: str = ""
+                            ) -> tuple[ApiToken, str]:
+    """Exchange a live enrollment (see :func:`enrollment_for`) for a new token of its person (single use)."""
     # Single use even under concurrent redemption: only the request that flips redeemed_at wins.
     claimed = await session.execute(update(Enrollment).where(
-        Enrollment.id == row.id, Enrollment.redeemed_at.is_(None)).values(redeemed_at=utcnow()))
+        Enrollment.id == row.id, Enrollment.redeemed_at.is_(None), Enrollment.superseded_at.is_(None)
+    ).values(redeemed_at=utcnow()))
     if not claimed.rowcount:  # type: ignore[attr-defined]
-        raise NotFound("the enrollment code is unknown, used or expired", code="enrollment_invalid")
+        raise NotFound(_INVALID, code="enrollment_invalid")
     token_row, token = await issue_token(session, user, name=name or "enrolled",
                                          issued_by=f"enrollment:{row.created_by}")
+    token_row.confirmation_required = bool(row.reissue)
     row.token_id = token_row.id
     await session.flush()
-    return user, token_row, token, row
+    return token_row, token
 
 
 async def role_grants(session: AsyncSession, user_id: str | None = None) -> list[RoleGrant]:
@@ -320,9 +392,14 @@ def _claim(claims: dict[str, Any], name: str) -> Any:
     return value
 
 
+def sso_username(claims: dict[str, Any], settings: Settings) -> Any:
+    """The username verified SSO claims name (the configured claim, else ``sub``)."""
+    return _claim(claims, settings.jwt_username_claim) or claims.get("sub")
+
+
 async def provision_jwt_user(session: AsyncSession, claims: dict[str, Any], settings: Settings) -> User | None:
     """The user for verified SSO claims, created or updated from them (roles and team follow the SSO)."""
-    username = _claim(claims, settings.jwt_username_claim) or claims.get("sub")
+    username = sso_username(claims, settings)
     if not isinstance(username, str) or not USERNAME_RE.match(username):
         return None
     raw_roles = _claim(claims, settings.jwt_roles_claim) or []

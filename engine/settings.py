@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     jwt_team_claim: str = "team"
     jwt_username_claim: str = "preferred_username"
 
+    # Enrollment codes and address-change notices go by e-mail to the person (never to the admin). Without an
+    # SMTP host, enrollments are refused (503 mail_unavailable): a code is never shown to anyone instead.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "progression@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_timeout: float = Field(default=10.0, gt=0)
+
     audit_chain: bool = Field(default=True, description="hash-chain audit events (off only for benchmarks)")
     # Production: people decide only from an SSO session (API tokens, whoever issued them, cannot decide).
     deciders_sso_only: bool = False

@@ -113,7 +113,8 @@ def banner(settings: Settings, tokens: dict[str, str], seeded: list[str], tempor
         f"  Data directory : {settings.data_dir.resolve()}",
         f"  Demo tokens    : {(settings.data_dir / 'demo-tokens.json').resolve()}",
         "",
-        "Demo users (username: roles, team):",
+        "Demo users (username: roles, team, token) -- DEMO ONLY: this is the operator's own dev stack, so the",
+        "seed prints their tokens; through the API nobody sees another person's credential (codes are mailed):",
     ]
     for username, _, roles, team in DEMO_USERS:
         lines.append(f"  {username:7s} {','.join(roles):20s} {team or '-':20s} {tokens.get(username, '')}")

@@ -82,7 +82,7 @@ async def seed_database(settings: Settings) -> dict[str, str]:
                 user = await session.scalar(select(User).where(User.username == username))
                 if user is None:
                     _, token = await create_user(session, username=username, roles=roles, team=team,
-                                                 display_name=display_name)
+                                                 display_name=display_name, email=f"{username}@bank.example")
                     tokens[username] = token
                 elif username not in tokens:
                     _, tokens[username] = await issue_token(session, user, name="demo")

@@ -36,6 +36,7 @@ from engine.evidence import EvidenceStore
 from engine.settings import Settings
 from launch.worker import build_worker
 from testing.databases import prepare_database
+from testing.mail import Mailbox, mailbox
 from testing.people import create_people
 from testing.polling import eventually
 from testing.processes import free_port
@@ -69,9 +70,17 @@ class ApiEnv:
     task_queue: str
     tokens: dict[str, str] = field(default_factory=dict)
     user_ids: dict[str, str] = field(default_factory=dict)
+    mail: Mailbox | None = None  # the SMTP server enrollment codes and notices are mailed to
 
     def auth(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    async def enrollment_code(self, admin: str, user_id: str, address: str) -> tuple[httpx.Response, str]:
+        """``admin`` creates an enrollment for ``user_id``; (the answer, the code the person finds in their mail)."""
+        resp = await self.http.post(f"/api/v1/users/{user_id}/enrollments", headers=self.auth(admin))
+        assert resp.status_code == 201, resp.text
+        assert self.mail is not None
+        return resp, self.mail.last_code(address)
 
     async def count(self, model: Any, *where: Any) -> int:
         async with self.sessionmaker() as session:
@@ -128,7 +137,9 @@ async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *
     tokens, ids = await database_with_people(url)
     engine = make_engine(url)
     sm = make_sessionmaker(engine)
-    settings = make_settings(tmp_path, url, task_queue, **overrides)
+    box_cm = mailbox()
+    box = box_cm.__enter__()
+    settings = make_settings(tmp_path, url, task_queue, **{**box.settings, **overrides})
     activities = ProgressionActivities(sm, EvidenceStore(settings.evidence_dir), RecordingPromotionTarget(),
                                        LogNotifier(), audit_chain=True)
     # ``policies``: another PolicyRegistry (e.g. a policy changed for one test); default: policies/
@@ -137,13 +148,14 @@ async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://api.test", timeout=60) as http:
-                env = ApiEnv(app, http, settings, engine, sm, temporal, task_queue, tokens, ids)
+                env = ApiEnv(app, http, settings, engine, sm, temporal, task_queue, tokens, ids, box)
                 if worker:
                     async with build_worker(temporal, task_queue=task_queue, activities=activities):
                         yield env
                 else:
                     yield env
     finally:
+        box_cm.__exit__(None, None, None)
         await engine.dispose()
 
 

@@ -17,6 +17,7 @@ async def create_people(session: AsyncSession, people: People) -> tuple[dict[str
     tokens: dict[str, str] = {}
     ids: dict[str, str] = {}
     for name, (roles, team) in people.items():
-        user, token = await create_user(session, username=name, roles=list(roles), team=team)
+        user, token = await create_user(session, username=name, roles=list(roles), team=team,
+                                        email=f"{name}@bank.example")
         tokens[name], ids[name] = token, user.id
     return tokens, ids

@@ -8,7 +8,9 @@ from fastapi.responses import JSONResponse
 from api.deps import CurrentUser, SessionDep, StateDep
 from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
 from api.idempotency import fingerprint, idempotent
+from api.mail import SmtpMailer
 from api.schemas import (
+    EmailChange,
     EnrollmentCreated,
     EnrollRequest,
     Me,
@@ -78,15 +80,39 @@ async def revoke_token(user_id: str, token_id: str, session: SessionDep, user: C
 
 
 @router.post("/users/{user_id}/enrollments", status_code=201, response_model=EnrollmentCreated,
-             responses={**NOT_FOUND}, summary="A one-time enrollment code the person redeems for their own token")
+             responses={**NOT_FOUND, **CONFLICT},
+             summary="Mail a one-time enrollment code to the person's address (the answer says only where it went)")
 async def new_enrollment(user_id: str, session: SessionDep, user: CurrentUser, app: StateDep) -> EnrollmentCreated:
-    return await svc.new_enrollment(session=session, principal=user, user_id=user_id, chain=app.settings.audit_chain)
+    return await svc.new_enrollment(session=session, principal=user, user_id=user_id,
+                                    mailer=SmtpMailer(app.settings), chain=app.settings.audit_chain)
+
+
+@router.put("/users/{user_id}/email", response_model=UserOut, responses={**NOT_FOUND, **CONFLICT, **BODY_ERRORS},
+            summary="Change a person's registered address (the old address is told; audited)")
+async def change_email(user_id: str, body: EmailChange, session: SessionDep, user: CurrentUser,
+                       app: StateDep) -> UserOut:
+    return await svc.change_email(session=session, principal=user, user_id=user_id, email=body.email,
+                                  reason=body.reason, mailer=SmtpMailer(app.settings), chain=app.settings.audit_chain)
+
+
+@router.post("/users/{user_id}/tokens/{token_id}/confirm", response_model=TokenOut,
+             responses={**NOT_FOUND, **CONFLICT},
+             summary="A second admin confirms a re-issued credential (until then it acts in no maker-checker role)")
+async def confirm_token(user_id: str, token_id: str, session: SessionDep, user: CurrentUser,
+                        app: StateDep) -> TokenOut:
+    return await svc.confirm_token(session=session, principal=user, user_id=user_id, token_id=token_id,
+                                   chain=app.settings.audit_chain)
 
 
 @public_router.post("/enroll", status_code=201, response_model=NewToken, responses={**NOT_FOUND, **BODY_ERRORS},
-                    summary="Redeem a one-time enrollment code for your own token (no other credential needed)")
-async def enroll(body: EnrollRequest, session: SessionDep, app: StateDep) -> NewToken:
-    return await svc.enroll(session=session, code=body.code, name=body.name, chain=app.settings.audit_chain)
+                    summary="Redeem the one-time code mailed to you for your own token (with SSO configured, "
+                            "signed in as yourself)")
+async def enroll(body: EnrollRequest, request: Request, session: SessionDep, app: StateDep) -> NewToken:
+    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+    return await svc.enroll(session=session, code=body.code, username=body.username, name=body.name,
+                            settings=app.settings, jwt=app.jwt,
+                            sso_bearer=bearer.strip() if scheme.lower() == "bearer" else None,
+                            chain=app.settings.audit_chain)
 
 
 @router.get("/role-grants", response_model=list[RoleGrantOut], summary="Role grants: who proposed and approved what")

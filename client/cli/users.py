@@ -24,7 +24,8 @@ users_app = typer.Typer(
                         no_args_is_help=True)
 
 
-async def _create_user(username: str, roles: list[str], team: str | None, display_name: str) -> tuple[str, str]:
+async def _create_user(username: str, roles: list[str], team: str | None, display_name: str,
+                       email: str | None = None) -> tuple[str, str]:
     settings = get_settings()
     url = settings.resolved_database_url
     # Never create one: a user in a database no stack reads gets a token every request answers 401 to.
@@ -34,7 +35,7 @@ async def _create_user(username: str, roles: list[str], team: str | None, displa
     try:
         async with make_sessionmaker(engine)() as session:
             user, token = await create_user(session, username=username, roles=roles, team=team,
-                                            display_name=display_name)
+                                            display_name=display_name, email=email)
             await audit.append_event(
                 session, event_id=f"user-{user.id}", event_type=EventType.user_created.value,
                 occurred_at=utcnow(), actor_id=None,
@@ -52,11 +53,15 @@ def users_create(
     role: Annotated[list[str], typer.Option("--role", "-r", help="a role; repeat for several")],
     team: Annotated[str | None, typer.Option("--team", "-t", help="the user's team (slug)")] = None,
     display_name: Annotated[str, typer.Option("--display-name", help="full name")] = "",
+    email: Annotated[str | None, typer.Option("--email", help="where their enrollment codes are mailed")] = None,
 ) -> None:
-    """Create a user; prints the new API token as the LAST line (shown only once)."""
+    """Create a user (the operator's bootstrap); prints the new API token as the LAST line (shown only once).
+
+    Through the API, people holding deciding roles never get a token from an admin: an enrollment code is mailed
+    to their --email address and they redeem it themselves (POST /api/v1/enroll)."""
 
     try:
-        user_id, token = asyncio.run(_create_user(name, role, team, display_name))
+        user_id, token = asyncio.run(_create_user(name, role, team, display_name, email))
     except ProgressionError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None

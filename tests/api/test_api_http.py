@@ -159,7 +159,8 @@ async def test_idempotency_in_flight_answers_409(env: ApiEnv) -> None:
 
     async with env.sessionmaker() as session:  # a first request still running (status NULL)
         session.add(IdempotencyRecord(user_id=env.user_ids["adam"], key=key, method="POST", path="/api/v1/users",
-                                      request_hash=fingerprint("user", {**body, "team": None, "display_name": ""}),
+                                      request_hash=fingerprint("user", {**body, "team": None, "display_name": "",
+                                                                        "email": None}),
                                       status_code=None, created_at=utcnow()))
         await session.commit()
     r = await env.http.post("/api/v1/users", json=body, headers={**env.auth("adam"), "Idempotency-Key": key})

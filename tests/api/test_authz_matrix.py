@@ -202,6 +202,21 @@ async def _fresh_user(ctx: Ctx) -> str:
         return user.id
 
 
+def confirm_token() -> Send:
+    """Each cell confirms a fresh re-issued token of the victim (enrolled by someone who is none of the callers)."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        async with ctx.env.sessionmaker() as session:
+            user = await session.get(User, ctx.victim_id)
+            assert user is not None
+            row, _ = await issue_token(session, user, name="reissued", issued_by="enrollment:some-other-admin")
+            row.confirmation_required = True
+            user.email_changed_by = None  # the address-change cells ran as these admins (maker-checker: elsewhere)
+            await session.commit()
+            url = f"/api/v1/users/{ctx.victim_id}/tokens/{row.id}/confirm"
+        return await ctx.env.http.post(url, headers=ctx.env.auth(who) if who else {})
+    return send
+
+
 def propose_grant() -> Send:
     """Each cell proposes a deciding role for a user of its own (so an admin's success is not a conflict next)."""
     async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
@@ -409,8 +424,13 @@ ROUTES: dict[str, Route] = {
     "POST /api/v1/users/{user_id}/enrollments": Route(api("POST", "/api/v1/users/{victim}/enrollments"), by_role({
         "developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": FORBIDDEN, "auditor": FORBIDDEN,
         "admin": CREATED})),
-    "POST /api/v1/enroll": Route(api("POST", "/api/v1/enroll", body={"code": "enr_not-a-code"}),
+    "POST /api/v1/enroll": Route(api("POST", "/api/v1/enroll", body={"code": "enr_not-a-code", "username": "sam"}),
                                  lambda role, scope: (404, "enrollment_invalid")),
+    # Only admins change a person's registered address (the old address is told) and confirm a re-issued
+    # credential (a second admin: tests/api/test_enrollment_by_mail.py has the maker-checker cells).
+    "PUT /api/v1/users/{user_id}/email": Route(api("PUT", "/api/v1/users/{victim}/email", body=lambda: {
+        "email": f"sam-{uuid.uuid4().hex[:6]}@bank.example", "reason": "matrix"}), ADMIN_ONLY),
+    "POST /api/v1/users/{user_id}/tokens/{token_id}/confirm": Route(confirm_token(), ADMIN_ONLY),
     "GET /api/v1/role-grants": Route(api("GET", "/api/v1/role-grants"), ADMIN_ONLY),
     "POST /api/v1/users/{user_id}/role-grants": Route(propose_grant(), by_role({
         "developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": FORBIDDEN, "auditor": FORBIDDEN,
@@ -556,7 +576,7 @@ async def ctx(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_que
             for role, role_value in ROLES.items():
                 for scope, team in TEAMS.items():
                     user, token = await create_user(session, username=user_of(role, scope), roles=[role_value],
-                                                    team=team)
+                                                    team=team, email=f"{user_of(role, scope)}@bank.example")
                     env.tokens[user.username], env.user_ids[user.username] = token, user.id
             await session.commit()
         pid, _ = await started_at_gate(env)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from engine.db import AuditEvent, ExceptionRow, FindingRow
 from engine.db import utcnow as now
+from engine.identity import create_user
 from testing.api import ApiEnv, at_gate, decide, start, unique_version, wait_for
 from testing.findings import eventually
 from tests.api import test_web_ui
@@ -188,14 +189,22 @@ async def test_redteam_admin_redeems_enrollments_and_grants_a_maker_checker_exce
     pid, resp = await start(env, skip=("monitoring_plan",))
     assert resp.status_code == 201, resp.text
     model, version = pid.split("@")
-    adam = env.auth("adam")
+    async with env.sessionmaker() as session:  # a second admin, who confirms the re-issued credentials
+        _, env.tokens["adam2"] = await create_user(session, username="adam2", roles=["admin"], team="platform")
+        await session.commit()
     stolen: dict[str, str] = {}
     for who in ("rita", "rob"):
-        r = await env.http.post(f"/api/v1/users/{env.user_ids[who]}/enrollments", headers=adam)
-        assert r.status_code == 201, r.text
-        redeemed = await env.http.post("/api/v1/enroll", json={"code": r.json()["code"], "name": "adam's laptop"})
+        # The code goes to the person's mailbox now, never to adam; this test keeps its old shape (the admin
+        # somehow holding the redeemed credential) to prove what the exception's trail records.
+        r, code = await env.enrollment_code("adam", env.user_ids[who], f"{who}@bank.example")
+        assert "code" not in r.json()
+        redeemed = await env.http.post("/api/v1/enroll", json={"code": code, "username": who,
+                                                               "name": "adam's laptop"})
         assert redeemed.status_code == 201, redeemed.text
         stolen[who] = redeemed.json()["token"]
+        confirmed = await env.http.post(f"/api/v1/users/{env.user_ids[who]}/tokens/{redeemed.json()['id']}/confirm",
+                                        headers=env.auth("adam2"))
+        assert confirmed.status_code == 200, confirmed.text
     await wait_for(env, pid, at_gate("validation"))
     asked = await env.http.post("/api/v1/exceptions", headers={"Authorization": f"Bearer {stolen['rita']}"}, json={
         "model_id": model, "version_id": version, "kind": "check", "check_id": "monitoring-plan", "reason": "r",

@@ -79,7 +79,8 @@ async def test_attack1_admin_cannot_mint_a_deciders_token_and_decisions_name_the
     assert r.status_code == 403 and r.json()["code"] == "self_enrollment_required", r.text
     # Old: one admin created a risk officer (with a token) alone; now the role waits for a second admin.
     r = await env.http.post("/api/v1/users", json={"username": "ronja", "roles": ["model_risk_officer"],
-                                                   "team": "model-risk"}, headers=adam)
+                                                   "team": "model-risk", "email": "ronja@bank.example"},
+                            headers=adam)
     assert r.status_code == 201, r.text
     created = r.json()
     assert created["token"] is None and created["user"]["roles"] == []
@@ -93,13 +94,14 @@ async def test_attack1_admin_cannot_mint_a_deciders_token_and_decisions_name_the
     await person(env, "ada", ["admin"], "platform")
     r = await env.http.post(f"/api/v1/role-grants/{grant['id']}/approve", headers=env.auth("ada"))
     assert r.status_code == 200 and r.json()["approved_by"] == "ada", r.text
-    # The person enrolls themself: the admin gets a one-time code, never a token.
-    r = await env.http.post(f"/api/v1/users/{ronja}/enrollments", headers=adam)
-    assert r.status_code == 201 and "token" not in r.json()
-    code = r.json()["code"]
-    redeemed = await env.http.post("/api/v1/enroll", json={"code": code, "name": "laptop"})
+    # The person enrolls themself: the code is mailed to them; the admin sees only where it went.
+    r, code = await env.enrollment_code("adam", ronja, "ronja@bank.example")
+    assert "token" not in r.json() and "code" not in r.json() and code not in r.text
+    assert r.json()["sent_to"] == "r***@bank.example" and r.json()["reissue"] is False
+    redeemed = await env.http.post("/api/v1/enroll", json={"code": code, "username": "ronja", "name": "laptop"})
     assert redeemed.status_code == 201 and redeemed.json()["issued_by"] == "enrollment:adam"
-    again = await env.http.post("/api/v1/enroll", json={"code": code})
+    assert redeemed.json()["awaiting_confirmation"] is False
+    again = await env.http.post("/api/v1/enroll", json={"code": code, "username": "ronja"})
     assert again.status_code == 404 and again.json()["code"] == "enrollment_invalid"
     env.tokens["ronja"], env.user_ids["ronja"] = redeemed.json()["token"], ronja
     me = (await env.http.get("/api/v1/me", headers=env.auth("ronja"))).json()
