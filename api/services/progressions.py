@@ -34,6 +34,7 @@ from api.authz import (
     can_see_team,
     listing_conditions,
     require,
+    role_refusal,
     require_act_on_team,
     require_visible,
     team_refusal,
@@ -566,6 +567,8 @@ def deciding_role_refusal(principal: Principal) -> Refusal | None:
                        message="administrators administer but never decide on gates, whatever other role they hold")
     if Action.decide in principal.actions:
         return None
+    if (hold := role_refusal(principal, Action.decide)) is not None and hold.code != "forbidden":
+        return hold  # a deciding role this credential may not use yet: say why (credential_unconfirmed, ...)
     held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
     return Refusal(code="not_a_gate_role", http_status=403, message=f"your roles ({held}) cannot decide on gates")
 

@@ -141,7 +141,7 @@ async def test_attack_admin_changes_the_address_then_re_enrolls_the_validator(en
     me = (await env.http.get("/api/v1/me", headers=env.auth("fake-vera"))).json()
     assert me.get("held_roles") == ["model_validator"] and "decide" not in me["actions"], me
     r = await decide(env, "fake-vera", pid, "validation")
-    assert r.status_code == 403 and r.json()["code"] == "not_a_gate_role", r.text
+    assert r.status_code == 403 and r.json()["code"] == "credential_unconfirmed", r.text
     model, version = pid.split("@")
     r = await env.http.post("/api/v1/findings", headers=env.auth("fake-vera"), json={
         "model_id": model, "version_id": version, "stage": "validation", "severity": "low", "title": "t"})
