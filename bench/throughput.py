@@ -57,7 +57,7 @@ async def _poll(handle: WorkflowHandle[Any, Any], ok: Callable[[dict[str, Any]],
 # ---- the two kinds, driven identically --------------------------------------------------------
 
 
-async def bare_journey(client: Client, task_queue: str, i: int) -> None:
+async def bare_journey(client: Client, task_queue: str, i: int) -> str:
     handle = await client.start_workflow(BARE_WORKFLOW, id=f"bare-{uuid.uuid4().hex}", task_queue=task_queue)
     await _poll(handle, lambda s: s["gate"] == 0)
     await handle.execute_update("decide", BareDecision(gate=0, actor="validator"))
@@ -65,9 +65,10 @@ async def bare_journey(client: Client, task_queue: str, i: int) -> None:
     await handle.execute_update("decide", BareDecision(gate=1, actor="risk1"))
     await handle.execute_update("decide", BareDecision(gate=1, actor="risk2"))
     await _poll(handle, lambda s: s["status"] == "done")
+    return handle.id
 
 
-def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awaitable[None]]:
+def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awaitable[str]]:
     from engine.lifecycle import DecisionKind
     from testing import workflow as hw
     from workflows.contract import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput
@@ -75,7 +76,7 @@ def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awai
     def gate(stage: str) -> Callable[[dict[str, Any]], bool]:
         return lambda s: s["current_stage"] == stage and s["status"] == "awaiting_approval"
 
-    async def journey(client: Client, task_queue: str, i: int) -> None:
+    async def journey(client: Client, task_queue: str, i: int) -> str:
         version = f"9.{i}.0-b{uuid.uuid4().hex[:10]}"
         spec = base_input.spec.model_copy(update={"version": base_input.spec.version.model_copy(
             update={"id": version})})
@@ -93,6 +94,7 @@ def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awai
         await approve(hw.RISK1, "risk_review")
         await approve(hw.RISK2, "risk_review")
         await _poll(handle, lambda s: s["status"] == "in_production")
+        return handle.id
 
     return journey
 
