@@ -26,8 +26,8 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner
 
 from activities.contract import full_results, lean_results
-from engine.lifecycle import CheckResult
 from engine.db import ProgressionRow
+from engine.lifecycle import CheckResult
 from engine.policy import CheckDef, StageDef
 from engine.spec import spec_digest
 from launch.worker import build_worker
