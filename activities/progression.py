@@ -129,7 +129,8 @@ class ProgressionActivities:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    async def _append(self, session: AsyncSession, state: ProgressionState, events: list[AuditEventIn]) -> int:
+    async def _append(self, session: AsyncSession, state: ProgressionState | CheckSubject,
+                      events: list[AuditEventIn]) -> int:
         if not events:
             return 0
         await audit.append_events(session, [_event_dict(state, e) for e in events], chain=self.audit_chain)
