@@ -115,8 +115,20 @@ class RecordFailureInput(_Model):
     events: list[AuditEventIn]
 
 
+class CheckSubject(_Model):
+    """What a check run needs of the progression (patch ``lean-payloads``): whose evidence, not the whole state."""
+
+    progression_id: str
+    model_id: str
+    evidence: dict[str, EvidenceRef]
+
+
 class EvaluateChecksInput(_Model):
-    state: ProgressionState  # pinned spec facts + evidence refs; also synced to the read model
+    # Before the patch ``lean-payloads``: the whole state (evidence refs; also synced to the read model, which the
+    # next ``record`` writes anyway). Since: ``subject`` instead, and the results leave out the texts the workflow
+    # already has (``lean_results``).
+    state: ProgressionState | None = None
+    subject: CheckSubject | None = None
     spec: ProgressionSpec
     stage: StageDef
     is_first_stage: bool
@@ -126,7 +138,26 @@ class EvaluateChecksInput(_Model):
 
 
 class EvaluateChecksResult(_Model):
+    # With a ``subject`` (patch ``lean-payloads``): a check of the stage definition comes back with its
+    # ``description`` and ``expr`` empty (the workflow has them in the stage definition; the ``check.evaluated``
+    # audit events carry them in full); see ``lean_results`` / ``full_results``.
     results: list[CheckResult]
+
+
+def lean_results(stage: StageDef, results: list[CheckResult]) -> list[CheckResult]:
+    """The results without the texts the stage definition holds (the built-in checks keep theirs)."""
+    defs = {c.id: c for c in stage.checks}
+    return [r.model_copy(update={"description": "", "expr": ""})
+            if (d := defs.get(r.check_id)) is not None and (d.description, d.expr) == (r.description, r.expr) else r
+            for r in results]
+
+
+def full_results(stage: StageDef, results: list[CheckResult]) -> list[CheckResult]:
+    """``lean_results`` undone: the stage definition's texts put back (what the state and its snapshot keep)."""
+    defs = {c.id: c for c in stage.checks}
+    return [r.model_copy(update={"description": d.description, "expr": d.expr})
+            if (d := defs.get(r.check_id)) is not None and not r.description and not r.expr else r
+            for r in results]
 
 
 class RecordInput(_Model):

@@ -27,6 +27,7 @@ from activities.contract import (
     RECORD_FAILURE,
     REGISTER_PROGRESSION,
     AuditEventIn,
+    CheckSubject,
     DeployInput,
     DeployResult,
     EvaluateChecksInput,
@@ -37,6 +38,7 @@ from activities.contract import (
     RecordResult,
     RegisterInput,
     RegisterResult,
+    lean_results,
 )
 from activities.governance import governance_snapshot
 from activities.notify import Notifier
@@ -69,7 +71,7 @@ log = logging.getLogger("progression.activities")
 NOTIFY_MAX_ATTEMPTS = 5
 
 
-def _event_dict(state: ProgressionState, event: AuditEventIn) -> dict[str, Any]:
+def _event_dict(state: ProgressionState | CheckSubject, event: AuditEventIn) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "event_type": event.event_type.value,
@@ -128,7 +130,8 @@ class ProgressionActivities:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    async def _append(self, session: AsyncSession, state: ProgressionState, events: list[AuditEventIn]) -> int:
+    async def _append(self, session: AsyncSession, state: ProgressionState | CheckSubject,
+                      events: list[AuditEventIn]) -> int:
         if not events:
             return 0
         await audit.append_events(session, [_event_dict(state, e) for e in events], chain=self.audit_chain)
@@ -325,21 +328,25 @@ class ProgressionActivities:
     @activity.defn(name=EVALUATE_CHECKS)
     async def evaluate_checks(self, inp: EvaluateChecksInput) -> EvaluateChecksResult:
         """Evaluate one stage's checks over the stored evidence; one ``check.evaluated`` event per check."""
-        state = inp.state
+        subject = inp.subject or (CheckSubject(progression_id=inp.state.progression_id, model_id=inp.state.model_id,
+                                               evidence=inp.state.evidence) if inp.state is not None else None)
+        if subject is None:
+            raise ApplicationError("evaluate_checks needs a subject or a state", type="invalid_input",
+                                   non_retryable=True)
         evidence: dict[str, Any] = {}
-        for name, ref in state.evidence.items():
+        for name, ref in subject.evidence.items():
             if not self.evidence_store.exists(ref.sha256):
                 continue  # the check then reports "evidence.<name> is missing" in words
             try:
                 data = await asyncio.to_thread(self.evidence_store.get, ref.sha256)
             except EvidenceCorrupted as exc:
                 # Never feed altered bytes to a check: the check fails as "missing" and the log says why.
-                log.error("%s: %s", state.progression_id, exc.message)
+                log.error("%s: %s", subject.progression_id, exc.message)
                 continue
             evidence[name] = checks.evidence_value(data, ref.filename, ref.media_type)
         async with self.sessionmaker() as session, session.begin():
             resolved = await features.resolve_pinned(
-                session, list(inp.spec.features), await self._pinned_catalog(session, state.progression_id))
+                session, list(inp.spec.features), await self._pinned_catalog(session, subject.progression_id))
         results = checks.evaluate_stage(inp.stage, spec=inp.spec, evidence=evidence, features=resolved,
                                         is_first_stage=inp.is_first_stage, now=inp.now)
         check_events = [
@@ -348,13 +355,17 @@ class ProgressionActivities:
                 occurred_at=inp.now, stage=inp.stage.name,
                 payload={"check_id": r.check_id, "description": r.description, "expr": r.expr,
                          "passed": r.passed, "reason": r.reason, "inputs": r.inputs, "evaluator": r.evaluator,
-                         "evidence": {n: e.sha256 for n, e in state.evidence.items()}})
+                         "evidence": {n: e.sha256 for n, e in subject.evidence.items()}})
             for r in results
         ]
+        rows = [_event_dict(subject, e) for e in [*inp.events_before, *check_events]]
         async with self.sessionmaker() as session, session.begin():
-            await self._append(session, state, [*inp.events_before, *check_events])
-            await self._sync_read_model(session, state)
-        return EvaluateChecksResult(results=results)
+            if rows:
+                await audit.append_events(session, rows, chain=self.audit_chain)
+            if inp.state is not None:  # before the patch lean-payloads; since, the next record writes the snapshot
+                await self._sync_read_model(session, inp.state)
+                return EvaluateChecksResult(results=results)
+        return EvaluateChecksResult(results=lean_results(inp.stage, results))
 
     @activity.defn(name=RECORD)
     async def record(self, inp: RecordInput) -> RecordResult:

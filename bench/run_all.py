@@ -24,6 +24,7 @@ from typing import Any
 from engine.settings import PROJECT_ROOT
 
 FULL: dict[str, list[str]] = {
+    "history_size": [],
     "throughput": [],
     "approval_latency": [],
     "api_reads": [],
@@ -34,6 +35,7 @@ FULL: dict[str, list[str]] = {
     "scale_out": [],
 }
 QUICK: dict[str, list[str]] = {
+    "history_size": ["--journeys", "1"],
     "throughput": ["--count", "10", "--rounds", "1", "--concurrency", "4"],
     "approval_latency": ["--samples", "10"],
     "api_reads": ["--requests", "100", "--progressions", "3", "--rounds", "1"],

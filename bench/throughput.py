@@ -43,6 +43,9 @@ from bench.common import (
 
 POLL = 0.05  # default seconds between the driver's state queries (--poll)
 MAX_WAIT = 60.0  # seconds per wait at most
+# Issue 21's goals against the bare workflow (issue 8 asked 0.8x throughput; see docs/PERFORMANCE.md).
+GOAL_THROUGHPUT = 0.5
+GOAL_SERVER_CPU = 1.5
 
 
 async def _poll(handle: WorkflowHandle[Any, Any], ok: Callable[[dict[str, Any]], bool]) -> None:
@@ -57,7 +60,7 @@ async def _poll(handle: WorkflowHandle[Any, Any], ok: Callable[[dict[str, Any]],
 # ---- the two kinds, driven identically --------------------------------------------------------
 
 
-async def bare_journey(client: Client, task_queue: str, i: int) -> None:
+async def bare_journey(client: Client, task_queue: str, i: int) -> str:
     handle = await client.start_workflow(BARE_WORKFLOW, id=f"bare-{uuid.uuid4().hex}", task_queue=task_queue)
     await _poll(handle, lambda s: s["gate"] == 0)
     await handle.execute_update("decide", BareDecision(gate=0, actor="validator"))
@@ -65,9 +68,10 @@ async def bare_journey(client: Client, task_queue: str, i: int) -> None:
     await handle.execute_update("decide", BareDecision(gate=1, actor="risk1"))
     await handle.execute_update("decide", BareDecision(gate=1, actor="risk2"))
     await _poll(handle, lambda s: s["status"] == "done")
+    return handle.id
 
 
-def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awaitable[None]]:
+def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awaitable[str]]:
     from engine.lifecycle import DecisionKind
     from testing import workflow as hw
     from workflows.contract import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput
@@ -75,7 +79,7 @@ def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awai
     def gate(stage: str) -> Callable[[dict[str, Any]], bool]:
         return lambda s: s["current_stage"] == stage and s["status"] == "awaiting_approval"
 
-    async def journey(client: Client, task_queue: str, i: int) -> None:
+    async def journey(client: Client, task_queue: str, i: int) -> str:
         version = f"9.{i}.0-b{uuid.uuid4().hex[:10]}"
         spec = base_input.spec.model_copy(update={"version": base_input.spec.version.model_copy(
             update={"id": version})})
@@ -93,6 +97,7 @@ def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awai
         await approve(hw.RISK1, "risk_review")
         await approve(hw.RISK2, "risk_review")
         await _poll(handle, lambda s: s["status"] == "in_production")
+        return handle.id
 
     return journey
 
@@ -145,6 +150,7 @@ class Timer:
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
         self.server_cpu: dict[str, float] = {}
+        self.rounds: list[dict[str, tuple[float, float]]] = []  # per round and kind: (wall, server CPU)
 
     def _server(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.servers)
@@ -155,6 +161,15 @@ class Timer:
         self.wall[kind] = self.wall.get(kind, 0.0) + time.perf_counter() - wall
         self.cpu[kind] = self.cpu.get(kind, 0.0) + time.process_time() - cpu
         self.server_cpu[kind] = self.server_cpu.get(kind, 0.0) + self._server() - server
+        if not self.rounds or kind in self.rounds[-1]:
+            self.rounds.append({})
+        self.rounds[-1][kind] = (time.perf_counter() - wall, self._server() - server)
+
+    def spread(self) -> tuple[list[float], list[float]]:
+        """Per round with both kinds: engine/bare throughput ratio, engine/bare server CPU ratio."""
+        both = [r for r in self.rounds if {"engine", "bare"} <= r.keys()]
+        return ([r["bare"][0] / r["engine"][0] for r in both],
+                [r["engine"][1] / r["bare"][1] for r in both if r["bare"][1] > 0])
 
 
 async def main(args: argparse.Namespace) -> Report:
@@ -185,15 +200,22 @@ async def main(args: argparse.Namespace) -> Report:
         for table in (timer.wall, timer.cpu, timer.server_cpu):
             table["bare"] = table["engine"]
     engine_rate, bare_rate = n / timer.wall["engine"], n / timer.wall["bare"]
+    rates, servers = timer.spread()
+
+    def span(values: list[float]) -> str:
+        return f"per round {min(values):.2f}x..{max(values):.2f}x ({len(values)} rounds)" if values else ""
+
     report.add("progressions/s (full credit journey)", engine_rate, "/s", baseline=bare_rate,
-               goal="ratio >= 0.8", met=engine_rate / bare_rate >= 0.8,
-               note="baseline: bare workflow, same activities/Updates/timers, no-op activities")
+               goal=f"ratio >= {GOAL_THROUGHPUT:g}", met=engine_rate / bare_rate >= GOAL_THROUGHPUT,
+               note="baseline: bare workflow, same activities/Updates/timers, no-op activities; " + span(rates))
     report.add("mean journey time at this concurrency", timer.wall["engine"] / n * args.concurrency,
                "s", baseline=timer.wall["bare"] / n * args.concurrency)
     report.add("CPU per journey, worker + driver process", timer.cpu["engine"] / n * 1000, "ms",
                baseline=timer.cpu["bare"] / n * 1000, note="time.process_time() of this process")
+    server_ratio = timer.server_cpu["engine"] / timer.server_cpu["bare"] if timer.server_cpu["bare"] else 0.0
     report.add("CPU per journey, Temporal dev server", timer.server_cpu["engine"] / n * 1000, "ms",
-               baseline=timer.server_cpu["bare"] / n * 1000, note="/proc/<pid>/stat of the dev server")
+               baseline=timer.server_cpu["bare"] / n * 1000, goal=f"ratio <= {GOAL_SERVER_CPU:g}",
+               met=server_ratio <= GOAL_SERVER_CPU, note="/proc/<pid>/stat of the dev server; " + span(servers))
     return report
 
 

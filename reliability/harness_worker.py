@@ -58,8 +58,10 @@ class HarnessActivities(ProgressionActivities):
             dup = AuditEventIn(event_id=f"{inp.event_id_prefix}/{first.check_id}/again",
                                event_type=EventType.check_evaluated, occurred_at=inp.now, stage=inp.stage.name,
                                payload={"check_id": first.check_id, "passed": first.passed, "reason": first.reason})
+            subject = inp.subject or inp.state  # a CheckSubject since the patch lean-payloads
+            assert subject is not None
             async with self.sessionmaker() as session, session.begin():
-                await self._append(session, inp.state, [dup])
+                await self._append(session, subject, [dup])
         return result
 
     @activity.defn(name="deploy")

@@ -62,7 +62,9 @@ HISTORIES = Path(__file__).parent / "histories"
 # the stages that read them; guidance computed outside the workflow; findings: conditions of approvals,
 # blocking findings, waived checks).
 # v7: life after production (monitoring breaches, triggered revalidation, overdue results, retirement gate).
-CURRENT = HISTORIES / "v7-monitoring"
+# v8: lean payloads (check runs carry a CheckSubject, not the state); made with --only credit_journey --only
+# fraud_reopened --only credit_monitoring --only credit_conditions.
+CURRENT = HISTORIES / "v8-lean"
 FRAUD = CREDIT.parent / "card-fraud-detector"
 FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")
 

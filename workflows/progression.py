@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         REGISTER_PROGRESSION,
         START_FINDINGS,
         AuditEventIn,
+        CheckSubject,
         DeployInput,
         Deployment,
         DeployResult,
@@ -60,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         RegisterResult,
         StartFindingsInput,
         StartFindingsResult,
+        full_results,
     )
     from engine.findings import (
         FINDING_WORKFLOW,
@@ -184,6 +186,11 @@ PATCH_FINDINGS = "findings"
 # Progressions started before the patch keep the calendar-only revalidation loop.
 PATCH_MONITORING = "monitoring-and-retirement"
 MONITORING_TIMEOUT = timedelta(seconds=60)
+# Lean payloads: a check run is sent whose evidence it reads (``CheckSubject``), not the whole state, and its
+# results come back without the check texts the stage definition holds (``full_results`` puts them back), so the
+# history keeps hundreds of bytes per check run instead of the state; the read-model snapshot is written by the
+# next ``record`` (as complete as before). Progressions started before the patch keep sending the state.
+PATCH_LEAN = "lean-payloads"
 
 CHECKS_TIMEOUT = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=5)
@@ -866,14 +873,21 @@ class ProgressionWorkflow:
         self._touch()
         if stage_def.checks or first:
             events, self._events = self._events, []
+            lean = workflow.patched(PATCH_LEAN)
+            state = self._state
+            subject = CheckSubject(progression_id=state.progression_id, model_id=state.model_id,
+                                   evidence=state.evidence) if lean else None
             result = await workflow.execute_activity(
                 EVALUATE_CHECKS,
-                EvaluateChecksInput(state=self._state, spec=self._input.spec, stage=stage_def,
-                                    is_first_stage=first, now=workflow.now(),
+                EvaluateChecksInput(state=None if lean else state, subject=subject, spec=self._input.spec,
+                                    stage=stage_def, is_first_stage=first, now=workflow.now(),
                                     event_id_prefix=str(workflow.uuid4()), events_before=events),
                 result_type=EvaluateChecksResult, start_to_close_timeout=CHECKS_TIMEOUT, retry_policy=DB_RETRY)
-            self._synced_seq = max(self._synced_seq, self._state.seq)
-            stage.checks = result.results
+            if lean:  # the snapshot was not written by the check run: the next record writes it
+                stage.checks = full_results(stage_def, result.results)
+            else:
+                self._synced_seq = max(self._synced_seq, self._state.seq)
+                stage.checks = result.results
         if self._closed():
             return
         failing = [c for c in stage.checks if not c.passed]

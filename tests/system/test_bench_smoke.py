@@ -14,6 +14,7 @@ from engine.settings import PROJECT_ROOT
 
 # The figure each script must report (a prefix of the figure's name).
 EXPECTED = {
+    "history_size": "history bytes per journey",
     "throughput": "progressions/s",
     "approval_latency": "decision latency p99",
     "api_reads": "GET /progressions/{id} requests/s",
