@@ -22,6 +22,7 @@ EXPECTED = {
     "scale": "worker RSS",
     "inbox_sql": "inbox p95 at",
     "scale_out": "journeys/s ratio, 2 workers / 1",
+    "years": "max events per run",
 }
 
 
