@@ -157,6 +157,15 @@ async def start(client: Client, inp: ProgressionInput, task_queue: str) -> Workf
         result_type=ProgressionState)
 
 
+@asynccontextmanager
+async def running(client: Client, task_queue: str, env: Env, inp: ProgressionInput | None = None
+                  ) -> AsyncIterator[WorkflowHandle[Any, ProgressionState]]:
+    """A worker on ``task_queue`` and a progression started on it: ``inp``, or the credit example afresh."""
+    inp = inp or await example_input(env, CREDIT, version=unique_version())
+    async with worker(client, task_queue, env):
+        yield await start(client, inp, task_queue)
+
+
 async def state(handle: WorkflowHandle[Any, Any]) -> ProgressionState:
     return await handle.query(QUERY_STATE, result_type=ProgressionState)
 

@@ -32,13 +32,12 @@ from testing.workflow import (
     decide,
     events,
     example_input,
-    start,
+    running,
     state,
     unique_version,
     wait_events,
     wait_state,
     walk_to_production,
-    worker,
 )
 from tests.workflow.test_continue_as_new import short_history_client  # noqa: F401 - the fixture
 
@@ -65,10 +64,8 @@ async def _findings(env: Env, model_id: str) -> list[FindingRow]:
 async def test_breach_opens_revalidation_now_once_and_the_calendar_restarts(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
-    inp = await example_input(env, CREDIT, version=unique_version())
-    pid = inp.spec.progression_id
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env) as handle:
+        pid = handle.id
         live = await walk_to_production(handle)
         assert live.revalidation_due_at is not None and live.deployed_at is not None
         calendar_due = live.revalidation_due_at
@@ -134,8 +131,7 @@ async def test_finding_breach_once_per_rule_and_period_and_missing_results_raise
     client = time_skipping_env.client
     inp = await example_input(env, CREDIT, version=unique_version())
     pid, model = inp.spec.progression_id, inp.spec.model.id
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env, inp) as handle:
         live = await walk_to_production(handle)
         assert live.deployed_at is not None
         day0 = live.deployed_at.date()
@@ -183,8 +179,7 @@ async def test_materiality_tier_is_an_input_that_scales_the_cadence(
     client = time_skipping_env.client
     inp = await example_input(env, CREDIT, version=unique_version())
     inp = inp.model_copy(update={"materiality_tier": 3})
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env, inp) as handle:
         live = await walk_to_production(handle)
         assert live.revalidation_due_at is not None and live.deployed_at is not None
         assert live.revalidation_due_at - live.deployed_at == timedelta(days=730)  # tier 3: every two years
@@ -200,10 +195,8 @@ async def test_materiality_tier_is_an_input_that_scales_the_cadence(
 async def test_overdue_results_while_a_gate_is_open_and_a_rejected_revalidation_undeploys(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
-    inp = await example_input(env, CREDIT, version=unique_version())
-    pid = inp.spec.progression_id
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env) as handle:
+        pid = handle.id
         live = await walk_to_production(handle)
         assert live.deployed_at is not None
         # results keep coming (no overdue finding): only the calendar opens the gate
@@ -231,10 +224,8 @@ async def test_overdue_results_while_a_gate_is_open_and_a_rejected_revalidation_
 async def test_retirement_is_a_gate_then_undeploy_and_every_timer_stops(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
-    inp = await example_input(env, CREDIT, version=unique_version())
-    pid = inp.spec.progression_id
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env) as handle:
+        pid = handle.id
         await walk_to_production(handle)
         # not the owner; a dependency in production without an override
         with pytest.raises(WorkflowUpdateFailedError) as info:
@@ -290,10 +281,8 @@ async def test_monitoring_state_survives_continue_as_new(
     and a drift opens the revalidation gate."""
     client, task_queue = short_history_client, f"tq-{uuid.uuid4()}"
     async with app_env(sqlite_url, tmp_path) as env:
-        inp = await example_input(env, CREDIT, version=unique_version())
-        pid = inp.spec.progression_id
-        async with worker(client, task_queue, env):
-            handle = await start(client, inp, task_queue)
+        async with running(client, task_queue, env) as handle:
+            pid = handle.id
             live = await walk_to_production(handle)
             assert live.deployed_at is not None
             day0 = live.deployed_at.date()
