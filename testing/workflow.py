@@ -184,6 +184,18 @@ async def wait_state(handle: WorkflowHandle[Any, Any], predicate: Callable[[Prog
         f"status={last and last.status} stage={last and last.current_stage} missing={last and last.missing}"))
 
 
+async def settled(handle: WorkflowHandle[Any, Any]) -> None:
+    """Wait until the workflow has nothing in flight (no workflow task, no activity pending): it has acted on
+    everything it received so far, and only new input (an Update, a signal, a timer) moves it on. What a test
+    then finds is the outcome, not a moment of it (never a fixed sleep, too short on a loaded machine)."""
+
+    async def idle() -> bool:
+        raw = (await handle.describe()).raw_description
+        return not raw.pending_activities and not raw.HasField("pending_workflow_task")
+
+    await eventually(idle, f"{handle.id} settled")
+
+
 def at_gate(stage: str) -> Callable[[ProgressionState], bool]:
     return lambda s: s.current_stage == stage and s.status == "awaiting_approval"
 
