@@ -8,8 +8,8 @@ Temporal client. On start each loaded policy version is recorded in
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -80,15 +80,14 @@ def _mount_web_ui(app: FastAPI) -> None:
     mount_web(app)
 
 
-def create_app(
-    settings: Settings | None = None,
+def app_lifespan(
+    settings: Settings,
     *,
     temporal_client: Client | None = None,
     sessionmaker: async_sessionmaker[AsyncSession] | None = None,
     registry: PolicyRegistry | None = None,
-) -> FastAPI:
-    settings = settings or get_settings()
-    metrics = Metrics()
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The app's lifespan over these parts: whatever is not given is created at start (see the module)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -115,6 +114,25 @@ def create_app(
         finally:
             if engine is not None:
                 await engine.dispose()
+
+    return lifespan
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    temporal_client: Client | None = None,
+    sessionmaker: async_sessionmaker[AsyncSession] | None = None,
+    registry: PolicyRegistry | None = None,
+) -> FastAPI:
+    """The app: routes, error handlers, middleware; its lifespan (``app_lifespan``) over the parts given.
+
+    Of the settings only ``max_request_bytes`` is read here; the rest is read in the lifespan, so a process
+    may keep one app and give its router another lifespan (the tests do: FastAPI analyses each route's
+    dependencies on the route's first request, per app)."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+    lifespan = app_lifespan(settings, temporal_client=temporal_client, sessionmaker=sessionmaker, registry=registry)
 
     # STRICT_QUERY on every route: a query parameter the route does not read is refused with 422 naming it.
     app = FastAPI(title="Progression API", version="1.0.0", description=API_DESCRIPTION, lifespan=lifespan,

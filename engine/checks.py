@@ -19,7 +19,7 @@ import cel
 
 from engine.lifecycle import CheckResult, ResolvedFeature
 from engine.policy import StageDef
-from engine.reads import VARIABLES, WILDCARD, Path, bound_names, referenced_paths
+from engine.reads import VARIABLES, WILDCARD, Path, bound_names, path_text, referenced_paths
 from engine.spec import ProgressionSpec
 from engine.yaml_safe import YamlProblem, safe_load_yaml
 
@@ -91,17 +91,9 @@ def _resolve(value: Any, path: Path) -> Any:
 
 
 def format_path(path: Path) -> str:
-    out = str(path[0]) if path else ""
-    for part in path[1:]:
-        if part == WILDCARD:
-            out += "[*]"
-        elif isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and re.fullmatch(r"[A-Za-z_]\w*", part):
-            out += f".{part}"
-        else:
-            out += f"[{part!r}]"
-    return out
+    """``bureau_score``, ``metrics.auc``, ``metrics.psi[*]``: the first part as it is, then ``path_text``'s rules."""
+    return path_text(str(path[0]) if path else "", path[1:],
+                     lambda part: "*" if part == WILDCARD else repr(part))
 
 
 # ---- evidence and context ------------------------------------------------------------------

@@ -32,7 +32,7 @@ from jsonschema.exceptions import SchemaError, ValidationError
 from pydantic import BaseModel
 
 from engine.policy import EvidenceRule, GovernancePolicy
-from engine.reads import WILDCARD, referenced_paths, stage_evidence_reads
+from engine.reads import WILDCARD, path_text, referenced_paths, stage_evidence_reads
 from engine.wire import EvidenceContractOut, EvidenceProblem
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -63,15 +63,7 @@ class ContractDefinitionProblem(BaseModel):
 
 
 def _json_path(parts: Iterable[Any]) -> str:
-    out = "$"
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
-            out += f".{part}"
-        else:
-            out += f"[{json.dumps(part)}]"
-    return out
+    return path_text("$", parts, json.dumps)
 
 
 def _got(value: Any) -> str:

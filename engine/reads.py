@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from engine.lifecycle import READS_ALL
 from engine.policy import StageDef
@@ -49,6 +51,24 @@ def _bound_names(tokens: list[_Tok]) -> set[str]:
 
 WILDCARD = "*"
 Path = tuple[str | int, ...]
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def path_text(root: str, parts: Iterable[Any], quote: Callable[[Any], str]) -> str:
+    """``root``, then each part: ``[n]`` for an index, ``.name`` for a name, ``[<quote(key)>]`` for any other key.
+
+    The one spelling of a path in messages: check inputs (``engine.checks.format_path``) and evidence contract
+    problems (``$``-rooted, JSON-quoted, ``engine.contracts``)."""
+    out = root
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and _NAME.fullmatch(part):
+            out += f".{part}"
+        else:
+            out += f"[{quote(part)}]"
+    return out
 
 
 def _literal(tok: _Tok) -> str | int | None:

@@ -12,8 +12,8 @@ import atexit
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from temporalio.client import Client
 from activities.notify import LogNotifier
 from activities.progression import ProgressionActivities
 from activities.promotion import RecordingPromotionTarget
-from api.app import create_app
+from api.app import app_lifespan, create_app
 from engine.database import sqlite_file
 from engine.db import AuditEvent, ProgressionRow, make_engine, make_sessionmaker
 from engine.evidence import EvidenceStore
@@ -130,6 +130,25 @@ async def database_with_people(url: str) -> tuple[dict[str, str], dict[str, str]
     return dict(tokens), dict(ids)
 
 
+# Idle apps of this process by request body limit (the one setting read when an app is built). FastAPI analyses
+# a route's dependencies on its first request to that app (milliseconds a route, most of an API test's own CPU
+# when every test built its app): the tests reuse apps, each test with its own lifespan (database, worker, task
+# queue, settings). An app a test changed (a route or a middleware added, a dependency overridden) is dropped.
+_idle_apps: dict[int, list[FastAPI]] = {}
+
+
+@contextmanager
+def _reused_app(settings: Settings) -> Iterator[FastAPI]:
+    idle = _idle_apps.setdefault(settings.max_request_bytes, [])
+    app = idle.pop() if idle else create_app(settings)
+    shape = (len(app.router.routes), len(app.user_middleware))
+    try:
+        yield app
+    finally:
+        if (len(app.router.routes), len(app.user_middleware)) == shape and not app.dependency_overrides:
+            idle.append(app)
+
+
 @asynccontextmanager
 async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *, worker: bool = True,
                   policies: Any = None,
@@ -142,18 +161,20 @@ async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *
     settings = make_settings(tmp_path, url, task_queue, **{**box.settings, **overrides})
     activities = ProgressionActivities(sm, EvidenceStore(settings.evidence_dir), RecordingPromotionTarget(),
                                        LogNotifier(), audit_chain=True)
-    # ``policies``: another PolicyRegistry (e.g. a policy changed for one test); default: policies/
-    app = create_app(settings, temporal_client=temporal, sessionmaker=sm, registry=policies or registry())
     try:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://api.test", timeout=60) as http:
-                env = ApiEnv(app, http, settings, engine, sm, temporal, task_queue, tokens, ids, box)
-                if worker:
-                    async with build_worker(temporal, task_queue=task_queue, activities=activities):
+        with _reused_app(settings) as app:
+            # ``policies``: another PolicyRegistry (e.g. a policy changed for one test); default: policies/
+            app.router.lifespan_context = app_lifespan(settings, temporal_client=temporal, sessionmaker=sm,
+                                                       registry=policies or registry())
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://api.test", timeout=60) as http:
+                    env = ApiEnv(app, http, settings, engine, sm, temporal, task_queue, tokens, ids, box)
+                    if worker:
+                        async with build_worker(temporal, task_queue=task_queue, activities=activities):
+                            yield env
+                    else:
                         yield env
-                else:
-                    yield env
     finally:
         box_cm.__exit__(None, None, None)
         await engine.dispose()

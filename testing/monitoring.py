@@ -24,29 +24,29 @@ def credit_metrics(*, psi: float = 0.08, auc: float = 0.76, volume: float = 12_0
             "default_rate": default_rate, "volume": volume, "fairness_ratio": fairness}
 
 
-async def deliver(handle: WorkflowHandle[Any, Any], period: date, metrics: dict[str, Any], *,
+async def deliver(client: Client, workflow_id: str, period: date, metrics: dict[str, Any], *,
                   actor: Actor = MONITOR, result_id: str | None = None) -> MonitoringOutcome:
+    """Deliver a period's results to the current run of ``workflow_id`` (the one the API addresses too)."""
     inp = MonitoringInput(result_id=result_id or f"MR-{uuid.uuid4().hex[:12]}", period=period, metrics=metrics,
                           actor=actor)
     # An Update admitted just as the run continues as new may never complete on that run: wait a bounded time,
     # then send it again to the current run (the workflow answers a result id it already has without applying
     # it twice), so a test never hangs on that race.
-    client: Client = handle._client  # noqa: SLF001 - the handle's own client, to address the current run
     for _ in range(5):
         try:
             return await asyncio.wait_for(
-                client.get_workflow_handle(handle.id).execute_update(UPDATE_MONITORING, inp,
-                                                                     result_type=MonitoringOutcome),
+                client.get_workflow_handle(workflow_id).execute_update(UPDATE_MONITORING, inp,
+                                                                       result_type=MonitoringOutcome),
                 timeout=DELIVERY_WAIT_S)
         except TimeoutError:
             continue
         except RPCError as err:  # the time-skipping server answers "update not found" to one its run dropped
             if err.status != RPCStatusCode.NOT_FOUND or "update" not in err.message:
                 raise
-            if (await client.get_workflow_handle(handle.id).describe()).status != WorkflowExecutionStatus.RUNNING:
+            if (await client.get_workflow_handle(workflow_id).describe()).status != WorkflowExecutionStatus.RUNNING:
                 raise  # a closed workflow takes no results
             await asyncio.sleep(0.5)
-    raise AssertionError(f"monitoring result {inp.result_id} was not delivered to {handle.id} in 5 attempts")
+    raise AssertionError(f"monitoring result {inp.result_id} was not delivered to {workflow_id} in 5 attempts")
 
 
 DELIVERY_WAIT_S = 30.0

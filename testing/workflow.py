@@ -157,6 +157,15 @@ async def start(client: Client, inp: ProgressionInput, task_queue: str) -> Workf
         result_type=ProgressionState)
 
 
+@asynccontextmanager
+async def running(client: Client, task_queue: str, env: Env, inp: ProgressionInput | None = None
+                  ) -> AsyncIterator[WorkflowHandle[Any, ProgressionState]]:
+    """A worker on ``task_queue`` and a progression started on it: ``inp``, or the credit example afresh."""
+    inp = inp or await example_input(env, CREDIT, version=unique_version())
+    async with worker(client, task_queue, env):
+        yield await start(client, inp, task_queue)
+
+
 async def state(handle: WorkflowHandle[Any, Any]) -> ProgressionState:
     return await handle.query(QUERY_STATE, result_type=ProgressionState)
 
@@ -173,6 +182,18 @@ async def wait_state(handle: WorkflowHandle[Any, Any], predicate: Callable[[Prog
 
     return await eventually(probe, f"state of {handle.id}", describe=lambda _: (
         f"status={last and last.status} stage={last and last.current_stage} missing={last and last.missing}"))
+
+
+async def settled(handle: WorkflowHandle[Any, Any]) -> None:
+    """Wait until the workflow has nothing in flight (no workflow task, no activity pending): it has acted on
+    everything it received so far, and only new input (an Update, a signal, a timer) moves it on. What a test
+    then finds is the outcome, not a moment of it (never a fixed sleep, too short on a loaded machine)."""
+
+    async def idle() -> bool:
+        raw = (await handle.describe()).raw_description
+        return not raw.pending_activities and not raw.HasField("pending_workflow_task")
+
+    await eventually(idle, f"{handle.id} settled")
 
 
 def at_gate(stage: str) -> Callable[[ProgressionState], bool]:

@@ -133,7 +133,7 @@ async def live_years(ts: WorkflowEnvironment, task_queue: str, env: Env, *, year
                 await _until(ts, due + timedelta(minutes=1))
                 await wait_state(handle, _gate_open)
             await _until(ts, at)
-            outcome = await deliver(handle, at.date(), plan.get(month, credit_metrics()))
+            outcome = await deliver(ts.client, handle.id, at.date(), plan.get(month, credit_metrics()))
             sent.results += 1
             for breach in outcome.breaches:
                 sent.breaches.append(breach.rule_id)

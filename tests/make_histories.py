@@ -155,10 +155,10 @@ async def credit_monitoring(env_ts: WorkflowEnvironment, handle: WorkflowHandle[
     await decide(handle, RISK2, "risk_review", "approve", "agree")
     live = await wait_state(handle, lambda s: s.status == "in_production")
     day0 = live.deployed_at.date()  # type: ignore[union-attr]
-    await deliver(handle, day0 + timedelta(days=30), credit_metrics())
-    await deliver(handle, day0 + timedelta(days=31), credit_metrics(psi=0.4))
+    await deliver(env_ts.client, handle.id, day0 + timedelta(days=30), credit_metrics())
+    await deliver(env_ts.client, handle.id, day0 + timedelta(days=31), credit_metrics(psi=0.4))
     await wait_state(handle, lambda s: s.current_stage == "revalidation")
-    await deliver(handle, day0 + timedelta(days=32), credit_metrics(psi=0.5, auc=0.6))
+    await deliver(env_ts.client, handle.id, day0 + timedelta(days=32), credit_metrics(psi=0.5, auc=0.6))
     await decide(handle, VALIDATOR, "revalidation", "approve", "drift explained")
     await wait_state(handle, lambda s: s.revalidations == 1 and s.current_stage is None)
     await ask_retirement(handle, DEV2, reason="replaced")

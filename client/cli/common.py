@@ -103,6 +103,20 @@ def client() -> Iterator[ProgressionClient]:
         yield c
 
 
+A = TypeVar("A")
+
+
+def answer_or_json(call: Callable[[ProgressionClient], A], as_json: bool) -> A | None:
+    """One request's answer for the command to print; under ``--json`` it is printed here as JSON and the
+    command gets None (nothing more to print)."""
+    with client() as c:
+        value = call(c)
+    if as_json:
+        emit_json(value)
+        return None
+    return value
+
+
 # ---- output and errors -----------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from client.cli.common import JsonOpt, client, emit_json, handle_errors, out
+from client.cli.common import JsonOpt, answer_or_json, handle_errors, out
 from client.cli.render import add_row, columns
 
 monitoring_app = typer.Typer(help="Monitoring results of models in production.", no_args_is_help=True)
@@ -30,10 +30,9 @@ def post(
         raise typer.BadParameter(f"{results}: not a JSON document ({exc})") from None
     if not isinstance(document, dict) or set(document) != {"period", "metrics"}:
         raise typer.BadParameter(f"{results}: expected exactly the keys period and metrics")
-    with client() as c:
-        stored = c.post_monitoring(model_id, str(document["period"]), document["metrics"])
-    if as_json:
-        emit_json(stored)
+    stored = answer_or_json(lambda c: c.post_monitoring(model_id, str(document["period"]), document["metrics"]),
+                            as_json)
+    if stored is None:
         return
     console = out()
     console.print(Text.assemble((stored.result_id, "bold"), f"  {stored.model_id} {stored.version_id} · period "
@@ -50,10 +49,8 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """The monitoring history with the thresholds of the policy's rules."""
-    with client() as c:
-        history = c.monitoring(model_id)
-    if as_json:
-        emit_json(history)
+    history = answer_or_json(lambda c: c.monitoring(model_id), as_json)
+    if history is None:
         return
     names = sorted(history.metrics)
     table = columns("period", *names, "breaches")
@@ -78,10 +75,8 @@ def retire(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask to retire a model (its owning team); the policy's approvers decide at the retirement gate."""
-    with client() as c:
-        state = c.retire(model_id, reason, replacement=replacement)
-    if as_json:
-        emit_json(state)
+    state = answer_or_json(lambda c: c.retire(model_id, reason, replacement=replacement), as_json)
+    if state is None:
         return
     out().print(f"{state.progression_id}: retirement awaits {', '.join(r.value for r in state.waiting_on) or '-'}")
 
@@ -96,10 +91,8 @@ def retire_override(
     officer independent of the owning team; audited). The retirement itself still goes through its gate."""
     if not reason.strip():
         raise typer.BadParameter("say why the model may retire (--reason/-m)", param_hint="--reason")
-    with client() as c:
-        override = c.retirement_override(model_id, reason.strip())
-    if as_json:
-        emit_json(override)
+    override = answer_or_json(lambda c: c.retirement_override(model_id, reason.strip()), as_json)
+    if override is None:
         return
     out().print(Text.assemble((override.override_id, "bold"), f"  {override.model_id} may retire although "
                               f"{', '.join(override.dependents)} depend on it (recorded by {override.granted_by})"))

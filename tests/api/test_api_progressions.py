@@ -324,6 +324,9 @@ async def test_audit_paging_stays_correct_under_concurrent_writes(env: ApiEnv) -
     cursor = None
     pages = 0
     while True:
+        # Whether the writer had finished is taken before the request: the last page must be read after the
+        # last write committed (taken after it, a write racing the request could be missed on a loaded machine).
+        writer_finished = task.done()
         params: dict[str, Any] = {"progression": pid, "limit": 7}
         if cursor:
             params["cursor"] = cursor
@@ -333,7 +336,7 @@ async def test_audit_paging_stays_correct_under_concurrent_writes(env: ApiEnv) -
         pages += 1
         if pages == 3:
             stop.set()
-        if not page["has_more"] and stop.is_set() and task.done():
+        if not page["has_more"] and writer_finished:
             break
         if not page["has_more"]:
             await asyncio.sleep(0.01)

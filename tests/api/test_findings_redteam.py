@@ -15,8 +15,9 @@ from sqlalchemy import select
 from engine.db import AuditEvent, ExceptionRow, FindingRow
 from engine.db import utcnow as now
 from engine.identity import create_user
-from testing.api import ApiEnv, at_gate, decide, start, unique_version, wait_for
+from testing.api import ApiEnv, at_gate, decide, get_state, start, unique_version, wait_for
 from testing.findings import eventually
+from testing.workflow import settled
 from tests.api import test_web_ui
 from tests.api.test_web_ui import Browser, signed_in
 
@@ -229,7 +230,6 @@ async def test_redteam_condition_erased_by_a_snapshot_read_before_it(
     *before* an approve_with_conditions, delivered *after* it, carries an ``as_of`` newer than the one the
     progression holds (its own audit events advanced the chain) and replaces ``state.findings`` wholesale,
     dropping the condition the decision appended in memory; the gate it blocks then completes."""
-    import asyncio
     import shutil
 
     from activities.governance import governance_snapshot
@@ -258,10 +258,11 @@ async def test_redteam_condition_erased_by_a_snapshot_read_before_it(
             "stage": "risk_review", "decision": "approve_with_conditions", "comment": "with a condition",
             "conditions": [{"severity": "high", "title": "No challenger model"}]})
         assert ok.status_code == 200, ok.text
+        handle = env.temporal.get_workflow_handle(pid)
         if late_snapshot:  # control: without it, the condition keeps the gate from completing
-            await env.temporal.get_workflow_handle(pid).signal(SIGNAL_GOVERNANCE, stale)  # ... delivered late
-        await asyncio.sleep(3)
-        state = await wait_for(env, pid, lambda s: True)
+            await handle.signal(SIGNAL_GOVERNANCE, stale)  # ... delivered late
+        await settled(handle)  # whatever the decision (and the late snapshot) lead to has happened
+        state = await get_state(env, pid)
         rr = next(s for s in state["stages"] if s["name"] == "risk_review")
         open_high = [f for f in (await env.http.get(f"/api/v1/findings?model={model}&open=true",
                                                     headers=env.auth("ann"))).json()["items"]

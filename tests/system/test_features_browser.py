@@ -4,14 +4,9 @@ catalog keeps the tag."""
 
 from __future__ import annotations
 
-import pytest
+from tests.system.browser import CHROMIUM, Live, needs_chromium, shot
 
-from tests.system import test_web_browser as web
-from tests.system.test_web_browser import CHROMIUM, Live, shot
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium")
-
-live = web.live  # the browser tests' fixture: uvicorn on a free port, a worker, Chromium
+pytestmark = needs_chromium
 
 if CHROMIUM.exists():
     from playwright.async_api import expect

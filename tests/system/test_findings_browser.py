@@ -3,14 +3,10 @@ developer finds the condition among her to-dos and remediates it, and an indepen
 
 from __future__ import annotations
 
-import pytest
+from tests.system.browser import CHROMIUM, Live, needs_chromium, reload_until, shot
+from tests.system.test_web_browser import start_credit_model
 
-from tests.system import test_web_browser as web
-from tests.system.test_web_browser import CHROMIUM, Live, reload_until, shot, start_credit_model
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium")
-
-live = web.live  # the browser tests' fixture: uvicorn on a free port, a worker, Chromium
+pytestmark = needs_chromium
 
 if CHROMIUM.exists():
     from playwright.async_api import expect

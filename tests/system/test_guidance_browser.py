@@ -8,34 +8,17 @@ Debian's Chromium driven by Playwright, as in test_web_browser.py (nothing downl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-from temporalio.client import Client
 from typer.testing import CliRunner
 
 from client.cli import app as cli
-from testing.api import api_env, serve_http
-from tests.system.test_web_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, Live, shot
+from tests.system.browser import CHROMIUM, Live, needs_chromium, shot
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at "
-                                                             "/usr/bin/chromium (apt-get install -y chromium)")
+pytestmark = needs_chromium
 
 if CHROMIUM.exists():
-    from playwright.async_api import async_playwright, expect
-
-
-@pytest.fixture
-async def live(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[Live]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=True) as env, \
-            serve_http(env.app) as base, async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield Live(env=env, base=base, browser=browser)
-        finally:
-            await browser.close()
+    from playwright.async_api import expect
 
 
 async def test_from_an_empty_directory_to_a_gate_following_the_guidance(live: Live, tmp_path: Path) -> None:

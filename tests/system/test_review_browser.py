@@ -5,18 +5,14 @@ confirmation, and a session cookie replayed after sign-out signs nobody in. Scre
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import update
 
 from api.web.session import COOKIE_NAME
 from engine.db import BrowserSession, utcnow
 from testing.api import at_gate, decide, started_at_gate, wait_for
-from tests.system import test_web_browser as web
-from tests.system.test_web_browser import CHROMIUM, Live, reload_until, shot
+from tests.system.browser import CHROMIUM, Live, needs_chromium, reload_until, shot, sign_in
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium")
-
-live = web.live  # the browser tests' fixture: uvicorn on a free port, a worker, Chromium
+pytestmark = needs_chromium
 
 if CHROMIUM.exists():
     from playwright.async_api import expect
@@ -83,8 +79,7 @@ async def test_charts_read_without_javascript(live: Live) -> None:
     context = await live.browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     await page.goto(f"{live.base}/ui/login")  # plain forms: sign-in works without JavaScript
-    await page.get_by_label("API token").fill(live.env.tokens["vera"])
-    await page.get_by_role("button", name="Sign in").click()
+    await sign_in(page, live.env.tokens["vera"])
     await page.goto(f"{live.base}/ui/progressions/{pid}")
     chart = page.locator("#chart-fairness")
     await expect(chart.locator("svg")).to_be_visible()
@@ -116,8 +111,7 @@ async def test_a_decision_typed_on_an_expired_session_is_kept_and_confirmed(live
     state = await wait_for(live.env, pid, at_gate("validation"))
     assert not next(s for s in state["stages"] if s["name"] == "validation")["decisions"]
 
-    await vera.get_by_label("API token").fill(live.env.tokens["vera"])
-    await vera.get_by_role("button", name="Sign in").click()
+    await sign_in(vera, live.env.tokens["vera"])
     await expect(vera.locator("#pending-decision")).to_contain_text("Not submitted yet")
     kept = vera.locator("form[data-decision-form]")
     await expect(kept.get_by_label("Comment")).to_have_value(comment)

@@ -1,14 +1,11 @@
 """The web UI in a real browser: Debian's Chromium driven by Playwright for Python.
 
 The real app is served by uvicorn on 127.0.0.1 (a free port) with a real worker on the
-Temporal dev server and SQLite in tmp_path. Four people walk the credit journey in the
-browser (developer starts it, validator and two risk officers approve, the developer
-watches it move), a developer is told why there is no decision form on their own model,
-and an auditor exports and verifies the audit chain. A screenshot of each page goes to
-test-artifacts/ (git-ignored; CI keeps it as an artifact).
-
-Nothing is downloaded: Playwright drives /usr/bin/chromium (``apt-get install chromium``),
-never a browser of its own (no ``playwright install``).
+Temporal dev server and SQLite in tmp_path (the ``live`` fixture, tests/system/browser.py).
+Four people walk the credit journey in the browser (developer starts it, validator and two
+risk officers approve, the developer watches it move), a developer is told why there is no
+decision form on their own model, and an auditor exports and verifies the audit chain. A
+screenshot of each page goes to test-artifacts/ (git-ignored; CI keeps it as an artifact).
 """
 
 from __future__ import annotations
@@ -17,81 +14,21 @@ import csv
 import io
 import json
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-from temporalio.client import Client
+from testing.api import CREDIT, spec_text, unique_version
+from tests.system.browser import ARTIFACTS, CHROMIUM, Live, needs_chromium, reload_until, shot
 
-from engine.settings import PROJECT_ROOT
-from testing.api import CREDIT, ApiEnv, api_env, serve_http, spec_text, unique_version
-from testing.polling import eventually
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = PROJECT_ROOT / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="Debian's chromium is not installed at /usr/bin/chromium "
-                                       "(apt-get install -y chromium); CI installs it")
+pytestmark = needs_chromium
 
 if CHROMIUM.exists():
-    from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+    from playwright.async_api import Page, expect
 else:  # pragma: no cover - the module is skipped
-    Browser = BrowserContext = Page = object  # type: ignore[misc,assignment]
+    Page = object  # type: ignore[misc,assignment]
 
 
 def _read(path: str | Path) -> bytes:
     return Path(path).read_bytes()
-
-
-@dataclass
-class Live:
-    env: ApiEnv
-    base: str
-    browser: Browser
-
-    async def person(self, who: str, *, width: int = 1280, height: int = 900) -> Page:
-        """A fresh browser context (own cookies) for ``who``, signed in through the form."""
-        context: BrowserContext = await self.browser.new_context(viewport={"width": width, "height": height},
-                                                                 accept_downloads=True)
-        page = await context.new_page()
-        await page.goto(f"{self.base}/ui/")
-        await expect(page).to_have_url(f"{self.base}/ui/login")
-        await page.get_by_label("API token").fill(self.env.tokens[who])
-        await page.get_by_role("button", name="Sign in").click()
-        await expect(page.get_by_text("Signed in as")).to_be_visible()
-        return page
-
-
-@pytest.fixture
-async def live(sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str) -> AsyncIterator[Live]:
-    ARTIFACTS.mkdir(exist_ok=True)
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=True) as env, \
-            serve_http(env.app) as base, async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield Live(env=env, base=base, browser=browser)
-        finally:
-            await browser.close()
-
-
-async def shot(page: Page, name: str) -> None:
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
-async def reload_until(page: Page, text: str) -> None:
-    """Reload until ``text`` is on the page (the workflow moves on asynchronously)."""
-
-    async def shown() -> bool:
-        if await page.get_by_text(text, exact=False).count():
-            return True
-        await page.reload()
-        return False
-
-    await eventually(shown, f"{text!r} on {page.url}", max_interval=0.2)
 
 
 async def start_credit_model(live: Live, page: Page) -> str:

@@ -30,13 +30,12 @@ from testing.workflow import (
     decide,
     events,
     example_input,
-    start,
+    running,
     state,
     unique_version,
     wait_events,
     wait_state,
     walk_to_production,
-    worker,
 )
 from tests.workflow.test_continue_as_new import short_history_client  # noqa: F401 - the fixture
 
@@ -55,27 +54,25 @@ async def _findings(env: Env, model_id: str) -> list[FindingRow]:
 async def test_breach_opens_revalidation_now_once_and_the_calendar_restarts(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
-    inp = await example_input(env, CREDIT, version=unique_version())
-    pid = inp.spec.progression_id
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env) as handle:
+        pid = handle.id
         live = await walk_to_production(handle)
         assert live.revalidation_due_at is not None and live.deployed_at is not None
         calendar_due = live.revalidation_due_at
         day0 = live.deployed_at.date()
 
         await time_skipping_env.sleep(timedelta(days=31))
-        calm = await deliver(handle, day0 + timedelta(days=30), credit_metrics())
+        calm = await deliver(client, handle.id, day0 + timedelta(days=30), credit_metrics())
         assert calm.breaches == [] and calm.state.current_stage is None
 
         # a developer, a risk officer: not the monitoring poster (the policy names the monitor identity only)
         for person in (DEV, RISK1):
             with pytest.raises(WorkflowUpdateFailedError) as info:
-                await deliver(handle, day0 + timedelta(days=45), credit_metrics(psi=0.4), actor=person)
+                await deliver(client, handle.id, day0 + timedelta(days=45), credit_metrics(psi=0.4), actor=person)
             assert _refused(info) == "not_a_monitoring_poster"
 
         await time_skipping_env.sleep(timedelta(days=30))
-        drift = await deliver(handle, day0 + timedelta(days=60), credit_metrics(psi=0.41))
+        drift = await deliver(client, handle.id, day0 + timedelta(days=60), credit_metrics(psi=0.41))
         assert [b.rule_id for b in drift.breaches] == ["psi-drift"]
         opened = await wait_state(handle, lambda s: s.current_stage == "revalidation")
         gate = opened.stage("revalidation")
@@ -92,9 +89,9 @@ async def test_breach_opens_revalidation_now_once_and_the_calendar_restarts(
 
         # the same period again is refused; a new period's breach does not open a second gate
         with pytest.raises(WorkflowUpdateFailedError) as info:
-            await deliver(handle, day0 + timedelta(days=60), credit_metrics(psi=0.5))
+            await deliver(client, handle.id, day0 + timedelta(days=60), credit_metrics(psi=0.5))
         assert _refused(info) == "duplicate_period"
-        again = await deliver(handle, day0 + timedelta(days=61), credit_metrics(psi=0.5))
+        again = await deliver(client, handle.id, day0 + timedelta(days=61), credit_metrics(psi=0.5))
         assert [b.rule_id for b in again.breaches] == ["psi-drift"]
         assert "already open" in again.actions[0]
         assert len(await events(env, pid, "revalidation.triggered")) == 1
@@ -111,7 +108,7 @@ async def test_breach_opens_revalidation_now_once_and_the_calendar_restarts(
         assert after.revalidation_due_at - completed[0].occurred_at == timedelta(days=365)
 
         # a breach after the decision opens a new revalidation (a new cycle)
-        await deliver(handle, day0 + timedelta(days=62), credit_metrics(psi=0.3))
+        await deliver(client, handle.id, day0 + timedelta(days=62), credit_metrics(psi=0.3))
         await wait_state(handle, lambda s: s.current_stage == "revalidation")
         assert len(await wait_events(env, pid, "revalidation.triggered", 2)) == 2
         await handle.terminate("test over")  # no timer of this test may hold the shared time-skipping server
@@ -124,13 +121,12 @@ async def test_finding_breach_once_per_rule_and_period_and_missing_results_raise
     client = time_skipping_env.client
     inp = await example_input(env, CREDIT, version=unique_version())
     pid, model = inp.spec.progression_id, inp.spec.model.id
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env, inp) as handle:
         live = await walk_to_production(handle)
         assert live.deployed_at is not None
         day0 = live.deployed_at.date()
         await time_skipping_env.sleep(timedelta(days=20))
-        weak = await deliver(handle, day0 + timedelta(days=15), credit_metrics(auc=0.6, volume=0))
+        weak = await deliver(client, handle.id, day0 + timedelta(days=15), credit_metrics(auc=0.6, volume=0))
         assert sorted(b.rule_id for b in weak.breaches) == ["auc-decay", "no-volume"]
         assert weak.state.current_stage is None  # findings, no revalidation
         raised = [e.payload for e in await wait_events(env, pid, "monitoring.breach", 2)]
@@ -145,7 +141,7 @@ async def test_finding_breach_once_per_rule_and_period_and_missing_results_raise
         assert all(r.record["raised_by_username"] == MONITOR.username for r in rows)
         assert all(r.record["evidence_refs"] == [f"monitoring:{weak.result_id}"] for r in rows)
         # the same delivery again (a retry by result id) is answered, nothing is raised twice
-        retry = await deliver(handle, day0 + timedelta(days=15), credit_metrics(auc=0.6, volume=0),
+        retry = await deliver(client, handle.id, day0 + timedelta(days=15), credit_metrics(auc=0.6, volume=0),
                               result_id=weak.result_id)
         assert retry.result_id == weak.result_id
         assert len(await events(env, pid, "monitoring.breach")) == 2
@@ -173,8 +169,7 @@ async def test_materiality_tier_is_an_input_that_scales_the_cadence(
     client = time_skipping_env.client
     inp = await example_input(env, CREDIT, version=unique_version())
     inp = inp.model_copy(update={"materiality_tier": 3})
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env, inp) as handle:
         live = await walk_to_production(handle)
         assert live.revalidation_due_at is not None and live.deployed_at is not None
         assert live.revalidation_due_at - live.deployed_at == timedelta(days=730)  # tier 3: every two years
@@ -190,16 +185,14 @@ async def test_materiality_tier_is_an_input_that_scales_the_cadence(
 async def test_overdue_results_while_a_gate_is_open_and_a_rejected_revalidation_undeploys(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
-    inp = await example_input(env, CREDIT, version=unique_version())
-    pid = inp.spec.progression_id
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env) as handle:
+        pid = handle.id
         live = await walk_to_production(handle)
         assert live.deployed_at is not None
         # results keep coming (no overdue finding): only the calendar opens the gate
         for month in range(1, 13):
             await time_skipping_env.sleep(timedelta(days=30))
-            await deliver(handle, live.deployed_at.date() + timedelta(days=30 * month), credit_metrics())
+            await deliver(client, handle.id, live.deployed_at.date() + timedelta(days=30 * month), credit_metrics())
         await time_skipping_env.sleep(timedelta(days=10))
         due = await wait_state(handle, lambda s: s.current_stage == "revalidation")
         assert due.revalidation_overdue and (due.monitoring is None or due.monitoring.triggered_by is None)
@@ -221,10 +214,8 @@ async def test_overdue_results_while_a_gate_is_open_and_a_rejected_revalidation_
 async def test_retirement_is_a_gate_then_undeploy_and_every_timer_stops(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
-    inp = await example_input(env, CREDIT, version=unique_version())
-    pid = inp.spec.progression_id
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env) as handle:
+        pid = handle.id
         await walk_to_production(handle)
         # not the owner; a dependency in production without an override
         with pytest.raises(WorkflowUpdateFailedError) as info:
@@ -270,7 +261,7 @@ async def test_retirement_is_a_gate_then_undeploy_and_every_timer_stops(
         assert described.status == WorkflowExecutionStatus.COMPLETED
         assert (await state(handle)).status == "retired"
         with pytest.raises(RPCError):  # the workflow has completed: nothing is delivered any more
-            await deliver(handle, final.retired_at.date(), credit_metrics())
+            await deliver(client, handle.id, final.retired_at.date(), credit_metrics())
 
 
 async def test_monitoring_state_survives_continue_as_new(
@@ -280,30 +271,28 @@ async def test_monitoring_state_survives_continue_as_new(
     and a drift opens the revalidation gate."""
     client, task_queue = short_history_client, f"tq-{uuid.uuid4()}"
     async with app_env(sqlite_url, tmp_path) as env:
-        inp = await example_input(env, CREDIT, version=unique_version())
-        pid = inp.spec.progression_id
-        async with worker(client, task_queue, env):
-            handle = await start(client, inp, task_queue)
+        async with running(client, task_queue, env) as handle:
+            pid = handle.id
             live = await walk_to_production(handle)
             assert live.deployed_at is not None
             day0 = live.deployed_at.date()
-            first = await deliver(handle, day0 - timedelta(days=400), credit_metrics(auc=0.6))
+            first = await deliver(client, handle.id, day0 - timedelta(days=400), credit_metrics(auc=0.6))
             first_run = (await handle.describe()).run_id
             for i in range(1, 80):
                 if (await client.get_workflow_handle(pid).describe()).run_id != first_run:
                     break
-                await deliver(client.get_workflow_handle(pid), day0 - timedelta(days=400 - i), credit_metrics())
+                await deliver(client, pid, day0 - timedelta(days=400 - i), credit_metrics())
             current = client.get_workflow_handle(pid)
             assert (await current.describe()).run_id != first_run, "the workflow never continued as new"
             carried = await wait_state(current, lambda s: s.monitoring is not None and len(s.monitoring.periods) > 1)
             assert carried.monitoring is not None and day0 - timedelta(days=400) in carried.monitoring.periods
             with pytest.raises(WorkflowUpdateFailedError) as info:
-                await deliver(current, day0 - timedelta(days=400), credit_metrics())
+                await deliver(client, pid, day0 - timedelta(days=400), credit_metrics())
             assert _refused(info) == "duplicate_period"
-            retry = await deliver(current, day0 - timedelta(days=400), credit_metrics(auc=0.6),
+            retry = await deliver(client, pid, day0 - timedelta(days=400), credit_metrics(auc=0.6),
                                   result_id=first.result_id)
             assert [b.rule_id for b in retry.breaches] == ["auc-decay"]
-            drift = await deliver(current, day0, credit_metrics(psi=0.5))
+            drift = await deliver(client, pid, day0, credit_metrics(psi=0.5))
             assert [b.rule_id for b in drift.breaches] == ["psi-drift"]
             await wait_state(current, lambda s: s.current_stage == "revalidation")
             await current.terminate("test over")

@@ -26,7 +26,7 @@ async def test_a_model_left_in_production_with_an_open_monitoring_finding(
         handle = await start(client, inp, task_queue)
         live = await walk_to_production(handle)
         assert live.deployed_at is not None
-        decayed = await deliver(handle, live.deployed_at.date() + timedelta(days=1), credit_metrics(auc=0.5))
+        decayed = await deliver(client, handle.id, live.deployed_at.date() + timedelta(days=1), credit_metrics(auc=0.5))
         assert [b.rule_id for b in decayed.breaches] == ["auc-decay"]
         await wait_state(handle, lambda s: len(s.findings) == 1)
     # the worker is gone; the progression and its finding's workflow stay, with their timers

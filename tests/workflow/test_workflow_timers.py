@@ -16,7 +16,6 @@ from temporalio.testing import WorkflowEnvironment
 from engine.audit import verify_chain
 from engine.policy import Role
 from testing.workflow import (
-    CREDIT,
     DEV,
     RISK1,
     VALIDATOR,
@@ -24,25 +23,20 @@ from testing.workflow import (
     at_gate,
     decide,
     events,
-    example_input,
-    start,
+    running,
     state,
-    unique_version,
     wait_events,
     wait_state,
     walk_to_production,
     withdraw,
-    worker,
 )
 
 
 async def test_sla_expiry_escalates_once_and_gate_keeps_waiting(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
-    inp = await example_input(env, CREDIT, version=unique_version())
-    pid = inp.spec.progression_id
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env) as handle:
+        pid = handle.id
         opened = await wait_state(handle, at_gate("validation"))
         approval = opened.stage("validation").approvals[0]  # type: ignore[union-attr]
         assert approval.sla == "5d" and not approval.escalated
@@ -87,10 +81,8 @@ async def test_sla_expiry_escalates_once_and_gate_keeps_waiting(
 async def test_yearly_revalidation_flags_overdue_and_opens_gate(
         time_skipping_env: WorkflowEnvironment, task_queue: str, env: Env) -> None:
     client = time_skipping_env.client
-    inp = await example_input(env, CREDIT, version=unique_version())
-    pid = inp.spec.progression_id
-    async with worker(client, task_queue, env):
-        handle = await start(client, inp, task_queue)
+    async with running(client, task_queue, env) as handle:
+        pid = handle.id
         live = await walk_to_production(handle)
         assert live.revalidation_due_at is not None and not live.revalidation_overdue
         assert live.deployed_at is not None
