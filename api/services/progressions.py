@@ -34,9 +34,9 @@ from api.authz import (
     can_see_team,
     listing_conditions,
     require,
-    role_refusal,
     require_act_on_team,
     require_visible,
+    role_refusal,
     team_refusal,
 )
 from api.cursors import decode_cursor, encode_cursor
