@@ -7,7 +7,7 @@ import uuid
 from datetime import date
 from typing import Any
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from engine.lifecycle import Actor, ProgressionState
@@ -38,7 +38,9 @@ async def deliver(handle: WorkflowHandle[Any, Any], period: date, metrics: dict[
                 client.get_workflow_handle(handle.id).execute_update(UPDATE_MONITORING, inp,
                                                                      result_type=MonitoringOutcome),
                 timeout=DELIVERY_WAIT_S)
-        except TimeoutError:
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # asyncio.wait_for cancels the Update's poll at the timeout; the client turns that cancellation into
+            # WorkflowUpdateRPCTimeoutOrCancelledError (not TimeoutError), which used to escape the retry
             continue
         except RPCError as err:  # the time-skipping server answers "update not found" to one its run dropped
             if err.status != RPCStatusCode.NOT_FOUND or "update" not in err.message:
