@@ -300,6 +300,10 @@ async def test_monitoring_state_survives_continue_as_new(
             with pytest.raises(WorkflowUpdateFailedError) as info:
                 await deliver(current, day0 - timedelta(days=400), credit_metrics())
             assert _refused(info) == "duplicate_period"
+            # The new run applies a result of its own first (as it may by chance when a delivery races the
+            # continue-as-new): the retry of the first run's result is still answered at once, not left waiting for
+            # an outcome only the first run had (it hung forever before the patch monitoring-retry-waits-only-...).
+            await deliver(current, day0 - timedelta(days=5), credit_metrics())
             retry = await deliver(current, day0 - timedelta(days=400), credit_metrics(auc=0.6),
                                   result_id=first.result_id)
             assert [b.rule_id for b in retry.breaches] == ["auc-decay"]

@@ -12,7 +12,8 @@ workflow and payloads normalised by engine.payload, ``guidance-outside-the-workf
 findings block stages and exceptions waive checks, ``findings`` patch; ``v6-findings-and-guidance``: all of
 them; ``v7-monitoring``: life after production — monitoring breaches open revalidation now or raise findings,
 retirement is a gate then an undeploy, ``monitoring-and-retirement`` patch, the credit monitoring journey made with
-``--only credit_monitoring``); every generation
+``--only credit_monitoring``; ``v8-timers``: the same journey with a retried monitoring result, answered at once
+unless this run is still applying it, ``monitoring-retry-waits-only-for-its-own-run`` patch); every generation
 must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
 with ``python -m tests.make_histories --out tests/histories/<generation>``.
 """
@@ -34,6 +35,7 @@ from workflows.progression import (
     PATCH_GUIDANCE,
     PATCH_JSON_PAYLOAD,
     PATCH_MONITORING,
+    PATCH_MONITORING_RETRY,
     PATCH_RECORD_FAILURE,
     PATCH_RECORD_LOCAL,
     ProgressionWorkflow,
@@ -42,7 +44,8 @@ from workflows.progression import (
 HISTORIES = Path(__file__).parent.parent / "histories"
 FILES = sorted(HISTORIES.glob("*/*.json"))
 TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside the event loop
-NEWEST = "v7-monitoring"  # tests/make_histories.py CURRENT
+NEWEST = "v8-timers"  # tests/make_histories.py CURRENT
+V7 = "v7-monitoring"
 V6 = "v6-findings-and-guidance"
 
 
@@ -50,7 +53,7 @@ def test_histories_are_committed() -> None:
     assert FILES, f"no workflow histories in {HISTORIES}"
     assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity", "v3-record-failure",
                                               "v3-approval-basis", "v4-basis-and-failure", "v5-read-side-guidance",
-                                              "v5-findings", V6, NEWEST}
+                                              "v5-findings", V6, V7, NEWEST}
 
 
 def _patches_and_record_kinds(text: str) -> tuple[set[str], set[str]]:
@@ -89,12 +92,14 @@ def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
     else:
         assert PATCH_RECORD_LOCAL in patches and kinds == {"local"} and PATCH_RECORD_FAILURE not in patches
     assert (PATCH_BASIS in patches) == (path.parent.name in {"v3-approval-basis", "v4-basis-and-failure",
-                                                             "v5-read-side-guidance", "v5-findings", V6, NEWEST})
+                                                             "v5-read-side-guidance", "v5-findings", V6, V7,
+                                                             NEWEST})
     # Guidance in words left the workflow (engine.guidance): only the generations since took that branch.
-    assert (PATCH_GUIDANCE in patches) == (path.parent.name in {"v5-read-side-guidance", V6, NEWEST})
-    assert (PATCH_JSON_PAYLOAD in patches) == (path.parent.name in {"v5-read-side-guidance", V6, NEWEST})
-    assert (PATCH_FINDINGS in patches) == (path.parent.name in {"v5-findings", V6, NEWEST})
-    assert (PATCH_MONITORING in patches) == (path.parent.name == NEWEST)
+    assert (PATCH_GUIDANCE in patches) == (path.parent.name in {"v5-read-side-guidance", V6, V7, NEWEST})
+    assert (PATCH_JSON_PAYLOAD in patches) == (path.parent.name in {"v5-read-side-guidance", V6, V7, NEWEST})
+    assert (PATCH_FINDINGS in patches) == (path.parent.name in {"v5-findings", V6, V7, NEWEST})
+    assert (PATCH_MONITORING in patches) == (path.parent.name in {V7, NEWEST})
+    assert (PATCH_MONITORING_RETRY in patches) == (path.parent.name == NEWEST)
 
 
 @pytest.mark.parametrize("generation", ["v5-findings", V6])
@@ -117,12 +122,13 @@ def _activities(text: str) -> list[str]:
             if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"]
 
 
-def test_the_monitoring_generation_triggers_revalidation_and_undeploys() -> None:
-    text = TEXTS[HISTORIES / NEWEST / "retail-credit-scorecard@3.5.0.json"]
+@pytest.mark.parametrize(("generation", "deliveries"), [(V7, 3), (NEWEST, 4)])
+def test_the_monitoring_generation_triggers_revalidation_and_undeploys(generation: str, deliveries: int) -> None:
+    text = TEXTS[HISTORIES / generation / "retail-credit-scorecard@3.5.0.json"]
     events = json.loads(text)["events"]
     updates = [e["workflowExecutionUpdateAcceptedEventAttributes"]["acceptedRequest"]["input"]["name"]
                for e in events if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED"]
-    assert updates.count("record_monitoring") == 3 and updates.count("request_retirement") == 2
+    assert updates.count("record_monitoring") == deliveries and updates.count("request_retirement") == 2
     assert "evaluate_monitoring" in _activities(text)
     decoded = [_b64(data) for data in _payload_data(json.loads(text))]
     assert any('"action":"undeploy"' in d for d in decoded)
