@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
@@ -17,6 +18,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from launch.binaries import temporal_cli_path, temporal_test_server_path
+from testing.polling import DEFAULT_TIMEOUT, within
 from workflows.contract import SEARCH_ATTRIBUTE_KEYS
 
 
@@ -38,6 +40,10 @@ async def dev_server(*, ui: bool = False, extra_args: list[str] | None = None, s
         await env.shutdown()
 
 
+# A sleep over years fires every timer in between (monthly monitoring, findings' reminders), each a workflow task.
+SKIP_TIMEOUT = 2 * DEFAULT_TIMEOUT
+
+
 @contextlib.asynccontextmanager
 async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
     """The time-skipping test server for long timers (SLA days, yearly revalidation)."""
@@ -45,6 +51,14 @@ async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
         test_server_existing_path=temporal_test_server_path(),
         data_converter=pydantic_data_converter,
     )
+    unbounded = env.sleep
+
+    async def sleep(duration: timedelta | float) -> None:
+        # The server answers when its clock got there; a clock that cannot skip (a workflow or activity task no
+        # worker completes holds it) would keep the test waiting without end: bounded, a clear failure instead.
+        await within(unbounded(duration), f"time-skipping sleep of {duration}", timeout=SKIP_TIMEOUT)
+
+    env.sleep = sleep  # type: ignore[method-assign]
     try:
         await register_search_attributes(env.client)
         yield env

@@ -30,6 +30,7 @@ from testing.workflow import (
     decide,
     events,
     example_input,
+    finished,
     start,
     state,
     unique_version,
@@ -209,7 +210,7 @@ async def test_overdue_results_while_a_gate_is_open_and_a_rejected_revalidation_
         overdue = await wait_events(env, pid, "monitoring.overdue")
         assert overdue[0].payload["finding_id"]
         await decide(handle, VALIDATOR, "revalidation", "reject", "population drifted; retire")
-        final = await handle.result()
+        final = await finished(handle)
         assert final.status == "retired" and final.retired_at is not None
         undeploy = [d for d in env.target.deployments if d.progression_id == pid and d.action == "undeploy"]
         assert len(undeploy) == 1 and undeploy[0].stage == "revalidation"
@@ -258,7 +259,7 @@ async def test_retirement_is_a_gate_then_undeploy_and_every_timer_stops(
 
         await ask_retirement(handle, DEV, reason="replaced by 4.0", replacement="4.0.0")
         await decide(handle, RISK1, "retirement", "approve", "replacement validated")
-        final = await handle.result()
+        final = await finished(handle)
         assert final.status == "retired" and final.retired_at is not None
         assert final.revalidation_due_at is None
         undeploy = [d for d in env.target.deployments if d.progression_id == pid and d.action == "undeploy"]
