@@ -33,6 +33,7 @@ from engine.spec import ProgressionSpec
 from launch.worker import build_worker
 from testing.databases import prepare_database
 from testing.polling import eventually, within
+from testing.temporal import tolerate_slow_activations
 from workflows.contract import (
     QUERY_STATE,
     UPDATE_DECIDE,
@@ -146,7 +147,7 @@ def unique_version() -> dict[str, str]:
 
 @asynccontextmanager
 async def worker(client: Client, task_queue: str, env: Env) -> AsyncIterator[Worker]:
-    async with build_worker(client, task_queue=task_queue, activities=env.activities) as w:
+    async with tolerate_slow_activations(build_worker(client, task_queue=task_queue, activities=env.activities)) as w:
         yield w
 
 
