@@ -89,7 +89,7 @@ ACTIVATION_DEADLINE_S = 60
 def tolerate_slow_activations(worker: Worker) -> Worker:
     """The worker, with the SDK's deadlock deadline raised to ``ACTIVATION_DEADLINE_S`` (no public option exists)."""
     workflows = worker._workflow_worker  # noqa: SLF001 - the SDK's workflow worker holds the hard-coded 2 s
-    if workflows is not None:
+    if workflows is not None and workflows._deadlock_timeout_seconds is not None:  # None: TEMPORAL_DEBUG, no deadline
         assert workflows._deadlock_timeout_seconds == 2, "the SDK changed its deadlock deadline: revisit"  # noqa: SLF001
         workflows._deadlock_timeout_seconds = ACTIVATION_DEADLINE_S  # noqa: SLF001
     return worker
