@@ -40,6 +40,7 @@ from testing.mail import Mailbox, mailbox
 from testing.people import create_people
 from testing.polling import eventually
 from testing.processes import free_port
+from testing.temporal import tolerate_slow_activations
 
 # The example repositories and the cached policy registry are shared with the workflow tests.
 from testing.workflow import CREDIT, EXAMPLES, MARKETING, POLICIES, registry  # noqa: F401 - re-exported
@@ -171,7 +172,8 @@ async def api_env(url: str, tmp_path: Path, temporal: Client, task_queue: str, *
                 async with httpx.AsyncClient(transport=transport, base_url="http://api.test", timeout=60) as http:
                     env = ApiEnv(app, http, settings, engine, sm, temporal, task_queue, tokens, ids, box)
                     if worker:
-                        async with build_worker(temporal, task_queue=task_queue, activities=activities):
+                        async with tolerate_slow_activations(build_worker(temporal, task_queue=task_queue,
+                                                                          activities=activities)):
                             yield env
                     else:
                         yield env

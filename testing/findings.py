@@ -64,7 +64,8 @@ async def approve_with_conditions(handle: WorkflowHandle[Any, Any], actor: Actor
     """An approval raising ``conditions`` (``decision`` other than approve: an attack the validator refuses)."""
     inp = DecideInput(stage=stage, decision=decision, comment=comment, actor=actor,
                       decision_id=str(uuid.uuid4()), conditions=conditions)
-    return await handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id, result_type=DecideResult)
+    return await polling.within(handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id,
+                                                      result_type=DecideResult), f"approval with conditions at {stage}")
 
 
 def finding_handle(client: Client, finding_id: str) -> WorkflowHandle[Any, Any]:
@@ -72,18 +73,21 @@ def finding_handle(client: Client, finding_id: str) -> WorkflowHandle[Any, Any]:
 
 
 async def finding(client: Client, finding_id: str) -> FindingRecord:
-    return await finding_handle(client, finding_id).query(QUERY_FINDING, result_type=FindingRecord)
+    return await polling.within(finding_handle(client, finding_id).query(QUERY_FINDING, result_type=FindingRecord),
+                                f"query finding {finding_id}")
 
 
 async def remediate(client: Client, finding_id: str, actor: Actor, note: str = "fixed") -> FindingRecord:
     inp = RemediationInput(actor=actor, note=note, evidence_refs=["sha256:" + "a" * 64], request_id=str(uuid.uuid4()))
-    return await finding_handle(client, finding_id).execute_update(UPDATE_REMEDIATE, inp, result_type=FindingRecord)
+    return await polling.within(finding_handle(client, finding_id).execute_update(
+        UPDATE_REMEDIATE, inp, result_type=FindingRecord), f"remediation of {finding_id}")
 
 
 async def verify(client: Client, finding_id: str, actor: Actor, outcome: str = "close",
                  comment: str = "verified") -> FindingRecord:
     inp = VerifyInput(actor=actor, outcome=VerifyOutcome(outcome), comment=comment, request_id=str(uuid.uuid4()))
-    return await finding_handle(client, finding_id).execute_update(UPDATE_VERIFY, inp, result_type=FindingRecord)
+    return await polling.within(finding_handle(client, finding_id).execute_update(
+        UPDATE_VERIFY, inp, result_type=FindingRecord), f"verification of {finding_id}")
 
 
 async def request_exception(client: Client, task_queue: str, state: ProgressionState, actor: Actor, *,
@@ -104,13 +108,14 @@ async def request_exception(client: Client, task_queue: str, state: ProgressionS
     handle = await client.start_workflow(EXCEPTION_WORKFLOW, ExceptionInput(exception=record,
                                                                             rules=loaded.policy.exceptions),
                                          id=exception_workflow_id(record.exception_id), task_queue=task_queue)
-    return await handle.execute_update(UPDATE_FINDING_READY, result_type=ExceptionRecord)
+    return await polling.within(handle.execute_update(UPDATE_FINDING_READY, result_type=ExceptionRecord),
+                                f"exception {record.exception_id} written")
 
 
 async def approve_exception(client: Client, exception_id: str, actor: Actor) -> ExceptionRecord:
     inp = ApproveExceptionInput(actor=actor, comment="second pair of eyes", request_id=str(uuid.uuid4()))
-    return await client.get_workflow_handle(exception_workflow_id(exception_id)).execute_update(
-        UPDATE_APPROVE_EXCEPTION, inp, result_type=ExceptionRecord)
+    return await polling.within(client.get_workflow_handle(exception_workflow_id(exception_id)).execute_update(
+        UPDATE_APPROVE_EXCEPTION, inp, result_type=ExceptionRecord), f"approval of exception {exception_id}")
 
 
 async def finding_rows(env: Env, model_id: str) -> list[FindingRow]:

@@ -7,11 +7,12 @@ import uuid
 from datetime import date
 from typing import Any
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from engine.lifecycle import Actor, ProgressionState
 from engine.policy import Role
+from testing.polling import within
 from workflows.contract import UPDATE_MONITORING, UPDATE_RETIRE, MonitoringInput, MonitoringOutcome, RetireInput
 
 MONITOR = Actor(user_id="u-mon", username="credit-monitoring-job", roles=[Role.monitor], team=None)
@@ -38,7 +39,9 @@ async def deliver(client: Client, workflow_id: str, period: date, metrics: dict[
                 client.get_workflow_handle(workflow_id).execute_update(UPDATE_MONITORING, inp,
                                                                        result_type=MonitoringOutcome),
                 timeout=DELIVERY_WAIT_S)
-        except TimeoutError:
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            # asyncio.wait_for cancels the Update's poll at the timeout; the client turns that cancellation into
+            # WorkflowUpdateRPCTimeoutOrCancelledError (not TimeoutError), which used to escape the retry
             continue
         except RPCError as err:  # the time-skipping server answers "update not found" to one its run dropped
             if err.status != RPCStatusCode.NOT_FOUND or "update" not in err.message:
@@ -57,4 +60,5 @@ async def ask_retirement(handle: WorkflowHandle[Any, Any], actor: Actor, *, reas
                          override_id: str | None = None) -> ProgressionState:
     inp = RetireInput(request_id=str(uuid.uuid4()), actor=actor, reason=reason, replacement=replacement,
                       dependents=dependents or [], override_id=override_id)
-    return await handle.execute_update(UPDATE_RETIRE, inp, result_type=ProgressionState)
+    return await within(handle.execute_update(UPDATE_RETIRE, inp, result_type=ProgressionState),
+                        f"retirement request for {handle.id}")

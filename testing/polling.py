@@ -13,6 +13,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+
 T = TypeVar("T")
 
 FIRST_INTERVAL = 0.05
@@ -79,3 +81,16 @@ def eventually_sync(probe: Callable[[], T | None], what: str, *, timeout: float 
         if time.monotonic() > deadline:
             raise _failure(what, timeout, last, describe)
         time.sleep(following())
+
+
+async def within(call: Awaitable[T], what: str, *, timeout: float = DEFAULT_TIMEOUT) -> T:
+    """Await one call that waits on a workflow (an Update, a query, a workflow's result, a time-skipping sleep) at
+    most ``timeout``: the client waits on these without end, so a lost Update or a stuck clock would hang the test.
+
+    ``asyncio.wait_for`` cancels the call at the timeout; the Temporal client reports a cancelled Update as
+    ``WorkflowUpdateRPCTimeoutOrCancelledError``, so both end here as :class:`NeverHappened` naming ``what``.
+    """
+    try:
+        return await asyncio.wait_for(call, timeout)
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError) as err:
+        raise NeverHappened(f"{what}: not within {timeout:.0f}s ({type(err).__name__})") from err

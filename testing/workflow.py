@@ -32,7 +32,8 @@ from engine.settings import PROJECT_ROOT
 from engine.spec import ProgressionSpec
 from launch.worker import build_worker
 from testing.databases import prepare_database
-from testing.polling import eventually
+from testing.polling import eventually, within
+from testing.temporal import tolerate_slow_activations
 from workflows.contract import (
     QUERY_STATE,
     UPDATE_DECIDE,
@@ -146,7 +147,7 @@ def unique_version() -> dict[str, str]:
 
 @asynccontextmanager
 async def worker(client: Client, task_queue: str, env: Env) -> AsyncIterator[Worker]:
-    async with build_worker(client, task_queue=task_queue, activities=env.activities) as w:
+    async with tolerate_slow_activations(build_worker(client, task_queue=task_queue, activities=env.activities)) as w:
         yield w
 
 
@@ -167,7 +168,12 @@ async def running(client: Client, task_queue: str, env: Env, inp: ProgressionInp
 
 
 async def state(handle: WorkflowHandle[Any, Any]) -> ProgressionState:
-    return await handle.query(QUERY_STATE, result_type=ProgressionState)
+    return await within(handle.query(QUERY_STATE, result_type=ProgressionState), f"query state of {handle.id}")
+
+
+async def finished(handle: WorkflowHandle[Any, Any]) -> ProgressionState:
+    """The workflow's result, bounded (on the time-skipping server, awaiting it lets the server skip time)."""
+    return await within(handle.result(), f"result of {handle.id}")
 
 
 async def wait_state(handle: WorkflowHandle[Any, Any], predicate: Callable[[ProgressionState], bool]
@@ -205,18 +211,22 @@ async def decide(handle: WorkflowHandle[Any, Any], actor: Actor, stage: str, dec
                  ) -> DecideResult:
     inp = DecideInput(stage=stage, decision=DecisionKind(decision), comment=comment, actor=actor,
                       decision_id=decision_id or str(uuid.uuid4()))
-    return await handle.execute_update(UPDATE_DECIDE, inp, id=update_id or inp.decision_id, result_type=DecideResult)
+    return await within(handle.execute_update(UPDATE_DECIDE, inp, id=update_id or inp.decision_id,
+                                              result_type=DecideResult),
+                        f"{actor.username}'s {decision} at {stage} of {handle.id}")
 
 
 async def submit(handle: WorkflowHandle[Any, Any], actor: Actor, evidence: dict[str, EvidenceRef]
                  ) -> ProgressionState:
     inp = EvidenceInput(evidence=evidence, actor=actor, request_id=str(uuid.uuid4()))
-    return await handle.execute_update(UPDATE_SUBMIT_EVIDENCE, inp, result_type=ProgressionState)
+    return await within(handle.execute_update(UPDATE_SUBMIT_EVIDENCE, inp, result_type=ProgressionState),
+                        f"evidence submission to {handle.id}")
 
 
 async def withdraw(handle: WorkflowHandle[Any, Any], actor: Actor, reason: str = "superseded") -> ProgressionState:
     inp = WithdrawInput(reason=reason, actor=actor, request_id=str(uuid.uuid4()))
-    return await handle.execute_update(UPDATE_WITHDRAW, inp, result_type=ProgressionState)
+    return await within(handle.execute_update(UPDATE_WITHDRAW, inp, result_type=ProgressionState),
+                        f"withdrawal of {handle.id}")
 
 
 async def walk_to_production(handle: WorkflowHandle[Any, Any]) -> ProgressionState:

@@ -63,8 +63,10 @@ HISTORIES = Path(__file__).parent / "histories"
 # blocking findings, waived checks).
 # v7: life after production (monitoring breaches, triggered revalidation, overdue results, retirement gate).
 # v8: lean payloads (check runs carry a CheckSubject, not the state); made with --only credit_journey --only
-# fraud_reopened --only credit_monitoring --only credit_conditions.
-CURRENT = HISTORIES / "v8-lean"
+# fraud_reopened --only credit_monitoring --only credit_conditions. v8-timers (made on a branch beside it): a retried
+# monitoring result waits only while this run applies it (--only credit_monitoring).
+# v9: both patches together (--only credit_monitoring).
+CURRENT = HISTORIES / "v9-lean-and-timers"
 FRAUD = CREDIT.parent / "card-fraud-detector"
 FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")
 
@@ -155,7 +157,9 @@ async def credit_monitoring(env_ts: WorkflowEnvironment, handle: WorkflowHandle[
     await decide(handle, RISK2, "risk_review", "approve", "agree")
     live = await wait_state(handle, lambda s: s.status == "in_production")
     day0 = live.deployed_at.date()  # type: ignore[union-attr]
-    await deliver(env_ts.client, handle.id, day0 + timedelta(days=30), credit_metrics())
+    calm = await deliver(env_ts.client, handle.id, day0 + timedelta(days=30), credit_metrics())
+    # v8: a retried result is answered from its outcome (the patch monitoring-retry-waits-only-for-its-own-run)
+    await deliver(env_ts.client, handle.id, day0 + timedelta(days=30), credit_metrics(), result_id=calm.result_id)
     await deliver(env_ts.client, handle.id, day0 + timedelta(days=31), credit_metrics(psi=0.4))
     await wait_state(handle, lambda s: s.current_stage == "revalidation")
     await deliver(env_ts.client, handle.id, day0 + timedelta(days=32), credit_metrics(psi=0.5, auc=0.6))
@@ -210,7 +214,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=CURRENT, help="generation directory to write")
     parser.add_argument("--only", action="append", default=[],
-                        help="journey function names to run (v7-monitoring: --only credit_monitoring)")
+                        help="journey function names to run (v7-monitoring, v8-timers: --only credit_monitoring)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     asyncio.run(main(args.out, args.only))

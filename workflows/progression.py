@@ -185,6 +185,10 @@ PATCH_FINDINGS = "findings"
 # materiality tier (an input), and retirement (Update ``request_retirement``, a gate, undeploy, timers stop).
 # Progressions started before the patch keep the calendar-only revalidation loop.
 PATCH_MONITORING = "monitoring-and-retirement"
+# A retried monitoring result waits only while a handler of this run is still applying it. Before, it waited until
+# this run had its outcome or had no outcomes at all: a result applied by an earlier run (carried across
+# continue-as-new), retried after this run applied another one, waited forever (the Update never completed).
+PATCH_MONITORING_RETRY = "monitoring-retry-waits-only-for-its-own-run"
 MONITORING_TIMEOUT = timedelta(seconds=60)
 # Lean payloads: a check run is sent whose evidence it reads (``CheckSubject``), not the whole state, and its
 # results come back without the check texts the stage definition holds (``full_results`` puts them back), so the
@@ -231,6 +235,7 @@ class ProgressionWorkflow:
         # Patch ``monitoring``: known from a resumed state at once (an Update may arrive before ``run`` starts).
         self._monitored = inp.resume_state is not None and inp.resume_state.monitoring is not None
         self._monitoring_outcomes: dict[str, MonitoringOutcome] = {}
+        self._monitoring_applying: set[str] = set()  # result ids a handler of this run is applying now
         self._stage_defs[RETIREMENT_STAGE] = StageDef(
             name=RETIREMENT_STAGE, description="retirement of the model in production",
             approvals=inp.policy.retirement_approvals())
@@ -700,13 +705,23 @@ class ProgressionWorkflow:
     async def record_monitoring(self, inp: MonitoringInput) -> MonitoringOutcome:
         mon = self._mon()
         if inp.result_id in mon.results:
-            await workflow.wait_condition(lambda: inp.result_id in self._monitoring_outcomes
-                                          or not self._monitoring_outcomes)
+            if workflow.patched(PATCH_MONITORING_RETRY):
+                await workflow.wait_condition(lambda: inp.result_id not in self._monitoring_applying)
+            else:
+                await workflow.wait_condition(lambda: inp.result_id in self._monitoring_outcomes
+                                              or not self._monitoring_outcomes)
             return self._monitoring_outcomes.get(inp.result_id) or MonitoringOutcome(
                 result_id=inp.result_id, period=inp.period, state=guided(self._snapshot()),
                 breaches=[b for b in mon.breaches if b.result_id == inp.result_id])
         if refusal := self._monitoring_refusal(inp):
             raise _refuse(refusal)
+        self._monitoring_applying.add(inp.result_id)
+        try:
+            return await self._apply_monitoring(inp, mon)
+        finally:
+            self._monitoring_applying.discard(inp.result_id)
+
+    async def _apply_monitoring(self, inp: MonitoringInput, mon: MonitoringState) -> MonitoringOutcome:
         rules = self._input.policy.monitoring
         assert rules is not None
         state = self._state

@@ -42,6 +42,7 @@ from testing.api import (
     wait_for,
     wait_read_model,
 )
+from testing.polling import within
 from tests.api.test_api_identity import make_jwks, sso_token
 from workflows.contract import (
     UPDATE_DECIDE,
@@ -181,9 +182,9 @@ async def test_attack2_one_person_cannot_decide_validation_and_risk_review(env: 
         bo = await session.get(User, env.user_ids["bo"])
         assert bo is not None
     with pytest.raises(WorkflowUpdateFailedError) as info:
-        await handle.execute_update(UPDATE_DECIDE, DecideInput(
+        await within(handle.execute_update(UPDATE_DECIDE, DecideInput(
             stage="risk_review", decision=DecisionKind.approve, comment="direct", actor=actor_for(bo),
-            decision_id=f"direct-{uuid.uuid4()}"))
+            decision_id=f"direct-{uuid.uuid4()}")), "a direct decision")
     assert getattr(info.value.cause, "type", None) == "not_independent"
     state = await get_state(env, pid)
     review = next(s for s in state["stages"] if s["name"] == "risk_review")
@@ -239,8 +240,9 @@ async def test_attack4_a_model_in_production_cannot_be_withdrawn(env: ApiEnv) ->
         dana = await session.get(User, env.user_ids["dana"])
         assert dana is not None
     with pytest.raises(WorkflowUpdateFailedError) as info:
-        await env.temporal.get_workflow_handle(pid).execute_update(
-            UPDATE_WITHDRAW, WithdrawInput(reason="direct", actor=actor_for(dana), request_id="direct"))
+        await within(env.temporal.get_workflow_handle(pid).execute_update(
+            UPDATE_WITHDRAW, WithdrawInput(reason="direct", actor=actor_for(dana), request_id="direct")),
+            "a direct withdrawal")
     assert getattr(info.value.cause, "type", None) == "in_production"
     state = await get_state(env, pid)
     assert state["status"] == "in_production" and state["revalidation_due_at"] == due

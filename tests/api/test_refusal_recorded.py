@@ -33,6 +33,7 @@ from testing.api import (
     started_at_gate,
     wait_read_model,
 )
+from testing.temporal import tolerate_slow_activations
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ async def test_stale_decision_on_a_closed_progression_without_workers_is_recorde
     """The attack: decide on a withdrawn progression while no worker answers, hoping to leave no trace."""
     activities = ProgressionActivities(env.sessionmaker, EvidenceStore(env.settings.evidence_dir),
                                        RecordingPromotionTarget(), LogNotifier())
-    async with build_worker(env.temporal, task_queue=env.task_queue, activities=activities):
+    async with tolerate_slow_activations(build_worker(env.temporal, task_queue=env.task_queue, activities=activities)):
         pid, _ = await started_at_gate(env)
         withdrawn = await env.http.post(f"/api/v1/progressions/{pid}/withdraw", json={"reason": "superseded"},
                                         headers=env.auth("dana"))

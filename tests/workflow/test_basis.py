@@ -23,6 +23,7 @@ from activities.notify import LogNotifier
 from activities.progression import ProgressionActivities
 from engine.lifecycle import SPEC_PARTS, Actor, DecisionKind, ProgressionState, compute_basis, counted_approvals
 from engine.policy import Role
+from testing.polling import within
 from testing.workflow import (
     CREDIT,
     DEV,
@@ -60,7 +61,8 @@ async def decide(handle: WorkflowHandle[Any, Any], actor: Actor, stage: str, dec
                  basis: str | None = None, comment: str = "looks sound") -> DecideResult:
     inp = DecideInput(stage=stage, decision=DecisionKind(decision), comment=comment, actor=actor,
                       decision_id=str(uuid.uuid4()), basis=basis)
-    return await handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id, result_type=DecideResult)
+    return await within(handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id, result_type=DecideResult),
+                        f"{decision} at {stage}")
 
 
 async def fraud_metrics(env: Env, **operating_point: float) -> Any:

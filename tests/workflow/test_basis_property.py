@@ -28,6 +28,7 @@ from engine.lifecycle import (
     compute_basis,
     counted_approvals,
 )
+from testing.polling import within
 from testing.workflow import (
     RISK1,
     VALIDATOR,
@@ -87,7 +88,8 @@ async def _decide(handle: WorkflowHandle[Any, Any], actor: Actor, stage: str, de
     inp = DecideInput(stage=stage, decision=DecisionKind(decision), comment="why not", actor=actor,
                       decision_id=str(uuid.uuid4()), basis=basis)
     try:
-        await handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id, result_type=DecideResult)
+        await within(handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id, result_type=DecideResult),
+                     f"{decision} at {stage}")
     except WorkflowUpdateFailedError:
         pass  # refused (stale basis, gate not open, already decided): the property must hold regardless
 

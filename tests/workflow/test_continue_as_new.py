@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from engine.lifecycle import EvidenceRef, ProgressionState
 from launch.binaries import temporal_cli_path
+from testing.polling import within
 from testing.workflow import (
     CREDIT,
     DEV,
@@ -60,9 +61,9 @@ async def env(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Env]:
 async def _submit(client: Client, progression_id: str, ref: EvidenceRef, request_id: str) -> ProgressionState:
     """Submit to the progression's current run (as the API does), under a fresh Update id each time."""
     handle = client.get_workflow_handle(progression_id)
-    return await handle.execute_update(
+    return await within(handle.execute_update(
         UPDATE_SUBMIT_EVIDENCE, EvidenceInput(evidence={ref.name: ref}, actor=DEV, request_id=request_id),
-        id=str(uuid.uuid4()), result_type=ProgressionState)
+        id=str(uuid.uuid4()), result_type=ProgressionState), f"evidence submission {request_id}")
 
 
 async def _run_id(client: Client, progression_id: str) -> str:

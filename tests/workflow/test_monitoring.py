@@ -30,6 +30,7 @@ from testing.workflow import (
     decide,
     events,
     example_input,
+    finished,
     running,
     state,
     unique_version,
@@ -202,7 +203,7 @@ async def test_overdue_results_while_a_gate_is_open_and_a_rejected_revalidation_
         overdue = await wait_events(env, pid, "monitoring.overdue")
         assert overdue[0].payload["finding_id"]
         await decide(handle, VALIDATOR, "revalidation", "reject", "population drifted; retire")
-        final = await handle.result()
+        final = await finished(handle)
         assert final.status == "retired" and final.retired_at is not None
         undeploy = [d for d in env.target.deployments if d.progression_id == pid and d.action == "undeploy"]
         assert len(undeploy) == 1 and undeploy[0].stage == "revalidation"
@@ -249,7 +250,7 @@ async def test_retirement_is_a_gate_then_undeploy_and_every_timer_stops(
 
         await ask_retirement(handle, DEV, reason="replaced by 4.0", replacement="4.0.0")
         await decide(handle, RISK1, "retirement", "approve", "replacement validated")
-        final = await handle.result()
+        final = await finished(handle)
         assert final.status == "retired" and final.retired_at is not None
         assert final.revalidation_due_at is None
         undeploy = [d for d in env.target.deployments if d.progression_id == pid and d.action == "undeploy"]
@@ -289,6 +290,10 @@ async def test_monitoring_state_survives_continue_as_new(
             with pytest.raises(WorkflowUpdateFailedError) as info:
                 await deliver(client, pid, day0 - timedelta(days=400), credit_metrics())
             assert _refused(info) == "duplicate_period"
+            # The new run applies a result of its own first (as it may by chance when a delivery races the
+            # continue-as-new): the retry of the first run's result is still answered at once, not left waiting for
+            # an outcome only the first run had (it hung forever before the patch monitoring-retry-waits-only-...).
+            await deliver(client, pid, day0 - timedelta(days=5), credit_metrics())
             retry = await deliver(client, pid, day0 - timedelta(days=400), credit_metrics(auc=0.6),
                                   result_id=first.result_id)
             assert [b.rule_id for b in retry.breaches] == ["auc-decay"]

@@ -13,8 +13,10 @@ findings block stages and exceptions waive checks, ``findings`` patch; ``v6-find
 them; ``v7-monitoring``: life after production — monitoring breaches open revalidation now or raise findings,
 retirement is a gate then an undeploy, ``monitoring-and-retirement`` patch, the credit monitoring journey made with
 ``--only credit_monitoring``; ``v8-lean``: check runs carry a ``CheckSubject`` instead of the state and get back no
-texts of the stage definition, ``lean-payloads`` patch); every generation
-must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
+texts of the stage definition, ``lean-payloads`` patch; ``v8-timers`` (made beside it): the monitoring journey with a
+retried monitoring result, answered at once unless this run is still applying it,
+``monitoring-retry-waits-only-for-its-own-run`` patch; ``v9-lean-and-timers``: both, the monitoring journey); every
+generation must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
 with ``python -m tests.make_histories --out tests/histories/<generation>``.
 """
 
@@ -36,6 +38,7 @@ from workflows.progression import (
     PATCH_JSON_PAYLOAD,
     PATCH_LEAN,
     PATCH_MONITORING,
+    PATCH_MONITORING_RETRY,
     PATCH_RECORD_FAILURE,
     PATCH_RECORD_LOCAL,
     ProgressionWorkflow,
@@ -44,16 +47,19 @@ from workflows.progression import (
 HISTORIES = Path(__file__).parent.parent / "histories"
 FILES = sorted(HISTORIES.glob("*/*.json"))
 TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside the event loop
-NEWEST = "v8-lean"  # tests/make_histories.py CURRENT
+NEWEST = "v9-lean-and-timers"  # tests/make_histories.py CURRENT
 V6 = "v6-findings-and-guidance"
 V7 = "v7-monitoring"
+V8_LEAN = "v8-lean"  # lean-payloads
+V8_TIMERS = "v8-timers"  # monitoring-retry-waits-only-for-its-own-run (made beside v8-lean, without it)
+SINCE_V7 = {V7, V8_LEAN, V8_TIMERS, NEWEST}
 
 
 def test_histories_are_committed() -> None:
     assert FILES, f"no workflow histories in {HISTORIES}"
     assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity", "v3-record-failure",
                                               "v3-approval-basis", "v4-basis-and-failure", "v5-read-side-guidance",
-                                              "v5-findings", V6, V7, NEWEST}
+                                              "v5-findings", V6, V8_LEAN, V8_TIMERS} | SINCE_V7
 
 
 def _patches_and_record_kinds(text: str) -> tuple[set[str], set[str]]:
@@ -92,19 +98,20 @@ def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
     else:
         assert PATCH_RECORD_LOCAL in patches and kinds == {"local"} and PATCH_RECORD_FAILURE not in patches
     assert (PATCH_BASIS in patches) == (path.parent.name in {"v3-approval-basis", "v4-basis-and-failure",
-                                                             "v5-read-side-guidance", "v5-findings", V6, V7, NEWEST})
-    # Guidance in words left the workflow (engine.guidance): only the generations since took that branch.
-    assert (PATCH_GUIDANCE in patches) == (path.parent.name in {"v5-read-side-guidance", V6, V7, NEWEST})
-    assert (PATCH_JSON_PAYLOAD in patches) == (path.parent.name in {"v5-read-side-guidance", V6, V7, NEWEST})
-    assert (PATCH_FINDINGS in patches) == (path.parent.name in {"v5-findings", V6, V7, NEWEST})
-    assert (PATCH_MONITORING in patches) == (path.parent.name in {V7, NEWEST})
-    assert (PATCH_LEAN in patches) == (path.parent.name == NEWEST)
+                                                             "v5-read-side-guidance", "v5-findings", V6} | SINCE_V7)
+    assert (PATCH_LEAN in patches) == (path.parent.name in {V8_LEAN, NEWEST})
     # How check runs travelled: the whole state before the patch, a CheckSubject since (the branch each takes).
     runs = _check_inputs(TEXTS[path])
-    if path.parent.name == NEWEST:
+    if path.parent.name in {V8_LEAN, NEWEST}:
         assert runs and all(r["state"] is None and r["subject"]["evidence"] for r in runs)
     else:
         assert all(r["state"] is not None and r.get("subject") is None for r in runs)
+    assert (PATCH_MONITORING_RETRY in patches) == (path.parent.name in {V8_TIMERS, NEWEST})
+    # Guidance in words left the workflow (engine.guidance): only the generations since took that branch.
+    assert (PATCH_GUIDANCE in patches) == (path.parent.name in {"v5-read-side-guidance", V6} | SINCE_V7)
+    assert (PATCH_JSON_PAYLOAD in patches) == (path.parent.name in {"v5-read-side-guidance", V6} | SINCE_V7)
+    assert (PATCH_FINDINGS in patches) == (path.parent.name in {"v5-findings", V6} | SINCE_V7)
+    assert (PATCH_MONITORING in patches) == (path.parent.name in SINCE_V7)
 
 
 def _check_inputs(text: str) -> list[dict[str, object]]:
@@ -114,7 +121,7 @@ def _check_inputs(text: str) -> list[dict[str, object]]:
             and e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == "evaluate_checks"]
 
 
-@pytest.mark.parametrize("generation", ["v5-findings", V6, NEWEST])
+@pytest.mark.parametrize("generation", ["v5-findings", V6, V8_LEAN])
 def test_the_findings_generation_raises_conditions_and_waives_a_check(generation: str) -> None:
     text = TEXTS[HISTORIES / generation / "retail-credit-scorecard@3.4.0.json"]
     events = json.loads(text)["events"]
@@ -134,13 +141,13 @@ def _activities(text: str) -> list[str]:
             if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"]
 
 
-@pytest.mark.parametrize("generation", [V7, NEWEST])
-def test_the_monitoring_generation_triggers_revalidation_and_undeploys(generation: str) -> None:
+@pytest.mark.parametrize(("generation", "deliveries"), [(V7, 3), (V8_LEAN, 3), (V8_TIMERS, 4), (NEWEST, 4)])
+def test_the_monitoring_generation_triggers_revalidation_and_undeploys(generation: str, deliveries: int) -> None:
     text = TEXTS[HISTORIES / generation / "retail-credit-scorecard@3.5.0.json"]
     events = json.loads(text)["events"]
     updates = [e["workflowExecutionUpdateAcceptedEventAttributes"]["acceptedRequest"]["input"]["name"]
                for e in events if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED"]
-    assert updates.count("record_monitoring") == 3 and updates.count("request_retirement") == 2
+    assert updates.count("record_monitoring") == deliveries and updates.count("request_retirement") == 2
     assert "evaluate_monitoring" in _activities(text)
     decoded = [_b64(data) for data in _payload_data(json.loads(text))]
     assert any('"action":"undeploy"' in d for d in decoded)

@@ -30,6 +30,7 @@ from engine.db import ProgressionRow
 from engine.lifecycle import ProgressionState, StageStatus
 from launch.worker import build_worker
 from testing.polling import eventually
+from testing.temporal import tolerate_slow_activations
 from testing.workflow import (
     CREDIT,
     RISK1,
@@ -82,8 +83,9 @@ async def test_a_failed_task_leaves_no_phantom_snapshot(temporal_client: Client,
     decision_id = f"d-{uuid.uuid4()}"
     failing = FailTaskAfterDecision(decision_id)
     inp = await example_input(env, CREDIT, version=unique_version())
-    async with build_worker(temporal_client, task_queue=task_queue, activities=env.activities,
-                            interceptors=[failing], graceful_shutdown_timeout=timedelta(seconds=5)):
+    async with tolerate_slow_activations(build_worker(temporal_client, task_queue=task_queue,
+                                                      activities=env.activities, interceptors=[failing],
+                                                      graceful_shutdown_timeout=timedelta(seconds=5))):
         handle = await start(temporal_client, inp, task_queue)
         await wait_state(handle, at_gate("validation"))
         await decide(handle, VALIDATOR, "validation", "approve")
@@ -115,7 +117,8 @@ async def test_the_snapshot_is_ordered_by_workflow_time_then_seq(temporal_client
     the retry (later, lower seq) supersedes the phantom (earlier, higher seq); a late write of an older
     state is refused; the same state written again (a retried record) is accepted."""
     inp = await example_input(env, CREDIT, version=unique_version())
-    async with build_worker(temporal_client, task_queue=task_queue, activities=env.activities):
+    async with tolerate_slow_activations(build_worker(temporal_client, task_queue=task_queue,
+                                                      activities=env.activities)):
         handle = await start(temporal_client, inp, task_queue)
         base = await wait_state(handle, at_gate("validation"))
         await eventually(lambda: _recorded(env, handle.id, base.seq), "the parked snapshot")

@@ -10,6 +10,7 @@ from temporalio.client import Client
 
 from engine.settings import Settings
 from launch.worker import build_worker, workflow_runner
+from testing.temporal import tolerate_slow_activations
 from testing.workflow import CREDIT, Env, example_input, start, unique_version, walk_to_production
 
 
@@ -22,8 +23,9 @@ def test_the_sandbox_is_strict_unless_the_setting_says_otherwise() -> None:
 async def test_a_journey_replayed_at_every_step_with_shared_workflow_modules(temporal_client: Client,
                                                                            task_queue: str, env: Env) -> None:
     inp = await example_input(env, CREDIT, version=unique_version())
-    async with build_worker(temporal_client, task_queue=task_queue, activities=env.activities,
-                            max_cached_workflows=0, workflow_runner=workflow_runner(shared_workflow_modules=True)):
+    async with tolerate_slow_activations(build_worker(
+            temporal_client, task_queue=task_queue, activities=env.activities, max_cached_workflows=0,
+            workflow_runner=workflow_runner(shared_workflow_modules=True))):
         handle = await start(temporal_client, inp, task_queue)
         final = await walk_to_production(handle)
     assert final.status == "in_production"

@@ -48,6 +48,7 @@ from testing.workflow import (
     decision_rows,
     events,
     example_input,
+    finished,
     put_evidence,
     start,
     state,
@@ -239,7 +240,7 @@ async def test_refused_progression_closed(validation_gate, env: Env) -> None:  #
     rejected = await decide(handle, VALIDATOR, "validation", "reject", "AUC is not credible on this sample")
     assert rejected.state.status == "rejected"
     assert rejected.state.stage("validation").status == "rejected"  # type: ignore[union-attr]
-    final = await handle.result()
+    final = await finished(handle)
     assert final.status == "rejected" and final.waiting_on == []
     # The workflow is closed: no decision can reach it any more, and nothing is written.
     with pytest.raises((WorkflowUpdateFailedError, RPCError)):
@@ -341,7 +342,7 @@ async def test_withdraw_by_team_and_refused_for_stranger(validation_gate, env: E
 
     done = await withdraw(handle, DEV2, "replaced by 3.3.0")
     assert done.status == "withdrawn" and done.stage("validation").status == "withdrawn"  # type: ignore[union-attr]
-    final = await handle.result()
+    final = await finished(handle)
     assert final.status == "withdrawn"
     withdrawn = await events(env, final.progression_id, "progression.withdrawn")
     assert len(withdrawn) == 1 and withdrawn[0].actor_id == "u-dev2"

@@ -23,6 +23,7 @@ from testing.workflow import (
     at_gate,
     decide,
     events,
+    finished,
     running,
     state,
     wait_events,
@@ -69,7 +70,7 @@ async def test_sla_expiry_escalates_once_and_gate_keeps_waiting(
         moved = await wait_state(handle, at_gate("risk_review"))
         assert moved.stage("validation").status == "passed"  # type: ignore[union-attr]
         await withdraw(handle, DEV, "test over")
-        await handle.result()
+        await finished(handle)
 
     async with env.sessionmaker() as session:
         chain = await verify_chain(session)
@@ -117,7 +118,7 @@ async def test_yearly_revalidation_flags_overdue_and_opens_gate(
         await time_skipping_env.sleep(timedelta(days=366))
         await wait_state(handle, lambda s: s.revalidation_overdue)
         await decide(handle, VALIDATOR, "revalidation", "reject", "population drifted; retire")
-        final = await handle.result()
+        final = await finished(handle)
         assert final.status == "retired" and final.revalidations == 1
         retired = final.stage("revalidation")
         assert retired is not None and retired.status == "rejected"
