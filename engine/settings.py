@@ -81,12 +81,14 @@ class Settings(BaseSettings):
     # parked progressions are evicted and cost nothing until a message wakes them (a replay of their history).
     worker_max_cached_workflows: int = Field(default=1000, ge=0, le=100_000)
     # Load the workflow modules (``workflows``) once per process instead of once per workflow run in Temporal's
-    # sandbox. A cache miss (an Update on an evicted, parked progression) then replays its history in ~30 ms
-    # instead of ~500 ms on a loaded 2-core machine (``bench.replay_cost``): the re-import is most of a replay.
-    # The price: the sandbox no longer intercepts a non-deterministic call written in the workflow module (as
-    # for ``engine``, which is passed through already); the committed histories are still replayed under the
-    # strict sandbox by ``tests/workflow/test_replay.py``. Off by default.
-    worker_shared_workflow_modules: bool = False
+    # sandbox. A cache miss (an Update on an evicted, parked progression) then replays its history in ~46 ms
+    # instead of ~478 ms on a loaded 2-core machine (``bench.replay_cost``): the re-import is most of a replay.
+    # What the sandbox gave up there (intercepting a non-deterministic call at run time, as it never did for the
+    # ``engine`` modules the workflows import) a lint rule gives on every code path, run or not
+    # (``workflows/ruff.toml``, held by tests/unit/test_determinism_guard.py); the committed histories are still
+    # replayed under the strict sandbox by ``tests/workflow/test_replay.py``. On by default; ``false`` restores
+    # the per-run sandbox.
+    worker_shared_workflow_modules: bool = True
 
     @property
     def resolved_database_url(self) -> str:

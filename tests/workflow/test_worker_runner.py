@@ -14,8 +14,9 @@ from testing.temporal import tolerate_slow_activations
 from testing.workflow import CREDIT, Env, example_input, start, unique_version, walk_to_production
 
 
-def test_the_sandbox_is_strict_unless_the_setting_says_otherwise() -> None:
-    assert Settings().worker_shared_workflow_modules is False
+def test_the_workflow_modules_are_shared_unless_the_setting_says_otherwise() -> None:
+    assert Settings().worker_shared_workflow_modules is True
+    assert Settings(worker_shared_workflow_modules=False).worker_shared_workflow_modules is False
     assert "workflows" not in workflow_runner(shared_workflow_modules=False).restrictions.passthrough_modules
     assert "workflows" in workflow_runner(shared_workflow_modules=True).restrictions.passthrough_modules
 
