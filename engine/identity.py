@@ -151,6 +151,24 @@ async def username_taken(session: AsyncSession, username: str) -> str | None:
     return await session.scalar(select(User.username).where(func.lower(User.username) == username.lower()).limit(1))
 
 
+def mailbox(email: str) -> str:
+    """The mailbox an address delivers to, for comparison: case aside, and a sub-address (``name+tag@domain``)
+    is its mailbox's (``name@domain``): mail servers deliver both to the same person."""
+    local, _, domain = email.rpartition("@")
+    return f"{local.split('+', 1)[0].lower()}@{domain.lower()}"
+
+
+async def mailbox_holder(session: AsyncSession, email: str, *, other_than: str | None = None) -> str | None:
+    """The username of another account (active or not) registered with ``email``'s mailbox, if any.
+
+    Every person has a mailbox of their own: an enrollment code goes there, so an admin who registers a new
+    "validator" with his own address (or a sub-address of it, or another person's) would receive the code and
+    redeem it himself. The scan is in Python because the sub-address rule is not SQL; the users table is small."""
+    wanted = mailbox(email)
+    rows = await session.execute(select(User.id, User.username, User.email).where(User.email.is_not(None)))
+    return next((name for uid, name, address in rows if uid != other_than and mailbox(address or "") == wanted), None)
+
+
 async def create_user(
     session: AsyncSession,
     *,

@@ -40,6 +40,7 @@ from engine.identity import (
     holds_deciding_role,
     issue_token,
     list_tokens,
+    mailbox_holder,
     mask_email,
     parse_roles,
     redeem_enrollment,
@@ -105,6 +106,8 @@ async def create_user(*, session: AsyncSession, principal: Principal, body: User
         raise ApiError(422, code, getattr(exc, "message", str(exc)), getattr(exc, "details", None)) from None
     if (existing := await username_taken(session, body.username)) is not None:  # "Rita" beside "rita" too
         raise ApiError(409, "user_exists", f"user {existing!r} already exists", {"username": existing})
+    if body.email is not None:
+        await _refuse_shared_mailbox(session, body.email, user_id=None)
     now = utcnow()
     direct = [r for r in roles if r not in MAKER_CHECKER_ROLES]
     pending = [r for r in roles if r in MAKER_CHECKER_ROLES]
@@ -145,6 +148,13 @@ async def create_user(*, session: AsyncSession, principal: Principal, body: User
                       "proposed_by": grant.proposed_by, "approved_by": grant.approved_by}, chain=chain)
     await session.commit()
     return UserCreated(user=user_out(user, grants), token=token, next_steps=steps)
+
+
+async def _refuse_shared_mailbox(session: AsyncSession, email: str, *, user_id: str | None) -> None:
+    if (holder := await mailbox_holder(session, email, other_than=user_id)) is not None:
+        raise ApiError(409, "email_in_use", f"{mask_email(email)} reaches the mailbox of {holder}: every person "
+                       "needs an address of their own (enrollment codes are sent there)",
+                       {"field": "email", "username": holder})
 
 
 async def _user(session: AsyncSession, user_id: str) -> User:
@@ -289,6 +299,7 @@ async def change_email(*, session: AsyncSession, principal: Principal, user_id: 
         raise ApiError(409, "sso_user", f"{user.username} is provisioned from SSO: their address is the SSO's")
     if email == user.email:
         raise ApiError(409, "email_unchanged", f"{user.username}'s address is already {mask_email(email)}")
+    await _refuse_shared_mailbox(session, email, user_id=user.id)
     old = user.email
     if old:
         try:

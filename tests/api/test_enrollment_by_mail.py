@@ -159,6 +159,35 @@ async def test_attack_admin_changes_the_address_then_re_enrolls_the_validator(en
     assert me["held_roles"] == [] and "decide" in me["actions"]
 
 
+async def test_attack_an_admin_registers_a_validator_at_a_mailbox_that_is_not_theirs(env: ApiEnv) -> None:
+    """Adam creates "pup" with his own address (or a sub-address of it, or vera's), so that the code mailed to
+    "pup" reaches him: refused, nothing created, no code sent; nor can he move vic's address to his mailbox."""
+    assert env.mail is not None
+    await _admin(env, "ada")
+    for address, holder in (("adam@bank.example", "adam"), ("Adam+pup@BANK.example", "adam"),
+                            ("vera@bank.example", "vera")):
+        r = await env.http.post("/api/v1/users", json={"username": "pup", "roles": ["model_validator"],
+                                                       "team": "validation", "email": address},
+                                headers=env.auth("adam"))
+        assert r.status_code == 409 and r.json()["code"] == "email_in_use", r.text
+        assert r.json()["details"] == {"field": "email", "username": holder}, r.text
+    async with env.sessionmaker() as session:
+        assert (await session.scalars(select(User).where(User.username == "pup"))).first() is None
+    assert await _events(env, "user.created") == []
+    vic = await _new_validator(env)
+    sent = len(env.mail.received)
+    r = await env.http.put(f"/api/v1/users/{vic}/email", json={"email": "adam+vic@bank.example", "reason": "r"},
+                           headers=env.auth("adam"))
+    assert r.status_code == 409 and r.json()["code"] == "email_in_use", r.text
+    async with env.sessionmaker() as session:
+        assert (await session.get(User, vic)).email == "vic@bank.example"  # type: ignore[union-attr]
+    assert len(env.mail.received) == sent  # vic was told of no change
+    # A person's own sub-address is theirs.
+    r = await env.http.put(f"/api/v1/users/{vic}/email", json={"email": "vic+work@bank.example", "reason": "r"},
+                           headers=env.auth("adam"))
+    assert r.status_code == 200, r.text
+
+
 async def test_an_address_change_ends_live_codes_and_an_unnotifiable_change_is_refused(env: ApiEnv) -> None:
     assert env.mail is not None
     await _admin(env, "ada")
