@@ -36,7 +36,7 @@ from engine.findings import (
 from engine.lifecycle import Actor, ConditionIn, DecisionKind, ProgressionState
 from engine.loading import load_spec
 from testing import polling
-from testing.workflow import CREDIT, DEV, Env, put_evidence, registry
+from testing.workflow import CREDIT, DEV, Env, answered, put_evidence, registry
 from workflows.contract import UPDATE_DECIDE, DecideInput, DecideResult, ProgressionInput
 
 
@@ -64,8 +64,11 @@ async def approve_with_conditions(handle: WorkflowHandle[Any, Any], actor: Actor
     """An approval raising ``conditions`` (``decision`` other than approve: an attack the validator refuses)."""
     inp = DecideInput(stage=stage, decision=decision, comment=comment, actor=actor,
                       decision_id=str(uuid.uuid4()), conditions=conditions)
-    return await polling.within(handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id,
-                                                      result_type=DecideResult), f"approval with conditions at {stage}")
+    result = await polling.within(handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id,
+                                                        result_type=DecideResult),
+                                  f"approval with conditions at {stage}")
+    # The state as the API answers it (testing.workflow.answered): left out since patch lean-update-results.
+    return result.model_copy(update={"state": await answered(handle, result)})
 
 
 def finding_handle(client: Client, finding_id: str) -> WorkflowHandle[Any, Any]:

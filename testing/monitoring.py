@@ -13,7 +13,15 @@ from temporalio.service import RPCError, RPCStatusCode
 from engine.lifecycle import Actor, ProgressionState
 from engine.policy import Role
 from testing.polling import within
-from workflows.contract import UPDATE_MONITORING, UPDATE_RETIRE, MonitoringInput, MonitoringOutcome, RetireInput
+from testing.workflow import answered
+from workflows.contract import (
+    RETIRE_ANSWER,
+    UPDATE_MONITORING,
+    UPDATE_RETIRE,
+    MonitoringInput,
+    MonitoringOutcome,
+    RetireInput,
+)
 
 MONITOR = Actor(user_id="u-mon", username="credit-monitoring-job", roles=[Role.monitor], team=None)
 
@@ -60,5 +68,6 @@ async def ask_retirement(handle: WorkflowHandle[Any, Any], actor: Actor, *, reas
                          override_id: str | None = None) -> ProgressionState:
     inp = RetireInput(request_id=str(uuid.uuid4()), actor=actor, reason=reason, replacement=replacement,
                       dependents=dependents or [], override_id=override_id)
-    return await within(handle.execute_update(UPDATE_RETIRE, inp, result_type=ProgressionState),
-                        f"retirement request for {handle.id}")
+    answer = await within(handle.execute_update(UPDATE_RETIRE, inp, result_type=RETIRE_ANSWER),
+                          f"retirement request for {handle.id}")
+    return await answered(handle, answer)

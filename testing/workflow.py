@@ -35,15 +35,18 @@ from testing.databases import prepare_database
 from testing.polling import eventually, within
 from testing.temporal import tolerate_slow_activations
 from workflows.contract import (
+    EVIDENCE_ANSWER,
     QUERY_STATE,
     UPDATE_DECIDE,
     UPDATE_SUBMIT_EVIDENCE,
     UPDATE_WITHDRAW,
+    WITHDRAW_ANSWER,
     WORKFLOW_NAME,
     DecideInput,
     DecideResult,
     EvidenceInput,
     ProgressionInput,
+    UpdateAnswer,
     WithdrawInput,
 )
 
@@ -202,6 +205,17 @@ async def settled(handle: WorkflowHandle[Any, Any]) -> None:
     await eventually(idle, f"{handle.id} settled")
 
 
+async def answered(handle: WorkflowHandle[Any, Any], answer: UpdateAnswer | ProgressionState) -> ProgressionState:
+    """The state an Update left behind, as the API answers it (``api.services.progressions.answered_state``): the
+    state itself from a progression started before patch ``lean-update-results``; else read after the answer (here
+    by the query, there from the read model), which holds the answer's seq or a later one."""
+    if isinstance(answer, ProgressionState):
+        return answer
+    if isinstance(answer, DecideResult) and answer.state is not None:
+        return answer.state
+    return await state(handle)
+
+
 def at_gate(stage: str) -> Callable[[ProgressionState], bool]:
     return lambda s: s.current_stage == stage and s.status == "awaiting_approval"
 
@@ -209,24 +223,30 @@ def at_gate(stage: str) -> Callable[[ProgressionState], bool]:
 async def decide(handle: WorkflowHandle[Any, Any], actor: Actor, stage: str, decision: DecisionKind | str,
                  comment: str = "looks sound", decision_id: str | None = None, update_id: str | None = None
                  ) -> DecideResult:
+    """The decision's answer, with ``state`` filled in by :func:`answered` when the workflow left it out."""
     inp = DecideInput(stage=stage, decision=DecisionKind(decision), comment=comment, actor=actor,
                       decision_id=decision_id or str(uuid.uuid4()))
-    return await within(handle.execute_update(UPDATE_DECIDE, inp, id=update_id or inp.decision_id,
-                                              result_type=DecideResult),
-                        f"{actor.username}'s {decision} at {stage} of {handle.id}")
+    result = await within(handle.execute_update(UPDATE_DECIDE, inp, id=update_id or inp.decision_id,
+                                                result_type=DecideResult),
+                          f"{actor.username}'s {decision} at {stage} of {handle.id}")
+    return result.model_copy(update={"state": await answered(handle, result)})
 
 
 async def submit(handle: WorkflowHandle[Any, Any], actor: Actor, evidence: dict[str, EvidenceRef]
                  ) -> ProgressionState:
     inp = EvidenceInput(evidence=evidence, actor=actor, request_id=str(uuid.uuid4()))
-    return await within(handle.execute_update(UPDATE_SUBMIT_EVIDENCE, inp, result_type=ProgressionState),
-                        f"evidence submission to {handle.id}")
+    answer = await within(handle.execute_update(UPDATE_SUBMIT_EVIDENCE, inp,
+                                                result_type=EVIDENCE_ANSWER),
+                          f"evidence submission to {handle.id}")
+    return await answered(handle, answer)
 
 
 async def withdraw(handle: WorkflowHandle[Any, Any], actor: Actor, reason: str = "superseded") -> ProgressionState:
     inp = WithdrawInput(reason=reason, actor=actor, request_id=str(uuid.uuid4()))
-    return await within(handle.execute_update(UPDATE_WITHDRAW, inp, result_type=ProgressionState),
-                        f"withdrawal of {handle.id}")
+    answer = await within(handle.execute_update(UPDATE_WITHDRAW, inp,
+                                                result_type=WITHDRAW_ANSWER),
+                          f"withdrawal of {handle.id}")
+    return await answered(handle, answer)
 
 
 async def walk_to_production(handle: WorkflowHandle[Any, Any]) -> ProgressionState:

@@ -141,7 +141,7 @@ async def live_years(ts: WorkflowEnvironment, task_queue: str, env: Env, *, year
                               if "raised finding " in a]
             sent.triggered += sum("opens the revalidation gate now" in a for a in outcome.actions)
             if progress is not None:
-                progress(month, outcome.state)
+                progress(month, outcome.state or await state(handle))  # left out since lean-update-results
         # The last year's revalidation, if its gate is open now.
         if _gate_open(await state(handle)):
             await _decide_revalidation(handle, sent)

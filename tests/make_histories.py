@@ -66,7 +66,9 @@ HISTORIES = Path(__file__).parent / "histories"
 # fraud_reopened --only credit_monitoring --only credit_conditions. v8-timers (made on a branch beside it): a retried
 # monitoring result waits only while this run applies it (--only credit_monitoring).
 # v9: both patches together (--only credit_monitoring).
-CURRENT = HISTORIES / "v9-lean-and-timers"
+# v10: lean Update results (decide, submit_evidence, withdraw, request_retirement, record_monitoring answer with seq,
+# status and stage, not the state), with every earlier patch: all journeys (no --only).
+CURRENT = HISTORIES / "v10-lean-results"
 FRAUD = CREDIT.parent / "card-fraud-detector"
 FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")
 

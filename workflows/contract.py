@@ -9,14 +9,14 @@ The data converter is part of the contract too: every party connects with :func:
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from pydantic import Field
 from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from engine.lifecycle import Actor, Breach, ConditionIn, DecisionKind, EvidenceRef, Model, ProgressionState
+from engine.lifecycle import Actor, Breach, ConditionIn, DecisionKind, EvidenceRef, Model, ProgressionState, Status
 from engine.policy import GovernancePolicy
 from engine.spec import ProgressionSpec
 
@@ -78,10 +78,53 @@ class DecideInput(Model):
     conditions: list[ConditionIn] = Field(default_factory=list, max_length=20)
 
 
-class DecideResult(Model):
+class UpdateAnswer(Model):
+    """What an Update of a progression answers since patch ``lean-update-results``: which state it left behind.
+
+    ``seq`` is the state's sequence number when the handler answered; the handler awaited its own ``record``, so
+    the read-model snapshot holds that ``seq`` (or a later one) when the answer arrives. A caller that wants the
+    state reads the snapshot (as ``GET`` does) instead of carrying ~16 KB through the history for each Update.
+    """
+
+    seq: int = -1  # -1: an answer from before the patch (its ``state`` holds the seq)
+    status: Status | None = None
+    current_stage: str | None = None
+
+
+class DecideResult(UpdateAnswer):
     accepted: bool
     decision_id: str
-    state: ProgressionState
+    # Only progressions started before patch ``lean-update-results`` fill it (the whole state, as they always
+    # did); newer ones answer with ``seq``/``status``/``current_stage`` and the caller reads the snapshot.
+    state: ProgressionState | None = None
+
+
+class EvidenceResult(UpdateAnswer):
+    """``submit_evidence``'s answer since patch ``lean-update-results`` (before it: the whole state)."""
+
+    request_id: str
+
+
+class WithdrawResult(UpdateAnswer):
+    """``withdraw``'s answer since patch ``lean-update-results`` (before it: the whole state)."""
+
+    request_id: str
+
+
+class RetireResult(UpdateAnswer):
+    """``request_retirement``'s answer since patch ``lean-update-results`` (before it: the whole state)."""
+
+    request_id: str
+
+
+# What each of those Updates may answer: progressions started before the patch keep answering with the state.
+EvidenceAnswer = EvidenceResult | ProgressionState
+WithdrawAnswer = WithdrawResult | ProgressionState
+RetireAnswer = RetireResult | ProgressionState
+# The same as ``execute_update``'s ``result_type`` (typed ``type``; the pydantic converter decodes any union).
+EVIDENCE_ANSWER = cast(type, EvidenceAnswer)
+WITHDRAW_ANSWER = cast(type, WithdrawAnswer)
+RETIRE_ANSWER = cast(type, RetireAnswer)
 
 
 class EvidenceInput(Model):
@@ -105,12 +148,14 @@ class MonitoringInput(Model):
     actor: Actor
 
 
-class MonitoringOutcome(Model):
+class MonitoringOutcome(UpdateAnswer):
     result_id: str
     period: date
     breaches: list[Breach] = Field(default_factory=list)
     actions: list[str] = Field(default_factory=list)  # what the breaches did, in words
-    state: ProgressionState
+    # Only progressions started before patch ``lean-update-results`` fill it; nobody reads it (the API keeps the
+    # breaches and actions), so newer ones leave it out (and ``seq`` says which state the outcome left behind).
+    state: ProgressionState | None = None
 
 
 class RetireInput(Model):

@@ -139,12 +139,18 @@ with workflow.unsafe.imports_passed_through():
         WORKFLOW_NAME,
         DecideInput,
         DecideResult,
+        EvidenceAnswer,
         EvidenceInput,
+        EvidenceResult,
         MonitoringInput,
         MonitoringOutcome,
         ProgressionInput,
+        RetireAnswer,
         RetireInput,
+        RetireResult,
+        WithdrawAnswer,
         WithdrawInput,
+        WithdrawResult,
         WorkflowMemory,
     )
 
@@ -195,6 +201,12 @@ MONITORING_TIMEOUT = timedelta(seconds=60)
 # history keeps hundreds of bytes per check run instead of the state; the read-model snapshot is written by the
 # next ``record`` (as complete as before). Progressions started before the patch keep sending the state.
 PATCH_LEAN = "lean-payloads"
+# Lean Update results: decide, submit_evidence, withdraw, request_retirement and record_monitoring answer with what
+# the caller needs (seq, status, current stage, the decision's or request's id), not the ~16 KB state, which every
+# answer put into the history (3 decides: 48 of a credit journey's 107 KiB). Each handler awaited its own record,
+# so the read-model snapshot holds the answer's seq; the API reads it there, as GET does. Progressions started
+# before the patch keep answering with the state (the API takes either).
+PATCH_LEAN_RESULTS = "lean-update-results"
 
 CHECKS_TIMEOUT = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=5)
@@ -327,6 +339,7 @@ class ProgressionWorkflow:
         self._one_normaliser = workflow.patched(PATCH_JSON_PAYLOAD)
         self._governed = workflow.patched(PATCH_FINDINGS)
         self._monitored = workflow.patched(PATCH_MONITORING)
+        self._lean_answers()
         self._upsert_search_attributes(everything=True)
         if not self._registered:
             await self._register()
@@ -710,9 +723,12 @@ class ProgressionWorkflow:
             else:
                 await workflow.wait_condition(lambda: inp.result_id in self._monitoring_outcomes
                                               or not self._monitoring_outcomes)
+            breached = [b for b in mon.breaches if b.result_id == inp.result_id]
+            if self._lean_answers():
+                return self._monitoring_outcomes.get(inp.result_id) or MonitoringOutcome(
+                    result_id=inp.result_id, period=inp.period, breaches=breached, **self._answer())
             return self._monitoring_outcomes.get(inp.result_id) or MonitoringOutcome(
-                result_id=inp.result_id, period=inp.period, state=guided(self._snapshot()),
-                breaches=[b for b in mon.breaches if b.result_id == inp.result_id])
+                result_id=inp.result_id, period=inp.period, state=guided(self._snapshot()), breaches=breached)
         if refusal := self._monitoring_refusal(inp):
             raise _refuse(refusal)
         self._monitoring_applying.add(inp.result_id)
@@ -783,8 +799,12 @@ class ProgressionWorkflow:
         self._touch()
         await self._start_findings(findings)
         await self._flush()
-        result = MonitoringOutcome(result_id=inp.result_id, period=inp.period, breaches=breaches, actions=actions,
-                                   state=guided(self._snapshot()))
+        if self._lean_answers():
+            result = MonitoringOutcome(result_id=inp.result_id, period=inp.period, breaches=breaches,
+                                       actions=actions, **self._answer())
+        else:
+            result = MonitoringOutcome(result_id=inp.result_id, period=inp.period, breaches=breaches,
+                                       actions=actions, state=guided(self._snapshot()))
         self._monitoring_outcomes[inp.result_id] = result
         return result
 
@@ -805,9 +825,11 @@ class ProgressionWorkflow:
         return retirement_refusal(self._state, inp.actor, dependents=inp.dependents, override_id=inp.override_id)
 
     @workflow.update(name=UPDATE_RETIRE)
-    async def request_retirement(self, inp: RetireInput) -> ProgressionState:
+    async def request_retirement(self, inp: RetireInput) -> RetireAnswer:
         state = self._state
         if state.retirement is not None and state.retirement.request_id == inp.request_id:
+            if self._lean_answers():
+                return RetireResult(request_id=inp.request_id, **self._answer())
             return guided(self._snapshot())
         if refusal := self._retire_refusal(inp):
             raise _refuse(refusal)
@@ -832,6 +854,8 @@ class ProgressionWorkflow:
         self._open_gate(stage_def, stage)
         self._touch()
         await self._flush()
+        if self._lean_answers():
+            return RetireResult(request_id=inp.request_id, **self._answer())
         return guided(self._state)
 
     @request_retirement.validator
@@ -1049,8 +1073,7 @@ class ProgressionWorkflow:
         if inp.decision_id in self._decision_results or self._known_decision(inp.decision_id):
             await workflow.wait_condition(lambda: inp.decision_id in self._decisions_recorded
                                           or inp.decision_id not in self._decision_results)
-            return self._decision_results.get(inp.decision_id) or DecideResult(
-                accepted=True, decision_id=inp.decision_id, state=guided(self._snapshot()))
+            return self._decision_results.get(inp.decision_id) or self._decide_result(inp.decision_id, retry=True)
         refusal = self._decide_refusal(inp)
         if refusal is not None:  # the state moved between validator and handler
             raise _refuse(refusal)
@@ -1098,7 +1121,7 @@ class ProgressionWorkflow:
         self._notify("decided", [Role.model_developer],
                      f"{actor.username} decided {inp.decision.value} on stage {stage.name}", stage=stage.name)
         self._touch()
-        result = DecideResult(accepted=True, decision_id=inp.decision_id, state=guided(self._snapshot()))
+        result = self._decide_result(inp.decision_id)  # the flush below records this seq
         self._decision_results[inp.decision_id] = result
         if conditions:
             await self._raise_conditions(conditions)
@@ -1222,9 +1245,9 @@ class ProgressionWorkflow:
     # ---- Update: submit_evidence ----------------------------------------------------------
 
     @workflow.update(name=UPDATE_SUBMIT_EVIDENCE)
-    async def submit_evidence(self, inp: EvidenceInput) -> ProgressionState:
+    async def submit_evidence(self, inp: EvidenceInput) -> EvidenceAnswer:
         if inp.request_id in self._evidence_requests:
-            return guided(self._snapshot())
+            return self._evidence_result(inp.request_id, snapshot=True)
         self._evidence_requests.add(inp.request_id)
         await workflow.wait_condition(lambda: self._registered)
         async with self._lock:
@@ -1246,7 +1269,7 @@ class ProgressionWorkflow:
                 self._state.evidence[ref.name] = ref
             if self._binding:
                 await self._evidence_changed(inp, refs, previous, changed)
-                return guided(self._state)
+                return self._evidence_result(inp.request_id)
             stage = self._state.stage(self._state.current_stage) if self._state.current_stage else None
             rerun = stage is not None and stage.status in RERUN_ON_EVIDENCE
             self._emit(EventType.evidence_submitted, stage=stage.name if stage else None, actor_id=actor.user_id,
@@ -1262,7 +1285,7 @@ class ProgressionWorkflow:
                 stage_def = self._stage_defs[stage.name]
                 await self._run_checks(stage_def, stage, first=stage is self._state.stages[0])
                 await self._flush()
-        return guided(self._state)
+        return self._evidence_result(inp.request_id)
 
     def _reopen_target(self, changed: list[str]) -> int | None:
         """The earliest stage that has passed or is current and reads a changed item; else the current
@@ -1377,8 +1400,10 @@ class ProgressionWorkflow:
     # ---- Update: withdraw -----------------------------------------------------------------
 
     @workflow.update(name=UPDATE_WITHDRAW)
-    async def withdraw(self, inp: WithdrawInput) -> ProgressionState:
+    async def withdraw(self, inp: WithdrawInput) -> WithdrawAnswer:
         if self._closed():  # withdrawn between validator and handler
+            if self._lean_answers():
+                return WithdrawResult(request_id=inp.request_id, **self._answer())
             return guided(self._snapshot())
         await workflow.wait_condition(lambda: self._registered)
         state = self._state
@@ -1392,6 +1417,8 @@ class ProgressionWorkflow:
         self._notify("finished", [], f"{state.progression_id} was withdrawn by {inp.actor.username}")
         self._touch()
         await self._flush()
+        if self._lean_answers():
+            return WithdrawResult(request_id=inp.request_id, **self._answer())
         return guided(self._state)
 
     @withdraw.validator
@@ -1413,6 +1440,31 @@ class ProgressionWorkflow:
         self._notifications.append(Notification(
             event_id=str(workflow.uuid4()), kind=kind, progression_id=self._state.progression_id,
             model_id=self._state.model_id, stage=stage, roles=roles, message=message))
+
+    def _lean_answers(self) -> bool:
+        """Patch ``lean-update-results``, asked by ``run`` and by any handler that answers first (an Update may run
+        before ``run`` starts in a continued run's first task); the SDK keeps the first answer for the run."""
+        return workflow.patched(PATCH_LEAN_RESULTS)
+
+    def _answer(self, seq: int | None = None) -> dict[str, Any]:
+        """A lean answer's fields. ``seq`` defaults to the highest one recorded: a handler answers after its own
+        record (or, a retry, after the first attempt's), so the snapshot the caller reads holds its change."""
+        state = self._state
+        return {"seq": max(self._synced_seq, 0) if seq is None else seq, "status": state.status,
+                "current_stage": state.current_stage}
+
+    def _decide_result(self, decision_id: str, *, retry: bool = False) -> DecideResult:
+        if not self._lean_answers():
+            return DecideResult(accepted=True, decision_id=decision_id, state=guided(self._snapshot()))
+        # A new decision answers with its own seq (its record is awaited before the Update completes); a retry of
+        # a decision recorded earlier (maybe by an earlier run) with what is recorded now.
+        return DecideResult(accepted=True, decision_id=decision_id,
+                            **self._answer(None if retry else self._state.seq))
+
+    def _evidence_result(self, request_id: str, *, snapshot: bool = False) -> EvidenceAnswer:
+        if self._lean_answers():
+            return EvidenceResult(request_id=request_id, **self._answer())
+        return guided(self._snapshot() if snapshot else self._state)
 
     def _snapshot(self) -> ProgressionState:
         """A copy, for results kept or answered after the state may change again (decide).

@@ -28,6 +28,7 @@ from api.services.progressions import (
     _closed_or_unavailable,
     _refusal_error,
     _refusal_from_update,
+    answered_state,
     load_state,
 )
 from engine import audit
@@ -48,7 +49,14 @@ from engine.monitoring import (
     rule_thresholds,
 )
 from engine.policy import GovernancePolicy, Role
-from workflows.contract import UPDATE_MONITORING, UPDATE_RETIRE, MonitoringInput, MonitoringOutcome, RetireInput
+from workflows.contract import (
+    RETIRE_ANSWER,
+    UPDATE_MONITORING,
+    UPDATE_RETIRE,
+    MonitoringInput,
+    MonitoringOutcome,
+    RetireInput,
+)
 
 
 async def _model(session: AsyncSession, model_id: str) -> CatalogModel:
@@ -245,11 +253,12 @@ async def request_retirement(*, session: AsyncSession, app: AppState, principal:
                       dependents=dependents, override_id=override.id if override else None,
                       override_by=override.granted_by_username if override else None)
     try:
-        return await handle.execute_update(UPDATE_RETIRE, inp, result_type=ProgressionState)
-    except WorkflowUpdateFailedError as exc:
+        answer = await handle.execute_update(UPDATE_RETIRE, inp, result_type=RETIRE_ANSWER)
+    except WorkflowUpdateFailedError as exc:  # (result_type is a union: the state before the patch)
         raise _refusal_error(_refusal_from_update(exc)) from None
     except RPCError as exc:
         raise _closed_or_unavailable(exc, row.id) from None
+    return await answered_state(session, app, row.id, answer)
 
 
 async def override_retirement(*, session: AsyncSession, app: AppState, principal: Principal, model_id: str,

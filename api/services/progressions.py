@@ -79,6 +79,7 @@ from engine.policy import Role
 from engine.spec import EvidenceName, identity_changes, spec_digest
 from engine.wire import ApprovalCheck, EvidenceCheck, ProgressionPage, ProgressionSummary, ProgressionVerification
 from workflows.contract import (
+    EVIDENCE_ANSWER,
     QUERY_STATE,
     SA_INTENT,
     SA_MODEL_ID,
@@ -88,11 +89,13 @@ from workflows.contract import (
     UPDATE_DECIDE,
     UPDATE_SUBMIT_EVIDENCE,
     UPDATE_WITHDRAW,
+    WITHDRAW_ANSWER,
     WORKFLOW_NAME,
     DecideInput,
     DecideResult,
     EvidenceInput,
     ProgressionInput,
+    UpdateAnswer,
     WithdrawInput,
 )
 
@@ -147,6 +150,26 @@ async def recorded_state(session: AsyncSession, app: AppState, progression_id: s
     if row is not None and row.state:
         return ProgressionState.model_validate(row.state)
     return await load_state(session, app, progression_id)
+
+
+async def answered_state(session: AsyncSession, app: AppState, progression_id: str,
+                         answer: UpdateAnswer | ProgressionState) -> ProgressionState:
+    """The state an Update left behind, as its HTTP answer: the same body as before patch ``lean-update-results``.
+
+    A progression started before the patch answers with the state itself. A newer one answers with the ``seq`` it
+    left behind, after its own ``record``: the read-model snapshot holds that seq (or a later one), so the answer
+    is what a ``GET`` right after returns. Read in a new transaction (the caller's may predate the record);
+    asked of the workflow only if the snapshot is behind the answer, which the workflow does not let happen.
+    """
+    if isinstance(answer, ProgressionState):
+        return answer
+    if isinstance(answer, DecideResult) and answer.state is not None:
+        return answer.state
+    await session.close()  # a fresh transaction and identity map: the row may have been read before the Update
+    row = await _read_model(session, progression_id)
+    if row is not None and row.state and row.seq >= answer.seq:
+        return ProgressionState.model_validate(row.state)
+    return await _current_state(session, app, progression_id)
 
 
 async def get_progression(*, session: AsyncSession, app: AppState, principal: Principal,
@@ -665,7 +688,7 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
         raise error from None
     finally:
         _DECISIONS_IN_FLIGHT.discard(flight)
-    return result.state
+    return await answered_state(session, app, progression_id, result)
 
 
 def _findings_refusal(app: AppState, state: ProgressionState, stage: str, decision: DecisionKind,
@@ -709,13 +732,14 @@ async def add_evidence(*, session: AsyncSession, app: AppState, principal: Princ
     refs = await store_evidence(session, app, uploads, principal)
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     try:
-        return await handle.execute_update(
+        answer = await handle.execute_update(
             UPDATE_SUBMIT_EVIDENCE, EvidenceInput(evidence=refs, actor=principal.actor, request_id=request_id),
-            result_type=ProgressionState)
+            result_type=EVIDENCE_ANSWER)  # a union: the state before the patch
     except WorkflowUpdateFailedError as exc:
         raise _update_error(exc) from None
     except RPCError as exc:
         raise _closed_or_unavailable(exc, progression_id) from None
+    return await answered_state(session, app, progression_id, answer)
 
 
 async def _spec_immutable(session: AsyncSession, state: ProgressionState, text: bytes) -> ApiError:
@@ -746,9 +770,9 @@ async def withdraw(*, session: AsyncSession, app: AppState, principal: Principal
         raise _refusal_error(refusal)  # the workflow's validator applies the same rule
     handle: WorkflowHandle[Any, Any] = app.temporal.get_workflow_handle(progression_id)
     try:
-        return await handle.execute_update(
+        answer = await handle.execute_update(
             UPDATE_WITHDRAW, WithdrawInput(reason=reason, actor=principal.actor, request_id=request_id),
-            result_type=ProgressionState)
+            result_type=WITHDRAW_ANSWER)  # a union: the state before the patch
     except WorkflowUpdateFailedError as exc:
         error = _update_error(exc)
         if error.code == "progression_closed":
@@ -762,6 +786,7 @@ async def withdraw(*, session: AsyncSession, app: AppState, principal: Principal
             if fresh is not None and fresh.status == Status.withdrawn:
                 return await _withdrawn_retry(session, fresh, request_id)
         raise _closed_or_unavailable(exc, progression_id) from None
+    return await answered_state(session, app, progression_id, answer)
 
 
 async def _withdrawn_retry(session: AsyncSession, state: ProgressionState, request_id: str) -> ProgressionState:

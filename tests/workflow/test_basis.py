@@ -33,6 +33,7 @@ from testing.workflow import (
     RISK2,
     VALIDATOR,
     Env,
+    answered,
     at_gate,
     decision_rows,
     example_input,
@@ -61,8 +62,9 @@ async def decide(handle: WorkflowHandle[Any, Any], actor: Actor, stage: str, dec
                  basis: str | None = None, comment: str = "looks sound") -> DecideResult:
     inp = DecideInput(stage=stage, decision=DecisionKind(decision), comment=comment, actor=actor,
                       decision_id=str(uuid.uuid4()), basis=basis)
-    return await within(handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id, result_type=DecideResult),
-                        f"{decision} at {stage}")
+    result = await within(handle.execute_update(UPDATE_DECIDE, inp, id=inp.decision_id, result_type=DecideResult),
+                          f"{decision} at {stage}")
+    return result.model_copy(update={"state": await answered(handle, result)})  # as the API answers it
 
 
 async def fraud_metrics(env: Env, **operating_point: float) -> Any:

@@ -23,6 +23,7 @@ from testing.workflow import (
     CREDIT,
     DEV,
     Env,
+    answered,
     app_env,
     at_gate,
     events,
@@ -33,7 +34,7 @@ from testing.workflow import (
     wait_state,
     worker,
 )
-from workflows.contract import SEARCH_ATTRIBUTE_KEYS, UPDATE_SUBMIT_EVIDENCE, EvidenceInput
+from workflows.contract import EVIDENCE_ANSWER, SEARCH_ATTRIBUTE_KEYS, UPDATE_SUBMIT_EVIDENCE, EvidenceInput
 
 # Events in a run after which the server suggests continue-as-new (the default is 4 Ki): a few Updates are enough.
 SUGGEST_AFTER_EVENTS = 40
@@ -61,9 +62,10 @@ async def env(sqlite_url: str, tmp_path: Path) -> AsyncIterator[Env]:
 async def _submit(client: Client, progression_id: str, ref: EvidenceRef, request_id: str) -> ProgressionState:
     """Submit to the progression's current run (as the API does), under a fresh Update id each time."""
     handle = client.get_workflow_handle(progression_id)
-    return await within(handle.execute_update(
+    answer = await within(handle.execute_update(
         UPDATE_SUBMIT_EVIDENCE, EvidenceInput(evidence={ref.name: ref}, actor=DEV, request_id=request_id),
-        id=str(uuid.uuid4()), result_type=ProgressionState), f"evidence submission {request_id}")
+        id=str(uuid.uuid4()), result_type=EVIDENCE_ANSWER), f"evidence submission {request_id}")
+    return await answered(handle, answer)
 
 
 async def _run_id(client: Client, progression_id: str) -> str:

@@ -64,7 +64,7 @@ async def test_breach_opens_revalidation_now_once_and_the_calendar_restarts(
 
         await time_skipping_env.sleep(timedelta(days=31))
         calm = await deliver(client, handle.id, day0 + timedelta(days=30), credit_metrics())
-        assert calm.breaches == [] and calm.state.current_stage is None
+        assert calm.breaches == [] and calm.current_stage is None
 
         # a developer, a risk officer: not the monitoring poster (the policy names the monitor identity only)
         for person in (DEV, RISK1):
@@ -129,7 +129,7 @@ async def test_finding_breach_once_per_rule_and_period_and_missing_results_raise
         await time_skipping_env.sleep(timedelta(days=20))
         weak = await deliver(client, handle.id, day0 + timedelta(days=15), credit_metrics(auc=0.6, volume=0))
         assert sorted(b.rule_id for b in weak.breaches) == ["auc-decay", "no-volume"]
-        assert weak.state.current_stage is None  # findings, no revalidation
+        assert weak.current_stage is None  # findings, no revalidation
         raised = [e.payload for e in await wait_events(env, pid, "monitoring.breach", 2)]
         assert all(p.get("finding_id") for p in raised)
 

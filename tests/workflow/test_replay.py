@@ -15,7 +15,9 @@ retirement is a gate then an undeploy, ``monitoring-and-retirement`` patch, the 
 ``--only credit_monitoring``; ``v8-lean``: check runs carry a ``CheckSubject`` instead of the state and get back no
 texts of the stage definition, ``lean-payloads`` patch; ``v8-timers`` (made beside it): the monitoring journey with a
 retried monitoring result, answered at once unless this run is still applying it,
-``monitoring-retry-waits-only-for-its-own-run`` patch; ``v9-lean-and-timers``: both, the monitoring journey); every
+``monitoring-retry-waits-only-for-its-own-run`` patch; ``v9-lean-and-timers``: both, the monitoring journey;
+``v10-lean-results``: Updates answer with seq, status and stage instead of the state, ``lean-update-results`` patch,
+with every earlier one, all journeys); every
 generation must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
 with ``python -m tests.make_histories --out tests/histories/<generation>``.
 """
@@ -37,6 +39,7 @@ from workflows.progression import (
     PATCH_GUIDANCE,
     PATCH_JSON_PAYLOAD,
     PATCH_LEAN,
+    PATCH_LEAN_RESULTS,
     PATCH_MONITORING,
     PATCH_MONITORING_RETRY,
     PATCH_RECORD_FAILURE,
@@ -47,12 +50,13 @@ from workflows.progression import (
 HISTORIES = Path(__file__).parent.parent / "histories"
 FILES = sorted(HISTORIES.glob("*/*.json"))
 TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside the event loop
-NEWEST = "v9-lean-and-timers"  # tests/make_histories.py CURRENT
+NEWEST = "v10-lean-results"  # tests/make_histories.py CURRENT
 V6 = "v6-findings-and-guidance"
 V7 = "v7-monitoring"
 V8_LEAN = "v8-lean"  # lean-payloads
 V8_TIMERS = "v8-timers"  # monitoring-retry-waits-only-for-its-own-run (made beside v8-lean, without it)
-SINCE_V7 = {V7, V8_LEAN, V8_TIMERS, NEWEST}
+V9 = "v9-lean-and-timers"  # both v8 patches
+SINCE_V7 = {V7, V8_LEAN, V8_TIMERS, V9, NEWEST}
 
 
 def test_histories_are_committed() -> None:
@@ -99,19 +103,54 @@ def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
         assert PATCH_RECORD_LOCAL in patches and kinds == {"local"} and PATCH_RECORD_FAILURE not in patches
     assert (PATCH_BASIS in patches) == (path.parent.name in {"v3-approval-basis", "v4-basis-and-failure",
                                                              "v5-read-side-guidance", "v5-findings", V6} | SINCE_V7)
-    assert (PATCH_LEAN in patches) == (path.parent.name in {V8_LEAN, NEWEST})
+    # Asked at the first check run: the registration that fails (3.3.0, only in v1-v4 and v10) runs none.
+    checked = path.stem != "retail-credit-scorecard@3.3.0"
+    assert (PATCH_LEAN in patches) == (path.parent.name in {V8_LEAN, V9, NEWEST} and checked)
     # How check runs travelled: the whole state before the patch, a CheckSubject since (the branch each takes).
     runs = _check_inputs(TEXTS[path])
-    if path.parent.name in {V8_LEAN, NEWEST}:
+    if path.parent.name in {V8_LEAN, V9, NEWEST} and checked:
         assert runs and all(r["state"] is None and r["subject"]["evidence"] for r in runs)
     else:
         assert all(r["state"] is not None and r.get("subject") is None for r in runs)
-    assert (PATCH_MONITORING_RETRY in patches) == (path.parent.name in {V8_TIMERS, NEWEST})
+    # Asked only when a monitoring result is retried: the monitoring journey (the only one in v8-timers and v9).
+    assert (PATCH_MONITORING_RETRY in patches) == (path.parent.name in {V8_TIMERS, V9, NEWEST}
+                                                   and path.stem == "retail-credit-scorecard@3.5.0")
+    assert (PATCH_LEAN_RESULTS in patches) == (path.parent.name == NEWEST)
+    # How Updates answered: the whole state before lean-update-results, seq/status/stage since (the branch each takes).
+    answers = _update_results(TEXTS[path])
+    if path.parent.name == NEWEST:
+        assert all(a.get("state") is None and a["seq"] >= 0 for _, a, _ in answers)
+        assert all(size < 1024 for _, _, size in answers), [(n, s) for n, _, s in answers]
+    else:
+        assert all("state" in a if n in ("decide", "record_monitoring") else "stages" in a for n, a, _ in answers)
+        assert all(a["state"] is not None for n, a, _ in answers if n == "decide")
     # Guidance in words left the workflow (engine.guidance): only the generations since took that branch.
     assert (PATCH_GUIDANCE in patches) == (path.parent.name in {"v5-read-side-guidance", V6} | SINCE_V7)
     assert (PATCH_JSON_PAYLOAD in patches) == (path.parent.name in {"v5-read-side-guidance", V6} | SINCE_V7)
     assert (PATCH_FINDINGS in patches) == (path.parent.name in {"v5-findings", V6} | SINCE_V7)
     assert (PATCH_MONITORING in patches) == (path.parent.name in SINCE_V7)
+
+
+def _update_results(text: str) -> list[tuple[str, dict[str, object], int]]:
+    """(Update name, decoded result, payload bytes) of every Update a history completed with a result."""
+    names = {e["workflowExecutionUpdateAcceptedEventAttributes"]["protocolInstanceId"]:
+             e["workflowExecutionUpdateAcceptedEventAttributes"]["acceptedRequest"]["input"]["name"]
+             for e in json.loads(text)["events"] if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED"}
+    out: list[tuple[str, dict[str, object], int]] = []
+    for e in json.loads(text)["events"]:
+        if e["eventType"] != "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED":
+            continue
+        attrs = e["workflowExecutionUpdateCompletedEventAttributes"]
+        if "success" not in attrs["outcome"]:
+            continue
+        data = base64.b64decode(attrs["outcome"]["success"]["payloads"][0]["data"])
+        out.append((names[attrs["meta"]["updateId"]], json.loads(data), len(data)))
+    return out
+
+
+def test_the_newest_generation_answers_every_kind_of_update_without_the_state() -> None:
+    kinds = {name for path in FILES if path.parent.name == NEWEST for name, _, _ in _update_results(TEXTS[path])}
+    assert kinds == {"decide", "submit_evidence", "withdraw", "request_retirement", "record_monitoring"}
 
 
 def _check_inputs(text: str) -> list[dict[str, object]]:
@@ -121,7 +160,7 @@ def _check_inputs(text: str) -> list[dict[str, object]]:
             and e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == "evaluate_checks"]
 
 
-@pytest.mark.parametrize("generation", ["v5-findings", V6, V8_LEAN])
+@pytest.mark.parametrize("generation", ["v5-findings", V6, V8_LEAN, NEWEST])
 def test_the_findings_generation_raises_conditions_and_waives_a_check(generation: str) -> None:
     text = TEXTS[HISTORIES / generation / "retail-credit-scorecard@3.4.0.json"]
     events = json.loads(text)["events"]
@@ -141,7 +180,8 @@ def _activities(text: str) -> list[str]:
             if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_SCHEDULED"]
 
 
-@pytest.mark.parametrize(("generation", "deliveries"), [(V7, 3), (V8_LEAN, 3), (V8_TIMERS, 4), (NEWEST, 4)])
+@pytest.mark.parametrize(("generation", "deliveries"), [(V7, 3), (V8_LEAN, 3), (V8_TIMERS, 4), (V9, 4),
+                                                               (NEWEST, 4)])
 def test_the_monitoring_generation_triggers_revalidation_and_undeploys(generation: str, deliveries: int) -> None:
     text = TEXTS[HISTORIES / generation / "retail-credit-scorecard@3.5.0.json"]
     events = json.loads(text)["events"]
