@@ -35,6 +35,7 @@ from engine.identity import (
     JWTVerifier,
     check_role_combination,
     create_enrollment,
+    enrolled_by,
     enrollment_for,
     get_user,
     holds_deciding_role,
@@ -322,11 +323,11 @@ async def confirm_token(*, session: AsyncSession, principal: Principal, user_id:
                        f"({'confirmed by ' + row.confirmed_by if row.confirmed_by else 'not re-issued'})")
     if user.id == principal.id:
         raise ApiError(403, "own_credential", "nobody confirms their own credential")
-    enrolled_by = (row.issued_by or "").removeprefix("enrollment:")
-    if principal.username in (enrolled_by, user.email_changed_by):
+    enrolled = enrolled_by(row.issued_by)
+    if principal.username in (enrolled, user.email_changed_by):
         raise ApiError(403, "same_admin", "the admin who created this enrollment or changed the person's address "
                        "cannot confirm the credential: a second admin must (maker-checker)",
-                       {"enrolled_by": enrolled_by, "email_changed_by": user.email_changed_by})
+                       {"enrolled_by": enrolled, "email_changed_by": user.email_changed_by})
     row.confirmed_by, row.confirmed_at = principal.username, utcnow()
     await _audit(session, principal, EventType.credential_confirmed, {
         "user_id": user.id, "username": user.username, "token_id": row.id, "prefix": row.prefix,
