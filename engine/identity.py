@@ -38,6 +38,9 @@ ENROLLMENT_PREFIX = "enr_"
 ENROLLMENT_TTL = timedelta(hours=1)
 BOOTSTRAP = "bootstrap"  # the operator's own path: the make-run seed and the `progression users` CLI
 ENROLLMENT_ISSUER = "enrollment:"  # ``issued_by`` of a token its person redeemed: ``enrollment:<admin>``
+# Why a token acts in none of its person's maker-checker roles (``credential_hold``; the refusal's code).
+ADMIN_ISSUED_CREDENTIAL = "admin_issued_credential"
+CREDENTIAL_UNCONFIRMED = "credential_unconfirmed"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 # \Z, not $: "$" also matches before a final newline, and "dana\n" would be another user who reads as dana.
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")
@@ -266,9 +269,9 @@ def credential_hold(row: ApiToken) -> str | None:
     granted to the account later does not reach that token (the person enrolls for a credential of their own).
     ``credential_unconfirmed``: re-issued by enrollment, until a second admin confirms it."""
     if credential_holder(row.issued_by) is not None:
-        return "admin_issued_credential"
+        return ADMIN_ISSUED_CREDENTIAL
     if row.awaiting_confirmation:
-        return "credential_unconfirmed"
+        return CREDENTIAL_UNCONFIRMED
     return None
 
 
