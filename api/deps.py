@@ -51,11 +51,16 @@ SessionDep = Annotated[AsyncSession, Depends(_session)]
 StateDep = Annotated[AppState, Depends(app_state)]
 
 
-async def _current_user(request: Request, session: SessionDep) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def bearer_token(request: Request) -> str | None:
+    """The credential of an ``Authorization: Bearer <credential>`` header, or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def _current_user(request: Request, session: SessionDep) -> Principal:
+    token = bearer_token(request)
+    if token is None:
         raise Unauthenticated()
     state = app_state(request)
     user = None
