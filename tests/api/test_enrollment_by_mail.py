@@ -273,7 +273,22 @@ async def test_attack_a_token_the_admin_was_given_before_a_deciding_role_was_gra
     assert approved.status_code == 200, approved.text
     pid, _ = await started_at_gate(env, "dana")
     r = await decide(env, "pup", pid, "validation")
-    assert r.status_code == 403, r.text
+    assert r.status_code == 403 and r.json()["code"] == "admin_issued_credential", r.text
     me = (await env.http.get("/api/v1/me", headers=env.auth("pup"))).json()
     assert me["held_roles"] == ["model_validator"] and "start_progression" in me["actions"], me
 
+
+async def test_attack_an_admin_confirms_her_own_re_issued_credential(env: ApiEnv) -> None:
+    """adam re-enrolls ada (an admin who held a token): her new credential acts as admin only once a second admin
+    confirms it, and ada is not that admin, neither with her old token nor with the new one."""
+    await _admin(env, "ada")
+    r, code = await env.enrollment_code("adam", env.user_ids["ada"], "ada@bank.example")
+    assert r.json()["reissue"] is True, r.text
+    redeemed = await env.http.post("/api/v1/enroll", json={"code": code, "username": "ada"})
+    assert redeemed.status_code == 201 and redeemed.json()["awaiting_confirmation"] is True, redeemed.text
+    url = f"/api/v1/users/{env.user_ids['ada']}/tokens/{redeemed.json()['id']}/confirm"
+    r = await env.http.post(url, headers=env.auth("ada"))
+    assert r.status_code == 403 and r.json()["code"] == "own_credential", r.text
+    r = await env.http.post(url, headers={"Authorization": f"Bearer {redeemed.json()['token']}"})
+    assert r.status_code == 403 and r.json()["code"] == "credential_unconfirmed", r.text
+    assert await env.count(AuditEvent, AuditEvent.event_type == "credential.confirmed") == 0
