@@ -22,7 +22,7 @@ from temporalio.client import Client
 from engine.db import AuditEvent, DecisionRow, Enrollment, User, utcnow
 from engine.identity import create_user, hash_token
 from testing.api import ApiEnv, api_env, decide, started_at_gate
-from tests.api.test_api_identity import make_jwks, sso_token
+from tests.api.test_api_identity import make_jwks, sso_settings, sso_token
 from tests.api.test_web_ui import Browser
 
 
@@ -206,8 +206,7 @@ async def test_with_sso_the_code_redeems_only_for_the_persons_sso_identity(sqlit
                                                                           temporal_client: Client,
                                                                           task_queue: str) -> None:
     key, jwks = make_jwks(tmp_path)
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=False,
-                       jwt_issuer="https://sso.bank.test", jwt_audience="progression", jwt_jwks=str(jwks)) as env:
+    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=False, **sso_settings(jwks)) as env:
         assert env.mail is not None
         await _admin(env, "ada")
         vic = await _new_validator(env)
