@@ -281,11 +281,7 @@ async def change_email(*, session: AsyncSession, principal: Principal, user_id: 
     end; the change is audited; and the next credential of this person waits for a second admin."""
     require(principal, Action.manage_users)
     user = await _user(session, user_id)
-    try:
-        validate_email(email)
-    except Exception as exc:  # InvalidIdentity
-        raise ApiError(422, getattr(exc, "code", "invalid_email"), getattr(exc, "message", str(exc)),
-                       {"field": "email"}) from None
+    validate_email(email)  # InvalidIdentity: 422 invalid_email, {"field": "email"} (api.errors answers it)
     if user.external:
         raise ApiError(409, "sso_user", f"{user.username} is provisioned from SSO: their address is the SSO's")
     if email == user.email:

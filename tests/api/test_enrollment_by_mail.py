@@ -178,7 +178,8 @@ async def test_an_address_change_ends_live_codes_and_an_unnotifiable_change_is_r
     for bad in ("not-an-address", "a@b.example\r\nBcc: adam@evil.example"):
         r = await env.http.put(f"/api/v1/users/{vic}/email", json={"email": bad, "reason": "r"},
                                headers=env.auth("ada"))
-        assert r.status_code == 422, r.text
+        assert r.status_code == 422 and r.json()["code"] == "invalid_email", r.text
+        assert r.json()["details"] == {"field": "email"}, r.text
 
 
 async def test_re_enrolling_someone_who_held_a_credential_needs_a_second_admin(env: ApiEnv) -> None:
