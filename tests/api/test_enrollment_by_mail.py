@@ -292,3 +292,18 @@ async def test_attack_an_admin_confirms_her_own_re_issued_credential(env: ApiEnv
     r = await env.http.post(url, headers={"Authorization": f"Bearer {redeemed.json()['token']}"})
     assert r.status_code == 403 and r.json()["code"] == "credential_unconfirmed", r.text
     assert await env.count(AuditEvent, AuditEvent.event_type == "credential.confirmed") == 0
+
+
+async def test_attack_admin_points_an_sso_persons_address_at_his_own_mailbox(env: ApiEnv) -> None:
+    """A person provisioned from SSO has the SSO's address: an admin cannot point it at his own mailbox."""
+    await _admin(env, "ada")
+    vic = await _new_validator(env)
+    async with env.sessionmaker() as session:
+        await session.execute(update(User).where(User.id == vic).values(external=True))  # as SSO provisions
+        await session.commit()
+    r = await env.http.put(f"/api/v1/users/{vic}/email", json={"email": "adam.private@evil.example",
+                                                               "reason": "new mailbox"}, headers=env.auth("adam"))
+    assert r.status_code == 409 and r.json()["code"] == "sso_user", r.text
+    async with env.sessionmaker() as session:
+        assert (await session.get(User, vic)).email == "vic@bank.example"  # type: ignore[union-attr]
+    assert await env.count(AuditEvent, AuditEvent.event_type == "user.email_changed") == 0
