@@ -116,9 +116,12 @@ def emit(report: Report, json_path: str | None) -> None:
         Path(json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, *, db: bool = False) -> argparse.ArgumentParser:
+    """``--json``; with ``db``, also ``--db sqlite|postgresql`` (the database the benchmark runs on)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    if db:
+        parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     return parser
 
 
