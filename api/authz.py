@@ -18,12 +18,13 @@ from enum import StrEnum
 from typing import Any
 
 from api.errors import ApiError
-from engine.db import User
+from engine.db import ApiToken, User
 from engine.identity import (
     ADMIN_ISSUED_CREDENTIAL,
     CREDENTIAL_UNCONFIRMED,
     MAKER_CHECKER_ROLES,
     actor_for,
+    credential_hold,
     user_roles,
 )
 from engine.lifecycle import Actor, Refusal
@@ -123,6 +124,13 @@ class Principal:
         return cls(user=user, roles=roles - held, credential_id=credential_id,
                    credential_issued_by=credential_issued_by, credential_kind=credential_kind, held_roles=held,
                    hold=hold if held else None)
+
+    @classmethod
+    def of_token(cls, user: User, row: ApiToken) -> Principal:
+        """The caller of an API token (a bearer token, or the token behind a web UI session): its credential and
+        the roles it holds back (``engine.identity.credential_hold``)."""
+        return cls.of(user, credential_id=f"token:{row.id}", credential_issued_by=row.issued_by,
+                      credential_kind="token", hold=credential_hold(row))
 
     @property
     def id(self) -> str:
