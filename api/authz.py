@@ -18,8 +18,15 @@ from enum import StrEnum
 from typing import Any
 
 from api.errors import ApiError
-from engine.db import User
-from engine.identity import MAKER_CHECKER_ROLES, actor_for, user_roles
+from engine.db import ApiToken, User
+from engine.identity import (
+    ADMIN_ISSUED_CREDENTIAL,
+    CREDENTIAL_UNCONFIRMED,
+    MAKER_CHECKER_ROLES,
+    actor_for,
+    credential_hold,
+    user_roles,
+)
 from engine.lifecycle import Actor, Refusal
 from engine.policy import Role
 
@@ -118,6 +125,13 @@ class Principal:
                    credential_issued_by=credential_issued_by, credential_kind=credential_kind, held_roles=held,
                    hold=hold if held else None)
 
+    @classmethod
+    def of_token(cls, user: User, row: ApiToken) -> Principal:
+        """The caller of an API token (a bearer token, or the token behind a web UI session): its credential and
+        the roles it holds back (``engine.identity.credential_hold``)."""
+        return cls.of(user, credential_id=f"token:{row.id}", credential_issued_by=row.issued_by,
+                      credential_kind="token", hold=credential_hold(row))
+
     @property
     def id(self) -> str:
         return self.user.id
@@ -160,19 +174,28 @@ def allowed(principal: Principal, action: Action) -> bool:
     return action in principal.actions
 
 
+def hold_refusal(principal: Principal, action: Action) -> Refusal | None:
+    """Why ``principal`` may not do ``action`` although a role its person holds may: this credential holds that
+    role back (``engine.identity.credential_hold``). ``None`` when it may, or when no role of theirs may."""
+    if allowed(principal, action) or not any(action in ROLE_ACTIONS.get(role, frozenset())
+                                             for role in principal.held_roles):
+        return None
+    roles = ", ".join(sorted(r.value for r in principal.held_roles))
+    if principal.hold == ADMIN_ISSUED_CREDENTIAL:
+        return Refusal(code=ADMIN_ISSUED_CREDENTIAL, http_status=403,
+                       message=f"an admin issued this token and saw its secret: it never acts as {roles}; "
+                               "enroll for a credential of your own (the code is mailed to you)")
+    return Refusal(code=CREDENTIAL_UNCONFIRMED, http_status=403,
+                   message=f"this credential was re-issued and acts as {roles} only once a second admin "
+                           "confirms it (POST /api/v1/users/{id}/tokens/{token_id}/confirm)")
+
+
 def role_refusal(principal: Principal, action: Action) -> Refusal | None:
     """Why the role table does not let ``principal`` do ``action`` (``None`` when it does)."""
     if allowed(principal, action):
         return None
-    if any(action in ROLE_ACTIONS.get(role, frozenset()) for role in principal.held_roles):
-        roles = ", ".join(sorted(r.value for r in principal.held_roles))
-        if principal.hold == "admin_issued_credential":
-            return Refusal(code="admin_issued_credential", http_status=403,
-                           message=f"an admin issued this token and saw its secret: it never acts as {roles}; "
-                                   "enroll for a credential of your own (the code is mailed to you)")
-        return Refusal(code="credential_unconfirmed", http_status=403,
-                       message=f"this credential was re-issued and acts as {roles} only once a second admin "
-                               "confirms it (POST /api/v1/users/{id}/tokens/{token_id}/confirm)")
+    if (hold := hold_refusal(principal, action)) is not None:
+        return hold
     held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
     who = sorted(r.value for r, acts in ROLE_ACTIONS.items() if action in acts)
     return Refusal(code="forbidden", http_status=403,

@@ -18,7 +18,7 @@ from temporalio.client import Client
 
 from api.authz import Principal
 from api.errors import ApiError, Unauthenticated, UnknownQueryParameters
-from engine.identity import TOKEN_PREFIX, JWTVerifier, authenticate_credential, credential_hold, provision_jwt_user
+from engine.identity import TOKEN_PREFIX, JWTVerifier, authenticate_credential, provision_jwt_user
 from engine.loading import PolicyRegistry
 from engine.settings import Settings
 
@@ -51,33 +51,31 @@ SessionDep = Annotated[AsyncSession, Depends(_session)]
 StateDep = Annotated[AppState, Depends(app_state)]
 
 
-async def _current_user(request: Request, session: SessionDep) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def bearer_token(request: Request) -> str | None:
+    """The credential of an ``Authorization: Bearer <credential>`` header, or None."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def _current_user(request: Request, session: SessionDep) -> Principal:
+    token = bearer_token(request)
+    if token is None:
         raise Unauthenticated()
     state = app_state(request)
-    user = None
-    credential: dict[str, str | None] = {}
-    hold: str | None = None
+    principal: Principal | None = None
     if token.startswith(TOKEN_PREFIX):
         found = await authenticate_credential(session, token)
         if found is not None:
-            user, row = found
-            credential = {"credential_id": f"token:{row.id}", "credential_issued_by": row.issued_by,
-                          "credential_kind": "token"}
-            hold = credential_hold(row)
+            principal = Principal.of_token(*found)
     elif state.jwt is not None:
         claims = await state.jwt.verify(token)
-        if claims is not None:
-            user = await provision_jwt_user(session, claims, state.settings)
+        if claims is not None and (user := await provision_jwt_user(session, claims, state.settings)) is not None:
             session_id = claims.get("sid") or claims.get("jti") or f"{claims.get('sub')}@{claims.get('iat')}"
-            credential = {"credential_id": f"sso:{session_id}", "credential_issued_by": str(claims.get("iss")),
-                          "credential_kind": "sso"}
-    if user is None:
+            principal = Principal.of(user, credential_id=f"sso:{session_id}",
+                                     credential_issued_by=str(claims.get("iss")), credential_kind="sso")
+    if principal is None:
         raise Unauthenticated("the bearer token is invalid, expired or revoked")
-    principal = Principal.of(user, **credential, hold=hold)
     if principal.service_only and not (request.method == "POST" and MONITORING_PATH.fullmatch(request.url.path)):
         # Belt and braces over the role table: a service identity reaches its one endpoint and nothing else.
         raise ApiError(403, "service_identity", f"{principal.username} is a service identity: it may only post "

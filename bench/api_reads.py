@@ -83,12 +83,11 @@ async def main(args: argparse.Namespace) -> Report:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], db=True)
     p.add_argument("--requests", type=int, default=2000, help="requests per round and endpoint")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients")
     p.add_argument("--progressions", type=int, default=20, help="progressions whose state is read")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     return p
 
 

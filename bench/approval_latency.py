@@ -94,10 +94,9 @@ async def main(args: argparse.Namespace) -> Report:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], db=True)
     p.add_argument("--samples", type=int, default=300,
                    help="decisions of each kind (p99 of 100 is the second-worst sample: too noisy)")
-    p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     return p
 
 

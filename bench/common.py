@@ -27,10 +27,8 @@ from typing import Any
 import httpx
 from temporalio.client import Client
 
-from engine.db import make_engine, make_sessionmaker
 from testing import databases as testing_databases
 from testing.api import EXAMPLES, upload
-from testing.people import create_people
 from testing.polling import eventually
 from testing.processes import ProductStack, processes
 from testing.temporal import dev_server
@@ -118,9 +116,12 @@ def emit(report: Report, json_path: str | None) -> None:
         Path(json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, *, db: bool = False) -> argparse.ArgumentParser:
+    """``--json``; with ``db``, also ``--db sqlite|postgresql`` (the database the benchmark runs on)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    if db:
+        parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     return parser
 
 
@@ -257,24 +258,11 @@ class Stack:
         return {"Authorization": f"Bearer {self.tokens[who]}"}
 
 
-async def prepare_database(url: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Migrate, seed the feature catalog, create the benchmark's people; returns (tokens, user ids)."""
-    await testing_databases.prepare_database(url)
-    engine = make_engine(url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            tokens, ids = await create_people(session, BENCH_PEOPLE)
-            await session.commit()
-    finally:
-        await engine.dispose()
-    return tokens, ids
-
-
 @contextlib.asynccontextmanager
 async def product_stack(temporal_address: str, database_url: str, *, extra_env: dict[str, str] | None = None
                         ) -> AsyncIterator[Stack]:
     """Start the worker and the API (uvicorn, loopback, free port) against a prepared database; stop both after."""
-    tokens, ids = await prepare_database(database_url)
+    tokens, ids = await testing_databases.prepare_database_with_people(database_url, BENCH_PEOPLE)
     with tempfile.TemporaryDirectory(prefix="progression-bench-data-") as tmp, \
             processes(Path(tmp) / "logs") as procs:
         stack = ProductStack(procs, database_url, temporal_address, Path(tmp), f"bench-{uuid.uuid4().hex[:8]}",

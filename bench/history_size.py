@@ -119,9 +119,8 @@ async def main(args: argparse.Namespace) -> Report:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], db=True)
     p.add_argument("--journeys", type=int, default=3, help="journeys of each kind")
-    p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     p.add_argument("--breakdown", action="store_true", help="print the engine's bytes per kind of event")
     return p
 

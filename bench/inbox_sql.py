@@ -119,10 +119,9 @@ async def timed(sm: Any, principal: Any, secret: str, cursor: str | None, expect
 
 
 def parser() -> argparse.ArgumentParser:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], db=True)
     p.add_argument("--counts", default="100,10000,100000")
     p.add_argument("--samples", type=int, default=200)
-    p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     return p
 
 

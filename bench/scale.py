@@ -235,7 +235,7 @@ async def measure(http: httpx.AsyncClient, stack: Stack, n: int) -> dict[str, fl
 
 
 def parser() -> argparse.ArgumentParser:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], db=True)
     p.add_argument("--counts", default="100,1000,10000",
                    help="parked counts, smallest first: the smallest is the baseline (parked, drained alone); the "
                         "others are reached cumulatively, and the largest is drained")
@@ -248,7 +248,6 @@ def parser() -> argparse.ArgumentParser:
                    help="a larger count is left out when parking and draining it would pass this many seconds")
     p.add_argument("--wave", type=int, default=500, help="progressions started and parked at a time")
     p.add_argument("--start-concurrency", type=int, default=16, help="HTTP starts in flight while parking")
-    p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     p.add_argument("--series", metavar="FILE", help="also write the points (for bench.plot_scale)")
     return p
 

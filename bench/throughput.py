@@ -220,7 +220,7 @@ async def main(args: argparse.Namespace) -> Report:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], db=True)
     p.add_argument("--count", type=int, default=100, help="progressions per round and kind")
     p.add_argument("--concurrency", type=int, default=16, help="journeys in flight")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (bare, engine)")
@@ -230,7 +230,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runner", choices=["default", "passthrough-all", "unsandboxed"], default="default",
                    help="workflow runner of both workers (tuning experiments)")
     p.add_argument("--profile", choices=["engine"], help="run only the engine (to attach a profiler)")
-    p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     return p
 
 

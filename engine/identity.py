@@ -37,6 +37,10 @@ ENROLLMENT_PREFIX = "enr_"
 # Short-lived: the code travels by e-mail to the person, who redeems it at once; a late one is asked for again.
 ENROLLMENT_TTL = timedelta(hours=1)
 BOOTSTRAP = "bootstrap"  # the operator's own path: the make-run seed and the `progression users` CLI
+ENROLLMENT_ISSUER = "enrollment:"  # ``issued_by`` of a token its person redeemed: ``enrollment:<admin>``
+# Why a token acts in none of its person's maker-checker roles (``credential_hold``; the refusal's code).
+ADMIN_ISSUED_CREDENTIAL = "admin_issued_credential"
+CREDENTIAL_UNCONFIRMED = "credential_unconfirmed"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 # \Z, not $: "$" also matches before a final newline, and "dana\n" would be another user who reads as dana.
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}\Z")
@@ -261,16 +265,31 @@ async def authenticate_credential(session: AsyncSession, token: str) -> tuple[Us
     return user, row
 
 
+def credential_holder(issued_by: str | None) -> str | None:
+    """Who else holds an API token: the admin who issued it saw its secret. ``None`` when nobody but its owner
+    does: redeemed from an enrollment code (``enrollment:<admin>``) or the operator's bootstrap."""
+    if issued_by is None or issued_by == BOOTSTRAP or issued_by.startswith(ENROLLMENT_ISSUER):
+        return None
+    return issued_by
+
+
+def enrolled_by(issued_by: str | None) -> str | None:
+    """The admin whose enrollment the token was redeemed from (``enrollment:<admin>``), else None."""
+    if issued_by is None or not issued_by.startswith(ENROLLMENT_ISSUER):
+        return None
+    return issued_by.removeprefix(ENROLLMENT_ISSUER)
+
+
 def credential_hold(row: ApiToken) -> str | None:
     """Why this token acts in none of its person's maker-checker roles (deciding, admin, monitor), or None.
 
     ``admin_issued_credential``: an admin issued it (``POST /users/{id}/tokens``) and saw its secret; a role
     granted to the account later does not reach that token (the person enrolls for a credential of their own).
     ``credential_unconfirmed``: re-issued by enrollment, until a second admin confirms it."""
-    if row.issued_by not in (None, BOOTSTRAP) and not row.issued_by.startswith("enrollment:"):
-        return "admin_issued_credential"
+    if credential_holder(row.issued_by) is not None:
+        return ADMIN_ISSUED_CREDENTIAL
     if row.awaiting_confirmation:
-        return "credential_unconfirmed"
+        return CREDENTIAL_UNCONFIRMED
     return None
 
 
@@ -339,7 +358,7 @@ async def redeem_enrollment(session: AsyncSession, row: Enrollment, user: User, 
     if not claimed.rowcount:  # type: ignore[attr-defined]
         raise NotFound(_INVALID, code="enrollment_invalid")
     token_row, token = await issue_token(session, user, name=name or "enrolled",
-                                         issued_by=f"enrollment:{row.created_by}")
+                                         issued_by=f"{ENROLLMENT_ISSUER}{row.created_by}")
     token_row.confirmation_required = bool(row.reissue)
     row.token_id = token_row.id
     await session.flush()

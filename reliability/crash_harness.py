@@ -58,8 +58,7 @@ from engine.settings import PROJECT_ROOT
 from reliability import expected_events as model
 from reliability.db_proxy import TcpProxy
 from reliability.pg_cluster import PgCluster
-from testing.databases import prepare_database
-from testing.people import create_people
+from testing.databases import prepare_database_with_people
 from testing.polling import NeverHappened, eventually
 from testing.processes import ProcessDied, Processes, ProductStack, TemporalPorts, free_port, temporal_dev_server_args
 from workflows.contract import SEARCH_ATTRIBUTES, connect
@@ -346,15 +345,8 @@ class Stack:
 
 async def seed(stack: Stack) -> tuple[dict[str, str], dict[str, str]]:
     """Migrate, seed the feature catalog and the people (direct connection). Returns tokens and user ids."""
-    await prepare_database(stack.direct_url)
-    engine = make_engine(stack.direct_url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            tokens, ids = await create_people(session, {name: (roles, team) for name, roles, team in PEOPLE})
-            await session.commit()
-    finally:
-        await engine.dispose()
-    return tokens, ids
+    return await prepare_database_with_people(stack.direct_url,
+                                              {name: (roles, team) for name, roles, team in PEOPLE})
 
 
 # ---- faults --------------------------------------------------------------------------------------
@@ -928,7 +920,7 @@ async def verify(stack: Stack, acks: list[Acknowledged]) -> dict[str, Any]:
     from sqlalchemy import select
 
     from engine.audit import verify_chain
-    from engine.db import AuditEvent, DecisionRow, ProgressionRow, make_engine, make_sessionmaker
+    from engine.db import AuditEvent, DecisionRow, ProgressionRow
 
     engine = make_engine(stack.direct_url)
     try:

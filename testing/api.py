@@ -35,9 +35,8 @@ from engine.db import AuditEvent, ProgressionRow, make_engine, make_sessionmaker
 from engine.evidence import EvidenceStore
 from engine.settings import Settings
 from launch.worker import build_worker
-from testing.databases import prepare_database
+from testing.databases import prepare_database_with_people
 from testing.mail import Mailbox, mailbox
-from testing.people import create_people
 from testing.polling import eventually
 from testing.processes import free_port
 from testing.temporal import tolerate_slow_activations
@@ -96,18 +95,6 @@ def make_settings(tmp_path: Path, url: str, task_queue: str, **overrides: Any) -
 _people_template: tuple[Path, dict[str, str], dict[str, str]] | None = None
 
 
-async def _with_people(url: str) -> tuple[dict[str, str], dict[str, str]]:
-    await prepare_database(url)
-    engine = make_engine(url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            tokens, ids = await create_people(session, PEOPLE)
-            await session.commit()
-    finally:
-        await engine.dispose()  # the last connection closes: the file alone holds everything
-    return tokens, ids
-
-
 async def database_with_people(url: str) -> tuple[dict[str, str], dict[str, str]]:
     """Bring ``url`` to head with the feature catalog and PEOPLE (username -> token, username -> user id).
 
@@ -118,12 +105,12 @@ async def database_with_people(url: str) -> tuple[dict[str, str], dict[str, str]
     global _people_template
     target = sqlite_file(url)
     if target is None or target.exists():
-        return await _with_people(url)
+        return await prepare_database_with_people(url, PEOPLE)
     if _people_template is None:
         directory = Path(tempfile.mkdtemp(prefix="progression-people-"))
         atexit.register(shutil.rmtree, directory, True)
         path = directory / "people.db"
-        tokens, ids = await _with_people(f"sqlite+aiosqlite:///{path}")
+        tokens, ids = await prepare_database_with_people(f"sqlite+aiosqlite:///{path}", PEOPLE)
         _people_template = path, tokens, ids
     path, tokens, ids = _people_template
     target.parent.mkdir(parents=True, exist_ok=True)

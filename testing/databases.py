@@ -23,6 +23,7 @@ from engine.database import sqlite_file, upgrade
 from engine.db import make_engine, make_sessionmaker
 from engine.features import seed_features
 from engine.settings import PROJECT_ROOT
+from testing.people import People, create_people
 
 PG_ADMIN_DSN = os.environ.get("PROGRESSION_TEST_PG_DSN",
                               os.environ.get("PROGRESSION_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"))
@@ -133,3 +134,17 @@ async def prepare_database(url: str) -> None:
         await _seed_catalog(make_sessionmaker(engine))
     finally:
         await engine.dispose()
+
+
+async def prepare_database_with_people(url: str, people: People) -> tuple[dict[str, str], dict[str, str]]:
+    """``prepare_database``, then create ``people`` (see ``testing.people``); returns (username -> token,
+    username -> user id). The engine is disposed before returning: a SQLite file alone then holds everything."""
+    await prepare_database(url)
+    engine = make_engine(url)
+    try:
+        async with make_sessionmaker(engine)() as session:
+            tokens, ids = await create_people(session, people)
+            await session.commit()
+    finally:
+        await engine.dispose()
+    return tokens, ids

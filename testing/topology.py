@@ -16,9 +16,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.db import make_engine, make_sessionmaker
-from testing.databases import prepare_database
-from testing.people import People, create_people
+from testing.databases import prepare_database_with_people
+from testing.people import People
 from testing.polling import eventually
 from testing.processes import Processes, ProductStack
 
@@ -56,14 +55,7 @@ async def production_topology(procs: Processes, temporal_address: str, database_
                               ) -> AsyncIterator[Topology]:
     """Migrate and seed ``database_url`` (PostgreSQL), create ``people``, start the processes and wait until
     every API answers /readyz and every worker polls; the caller's ``procs`` stops them all after."""
-    await prepare_database(database_url)
-    engine = make_engine(database_url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            tokens, ids = await create_people(session, people)
-            await session.commit()
-    finally:
-        await engine.dispose()
+    tokens, ids = await prepare_database_with_people(database_url, people)
     task_queue = f"topology-{uuid.uuid4().hex[:8]}"
     env = {"PROGRESSION_ENV": "production", "PROGRESSION_SECRET_KEY": secrets.token_urlsafe(48),
            "PROGRESSION_TEMPORAL_NAMESPACE": "default", **(settings or {})}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.deps import CurrentUser, SessionDep, StateDep
+from api.deps import CurrentUser, SessionDep, StateDep, bearer_token
 from api.errors import BODY_ERRORS, COMMON_ERRORS, CONFLICT, NOT_FOUND
 from api.idempotency import fingerprint, idempotent
 from api.mail import SmtpMailer
@@ -108,10 +108,8 @@ async def confirm_token(user_id: str, token_id: str, session: SessionDep, user: 
                     summary="Redeem the one-time code mailed to you for your own token (with SSO configured, "
                             "signed in as yourself)")
 async def enroll(body: EnrollRequest, request: Request, session: SessionDep, app: StateDep) -> NewToken:
-    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
     return await svc.enroll(session=session, code=body.code, username=body.username, name=body.name,
-                            settings=app.settings, jwt=app.jwt,
-                            sso_bearer=bearer.strip() if scheme.lower() == "bearer" else None,
+                            settings=app.settings, jwt=app.jwt, sso_bearer=bearer_token(request),
                             chain=app.settings.audit_chain)
 
 

@@ -30,7 +30,7 @@ from engine.catalog import (
 )
 from engine.db import ApiToken, AuditEvent, CatalogModel, Feature, FeatureProposal, ModelVersion, User, utcnow
 from engine.features import catalog_snapshot, current_catalog_version, upsert_feature
-from engine.identity import BOOTSTRAP
+from engine.identity import credential_holder
 from engine.lifecycle import EventType, ResolvedFeature
 from engine.loading import PolicyRegistry
 from engine.policy import GovernancePolicy, Role
@@ -315,14 +315,6 @@ async def _proposal(session: AsyncSession, proposal_id: str, *, lock: bool = Fal
     if row is None:
         raise ApiError(404, "not_found", f"feature proposal {proposal_id!r} not found", {"proposal_id": proposal_id})
     return row
-
-
-def credential_holder(issued_by: str | None) -> str | None:
-    """Who else holds an API token: the admin who issued it saw its secret. ``None`` when nobody but its owner
-    does: redeemed from an enrollment code (``enrollment:<admin>``) or the operator's bootstrap."""
-    if issued_by is None or issued_by == BOOTSTRAP or issued_by.startswith("enrollment:"):
-        return None
-    return issued_by
 
 
 async def _credential_holder(session: AsyncSession, credential: object) -> str | None:

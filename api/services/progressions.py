@@ -32,11 +32,11 @@ from api.authz import (
     Action,
     Principal,
     can_see_team,
+    hold_refusal,
     listing_conditions,
     require,
     require_act_on_team,
     require_visible,
-    role_refusal,
     team_refusal,
 )
 from api.cursors import decode_cursor, encode_cursor
@@ -590,7 +590,7 @@ def deciding_role_refusal(principal: Principal) -> Refusal | None:
                        message="administrators administer but never decide on gates, whatever other role they hold")
     if Action.decide in principal.actions:
         return None
-    if (hold := role_refusal(principal, Action.decide)) is not None and hold.code != "forbidden":
+    if (hold := hold_refusal(principal, Action.decide)) is not None:
         return hold  # a deciding role this credential may not use yet: say why (credential_unconfirmed, ...)
     held = ", ".join(sorted(r.value for r in principal.roles)) or "none"
     return Refusal(code="not_a_gate_role", http_status=403, message=f"your roles ({held}) cannot decide on gates")

@@ -35,6 +35,7 @@ from engine.identity import (
     JWTVerifier,
     check_role_combination,
     create_enrollment,
+    enrolled_by,
     enrollment_for,
     get_user,
     holds_deciding_role,
@@ -290,11 +291,7 @@ async def change_email(*, session: AsyncSession, principal: Principal, user_id: 
     end; the change is audited; and the next credential of this person waits for a second admin."""
     require(principal, Action.manage_users)
     user = await _user(session, user_id)
-    try:
-        validate_email(email)
-    except Exception as exc:  # InvalidIdentity
-        raise ApiError(422, getattr(exc, "code", "invalid_email"), getattr(exc, "message", str(exc)),
-                       {"field": "email"}) from None
+    validate_email(email)  # InvalidIdentity: 422 invalid_email, {"field": "email"} (api.errors answers it)
     if user.external:
         raise ApiError(409, "sso_user", f"{user.username} is provisioned from SSO: their address is the SSO's")
     if email == user.email:
@@ -333,11 +330,11 @@ async def confirm_token(*, session: AsyncSession, principal: Principal, user_id:
                        f"({'confirmed by ' + row.confirmed_by if row.confirmed_by else 'not re-issued'})")
     if user.id == principal.id:
         raise ApiError(403, "own_credential", "nobody confirms their own credential")
-    enrolled_by = (row.issued_by or "").removeprefix("enrollment:")
-    if principal.username in (enrolled_by, user.email_changed_by):
+    enrolled = enrolled_by(row.issued_by)
+    if principal.username in (enrolled, user.email_changed_by):
         raise ApiError(403, "same_admin", "the admin who created this enrollment or changed the person's address "
                        "cannot confirm the credential: a second admin must (maker-checker)",
-                       {"enrolled_by": enrolled_by, "email_changed_by": user.email_changed_by})
+                       {"enrolled_by": enrolled, "email_changed_by": user.email_changed_by})
     row.confirmed_by, row.confirmed_at = principal.username, utcnow()
     await _audit(session, principal, EventType.credential_confirmed, {
         "user_id": user.id, "username": user.username, "token_id": row.id, "prefix": row.prefix,

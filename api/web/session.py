@@ -35,7 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.authz import Principal
 from engine.db import ApiToken, BrowserSession, User, utcnow
-from engine.identity import credential_hold
 
 COOKIE_NAME = "progression_session"
 CSRF_FIELD = "csrf_token"
@@ -146,8 +145,7 @@ async def session_user(db: AsyncSession, session: WebSession) -> Principal | Non
     user = await db.get(User, session.user_id)
     if user is None or not user.active:
         return None
-    principal = Principal.of(user, credential_id=f"token:{token.id}", credential_issued_by=token.issued_by,
-                             credential_kind="token", hold=credential_hold(token))
+    principal = Principal.of_token(user, token)
     return None if principal.service_only else principal  # a service identity never signs in to the web UI
 
 

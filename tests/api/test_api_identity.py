@@ -93,6 +93,15 @@ def test_role_table_is_the_single_source() -> None:
     assert not p(Role.model_developer).reads_all_teams and p(Role.auditor).reads_all_teams
 
 
+SSO_ISSUER = "https://sso.bank.test"
+SSO_AUDIENCE = "progression"
+
+
+def sso_settings(jwks: Path) -> dict[str, str]:
+    """The settings of an installation with SSO whose keys are ``jwks`` (see ``make_jwks``; tokens: ``sso_token``)."""
+    return {"jwt_issuer": SSO_ISSUER, "jwt_audience": SSO_AUDIENCE, "jwt_jwks": str(jwks)}
+
+
 def make_jwks(tmp_path: Path) -> tuple[rsa.RSAPrivateKey, Path]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
@@ -104,7 +113,7 @@ def make_jwks(tmp_path: Path) -> tuple[rsa.RSAPrivateKey, Path]:
 
 def sso_token(key: rsa.RSAPrivateKey, **claims: object) -> str:
     now = int(time.time())
-    base = {"iss": "https://sso.bank.test", "aud": "progression", "sub": "sub-1", "iat": now, "exp": now + 600,
+    base = {"iss": SSO_ISSUER, "aud": SSO_AUDIENCE, "sub": "sub-1", "iat": now, "exp": now + 600,
             "preferred_username": "sso.rita", "roles": ["model_risk_officer"], "team": "model-risk"}
     base.update(claims)
     return jwt.encode(base, key, algorithm="RS256", headers={"kid": "test-key"})
@@ -112,8 +121,7 @@ def sso_token(key: rsa.RSAPrivateKey, **claims: object) -> str:
 
 async def test_jwt_verification_and_provisioning(tmp_path: Path, sqlite_url: str) -> None:
     key, jwks = make_jwks(tmp_path)
-    settings = Settings(env="test", data_dir=tmp_path, database_url=sqlite_url, jwt_issuer="https://sso.bank.test",
-                        jwt_audience="progression", jwt_jwks=str(jwks))
+    settings = Settings(env="test", data_dir=tmp_path, database_url=sqlite_url, **sso_settings(jwks))
     verifier = JWTVerifier(settings)
     claims = await verifier.verify(sso_token(key))
     assert claims is not None and claims["preferred_username"] == "sso.rita"
@@ -156,8 +164,7 @@ async def test_jwt_verification_and_provisioning(tmp_path: Path, sqlite_url: str
 async def test_sso_jwt_through_http(tmp_path: Path, sqlite_url: str, temporal_client: Client,
                                     task_queue: str) -> None:
     key, jwks = make_jwks(tmp_path)
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=False,
-                       jwt_issuer="https://sso.bank.test", jwt_audience="progression", jwt_jwks=str(jwks)) as env:
+    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=False, **sso_settings(jwks)) as env:
         headers = {"Authorization": f"Bearer {sso_token(key)}"}
         me = await env.http.get("/api/v1/me", headers=headers)
         assert me.status_code == 200, me.text

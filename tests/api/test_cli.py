@@ -30,11 +30,9 @@ from typer.testing import CliRunner, Result
 
 from api.app import create_app
 from client.cli import app
-from engine.db import make_engine, make_sessionmaker
 from engine.settings import PROJECT_ROOT, Settings
 from launch.worker import run_worker
-from testing.databases import prepare_database
-from testing.people import create_people
+from testing.databases import prepare_database_with_people
 from testing.polling import eventually_sync
 from testing.processes import free_port
 
@@ -68,16 +66,10 @@ class LiveAPI:
 
 async def _prepare(settings: Settings, api: LiveAPI) -> None:
     """Migrate, seed the feature catalog, create the users (through engine.identity)."""
-    await prepare_database(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        async with make_sessionmaker(engine)() as session:
-            tokens, ids = await create_people(session, {name: (roles, team) for name, roles, team in USERS})
-            await session.commit()
-        api.tokens.update(tokens)
-        api.user_ids.update(ids)
-    finally:
-        await engine.dispose()
+    tokens, ids = await prepare_database_with_people(settings.resolved_database_url,
+                                                      {name: (roles, team) for name, roles, team in USERS})
+    api.tokens.update(tokens)
+    api.user_ids.update(ids)
 
 
 def _serve(api: LiveAPI, port: int, ready: threading.Event, stop: threading.Event,

@@ -8,30 +8,21 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from engine.db import BrowserSession, DecisionRow, utcnow
-from testing.api import ApiEnv, started_at_gate
+from testing.api import ApiEnv
 from tests.api import test_web_ui
-from tests.api.test_web_ui import Browser, csrf_of, signed_in
+from tests.api.test_redteam_catalog_sessions import posted_on_expired_session
+from tests.api.test_web_ui import Browser, csrf_of
 
 people = test_web_ui.people  # the web UI tests' browsers (env: tests/api/conftest.py)
 
 
 async def test_a_kept_decision_lapses_after_24_hours_and_is_not_offered_again(env: ApiEnv,
                                                                               people: dict[str, Browser]) -> None:
-    pid, _ = await started_at_gate(env, "dana")
-    vera = await signed_in(people, "vera")
-    url = f"/ui/progressions/{pid}"
-    page = await vera.get(url)
-    async with env.sessionmaker() as session:
-        await session.execute(update(BrowserSession).where(BrowserSession.user_id == env.user_ids["vera"])
-                              .values(expires_at=utcnow() - timedelta(seconds=1)))
-        await session.commit()
-    before = utcnow()
-    posted = await vera.http.post(f"{url}/decisions", data={"csrf_token": csrf_of(page.text), "stage": "validation",
-                                                            "decision": "approve", "comment": "forgotten words"})
-    assert posted.status_code == 303 and posted.headers["location"].startswith("/ui/login?next=")
+    post = await posted_on_expired_session(env, people, stage="validation", comment="forgotten words")
+    pid, url, vera, posted, before = post.pid, post.url, post.vera, post.posted, post.before
     async with env.sessionmaker() as session:
         rows = (await session.scalars(select(BrowserSession).where(BrowserSession.user_id.is_(None)))).all()
         [kept] = [r for r in rows if r.pending]

@@ -22,7 +22,7 @@ from temporalio.client import Client
 from engine.db import AuditEvent, DecisionRow, Enrollment, User, utcnow
 from engine.identity import create_user, hash_token
 from testing.api import ApiEnv, api_env, decide, started_at_gate
-from tests.api.test_api_identity import make_jwks, sso_token
+from tests.api.test_api_identity import make_jwks, sso_settings, sso_token
 from tests.api.test_web_ui import Browser
 
 
@@ -56,10 +56,8 @@ async def _new_validator(env: ApiEnv, username: str = "vic", email: str | None =
 async def test_attack_the_admin_never_holds_the_code_of_the_validator_he_created(env: ApiEnv) -> None:
     await _admin(env, "ada")
     vic = await _new_validator(env)
-    r = await env.http.post(f"/api/v1/users/{vic}/enrollments", headers=env.auth("adam"))
-    assert r.status_code == 201, r.text
+    r, code = await env.enrollment_code("adam", vic, "vic@bank.example")
     assert env.mail is not None
-    code = env.mail.last_code("vic@bank.example")
     # The admin's answer, the audit trail and the listing carry no code: only where it went.
     assert "enr_" not in r.text and r.json()["sent_to"] == "v***@bank.example", r.text
     created = (await _events(env, "enrollment.created"))[-1]
@@ -82,10 +80,8 @@ async def test_a_code_is_short_lived_and_a_newer_one_supersedes_it(env: ApiEnv) 
     assert env.mail is not None
     await _admin(env, "ada")
     vic = await _new_validator(env)
-    await env.http.post(f"/api/v1/users/{vic}/enrollments", headers=env.auth("adam"))
-    first = env.mail.last_code("vic@bank.example")
-    await env.http.post(f"/api/v1/users/{vic}/enrollments", headers=env.auth("adam"))
-    second = env.mail.last_code("vic@bank.example")
+    _, first = await env.enrollment_code("adam", vic, "vic@bank.example")
+    _, second = await env.enrollment_code("adam", vic, "vic@bank.example")
     assert first != second
     r = await env.http.post("/api/v1/enroll", json={"code": first, "username": "vic"})
     assert r.status_code == 404 and r.json()["code"] == "enrollment_invalid", r.text  # superseded
@@ -132,9 +128,8 @@ async def test_attack_admin_changes_the_address_then_re_enrolls_the_validator(en
     assert changed.payload["old"] == "v***@bank.example" and changed.payload["new"] == "a***@evil.example"
     assert changed.payload["by"] == "adam" and changed.payload["old_address_notified"] is True
     pid, _ = await started_at_gate(env, "dana")
-    enrolled = await env.http.post(f"/api/v1/users/{vera}/enrollments", headers=env.auth("adam"))
-    assert enrolled.status_code == 201 and enrolled.json()["reissue"] is True, enrolled.text
-    code = env.mail.last_code("adam.private@evil.example")  # the admin's own mailbox now
+    enrolled, code = await env.enrollment_code("adam", vera, "adam.private@evil.example")  # the admin's own mailbox now
+    assert enrolled.json()["reissue"] is True, enrolled.text
     stolen = await env.http.post("/api/v1/enroll", json={"code": code, "username": "vera"})
     assert stolen.status_code == 201 and stolen.json()["awaiting_confirmation"] is True, stolen.text
     env.tokens["fake-vera"] = stolen.json()["token"]
@@ -192,18 +187,16 @@ async def test_an_address_change_ends_live_codes_and_an_unnotifiable_change_is_r
     assert env.mail is not None
     await _admin(env, "ada")
     vic = await _new_validator(env)
-    await env.http.post(f"/api/v1/users/{vic}/enrollments", headers=env.auth("adam"))
-    code = env.mail.last_code("vic@bank.example")
+    _, code = await env.enrollment_code("adam", vic, "vic@bank.example")
     r = await env.http.put(f"/api/v1/users/{vic}/email", json={"email": "vic2@bank.example", "reason": "r"},
                            headers=env.auth("adam"))
     assert r.status_code == 200, r.text
     r = await env.http.post("/api/v1/enroll", json={"code": code, "username": "vic"})
     assert r.status_code == 404 and r.json()["code"] == "enrollment_invalid", r.text
     # vic never held a credential, but the address changed: the next one waits for a second admin.
-    r = await env.http.post(f"/api/v1/users/{vic}/enrollments", headers=env.auth("ada"))
-    assert r.status_code == 201 and r.json()["reissue"] is True, r.text
-    redeemed = await env.http.post("/api/v1/enroll", json={"code": env.mail.last_code("vic2@bank.example"),
-                                                           "username": "vic"})
+    r, code = await env.enrollment_code("ada", vic, "vic2@bank.example")
+    assert r.json()["reissue"] is True, r.text
+    redeemed = await env.http.post("/api/v1/enroll", json={"code": code, "username": "vic"})
     assert redeemed.status_code == 201 and redeemed.json()["awaiting_confirmation"] is True, redeemed.text
     env.settings.smtp_port = 1  # the old address cannot be told: the address does not change
     r = await env.http.put(f"/api/v1/users/{vic}/email", json={"email": "vic3@evil.example", "reason": "r"},
@@ -214,16 +207,16 @@ async def test_an_address_change_ends_live_codes_and_an_unnotifiable_change_is_r
     for bad in ("not-an-address", "a@b.example\r\nBcc: adam@evil.example"):
         r = await env.http.put(f"/api/v1/users/{vic}/email", json={"email": bad, "reason": "r"},
                                headers=env.auth("ada"))
-        assert r.status_code == 422, r.text
+        assert r.status_code == 422 and r.json()["code"] == "invalid_email", r.text
+        assert r.json()["details"] == {"field": "email"}, r.text
 
 
 async def test_re_enrolling_someone_who_held_a_credential_needs_a_second_admin(env: ApiEnv) -> None:
     assert env.mail is not None
     await _admin(env, "ada")
     pid, _ = await started_at_gate(env, "dana")
-    r = await env.http.post(f"/api/v1/users/{env.user_ids['vera']}/enrollments", headers=env.auth("adam"))
-    assert r.status_code == 201 and r.json()["reissue"] is True, r.text
-    code = env.mail.last_code("vera@bank.example")
+    r, code = await env.enrollment_code("adam", env.user_ids["vera"], "vera@bank.example")
+    assert r.json()["reissue"] is True, r.text
     redeemed = await env.http.post("/api/v1/enroll", json={"code": code, "username": "vera"})
     assert redeemed.status_code == 201 and redeemed.json()["awaiting_confirmation"] is True
     env.tokens["vera2"] = redeemed.json()["token"]
@@ -243,13 +236,11 @@ async def test_with_sso_the_code_redeems_only_for_the_persons_sso_identity(sqlit
                                                                           temporal_client: Client,
                                                                           task_queue: str) -> None:
     key, jwks = make_jwks(tmp_path)
-    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=False,
-                       jwt_issuer="https://sso.bank.test", jwt_audience="progression", jwt_jwks=str(jwks)) as env:
+    async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=False, **sso_settings(jwks)) as env:
         assert env.mail is not None
         await _admin(env, "ada")
-        await _new_validator(env)
-        code = (await env.enrollment_code("adam", env.user_ids.get("vic") or (await _id(env, "vic")),
-                                          "vic@bank.example"))[1]
+        vic = await _new_validator(env)
+        _, code = await env.enrollment_code("adam", vic, "vic@bank.example")
         r = await env.http.post("/api/v1/enroll", json={"code": code, "username": "vic"})
         assert r.status_code == 403 and r.json()["code"] == "sso_identity_required", r.text
         adam_sso = sso_token(key, preferred_username="adam", roles=["admin"], team="platform")
@@ -264,20 +255,14 @@ async def test_with_sso_the_code_redeems_only_for_the_persons_sso_identity(sqlit
         assert r.status_code == 201, r.text
 
 
-async def _id(env: ApiEnv, username: str) -> str:
-    async with env.sessionmaker() as session:
-        return str(await session.scalar(select(User.id).where(User.username == username)))
-
-
 async def test_a_re_issued_credential_signed_in_to_the_web_ui_decides_nothing_until_confirmed(env: ApiEnv) -> None:
     """The web UI builds its caller from the same token row: an unconfirmed re-issued credential gets no decision
     there either (the form is refused, nothing is recorded), and decides once a second admin confirms it."""
     assert env.mail is not None
     await _admin(env, "ada")
     pid, _ = await started_at_gate(env, "dana")
-    await env.http.post(f"/api/v1/users/{env.user_ids['vera']}/enrollments", headers=env.auth("adam"))
-    redeemed = await env.http.post("/api/v1/enroll", json={"code": env.mail.last_code("vera@bank.example"),
-                                                           "username": "vera"})
+    _, code = await env.enrollment_code("adam", env.user_ids["vera"], "vera@bank.example")
+    redeemed = await env.http.post("/api/v1/enroll", json={"code": code, "username": "vera"})
     assert redeemed.status_code == 201 and redeemed.json()["awaiting_confirmation"] is True, redeemed.text
     env.tokens["vera-web"] = redeemed.json()["token"]
     browser = Browser(env)
@@ -317,6 +302,37 @@ async def test_attack_a_token_the_admin_was_given_before_a_deciding_role_was_gra
     assert approved.status_code == 200, approved.text
     pid, _ = await started_at_gate(env, "dana")
     r = await decide(env, "pup", pid, "validation")
-    assert r.status_code == 403, r.text
+    assert r.status_code == 403 and r.json()["code"] == "admin_issued_credential", r.text
     me = (await env.http.get("/api/v1/me", headers=env.auth("pup"))).json()
     assert me["held_roles"] == ["model_validator"] and "start_progression" in me["actions"], me
+
+
+async def test_attack_an_admin_confirms_her_own_re_issued_credential(env: ApiEnv) -> None:
+    """adam re-enrolls ada (an admin who held a token): her new credential acts as admin only once a second admin
+    confirms it, and ada is not that admin, neither with her old token nor with the new one."""
+    await _admin(env, "ada")
+    r, code = await env.enrollment_code("adam", env.user_ids["ada"], "ada@bank.example")
+    assert r.json()["reissue"] is True, r.text
+    redeemed = await env.http.post("/api/v1/enroll", json={"code": code, "username": "ada"})
+    assert redeemed.status_code == 201 and redeemed.json()["awaiting_confirmation"] is True, redeemed.text
+    url = f"/api/v1/users/{env.user_ids['ada']}/tokens/{redeemed.json()['id']}/confirm"
+    r = await env.http.post(url, headers=env.auth("ada"))
+    assert r.status_code == 403 and r.json()["code"] == "own_credential", r.text
+    r = await env.http.post(url, headers={"Authorization": f"Bearer {redeemed.json()['token']}"})
+    assert r.status_code == 403 and r.json()["code"] == "credential_unconfirmed", r.text
+    assert await env.count(AuditEvent, AuditEvent.event_type == "credential.confirmed") == 0
+
+
+async def test_attack_admin_points_an_sso_persons_address_at_his_own_mailbox(env: ApiEnv) -> None:
+    """A person provisioned from SSO has the SSO's address: an admin cannot point it at his own mailbox."""
+    await _admin(env, "ada")
+    vic = await _new_validator(env)
+    async with env.sessionmaker() as session:
+        await session.execute(update(User).where(User.id == vic).values(external=True))  # as SSO provisions
+        await session.commit()
+    r = await env.http.put(f"/api/v1/users/{vic}/email", json={"email": "adam.private@evil.example",
+                                                               "reason": "new mailbox"}, headers=env.auth("adam"))
+    assert r.status_code == 409 and r.json()["code"] == "sso_user", r.text
+    async with env.sessionmaker() as session:
+        assert (await session.get(User, vic)).email == "vic@bank.example"  # type: ignore[union-attr]
+    assert await env.count(AuditEvent, AuditEvent.event_type == "user.email_changed") == 0

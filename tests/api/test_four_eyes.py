@@ -43,7 +43,7 @@ from testing.api import (
     wait_read_model,
 )
 from testing.polling import within
-from tests.api.test_api_identity import make_jwks, sso_token
+from tests.api.test_api_identity import SSO_ISSUER, make_jwks, sso_settings, sso_token
 from workflows.contract import (
     UPDATE_DECIDE,
     UPDATE_WITHDRAW,
@@ -440,7 +440,7 @@ async def test_sso_decisions_name_the_session_and_sso_only_accepts_them(sqlite_u
                                                                         task_queue: str) -> None:
     key, jwks = make_jwks(tmp_path)
     async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, deciders_sso_only=True,
-                       jwt_issuer="https://sso.bank.test", jwt_audience="progression", jwt_jwks=str(jwks)) as env:
+                       **sso_settings(jwks)) as env:
         pid, _ = await started_at_gate(env, "dana")
         token = sso_token(key, preferred_username="sso.vic", roles=["model_validator"], team="validation",
                           sid="session-42")
@@ -449,7 +449,7 @@ async def test_sso_decisions_name_the_session_and_sso_only_accepts_them(sqlite_u
         assert r.status_code == 200, r.text
         async with env.sessionmaker() as session:
             row = (await session.scalars(select(DecisionRow).where(DecisionRow.progression_id == pid))).one()
-        assert row.credential_id == "sso:session-42" and row.credential_issued_by == "https://sso.bank.test"
+        assert row.credential_id == "sso:session-42" and row.credential_issued_by == SSO_ISSUER
         # An SSO identity claiming admin and a deciding role keeps only admin: admins never decide.
         both = sso_token(key, preferred_username="sso.boss", roles=["admin", "model_risk_officer"], team="platform")
         me = (await env.http.get("/api/v1/me", headers={"Authorization": f"Bearer {both}"})).json()

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+import httpx
 from sqlalchemy import update
 
 from engine.db import BrowserSession, DecisionRow, Feature, User, utcnow
@@ -133,8 +135,18 @@ async def test_the_audit_csv_does_not_carry_a_display_name_as_a_spreadsheet_form
 # ---- a decision kept through an expired session -----------------------------------------------------
 
 
-async def _kept_then_signed_in(env: ApiEnv, people: dict[str, Browser], **fields: str) -> tuple[str, str]:
-    """Vera's decision posted on an expired session, then vera signs in again: (progression id, page shown)."""
+@dataclass
+class KeptPost:
+    pid: str
+    url: str  # the progression's page
+    vera: Browser
+    posted: httpx.Response  # the answer to the post: sent to sign in
+    before: datetime  # the time just before the post
+
+
+async def posted_on_expired_session(env: ApiEnv, people: dict[str, Browser], **fields: str) -> KeptPost:
+    """Vera opens a gate's page, her session expires, she posts her decision (``fields`` with ``approve``): it is
+    kept and she is sent to sign in."""
     pid, _ = await started_at_gate(env, "dana")
     vera = await signed_in(people, "vera")
     url = f"/ui/progressions/{pid}"
@@ -143,10 +155,18 @@ async def _kept_then_signed_in(env: ApiEnv, people: dict[str, Browser], **fields
         await session.execute(update(BrowserSession).where(BrowserSession.user_id == env.user_ids["vera"])
                               .values(expires_at=utcnow() - timedelta(seconds=1)))
         await session.commit()
+    before = utcnow()
     posted = await vera.http.post(f"{url}/decisions", data={"csrf_token": csrf_of(page.text), "decision": "approve",
                                                             **fields})
     assert posted.status_code == 303 and posted.headers["location"].startswith("/ui/login?next=")
-    login = await vera.get(posted.headers["location"])
+    return KeptPost(pid, url, vera, posted, before)
+
+
+async def _kept_then_signed_in(env: ApiEnv, people: dict[str, Browser], **fields: str) -> tuple[str, str]:
+    """Vera's decision posted on an expired session, then vera signs in again: (progression id, page shown)."""
+    kept = await posted_on_expired_session(env, people, **fields)
+    pid, url, vera = kept.pid, kept.url, kept.vera
+    login = await vera.get(kept.posted.headers["location"])
     again = await vera.http.post("/ui/login", data={"token": env.tokens["vera"], "csrf_token": csrf_of(login.text),
                                                     "next": "/ui/models"})
     assert again.status_code == 303 and again.headers["location"] == f"{url}#decide"
