@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -653,9 +654,12 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
     inp = DecideInput(stage=stage, decision=decision, comment=comment, actor=principal.actor,
                       decision_id=decision_id, basis=basis, conditions=conditions or [])
     # One decision per person and gate at a time in this process: the others are refused at once
-    # (409) instead of queueing on the workflow and on database connections.
+    # (409) instead of queueing on the workflow and on database connections. A retry of the decision in
+    # flight (same decision_id: its Idempotency-Key taken over from a request that seemed lost) is the same
+    # decision, not a second one: it goes on to the workflow, which answers it with the first one's result.
     flight = (principal.id, progression_id, stage)
-    if flight in _DECISIONS_IN_FLIGHT and not known:
+    in_flight = _DECISIONS_IN_FLIGHT.get(flight, Counter())
+    if not known and any(other != decision_id for other in in_flight):
         refusal = Refusal(code="decision_in_progress", http_status=409,
                           message=f"your decision on stage {stage!r} of {progression_id} is being recorded; "
                                   "one person counts once")
@@ -665,7 +669,7 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
         raise _refusal_error(refusal)
     # The connection goes back to the pool while the workflow works (it may take seconds under load).
     await session.close()
-    _DECISIONS_IN_FLIGHT.add(flight)
+    _DECISIONS_IN_FLIGHT.setdefault(flight, Counter())[decision_id] += 1
     try:
         result = await handle.execute_update(UPDATE_DECIDE, inp, result_type=DecideResult)
     except WorkflowUpdateFailedError as exc:
@@ -687,7 +691,7 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
                                  source="workflow", chain=app.settings.audit_chain, decision_id=decision_id)
         raise error from None
     finally:
-        _DECISIONS_IN_FLIGHT.discard(flight)
+        _leave_flight(flight, decision_id)
     return await answered_state(session, app, progression_id, result)
 
 
@@ -703,8 +707,18 @@ def _findings_refusal(app: AppState, state: ProgressionState, stage: str, decisi
     return blocking_refusal(state, loaded.policy.findings, stage) if decision == DecisionKind.approve else None
 
 
-# (user id, progression id, stage) of decisions this process is waiting on the workflow for.
-_DECISIONS_IN_FLIGHT: set[tuple[str, str, str]] = set()
+# (user id, progression id, stage) -> the decision ids (with their requests) this process is waiting on the
+# workflow for.
+_DECISIONS_IN_FLIGHT: dict[tuple[str, str, str], Counter[str]] = {}
+
+
+def _leave_flight(flight: tuple[str, str, str], decision_id: str) -> None:
+    ids = _DECISIONS_IN_FLIGHT[flight]
+    ids[decision_id] -= 1
+    if ids[decision_id] <= 0:
+        del ids[decision_id]
+    if not ids:
+        del _DECISIONS_IN_FLIGHT[flight]
 
 
 def _update_error(exc: WorkflowUpdateFailedError) -> ApiError:

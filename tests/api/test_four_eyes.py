@@ -8,16 +8,24 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import select
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowUpdateInput,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
+from api import idempotency
 from engine.db import ApiToken, AuditEvent, DecisionRow, ProgressionRow, User
 from engine.identity import InvalidIdentity, actor_for, create_user
 from engine.lifecycle import DecisionKind, EvidenceRef
@@ -430,6 +438,51 @@ async def _twenty_concurrent_decisions(env: ApiEnv) -> None:
     review = next(s for s in state["stages"] if s["name"] == "risk_review")
     assert review["approvals"][0]["approved_by"] == [env.user_ids["rita"]]
     assert await env.count(DecisionRow, DecisionRow.progression_id == pid, DecisionRow.stage == "risk_review") == 1
+
+
+class HoldFirstDecide(Interceptor):
+    """Holds the first ``decide`` Update this client sends until released: a request that seems lost."""
+
+    def __init__(self) -> None:
+        self.held, self.release, self.first = asyncio.Event(), asyncio.Event(), True
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        outer = self
+
+        class Holding(OutboundInterceptor):
+            async def start_workflow_update(self, input: StartWorkflowUpdateInput) -> Any:
+                if input.update == UPDATE_DECIDE and outer.first:
+                    outer.first = False
+                    outer.held.set()
+                    await outer.release.wait()
+                return await super().start_workflow_update(input)
+
+        return Holding(next)
+
+
+async def test_a_retry_of_the_decision_in_flight_is_that_decision_not_a_refusal(
+        sqlite_url: str, tmp_path: Path, temporal_client: Client, task_queue: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the crash harness: a decision's request seemed lost, its Idempotency-Key was taken over by the
+    retry while the first request still waited on the workflow, and the retry (the same decision) got a final
+    409 ``decision_in_progress``. Now both answer the one decision; "one person counts once" still holds."""
+    holder = HoldFirstDecide()
+    client = Client(**{**temporal_client.config(), "interceptors": [holder]})
+    monkeypatch.setattr(idempotency, "STALE_AFTER", timedelta(0))  # the retry takes the key over at once
+    async with api_env(sqlite_url, tmp_path, client, task_queue) as env:
+        pid, _ = await started_at_gate(env)
+        key = {"Idempotency-Key": f"retry-{uuid.uuid4()}"}
+        first = asyncio.create_task(decide(env, "vera", pid, "validation", **key))
+        await within(holder.held.wait(), "the first request to reach the Temporal client")
+        retry = await decide(env, "vera", pid, "validation", **key)
+        holder.release.set()
+        answer = await within(first, "the first request's answer")
+        assert retry.status_code == 200, retry.text
+        assert answer.status_code == 200, answer.text
+        assert await env.count(DecisionRow, DecisionRow.progression_id == pid, DecisionRow.stage == "validation") == 1
+        assert await audit_events(env, pid, "decision.refused") == []
+        other = await decide(env, "vera", pid, "validation", comment="a second decision")  # no key: a new one
+        assert other.status_code == 409 and other.json()["code"] == "gate_not_open", other.text  # one approval
 
 
 # ---- credentials: SSO sessions, the operator's bootstrap CLI ------------------------------------------------
