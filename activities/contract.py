@@ -6,7 +6,7 @@ notify.py, promotion.py) take and return them. No database, HTTP or CEL here, so
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +35,13 @@ SAVE_FINDING = "save_finding"  # findings and exceptions (workflows/finding.py)
 SAVE_EXCEPTION = "save_exception"
 EVALUATE_MONITORING = "evaluate_monitoring"  # the policy's monitoring rules over one period's results
 START_FINDINGS = "start_findings"  # findings raised by monitoring: their own workflows, not children
+
+# The heartbeat timeout of every scheduled activity that waits on I/O (all but ``evaluate_monitoring``, pure CEL
+# over one period's numbers, and ``record``, a local activity): the activity heartbeats every few seconds while it
+# runs (``activities.heartbeat``), so an attempt lost with its worker (SIGKILL, OOM, a lost host) is timed out and
+# retried on another worker after this, not after its start-to-close timeout (60 s; 5 min for checks and
+# deployment). 30 s leaves a beat or two of slack on a loaded worker (the SDK sends at most every 24 s).
+HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 
 
 NotificationKind = Literal["gate_opened", "escalated", "decided", "finished", "reopened", "finding", "exception",

@@ -33,6 +33,7 @@ from activities.contract import (
     StartFindingsResult,
 )
 from activities.governance import governance_snapshot
+from activities.heartbeat import heartbeats
 from activities.notify import Notifier
 from activities.progression import ProgressionActivities
 from engine import audit
@@ -83,6 +84,7 @@ class FindingActivities:
         return [self.save_finding, self.save_exception, self.start_findings]
 
     @activity.defn(name=START_FINDINGS)
+    @heartbeats
     async def start_findings(self, inp: StartFindingsInput) -> StartFindingsResult:
         """Start each finding's workflow on this worker's task queue; an existing one (a retry) is kept."""
         for finding in inp.findings:
@@ -93,6 +95,7 @@ class FindingActivities:
         return StartFindingsResult(started=len(inp.findings))
 
     @activity.defn(name=SAVE_FINDING)
+    @heartbeats
     async def save_finding(self, inp: SaveFindingInput) -> SaveResult:
         record = inp.record
         written = await self._save(FindingRow, record.finding_id, _finding_columns(record, inp.version, inp.at),
@@ -101,6 +104,7 @@ class FindingActivities:
         return SaveResult(written=written, progressions_told=await self._publish(record.model_id))
 
     @activity.defn(name=SAVE_EXCEPTION)
+    @heartbeats
     async def save_exception(self, inp: SaveExceptionInput) -> SaveResult:
         record = inp.record
         written = await self._save(ExceptionRow, record.exception_id,

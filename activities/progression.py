@@ -41,6 +41,7 @@ from activities.contract import (
     lean_results,
 )
 from activities.governance import governance_snapshot
+from activities.heartbeat import heartbeats
 from activities.notify import Notifier
 from activities.promotion import PromotionTarget
 from engine import audit, checks, features, lineage
@@ -243,6 +244,7 @@ class ProgressionActivities:
     # ---- activities -----------------------------------------------------------------------
 
     @activity.defn(name=REGISTER_PROGRESSION)
+    @heartbeats
     async def register_progression(self, inp: RegisterInput) -> RegisterResult:
         """Upsert model and version, create the read-model row, link evidence, append progression.started."""
         state, spec = inp.state, inp.spec
@@ -298,6 +300,7 @@ class ProgressionActivities:
                               governance=governance)
 
     @activity.defn(name=RECORD_FAILURE)
+    @heartbeats
     async def record_failure(self, inp: RecordFailureInput) -> RecordResult:
         """The workflow failed: the read model says ``failed`` with the reason; ``progression.failed`` is appended.
 
@@ -326,6 +329,7 @@ class ProgressionActivities:
         return RecordResult(events_written=len(inp.events), read_model_updated=updated, notifications_sent=0)
 
     @activity.defn(name=EVALUATE_CHECKS)
+    @heartbeats
     async def evaluate_checks(self, inp: EvaluateChecksInput) -> EvaluateChecksResult:
         """Evaluate one stage's checks over the stored evidence; one ``check.evaluated`` event per check."""
         subject = inp.subject or (CheckSubject(progression_id=inp.state.progression_id, model_id=inp.state.model_id,
@@ -368,6 +372,7 @@ class ProgressionActivities:
         return EvaluateChecksResult(results=lean_results(inp.stage, results))
 
     @activity.defn(name=RECORD)
+    @heartbeats
     async def record(self, inp: RecordInput) -> RecordResult:
         """Append events, write a decision row and evidence links, mirror the state; then notify."""
         state = inp.state
@@ -393,6 +398,7 @@ class ProgressionActivities:
         return RecordResult(events_written=written, read_model_updated=updated, notifications_sent=sent)
 
     @activity.defn(name=DEPLOY)
+    @heartbeats
     async def deploy(self, inp: DeployInput) -> DeployResult:
         """Hand the version to the promotion target; a failure raises and Temporal retries."""
         receipt = await self.promotion_target.deploy(inp.deployment)

@@ -111,7 +111,6 @@ class HarnessConfig:
     request_timeout: float = 15.0
     poll_seconds: float = 0.7
     activity_delay: float = 0.6  # harness worker: evaluate_checks and deploy take this much longer
-    activity_timeout: float = 30.0  # harness worker: their start-to-close timeout (5 min in the product)
     stale_after: float = 20.0  # harness API: an orphaned Idempotency-Key is taken over after this
     phase_wait_seconds: float = 90.0  # how long a phase-aimed kill waits to observe its phase
     mutation: str | None = None  # a bug injected in the harness worker (see reliability.harness_worker)
@@ -235,7 +234,6 @@ class Stack:
     def knobs(self) -> dict[str, str]:
         knobs = {
             "CRASH_HARNESS_ACTIVITY_DELAY": str(self.cfg.activity_delay),
-            "CRASH_HARNESS_ACTIVITY_TIMEOUT": str(self.cfg.activity_timeout),
             "CRASH_HARNESS_STALE_AFTER": str(self.cfg.stale_after),
         }
         if self.cfg.mutation:

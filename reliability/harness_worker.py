@@ -8,13 +8,15 @@ may add, for the crash harness only:
 - ``CRASH_HARNESS_ACTIVITY_DELAY`` (seconds): ``evaluate_checks`` and ``deploy`` take that much
   longer, as checks over large evidence and a real deployment system do, so a kill aimed at
   "checks running" or "deployment running" can observe the phase before it ends;
-- ``CRASH_HARNESS_ACTIVITY_TIMEOUT`` (seconds): the start-to-close timeout of ``evaluate_checks``
-  and ``deploy`` (5 minutes in the product), so an attempt lost with a killed worker is retried
-  within the run's time; the workflow module is then passed through the sandbox so the value holds;
 - ``CRASH_HARNESS_MUTATION``: a deliberately injected bug, to prove the harness catches it:
   ``duplicate_check_event`` (every check evaluation appends its first ``check.evaluated`` a second
   time, under another event id, as a retry that is not idempotent would) or ``drop_gate_opened``
   (``record`` drops ``gate.opened`` events).
+
+The activities keep the product's timeouts: an attempt lost with a killed worker is retried after the 30 s
+heartbeat timeout (``activities.heartbeat``). (A former knob, ``CRASH_HARNESS_ACTIVITY_TIMEOUT``, meant to shorten
+their start-to-close timeout, never took effect: ``run_worker`` passes its own ``workflow_runner``, which replaced
+the knob's pass-through one, so the sandbox re-imported the workflow with its 5-minute timeouts.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import asyncio
 import logging
 import os
 import signal
-from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
@@ -37,6 +38,7 @@ from activities.contract import (
     RecordInput,
     RecordResult,
 )
+from activities.heartbeat import heartbeats
 from activities.progression import ProgressionActivities
 from engine.lifecycle import EventType
 
@@ -49,6 +51,7 @@ class HarnessActivities(ProgressionActivities):
     mutation: str | None = None
 
     @activity.defn(name="evaluate_checks")
+    @heartbeats  # the delay too is part of the attempt
     async def evaluate_checks(self, inp: EvaluateChecksInput) -> EvaluateChecksResult:
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -65,6 +68,7 @@ class HarnessActivities(ProgressionActivities):
         return result
 
     @activity.defn(name="deploy")
+    @heartbeats
     async def deploy(self, inp: DeployInput) -> DeployResult:
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -90,17 +94,7 @@ def _configure() -> dict[str, Any]:
         log.warning("INJECTED BUG for the crash harness: %s", mutation)
     # launch.worker builds ProgressionActivities by name: point it at the harness's subclass.
     product_worker.ProgressionActivities = HarnessActivities  # type: ignore[misc]
-    extra: dict[str, Any] = {}
-    timeout = os.environ.get("CRASH_HARNESS_ACTIVITY_TIMEOUT")
-    if timeout:
-        from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
-
-        import workflows.progression as wf
-
-        wf.CHECKS_TIMEOUT = wf.DEPLOY_TIMEOUT = timedelta(seconds=float(timeout))
-        extra["workflow_runner"] = SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.progression"))
-    return extra
+    return {}
 
 
 async def _main() -> None:

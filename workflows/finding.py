@@ -26,6 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.contract import (
+        HEARTBEAT_TIMEOUT,
         SAVE_EXCEPTION,
         SAVE_FINDING,
         AuditEventIn,
@@ -277,7 +278,8 @@ class FindingWorkflow:
             SAVE_FINDING,
             SaveFindingInput(record=self._finding, version=version, at=workflow.now(), events=events,
                              notifications=notes),
-            result_type=SaveResult, start_to_close_timeout=SAVE_TIMEOUT, retry_policy=SAVE_RETRY)
+            result_type=SaveResult, start_to_close_timeout=SAVE_TIMEOUT, retry_policy=SAVE_RETRY,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT)
 
 
 @workflow.defn(name=EXCEPTION_WORKFLOW)
@@ -401,4 +403,5 @@ class ExceptionWorkflow:
             SAVE_EXCEPTION,
             SaveExceptionInput(record=self._exc, version=version, at=workflow.now(), events=events,
                                notifications=notes),
-            result_type=SaveResult, start_to_close_timeout=SAVE_TIMEOUT, retry_policy=SAVE_RETRY)
+            result_type=SaveResult, start_to_close_timeout=SAVE_TIMEOUT, retry_policy=SAVE_RETRY,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT)

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         DEPLOY,
         EVALUATE_CHECKS,
         EVALUATE_MONITORING,
+        HEARTBEAT_TIMEOUT,
         RECORD,
         RECORD_FAILURE,
         REGISTER_PROGRESSION,
@@ -210,6 +211,12 @@ PATCH_LEAN_RESULTS = "lean-update-results"
 
 CHECKS_TIMEOUT = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=5)
+# Every scheduled activity but evaluate_monitoring (pure, sub-second) also has a heartbeat timeout
+# (activities.contract.HEARTBEAT_TIMEOUT, 30 s) and heartbeats while it runs: an attempt lost with its worker is
+# retried after 30 s, not after its start-to-close. No patch: activity options are not compared on replay (sdk-core
+# matches a ScheduleActivityTask command to its recorded event by activity id and type only), which every committed
+# history replaying unpatched proves (tests/workflow/test_replay.py); running progressions get the timeout on the
+# next activity they schedule.
 
 # Stage statuses during which new evidence re-runs the stage's checks.
 RERUN_ON_EVIDENCE = {StageStatus.blocked, StageStatus.changes_requested, StageStatus.awaiting_approval}
@@ -331,7 +338,8 @@ class ProgressionWorkflow:
         await workflow.execute_activity(
             RECORD_FAILURE,
             RecordFailureInput(state=state, spec=self._input.spec, events=events), result_type=RecordResult,
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT)
 
     async def _run(self, inp: ProgressionInput) -> ProgressionState:
         self._binding = workflow.patched(PATCH_BASIS)
@@ -407,7 +415,8 @@ class ProgressionWorkflow:
             REGISTER_PROGRESSION,
             RegisterInput(state=self._state, spec=inp.spec, spec_yaml=inp.spec_yaml, events=events),
             result_type=RegisterResult,
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT)
         # Earlier rejections of the same artifact or commit (found by the activity, so recorded in
         # history): every decider sees them and an approval must acknowledge them.
         self._state.prior_rejections = list(registered.prior_rejections)
@@ -640,7 +649,8 @@ class ProgressionWorkflow:
             return
         await workflow.execute_activity(
             START_FINDINGS, StartFindingsInput(findings=findings, rules=rules), result_type=StartFindingsResult,
-            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+            start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT)
 
     def _monitoring_finding(self, *, severity: str, title: str, description: str, refs: list[str],
                             raised_by: str, username: str) -> FindingRecord:
@@ -677,7 +687,8 @@ class ProgressionWorkflow:
             artifact_digest=spec.version.artifact_digest, action="undeploy")
         result = await workflow.execute_activity(
             DEPLOY, DeployInput(deployment=deployment), result_type=DeployResult,
-            start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=DEPLOY_RETRY)
+            start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=DEPLOY_RETRY,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT)
         state.status = Status.retired
         state.retired_at = workflow.now()
         state.current_stage = None
@@ -921,7 +932,8 @@ class ProgressionWorkflow:
                 EvaluateChecksInput(state=None if lean else state, subject=subject, spec=self._input.spec,
                                     stage=stage_def, is_first_stage=first, now=workflow.now(),
                                     event_id_prefix=str(workflow.uuid4()), events_before=events),
-                result_type=EvaluateChecksResult, start_to_close_timeout=CHECKS_TIMEOUT, retry_policy=DB_RETRY)
+                result_type=EvaluateChecksResult, start_to_close_timeout=CHECKS_TIMEOUT, retry_policy=DB_RETRY,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT)
             if lean:  # the snapshot was not written by the check run: the next record writes it
                 stage.checks = full_results(stage_def, result.results)
             else:
@@ -1010,7 +1022,8 @@ class ProgressionWorkflow:
             approval_bases=[a["basis"] for a in approvals if a["basis"]] if self._binding else [])
         result = await workflow.execute_activity(
             DEPLOY, DeployInput(deployment=deployment), result_type=DeployResult,
-            start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=DEPLOY_RETRY)
+            start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=DEPLOY_RETRY,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT)
         if self._closed():
             return  # withdrawn while the target was working: the withdrawal stands
         state.deployed_at = workflow.now()
@@ -1492,7 +1505,8 @@ class ProgressionWorkflow:
                 RECORD, record, result_type=RecordResult, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
         else:  # progressions started before the patch keep their recorded commands
             await workflow.execute_activity(
-                RECORD, record, result_type=RecordResult, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+                RECORD, record, result_type=RecordResult, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT)
         self._synced_seq = max(self._synced_seq, seq)
 
     def _touch(self) -> None:

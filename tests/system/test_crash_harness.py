@@ -29,12 +29,12 @@ def _report(summary: dict[str, object]) -> str:
 
 async def test_crash_harness_reduced(tmp_path: Path) -> None:
     # The deadline leaves room for the designed recovery after the last fault: an activity whose worker was
-    # killed is retried when its start-to-close timeout (5 min for checks and deployment) expires, and under
-    # load the last phase kill can land after 320 s (seen: a side-by-side run ended at 600 s with a deploy
-    # retry due at 622 s). A longer deadline costs time only when progressions are still recovering.
+    # killed is retried once its heartbeat timeout (30 s, activities.heartbeat) expires, no longer at its 5-minute
+    # start-to-close (a deploy retry was seen due at 622 s before heartbeats, hence a 900 s deadline then). Under
+    # load the last phase kill can land after 320 s; 600 s leaves several minutes after it.
     cfg = HarnessConfig(progressions=14, seed=11, concurrency=4, worker_kills=3, api_kills=1, temporal_sigkills=1,
                         temporal_sigterms=1, postgres_crashes=1, db_outages=1, workdir=tmp_path / "run",
-                        deadline_seconds=900, quiet=True)
+                        deadline_seconds=600, quiet=True)
     summary = await run_harness(cfg)
     (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     report = _report(summary)

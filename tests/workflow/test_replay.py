@@ -211,6 +211,16 @@ def _payload_data(node: object) -> list[str]:
     return []
 
 
+def test_histories_were_recorded_without_heartbeat_timeouts() -> None:
+    """Every committed history scheduled its activities with no heartbeat timeout; the workflow now sets 30 s
+    (``activities.contract.HEARTBEAT_TIMEOUT``) without a patch. That these histories still replay (test_replay)
+    is the proof that replay compares a scheduled activity's type and id, not its options."""
+    scheduled = [e["activityTaskScheduledEventAttributes"] for text in TEXTS.values()
+                 for e in json.loads(text)["events"] if "activityTaskScheduledEventAttributes" in e]
+    assert {a["activityType"]["name"] for a in scheduled} >= {"deploy", "evaluate_checks", "register_progression"}
+    assert {a.get("heartbeatTimeout", "0s") for a in scheduled} == {"0s"}
+
+
 @pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.stem}" for p in FILES])
 async def test_replay(path: Path) -> None:
     # File name == workflow id (the progression id, "<model>@<version>").
