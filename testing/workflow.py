@@ -30,7 +30,7 @@ from engine.loading import PolicyRegistry, load_spec
 from engine.policy import Role
 from engine.settings import PROJECT_ROOT
 from engine.spec import ProgressionSpec
-from launch.worker import build_worker, workflow_runner
+from launch.worker import build_worker
 from testing.databases import prepare_database
 from testing.polling import eventually, within
 from testing.temporal import tolerate_slow_activations
@@ -145,20 +145,9 @@ def unique_version() -> dict[str, str]:
 # ---- Temporal -------------------------------------------------------------------------------
 
 
-def tier_worker(client: Client, task_queue: str, activities: ProgressionActivities) -> Worker:
-    """The worker of the workflow and API tiers' environments: production's, except that the ``workflows`` package
-    is loaded once per process (``Settings.worker_shared_workflow_modules``). The strict sandbox executes the
-    workflow modules again for every worker built (it checks the three workflows in a sandbox) and for every
-    workflow run: 17-35 ms of CPU per worker built against 1.4 ms shared, and a worker per test. Production's runner
-    (the default) stays under test: the replayed histories (test_replay), and the tests that build their own
-    worker (test_slow_activation, test_snapshot, test_refusal_recorded, test_worker_runner)."""
-    return tolerate_slow_activations(build_worker(client, task_queue=task_queue, activities=activities,
-                                                  workflow_runner=workflow_runner(shared_workflow_modules=True)))
-
-
 @asynccontextmanager
 async def worker(client: Client, task_queue: str, env: Env) -> AsyncIterator[Worker]:
-    async with tier_worker(client, task_queue, env.activities) as w:
+    async with tolerate_slow_activations(build_worker(client, task_queue=task_queue, activities=env.activities)) as w:
         yield w
 
 
