@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -223,6 +224,17 @@ def caller_of(app: AppState, principal: Principal, state: ProgressionState) -> C
                   sso_required=app.settings.deciders_sso_only and principal.credential_kind != "sso")
 
 
+@lru_cache(maxsize=256)
+def _spec_evidence_paths(spec_yaml: str) -> tuple[tuple[str, str], ...]:
+    """The evidence paths a stored spec names (none if it no longer parses). A stored spec never changes, and
+    parsing and validating it (the strict pure-Python YAML loader) was about 40% of a GET of a progression's
+    detail, which clients poll: parsed once per spec and process."""
+    try:
+        return tuple(load_spec(spec_yaml).evidence.items())
+    except ProgressionError:
+        return ()
+
+
 def actions_for(app: AppState, principal: Principal, state: ProgressionState,
                 spec_yaml: str | None = None) -> list[ActionOption]:
     """What ``principal`` may do on the progression now (``engine.actions.allowed_actions``), with an upload slot
@@ -232,10 +244,7 @@ def actions_for(app: AppState, principal: Principal, state: ProgressionState,
     kinds: dict[str, str | None] = {}
     paths: dict[str, str] = {}
     if spec_yaml:
-        try:
-            paths = dict(load_spec(spec_yaml).evidence)
-        except ProgressionError:
-            paths = {}
+        paths = dict(_spec_evidence_paths(spec_yaml))
     kinds.update({name: None for name in paths})
     if policy is not None:
         kinds.update({name: rule.description for name, rule in policy.evidence.items() if rule.is_contract})
