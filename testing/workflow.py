@@ -7,12 +7,13 @@ temporary directory, the example repositories and the policies from ``policies/`
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import temporalio.workflow
 import yaml
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -203,6 +204,22 @@ async def settled(handle: WorkflowHandle[Any, Any]) -> None:
         return not raw.pending_activities and not raw.HasField("pending_workflow_task")
 
     await eventually(idle, f"{handle.id} settled")
+
+
+@contextmanager
+def patch_off(patch_id: str) -> Iterator[None]:
+    """``workflow.patched(patch_id)`` answers False, as for a progression started before the patch. Only for a
+    worker with ``UnsandboxedWorkflowRunner``: there the workflow module sees this very function."""
+    original = temporalio.workflow.patched
+
+    def patched(pid: str) -> bool:
+        return False if pid == patch_id else original(pid)
+
+    temporalio.workflow.patched = patched  # type: ignore[assignment]  # the workflow calls it with the id alone
+    try:
+        yield
+    finally:
+        temporalio.workflow.patched = original
 
 
 async def answered(handle: WorkflowHandle[Any, Any], answer: UpdateAnswer | ProgressionState) -> ProgressionState:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import temporalio.workflow
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner
 
@@ -27,20 +25,8 @@ from activities.promotion import RecordingPromotionTarget
 from engine.evidence import EvidenceStore
 from launch.worker import build_worker
 from testing.api import ApiEnv, api_env, at_gate, decide, get_state, start, wait_for
-from testing.workflow import CREDIT
+from testing.workflow import CREDIT, patch_off
 from workflows.progression import PATCH_LEAN_RESULTS
-
-
-@contextlib.contextmanager
-def _patch_off(patch_id: str) -> Iterator[None]:
-    """``workflow.patched(patch_id)`` answers False, as for a progression started before the patch (the worker runs
-    unsandboxed, so the workflow module sees this very function; as in tests/workflow/test_lean_payloads.py)."""
-    original = temporalio.workflow.patched
-    temporalio.workflow.patched = lambda pid: False if pid == patch_id else original(pid)  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        temporalio.workflow.patched = original  # type: ignore[assignment]
 
 
 async def _update_results(client: Client, pid: str) -> list[tuple[str, dict[str, Any], int]]:
@@ -116,7 +102,7 @@ async def test_lean_update_results_leave_every_http_answer_unchanged(lean: bool,
     async with api_env(sqlite_url, tmp_path, temporal_client, task_queue, worker=False) as env:
         activities = ProgressionActivities(env.sessionmaker, EvidenceStore(env.settings.evidence_dir),
                                            RecordingPromotionTarget(), LogNotifier(), audit_chain=True)
-        with contextlib.nullcontext() if lean else _patch_off(PATCH_LEAN_RESULTS):
+        with contextlib.nullcontext() if lean else patch_off(PATCH_LEAN_RESULTS):
             async with build_worker(temporal_client, task_queue=task_queue, activities=activities,
                                     workflow_runner=UnsandboxedWorkflowRunner()):
                 pid = await _journey(env)

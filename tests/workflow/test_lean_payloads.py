@@ -12,15 +12,12 @@ check runs' inputs hold no state and their results no texts of the stage definit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import temporalio.workflow
 from temporalio.api.history.v1 import History
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner
@@ -43,6 +40,7 @@ from testing.workflow import (
     decide,
     events,
     example_input,
+    patch_off,
     put_evidence,
     start,
     submit,
@@ -69,18 +67,6 @@ def _normal(value: Any, version: str, digest: str) -> Any:
             return "<time>"
         return value.replace(version, "<version>").replace(digest, "<spec digest>")
     return value
-
-
-@contextlib.contextmanager
-def _patch_off(patch_id: str) -> Iterator[None]:
-    """``workflow.patched(patch_id)`` answers False, as for a progression started before the patch (the worker runs
-    unsandboxed, so the workflow module sees this very function)."""
-    original = temporalio.workflow.patched
-    temporalio.workflow.patched = lambda pid: False if pid == patch_id else original(pid)  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        temporalio.workflow.patched = original  # type: ignore[assignment]
 
 
 async def _journey(client: Client, env: Env, version: str) -> tuple[dict[str, Any], list[dict[str, Any]], History]:
@@ -137,7 +123,7 @@ async def test_lean_payloads_leave_snapshot_and_audit_trail_unchanged(temporal_c
                                                                      tmp_path: Path) -> None:
     before_version, lean_version = unique_version()["id"], unique_version()["id"]
     async with app_env(f"sqlite+aiosqlite:///{tmp_path / 'before.db'}", tmp_path / "before") as env:
-        with _patch_off(PATCH_LEAN):
+        with patch_off(PATCH_LEAN):
             row_before, trail_before, history_before = await _journey(temporal_client, env, before_version)
     async with app_env(f"sqlite+aiosqlite:///{tmp_path / 'lean.db'}", tmp_path / "lean") as env:
         row_lean, trail_lean, history_lean = await _journey(temporal_client, env, lean_version)
