@@ -667,8 +667,7 @@ async def decide(*, session: AsyncSession, app: AppState, principal: Principal, 
     # flight (same decision_id: its Idempotency-Key taken over from a request that seemed lost) is the same
     # decision, not a second one: it goes on to the workflow, which answers it with the first one's result.
     flight = (principal.id, progression_id, stage)
-    in_flight = _DECISIONS_IN_FLIGHT.get(flight, Counter())
-    if not known and any(other != decision_id for other in in_flight):
+    if not known and any(other != decision_id for other in _DECISIONS_IN_FLIGHT.get(flight, ())):
         refusal = Refusal(code="decision_in_progress", http_status=409,
                           message=f"your decision on stage {stage!r} of {progression_id} is being recorded; "
                                   "one person counts once")
