@@ -291,6 +291,10 @@ async def change_email(*, session: AsyncSession, principal: Principal, user_id: 
     end; the change is audited; and the next credential of this person waits for a second admin."""
     require(principal, Action.manage_users)
     user = await _user(session, user_id)
+    if user.id == principal.id:
+        # An admin who moved his own address away would free his mailbox for a "validator" he then registers
+        # there (``email_in_use`` guards only addresses held by an account): a second admin changes it.
+        raise ApiError(403, "own_address", "nobody changes their own registered address: a second admin must")
     validate_email(email)  # InvalidIdentity: 422 invalid_email, {"field": "email"} (api.errors answers it)
     if user.external:
         raise ApiError(409, "sso_user", f"{user.username} is provisioned from SSO: their address is the SSO's")

@@ -177,6 +177,12 @@ async def test_attack_an_admin_registers_a_validator_at_a_mailbox_that_is_not_th
     async with env.sessionmaker() as session:
         assert (await session.get(User, vic)).email == "vic@bank.example"  # type: ignore[union-attr]
     assert len(env.mail.received) == sent  # vic was told of no change
+    # Nor can he free his own mailbox by moving his address away first, then register "pup" there.
+    r = await env.http.put(f"/api/v1/users/{env.user_ids['adam']}/email",
+                           json={"email": "adam.elsewhere@bank.example", "reason": "r"}, headers=env.auth("adam"))
+    assert r.status_code == 403 and r.json()["code"] == "own_address", r.text
+    async with env.sessionmaker() as session:
+        assert (await session.get(User, env.user_ids["adam"])).email == "adam@bank.example"  # type: ignore[union-attr]
     # A person's own sub-address is theirs.
     r = await env.http.put(f"/api/v1/users/{vic}/email", json={"email": "vic+work@bank.example", "reason": "r"},
                            headers=env.auth("adam"))
