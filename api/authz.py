@@ -60,6 +60,7 @@ class Action(StrEnum):
     post_monitoring = "post_monitoring"  # a period's results of a model in production (the policy names who)
     request_retirement = "request_retirement"  # the owning team asks; the policy's approvers decide at a gate
     override_retirement = "override_retirement"  # a risk officer lets a model with production dependents retire
+    change_intent = "change_intent"  # propose, approve or reject a change of a model's business intent
 
 
 A = Action
@@ -78,12 +79,13 @@ ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     # Validators attach validation reports (evidence) and decide validation gates.
     Role.model_validator: frozenset(_EVERYONE | _REVIEW | _CATALOG | {A.add_evidence, A.decide, A.read_audit}),
     Role.model_risk_officer: frozenset(_EVERYONE | _REVIEW | _CATALOG | {A.decide, A.read_audit, A.export_audit,
-                                                                         A.verify_audit, A.override_retirement}),
+                                                                         A.verify_audit, A.override_retirement,
+                                                                         A.change_intent}),
     Role.auditor: frozenset(_EVERYONE | {A.read_audit, A.export_audit, A.verify_audit}),
     # Admins never decide, raise or close findings, or grant exceptions (and cannot hold a gate role).
     # Nor post monitoring results, ask for or override a retirement (the owners and risk officers do).
     Role.admin: frozenset(set(Action) - {A.decide, A.remediate_finding, A.post_monitoring, A.request_retirement,
-                                         A.override_retirement} - _REVIEW),
+                                         A.override_retirement, A.change_intent} - _REVIEW),
     # The monitoring jobs' service identity: posting results is all it does (a policy may name a human role too).
     Role.monitor: frozenset({A.post_monitoring}),
 }

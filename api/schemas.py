@@ -189,6 +189,10 @@ class IntentChange(Body):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class IntentChangeDecision(Body):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
 class Me(UserOut):
     actions: list[str]
     reads_all_teams: bool

@@ -23,6 +23,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     event,
+    text,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -172,6 +173,29 @@ class RoleGrant(Base):
     proposed_at: Mapped[datetime] = mapped_column(default=utcnow)
     approved_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     approved_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class IntentChange(Base):
+    """A change of a model's business intent (which policy governs its next versions): proposed by one model risk
+    officer, applied only when a second, different one approves that very proposal (maker-checker)."""
+
+    __tablename__ = "intent_changes"
+    # One open proposal per model, held by the database: two officers proposing at once cannot both succeed.
+    __table_args__ = (Index("uq_intent_changes_one_pending", "model_id", unique=True,
+                            sqlite_where=text("status = 'pending'"), postgresql_where=text("status = 'pending'")),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
+    from_intent: Mapped[str] = mapped_column(String(64))
+    to_intent: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(2000))
+    status: Mapped[str] = mapped_column(String(16))  # pending, approved, rejected
+    proposed_by: Mapped[str] = mapped_column(String(36))  # user id
+    proposed_by_username: Mapped[str] = mapped_column(String(128))
+    proposed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    decided_by_username: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    decision_reason: Mapped[str | None] = mapped_column(String(2000), nullable=True)
 
 
 class CatalogModel(Base):

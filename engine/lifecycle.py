@@ -57,6 +57,8 @@ class EventType(StrEnum):
     credential_confirmed = "credential.confirmed"
     role_grant_proposed = "role_grant.proposed"
     role_grant_approved = "role_grant.approved"
+    model_intent_change_proposed = "model.intent_change_proposed"
+    model_intent_change_rejected = "model.intent_change_rejected"
     model_intent_changed = "model.intent_changed"
     policy_published = "policy.published"
     finding_raised = "finding.raised"

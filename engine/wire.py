@@ -166,8 +166,24 @@ class ModelOut(BaseModel):
     revalidation_overdue: bool = False
 
 
+class IntentChangeOut(BaseModel):
+    id: str
+    model_id: str
+    from_intent: str
+    to_intent: str
+    reason: str
+    status: Literal["pending", "approved", "rejected"]
+    proposed_by: str = Field(description="the proposing model risk officer's username")
+    proposed_at: datetime
+    decided_by: str | None = Field(default=None, description="who approved or rejected it")
+    decided_at: datetime | None = None
+    decision_reason: str | None = None
+
+
 class ModelDetail(ModelOut):
     versions: list[VersionOut]
+    pending_intent_change: IntentChangeOut | None = Field(
+        default=None, description="a proposed change of intent waiting for a second model risk officer")
 
 
 class ModelPage(BaseModel):

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.authz import Action, Principal, listing_conditions, require, require_visible
 from api.deps import AppState
 from api.errors import ApiError
 from engine import audit
-from engine.db import CatalogModel, ModelVersion, ProgressionRow, utcnow
+from engine.db import CatalogModel, IntentChange, ModelVersion, ProgressionRow, utcnow
 from engine.lifecycle import EventType, Status
-from engine.policy import Role
 from engine.spec import progression_id
-from engine.wire import ModelDetail, ModelOut, ModelPage, VersionOut
+from engine.wire import IntentChangeOut, ModelDetail, ModelOut, ModelPage, VersionOut
 
 
 async def _progressions_by_model(session: AsyncSession, model_ids: list[str]) -> dict[str, list[ProgressionRow]]:
@@ -104,37 +104,160 @@ async def get_model(*, session: AsyncSession, principal: Principal, model_id: st
             current_stage=p.current_stage if p else None, waiting_on=list(p.waiting_on or []) if p else [],
             revalidation_due_at=p.revalidation_due_at if p else None,
             revalidation_overdue=p.revalidation_overdue if p else False))
-    return ModelDetail(**_model_out(model, progs, len(versions)), versions=out_versions)  # type: ignore[arg-type]
+    pending = await _pending_change(session, model_id)
+    return ModelDetail(**_model_out(model, progs, len(versions)), versions=out_versions,  # type: ignore[arg-type]
+                       pending_intent_change=intent_change_out(pending) if pending else None)
 
 
-async def change_intent(*, session: AsyncSession, app: AppState, principal: Principal, model_id: str, intent: str,
-                        reason: str) -> ModelDetail:
-    """A model's intent is fixed once registered; only a model risk officer, independent of the owning team,
-    changes it (audited). Running progressions keep the policy they started under."""
+def intent_change_out(change: IntentChange) -> IntentChangeOut:
+    return IntentChangeOut(id=change.id, model_id=change.model_id, from_intent=change.from_intent,
+                           to_intent=change.to_intent, reason=change.reason,
+                           status=change.status,  # type: ignore[arg-type]
+                           proposed_by=change.proposed_by_username, proposed_at=change.proposed_at,
+                           decided_by=change.decided_by_username, decided_at=change.decided_at,
+                           decision_reason=change.decision_reason)
 
 
+async def _model_for_intent_change(session: AsyncSession, principal: Principal, model_id: str) -> CatalogModel:
+    """The model, if ``principal`` may act on a change of its intent: a model risk officer (the role acting, not
+    held) independent of the owning team. A model another team's developer cannot see stays hidden (404)."""
     require(principal, Action.read_catalog)
     model = await session.get(CatalogModel, model_id)
     if model is None:
         raise ApiError(404, "not_found", f"model {model_id} not found")
     require_visible(principal, model.team, f"model {model_id}")
-    if Role.model_risk_officer not in principal.roles:
-        raise ApiError(403, "forbidden", "changing a model's business intent is a model risk officer's decision",
-                       {"roles_allowed": [Role.model_risk_officer.value]})
+    require(principal, Action.change_intent)
     if principal.team is None or principal.team == model.team:
         raise ApiError(403, "own_team" if principal.team else "no_team",
                        f"a model risk officer independent of team {model.team!r} decides a change of its intent")
+    return model
+
+
+async def _intent_change(session: AsyncSession, model_id: str, change_id: str) -> IntentChange:
+    change = await session.get(IntentChange, change_id)
+    if change is None or change.model_id != model_id:
+        raise ApiError(404, "not_found", f"intent change {change_id} of model {model_id} not found")
+    return change
+
+
+async def _pending_change(session: AsyncSession, model_id: str) -> IntentChange | None:
+    return (await session.execute(select(IntentChange).where(IntentChange.model_id == model_id,
+                                                             IntentChange.status == "pending"))).scalar_one_or_none()
+
+
+async def propose_intent_change(*, session: AsyncSession, app: AppState, principal: Principal, model_id: str,
+                                intent: str, reason: str) -> IntentChangeOut:
+    """A model's intent decides which policy governs its next versions, so changing it could move a model to a
+    weaker policy. One model risk officer, independent of the owning team, proposes; nothing changes until a
+    second one approves that proposal (``approve_intent_change``). Running progressions keep their policy."""
+    model = await _model_for_intent_change(session, principal, model_id)
     if app.registry.get(intent) is None:
         raise ApiError(422, "unknown_intent", f"no policy governs business intent {intent!r}",
                        {"known": sorted(app.registry.intents())})
     if intent == model.business_intent:
         raise ApiError(409, "intent_unchanged", f"model {model_id} is already governed as {intent!r}")
-    before = model.business_intent
-    model.business_intent = intent
+    if (pending := await _pending_change(session, model_id)) is not None:
+        raise ApiError(409, "intent_change_pending",
+                       f"model {model_id} already has a proposed change of intent ({pending.from_intent!r} to "
+                       f"{pending.to_intent!r}, by {pending.proposed_by_username}): approve or reject it first",
+                       {"change_id": pending.id})
+    change = IntentChange(id=str(uuid.uuid4()), model_id=model_id, from_intent=model.business_intent,
+                          to_intent=intent, reason=reason, status="pending", proposed_by=principal.id,
+                          proposed_by_username=principal.username, proposed_at=utcnow())
+    session.add(change)
+    try:
+        await session.flush()
+    except IntegrityError:  # another officer's proposal for this model landed first: nothing of ours was written
+        await session.rollback()
+        raise ApiError(409, "intent_change_pending",
+                       f"model {model_id} already has a proposed change of intent: approve or reject it first"
+                       ) from None
+    await _audit_intent(session, app, principal, EventType.model_intent_change_proposed, change)
+    await session.commit()
+    return intent_change_out(change)
+
+
+async def approve_intent_change(*, session: AsyncSession, app: AppState, principal: Principal, model_id: str,
+                                change_id: str, reason: str) -> ModelDetail:
+    """The second model risk officer applies the very proposal they name (its id binds the approval to what
+    they read: a proposal withdrawn and replaced meanwhile is not approved by it). Never its proposer."""
+    model = await _model_for_intent_change(session, principal, model_id)
+    change = await _intent_change(session, model_id, change_id)
+    if change.status != "pending":
+        raise ApiError(409, "intent_change_not_pending", f"intent change {change_id} is {change.status}",
+                       {"status": change.status})
+    if principal.id == change.proposed_by or principal.username == change.proposed_by_username:
+        raise ApiError(403, "own_proposal", "the model risk officer who proposed a change of intent cannot approve "
+                                            "it: a second one must (maker-checker)",
+                       {"proposed_by": change.proposed_by_username})
+    if model.business_intent != change.from_intent:
+        raise ApiError(409, "intent_changed_meanwhile",
+                       f"model {model_id} is governed as {model.business_intent!r} now, not {change.from_intent!r} "
+                       "as proposed")
+    if app.registry.get(change.to_intent) is None:
+        raise ApiError(422, "unknown_intent", f"no policy governs business intent {change.to_intent!r} any more",
+                       {"known": sorted(app.registry.intents())})
+    await _decide(session, change, principal, "approved", reason)
+    model.business_intent = change.to_intent
     await audit.append_event(
         session, event_id=f"intent-{uuid.uuid4()}", event_type=EventType.model_intent_changed.value,
         occurred_at=utcnow(), actor_id=principal.id, model_id=model_id,
-        payload={"from": before, "to": intent, "reason": reason, "by": principal.username,
+        payload={"from": change.from_intent, "to": change.to_intent, "reason": change.reason,
+                 "change_id": change.id, "proposed_by": change.proposed_by_username,
+                 "approved_by": principal.username, "approval_reason": reason, "by": principal.username,
                  "credential_id": principal.credential_id}, chain=app.settings.audit_chain)
     await session.commit()
     return await get_model(session=session, principal=principal, model_id=model_id)
+
+
+async def reject_intent_change(*, session: AsyncSession, app: AppState, principal: Principal, model_id: str,
+                               change_id: str, reason: str) -> IntentChangeOut:
+    """Another model risk officer rejects a proposal, or its proposer withdraws it; the intent stays."""
+    await _model_for_intent_change(session, principal, model_id)
+    change = await _intent_change(session, model_id, change_id)
+    if change.status != "pending":
+        raise ApiError(409, "intent_change_not_pending", f"intent change {change_id} is {change.status}",
+                       {"status": change.status})
+    await _decide(session, change, principal, "rejected", reason)
+    await _audit_intent(session, app, principal, EventType.model_intent_change_rejected, change)
+    await session.commit()
+    return intent_change_out(change)
+
+
+async def list_intent_changes(*, session: AsyncSession, principal: Principal, model_id: str
+                              ) -> list[IntentChangeOut]:
+    require(principal, Action.read_catalog)
+    model = await session.get(CatalogModel, model_id)
+    if model is None:
+        raise ApiError(404, "not_found", f"model {model_id} not found")
+    require_visible(principal, model.team, f"model {model_id}")
+    changes = (await session.execute(select(IntentChange).where(IntentChange.model_id == model_id)
+                                     .order_by(IntentChange.proposed_at, IntentChange.id))).scalars().all()
+    return [intent_change_out(c) for c in changes]
+
+
+async def _decide(session: AsyncSession, change: IntentChange, principal: Principal, status: str,
+                  reason: str) -> None:
+    """Flip the proposal from pending in one conditional UPDATE: of two officers deciding it at once, one wins
+    and the other is told it is no longer pending (nothing of theirs written)."""
+    now = utcnow()
+    flipped = await session.execute(
+        update(IntentChange).where(IntentChange.id == change.id, IntentChange.status == "pending")
+        .values(status=status, decided_by=principal.id, decided_by_username=principal.username, decided_at=now,
+                decision_reason=reason).execution_options(synchronize_session=False))
+    if flipped.rowcount != 1:  # type: ignore[attr-defined]
+        await session.rollback()
+        raise ApiError(409, "intent_change_not_pending", f"intent change {change.id} was decided meanwhile")
+    await session.refresh(change)
+
+
+async def _audit_intent(session: AsyncSession, app: AppState, principal: Principal, event_type: EventType,
+                        change: IntentChange) -> None:
+    await audit.append_event(
+        session, event_id=f"intent-{uuid.uuid4()}", event_type=event_type.value, occurred_at=utcnow(),
+        actor_id=principal.id, model_id=change.model_id,
+        payload={"change_id": change.id, "from": change.from_intent, "to": change.to_intent,
+                 "reason": change.reason, "proposed_by": change.proposed_by_username,
+                 **({"decision_reason": change.decision_reason} if change.decision_reason else {}),
+                 "by": principal.username, "credential_id": principal.credential_id},
+        chain=app.settings.audit_chain)

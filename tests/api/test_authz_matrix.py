@@ -35,7 +35,7 @@ from sqlalchemy import select
 from starlette.routing import Mount
 from temporalio.client import Client
 
-from engine.db import AuditEvent, CatalogModel, DecisionRow, RoleGrant, User, utcnow
+from engine.db import AuditEvent, CatalogModel, DecisionRow, IntentChange, RoleGrant, User, utcnow
 from engine.identity import create_user, issue_token
 from engine.settings import PROJECT_ROOT
 from testing.api import (
@@ -131,11 +131,18 @@ def by_role(table: dict[str, Expect | tuple[Expect, Expect]]) -> Callable[[str, 
     return expect
 
 
-OK, CREATED = (200, None), (201, None)
+OK, CREATED, ACCEPTED = (200, None), (201, None), (202, None)
 FORBIDDEN = (403, "forbidden")
 HIDDEN = (404, "not_found")
 NOT_GATE = (403, "not_a_gate_role")
 NOT_POSTER = (403, "not_a_monitoring_poster")  # no shipped policy lets a person post monitoring results
+
+
+def intent_officers(success: Expect) -> Callable[[str, str], Expect]:
+    return by_role({"developer": (FORBIDDEN, HIDDEN), "validator": FORBIDDEN,
+                    "risk_officer": ((403, "own_team"), success), "auditor": FORBIDDEN, "admin": FORBIDDEN})
+
+
 READ_OBJECT = by_role({"developer": (OK, HIDDEN), "validator": OK, "risk_officer": OK, "auditor": OK, "admin": OK})
 AUDITORS = by_role({"developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": OK, "auditor": OK, "admin": OK})
 ADMIN_ONLY = by_role({"developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": FORBIDDEN,
@@ -241,7 +248,7 @@ def approve_grant() -> Send:
 
 
 def change_intent() -> Send:
-    """Each cell changes the intent of a retail-risk model of its own (the target model stays credit)."""
+    """Each cell proposes a change of intent of a retail-risk model of its own (the target model stays credit)."""
     async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
         model_id = f"matrix-{uuid.uuid4().hex[:8]}"
         async with ctx.env.sessionmaker() as session:
@@ -252,6 +259,26 @@ def change_intent() -> Send:
                                        json={"business_intent": "marketing-propensity", "reason": "matrix"},
                                        headers=ctx.env.auth(who) if who else {})
     return send
+
+def on_intent_change(verb: str) -> Send:
+    """Each cell approves or rejects a change of intent of a retail-risk model of its own, proposed by another
+    model risk officer."""
+    async def send(ctx: Ctx, who: str | None, succeeds: bool) -> httpx.Response:
+        model_id = f"matrix-{uuid.uuid4().hex[:8]}"
+        change = IntentChange(id=str(uuid.uuid4()), model_id=model_id, from_intent="credit-underwriting",
+                              to_intent="marketing-propensity", reason="matrix", status="pending",
+                              proposed_by="another-officer", proposed_by_username="another-officer",
+                              proposed_at=utcnow())
+        async with ctx.env.sessionmaker() as session:
+            session.add(CatalogModel(id=model_id, name="Matrix", team="retail-risk",
+                                     business_intent="credit-underwriting"))
+            await session.flush()
+            session.add(change)
+            await session.commit()
+        return await ctx.env.http.post(f"/api/v1/models/{model_id}/intent-changes/{change.id}/{verb}",
+                                       json={"reason": "matrix"}, headers=ctx.env.auth(who) if who else {})
+    return send
+
 
 def _finding_body(ctx: Ctx) -> dict[str, Any]:
     return {"model_id": ctx.model_id, "version_id": ctx.pid.split("@")[1], "stage": "validation", "severity": "low",
@@ -436,10 +463,15 @@ ROUTES: dict[str, Route] = {
         "developer": FORBIDDEN, "validator": FORBIDDEN, "risk_officer": FORBIDDEN, "auditor": FORBIDDEN,
         "admin": CREATED})),
     "POST /api/v1/role-grants/{grant_id}/approve": Route(approve_grant(), ADMIN_ONLY),
-    # A model's intent is changed by a model risk officer independent of the owning team, nobody else.
-    "POST /api/v1/models/{model_id}/intent": Route(change_intent(), by_role({
-        "developer": (FORBIDDEN, HIDDEN), "validator": FORBIDDEN, "risk_officer": ((403, "own_team"), OK),
-        "auditor": FORBIDDEN, "admin": FORBIDDEN})),
+    # A model's intent is changed by two model risk officers independent of the owning team, nobody else: one
+    # proposes (202, nothing changes yet), a second approves (tests/api/test_intent_change.py: the maker-checker).
+    "POST /api/v1/models/{model_id}/intent": Route(change_intent(), intent_officers(ACCEPTED)),
+    "GET /api/v1/models/{model_id}/intent-changes": Route(api("GET", "/api/v1/models/{model}/intent-changes"),
+                                                          READ_OBJECT),
+    "POST /api/v1/models/{model_id}/intent-changes/{change_id}/approve": Route(on_intent_change("approve"),
+                                                                              intent_officers(OK)),
+    "POST /api/v1/models/{model_id}/intent-changes/{change_id}/reject": Route(on_intent_change("reject"),
+                                                                             intent_officers(OK)),
     # Life after production (issue 20). The matrix's model is at its validation gate, not in production.
     "GET /api/v1/models/{model_id}/monitoring": Route(api("GET", "/api/v1/models/{model}/monitoring"), READ_OBJECT),
     "POST /api/v1/models/{model_id}/monitoring": Route(
