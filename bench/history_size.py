@@ -23,7 +23,7 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from bench.bare import BareGovernedWorkflow, bare_noop
+from bench.bare import BARE_ACTIVITIES, BareGovernedWorkflow
 from bench.common import Report, base_parser, run, temporal_server
 from bench.throughput import bare_journey, engine_env, engine_journey_factory
 
@@ -90,7 +90,7 @@ async def main(args: argparse.Namespace) -> Report:
     async with temporal_server() as (client, _):
         bare_queue = f"bench-bare-{uuid.uuid4().hex[:8]}"
         async with engine_env(client, args.db) as (queue, base, _), Worker(
-                client, task_queue=bare_queue, workflows=[BareGovernedWorkflow], activities=[bare_noop]):
+                client, task_queue=bare_queue, workflows=[BareGovernedWorkflow], activities=BARE_ACTIVITIES):
             journey = engine_journey_factory(base)
             engine_ids: list[str] = []
             bare_ids: list[str] = []

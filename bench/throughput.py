@@ -6,11 +6,16 @@ One progression = start, registration and validation checks, the validator's app
 officers' approvals, staging checks, deployment, ``in_production``. The baseline
 (``bench/bare.py``) has the same number of activities, Updates and timers in the same places,
 with no-op activities. Both run on the same dev server, with the same worker settings, in the
-same process, driven by the same client code (query ``state`` every ``--poll`` seconds until the
-gate is open, then the Update), in alternating rounds so both see the same machine load. The poll
-is the driver's cost, not governance's, yet it is not neutral: each poll is a query task on the
-worker, and the engine's answer is its whole 15 KB state while the bare one is three fields, so a
-shorter interval penalises the engine more (see docs/PERFORMANCE.md for both).
+same process, driven by the same client code (every ``--poll`` seconds, read where each journey stands until
+its gate is open, then the Update), in alternating rounds so both see the same machine load.
+
+Where the driver reads (``--read``): by default each app's read model, as its users read it: the engine's is the
+``progressions`` table its ``record`` activity writes (what the API's GET and inbox serve), the bare app's a dict
+its ``bare_record`` activity writes at the same points; one scan per interval covers every journey in flight,
+and no read reaches the Temporal server. ``--read query`` queries each workflow's ``state`` instead (the
+driver of earlier measurements): each poll is then a query task on the server and the worker, and the engine's
+answer is its whole state while the bare one is three fields, so it charges the driver's reads to the engine
+(docs/PERFORMANCE.md has both).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-from bench.bare import BARE_WORKFLOW, BareDecision, BareGovernedWorkflow, bare_noop
+from bench.bare import BARE_ACTIVITIES, BARE_WORKFLOW, READ_MODEL, BareDecision, BareGovernedWorkflow
 from bench.common import (
     Report,
     base_parser,
@@ -41,14 +46,18 @@ from bench.common import (
     temporal_server,
 )
 
-POLL = 0.05  # default seconds between the driver's state queries (--poll)
+POLL = 0.05  # default seconds between the driver's reads (--poll)
 MAX_WAIT = 60.0  # seconds per wait at most
 # Issue 21's goals against the bare workflow (issue 8 asked 0.8x throughput; see docs/PERFORMANCE.md).
 GOAL_THROUGHPUT = 0.5
 GOAL_SERVER_CPU = 1.5
 
 
-async def _poll(handle: WorkflowHandle[Any, Any], ok: Callable[[dict[str, Any]], bool]) -> None:
+State = dict[str, Any]
+Predicate = Callable[[State], bool]
+
+
+async def _poll(handle: WorkflowHandle[Any, Any], ok: Predicate) -> None:
     for _ in range(int(MAX_WAIT / POLL)):
         state = await handle.query("state")
         if ok(state):
@@ -57,21 +66,95 @@ async def _poll(handle: WorkflowHandle[Any, Any], ok: Callable[[dict[str, Any]],
     raise RuntimeError(f"{handle.id} did not reach the expected state")
 
 
+class ReadModelWatcher:
+    """Waits on a read model: every ``POLL`` seconds one ``read`` of every journey waited on, and each waiter whose
+    state satisfies its predicate is woken (one scan for all journeys, as a dashboard would, not one per journey)."""
+
+    def __init__(self, read: Callable[[list[str]], Awaitable[dict[str, State]]]) -> None:
+        self._read = read
+        self._waiting: dict[str, tuple[Predicate, asyncio.Future[None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def wait(self, workflow_id: str, ok: Predicate) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._scan())
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[workflow_id] = (ok, future)
+        try:
+            await asyncio.wait_for(future, MAX_WAIT)
+        except TimeoutError:
+            raise RuntimeError(f"{workflow_id} did not reach the expected state") from None
+        finally:
+            self._waiting.pop(workflow_id, None)
+
+    async def _scan(self) -> None:
+        while True:
+            if self._waiting:
+                states = await self._read(list(self._waiting))
+                for wid, (ok, future) in list(self._waiting.items()):
+                    if wid in states and ok(states[wid]) and not future.done():
+                        future.set_result(None)
+            await asyncio.sleep(POLL)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+Wait = Callable[[WorkflowHandle[Any, Any], Predicate], Awaitable[None]]
+
+
+def waiter(watcher: ReadModelWatcher | None) -> Wait:
+    """How a journey waits for its next step: on the read model (``watcher``) or by querying its workflow."""
+    if watcher is None:
+        return _poll
+
+    async def wait(handle: WorkflowHandle[Any, Any], ok: Predicate) -> None:
+        await watcher.wait(handle.id, ok)
+    return wait
+
+
+async def _bare_read(ids: list[str]) -> dict[str, State]:
+    return {i: READ_MODEL[i] for i in ids if i in READ_MODEL}
+
+
+def engine_read(sessionmaker: Any) -> Callable[[list[str]], Awaitable[dict[str, State]]]:
+    """The engine's read model: the ``progressions`` rows its ``record`` activity writes."""
+    from sqlalchemy import select
+
+    from engine.db import ProgressionRow
+
+    async def read(ids: list[str]) -> dict[str, State]:
+        async with sessionmaker() as session:
+            rows = await session.execute(select(ProgressionRow.id, ProgressionRow.current_stage,
+                                                ProgressionRow.status).where(ProgressionRow.id.in_(ids)))
+            return {r.id: {"current_stage": r.current_stage, "status": r.status} for r in rows}
+    return read
+
+
 # ---- the two kinds, driven identically --------------------------------------------------------
 
 
-async def bare_journey(client: Client, task_queue: str, i: int) -> str:
-    handle = await client.start_workflow(BARE_WORKFLOW, id=f"bare-{uuid.uuid4().hex}", task_queue=task_queue)
-    await _poll(handle, lambda s: s["gate"] == 0)
-    await handle.execute_update("decide", BareDecision(gate=0, actor="validator"))
-    await _poll(handle, lambda s: s["gate"] == 1)
-    await handle.execute_update("decide", BareDecision(gate=1, actor="risk1"))
-    await handle.execute_update("decide", BareDecision(gate=1, actor="risk2"))
-    await _poll(handle, lambda s: s["status"] == "done")
-    return handle.id
+def bare_journey_factory(wait: Wait = _poll) -> Callable[[Client, str, int], Awaitable[str]]:
+    async def journey(client: Client, task_queue: str, i: int) -> str:
+        handle = await client.start_workflow(BARE_WORKFLOW, id=f"bare-{uuid.uuid4().hex}", task_queue=task_queue)
+        await wait(handle, lambda s: s["gate"] == 0)
+        await handle.execute_update("decide", BareDecision(gate=0, actor="validator"))
+        await wait(handle, lambda s: s["gate"] == 1)
+        await handle.execute_update("decide", BareDecision(gate=1, actor="risk1"))
+        await handle.execute_update("decide", BareDecision(gate=1, actor="risk2"))
+        await wait(handle, lambda s: s["status"] == "done")
+        READ_MODEL.pop(handle.id, None)
+        return handle.id
+    return journey
 
 
-def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awaitable[str]]:
+bare_journey = bare_journey_factory()  # querying its workflow (bench.history_size)
+
+
+def engine_journey_factory(base_input: Any, wait: Wait = _poll) -> Callable[[Client, str, int], Awaitable[str]]:
     from engine.lifecycle import DecisionKind
     from testing import workflow as hw
     from workflows.contract import UPDATE_DECIDE, WORKFLOW_NAME, DecideInput
@@ -91,12 +174,12 @@ def engine_journey_factory(base_input: Any) -> Callable[[Client, str, int], Awai
                 stage=stage, decision=DecisionKind.approve, comment="ok", actor=actor,
                 decision_id=uuid.uuid4().hex))
 
-        await _poll(handle, gate("validation"))
+        await wait(handle, gate("validation"))
         await approve(hw.VALIDATOR, "validation")
-        await _poll(handle, gate("risk_review"))
+        await wait(handle, gate("risk_review"))
         await approve(hw.RISK1, "risk_review")
         await approve(hw.RISK2, "risk_review")
-        await _poll(handle, lambda s: s["status"] == "in_production")
+        await wait(handle, lambda s: s["status"] == "in_production")
         return handle.id
 
     return journey
@@ -177,14 +260,18 @@ async def main(args: argparse.Namespace) -> Report:
     POLL = args.poll
     report = Report("throughput", "python -m bench.throughput", params={
         "count": args.count, "concurrency": args.concurrency, "rounds": args.rounds, "db": args.db,
-        "poll": args.poll})
+        "poll": args.poll, "read": args.read})
     worker_kw = runner_kw(args.runner)
     async with temporal_server() as (client, _):
         bare_queue = f"bench-bare-{uuid.uuid4().hex[:8]}"
         engine_kw = json.loads(args.engine_kw)
-        async with engine_env(client, args.db, engine_kw=engine_kw, **worker_kw) as (queue, base, _), Worker(
-                client, task_queue=bare_queue, workflows=[BareGovernedWorkflow], activities=[bare_noop], **worker_kw):
-            journey = engine_journey_factory(base)
+        async with engine_env(client, args.db, engine_kw=engine_kw, **worker_kw) as (queue, base, env), Worker(
+                client, task_queue=bare_queue, workflows=[BareGovernedWorkflow], activities=BARE_ACTIVITIES,
+                **worker_kw):
+            watchers = ([ReadModelWatcher(engine_read(env.sessionmaker)), ReadModelWatcher(_bare_read)]
+                        if args.read == "read-model" else [None, None])
+            journey = engine_journey_factory(base, waiter(watchers[0]))
+            bare_journey = bare_journey_factory(waiter(watchers[1]))
             # Warm-up: imports, sandbox module cache, connections, JIT-free but cache-hot paths.
             # Sequential, so the first journey creates the catalog model before concurrent ones run.
             await bounded_gather(2, 1, lambda i: journey(client, queue, 10_000_000 + i))
@@ -195,6 +282,9 @@ async def main(args: argparse.Namespace) -> Report:
                     await timer.run("bare", args.count, args.concurrency, lambda i: bare_journey(client, bare_queue, i))
                 await timer.run("engine", args.count, args.concurrency,
                                 lambda i, r=r: journey(client, queue, r * args.count + i))  # type: ignore[misc]
+            for watcher in watchers:
+                if watcher is not None:
+                    await watcher.close()
     n = args.count * args.rounds
     if args.profile == "engine":
         for table in (timer.wall, timer.cpu, timer.server_cpu):
@@ -224,7 +314,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=100, help="progressions per round and kind")
     p.add_argument("--concurrency", type=int, default=16, help="journeys in flight")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (bare, engine)")
-    p.add_argument("--poll", type=float, default=POLL, help="seconds between the driver's state queries")
+    p.add_argument("--poll", type=float, default=POLL, help="seconds between the driver's reads")
+    p.add_argument("--read", choices=["read-model", "query"], default="read-model",
+                   help="where the driver reads each journey's progress: each app's read model (as its users "
+                        "do), or a query to each workflow (earlier measurements)")
     p.add_argument("--engine-kw", default="{}", help="JSON keyword arguments for the worker's database engine, "
                                                     "over the product worker's")
     p.add_argument("--runner", choices=["default", "passthrough-all", "unsandboxed"], default="default",
