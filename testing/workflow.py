@@ -50,6 +50,7 @@ from workflows.contract import (
     UpdateAnswer,
     WithdrawInput,
 )
+from workflows.progression import PATCH_CONSOLIDATED
 
 EXAMPLES = PROJECT_ROOT / "examples"
 POLICIES = PROJECT_ROOT / "policies"
@@ -208,12 +209,13 @@ async def settled(handle: WorkflowHandle[Any, Any]) -> None:
 
 @contextmanager
 def patch_off(patch_id: str) -> Iterator[None]:
-    """``workflow.patched(patch_id)`` answers False, as for a progression started before the patch. Only for a
-    worker with ``UnsandboxedWorkflowRunner``: there the workflow module sees this very function."""
+    """``workflow.patched(patch_id)`` answers False, as for a progression started before the patch (and so before
+    ``PATCH_CONSOLIDATED``, which stands for it). Only for a worker with ``UnsandboxedWorkflowRunner``: there the
+    workflow module sees this very function."""
     original = temporalio.workflow.patched
 
     def patched(pid: str) -> bool:
-        return False if pid == patch_id else original(pid)
+        return False if pid in (patch_id, PATCH_CONSOLIDATED) else original(pid)
 
     temporalio.workflow.patched = patched  # type: ignore[assignment]  # the workflow calls it with the id alone
     try:

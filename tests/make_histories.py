@@ -68,7 +68,8 @@ HISTORIES = Path(__file__).parent / "histories"
 # v9: both patches together (--only credit_monitoring).
 # v10: lean Update results (decide, submit_evidence, withdraw, request_retirement, record_monitoring answer with seq,
 # status and stage, not the state), with every earlier patch: all journeys (no --only).
-CURRENT = HISTORIES / "v10-lean-results"
+# v11: one patch for every earlier one (``every-patch-of-2026``: a new run asks only it), all journeys (no --only).
+CURRENT = HISTORIES / "v11-consolidated-patches"
 FRAUD = CREDIT.parent / "card-fraud-detector"
 FRAUD_DEV = Actor(user_id="u-fdev", username="fay.fraud", roles=[Role.model_developer], team="payments-fraud")
 

@@ -208,6 +208,16 @@ PATCH_LEAN = "lean-payloads"
 # so the read-model snapshot holds the answer's seq; the API reads it there, as GET does. Progressions started
 # before the patch keep answering with the state (the API takes either).
 PATCH_LEAN_RESULTS = "lean-update-results"
+# One patch for all of the above (issue 21: history and server work per journey). Each patch asked in a new run
+# records a marker and, added by the SDK's core, a ``TemporalChangeVersion`` search-attribute upsert (a visibility
+# write on the server): eight of them per credit journey. A run started with this patch asks only it and takes every
+# patch above as applied; a run started before it (no marker) asks each patch where it always did, so every
+# committed history replays unchanged (tests/workflow/test_replay.py). A new patch is asked on its own
+# (``workflow.patched``), not through ``_patched``, until it is consolidated in turn.
+PATCH_CONSOLIDATED = "every-patch-of-2026"
+CONSOLIDATED_PATCHES = frozenset({
+    PATCH_RECORD_LOCAL, PATCH_RECORD_FAILURE, PATCH_BASIS, PATCH_GUIDANCE, PATCH_JSON_PAYLOAD, PATCH_MEMORY,
+    PATCH_FINDINGS, PATCH_MONITORING, PATCH_MONITORING_RETRY, PATCH_LEAN, PATCH_LEAN_RESULTS})
 
 CHECKS_TIMEOUT = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=5)
@@ -245,6 +255,7 @@ class ProgressionWorkflow:
         self._evidence_requests: set[str] = set(inp.resume_memory.evidence_requests if inp.resume_memory else [])
         self._gate_epoch = 0  # bumps when a gate (re)opens, so the SLA wait recomputes its deadline
         self._sa_last: tuple[str | None, str] | None = None
+        self._consolidated: bool | None = None  # PATCH_CONSOLIDATED, asked by whatever asks a patch first
         self._binding = False  # set in run: PATCH_BASIS
         self._guidance_in_state = False  # set in run: PATCH_GUIDANCE
         self._one_normaliser = False  # set in run: PATCH_JSON_PAYLOAD
@@ -314,7 +325,7 @@ class ProgressionWorkflow:
             return await self._run(inp)
         except ActivityError as err:
             # Histories from before the patch failed here without a record; they replay unchanged.
-            if not workflow.patched(PATCH_RECORD_FAILURE):
+            if not self._patched(PATCH_RECORD_FAILURE):
                 raise
             await self._record_failure(err)
             raise ApplicationError(self._state.failure or "the progression failed", type="progression_failed",
@@ -342,11 +353,11 @@ class ProgressionWorkflow:
             heartbeat_timeout=HEARTBEAT_TIMEOUT)
 
     async def _run(self, inp: ProgressionInput) -> ProgressionState:
-        self._binding = workflow.patched(PATCH_BASIS)
-        self._guidance_in_state = not workflow.patched(PATCH_GUIDANCE)
-        self._one_normaliser = workflow.patched(PATCH_JSON_PAYLOAD)
-        self._governed = workflow.patched(PATCH_FINDINGS)
-        self._monitored = workflow.patched(PATCH_MONITORING)
+        self._binding = self._patched(PATCH_BASIS)
+        self._guidance_in_state = not self._patched(PATCH_GUIDANCE)
+        self._one_normaliser = self._patched(PATCH_JSON_PAYLOAD)
+        self._governed = self._patched(PATCH_FINDINGS)
+        self._monitored = self._patched(PATCH_MONITORING)
         self._lean_answers()
         self._upsert_search_attributes(everything=True)
         if not self._registered:
@@ -729,7 +740,7 @@ class ProgressionWorkflow:
     async def record_monitoring(self, inp: MonitoringInput) -> MonitoringOutcome:
         mon = self._mon()
         if inp.result_id in mon.results:
-            if workflow.patched(PATCH_MONITORING_RETRY):
+            if self._patched(PATCH_MONITORING_RETRY):
                 await workflow.wait_condition(lambda: inp.result_id not in self._monitoring_applying)
             else:
                 await workflow.wait_condition(lambda: inp.result_id in self._monitoring_outcomes
@@ -897,7 +908,7 @@ class ProgressionWorkflow:
     async def _continue_as_new(self) -> None:
         await self._flush()
         carried: dict[str, Any] = {"resume_state": self._snapshot()}
-        if workflow.patched(PATCH_MEMORY):  # runs continued before the patch forgot their evidence request ids
+        if self._patched(PATCH_MEMORY):  # runs continued before the patch forgot their evidence request ids
             carried["resume_memory"] = WorkflowMemory(evidence_requests=sorted(self._evidence_requests))
         workflow.continue_as_new(self._input.model_copy(update=carried))
 
@@ -923,7 +934,7 @@ class ProgressionWorkflow:
         self._touch()
         if stage_def.checks or first:
             events, self._events = self._events, []
-            lean = workflow.patched(PATCH_LEAN)
+            lean = self._patched(PATCH_LEAN)
             state = self._state
             subject = CheckSubject(progression_id=state.progression_id, model_id=state.model_id,
                                    evidence=state.evidence) if lean else None
@@ -1454,10 +1465,18 @@ class ProgressionWorkflow:
             event_id=str(workflow.uuid4()), kind=kind, progression_id=self._state.progression_id,
             model_id=self._state.model_id, stage=stage, roles=roles, message=message))
 
+    def _patched(self, patch_id: str) -> bool:
+        """``workflow.patched`` for a patch of ``CONSOLIDATED_PATCHES``: true at once in a run started with
+        ``PATCH_CONSOLIDATED``; asked on its own, where it always was, in a run started before it."""
+        assert patch_id in CONSOLIDATED_PATCHES, patch_id
+        if self._consolidated is None:
+            self._consolidated = workflow.patched(PATCH_CONSOLIDATED)
+        return self._consolidated or workflow.patched(patch_id)
+
     def _lean_answers(self) -> bool:
         """Patch ``lean-update-results``, asked by ``run`` and by any handler that answers first (an Update may run
         before ``run`` starts in a continued run's first task); the SDK keeps the first answer for the run."""
-        return workflow.patched(PATCH_LEAN_RESULTS)
+        return self._patched(PATCH_LEAN_RESULTS)
 
     def _answer(self, seq: int | None = None) -> dict[str, Any]:
         """A lean answer's fields. ``seq`` defaults to the highest one recorded: a handler answers after its own
@@ -1500,7 +1519,7 @@ class ProgressionWorkflow:
         seq = self._state.seq
         record = RecordInput(state=self._state, events=events, decision=decision, evidence=evidence or [],
                              notifications=notes)
-        if workflow.patched(PATCH_RECORD_LOCAL):
+        if self._patched(PATCH_RECORD_LOCAL):
             await workflow.execute_local_activity(
                 RECORD, record, result_type=RecordResult, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
         else:  # progressions started before the patch keep their recorded commands

@@ -17,7 +17,8 @@ texts of the stage definition, ``lean-payloads`` patch; ``v8-timers`` (made besi
 retried monitoring result, answered at once unless this run is still applying it,
 ``monitoring-retry-waits-only-for-its-own-run`` patch; ``v9-lean-and-timers``: both, the monitoring journey;
 ``v10-lean-results``: Updates answer with seq, status and stage instead of the state, ``lean-update-results`` patch,
-with every earlier one, all journeys); every
+with every earlier one, all journeys; ``v11-consolidated-patches``: a new run asks one patch,
+``every-patch-of-2026``, that stands for every earlier one, all journeys); every
 generation must keep replaying. A deliberate change goes behind ``workflow.patched`` and adds a generation
 with ``python -m tests.make_histories --out tests/histories/<generation>``.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHistory
@@ -34,7 +36,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from workflows.progression import (
+    CONSOLIDATED_PATCHES,
     PATCH_BASIS,
+    PATCH_CONSOLIDATED,
     PATCH_FINDINGS,
     PATCH_GUIDANCE,
     PATCH_JSON_PAYLOAD,
@@ -50,20 +54,21 @@ from workflows.progression import (
 HISTORIES = Path(__file__).parent.parent / "histories"
 FILES = sorted(HISTORIES.glob("*/*.json"))
 TEXTS = {p: p.read_text() for p in FILES}  # read at collection time, not inside the event loop
-NEWEST = "v10-lean-results"  # tests/make_histories.py CURRENT
+NEWEST = "v11-consolidated-patches"  # tests/make_histories.py CURRENT
+V10 = "v10-lean-results"  # lean-update-results, the last generation that asked each patch on its own
 V6 = "v6-findings-and-guidance"
 V7 = "v7-monitoring"
 V8_LEAN = "v8-lean"  # lean-payloads
 V8_TIMERS = "v8-timers"  # monitoring-retry-waits-only-for-its-own-run (made beside v8-lean, without it)
 V9 = "v9-lean-and-timers"  # both v8 patches
-SINCE_V7 = {V7, V8_LEAN, V8_TIMERS, V9, NEWEST}
+SINCE_V7 = {V7, V8_LEAN, V8_TIMERS, V9, V10}  # of the generations that asked each patch on its own
 
 
 def test_histories_are_committed() -> None:
     assert FILES, f"no workflow histories in {HISTORIES}"
     assert {p.parent.name for p in FILES} >= {"v1-record-activity", "v2-record-local-activity", "v3-record-failure",
                                               "v3-approval-basis", "v4-basis-and-failure", "v5-read-side-guidance",
-                                              "v5-findings", V6, V8_LEAN, V8_TIMERS} | SINCE_V7
+                                              "v5-findings", V6, V8_LEAN, V8_TIMERS, NEWEST} | SINCE_V7
 
 
 def _patches_and_record_kinds(text: str) -> tuple[set[str], set[str]]:
@@ -91,6 +96,10 @@ def _b64(data: str) -> str:
 def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
     # Without this, regenerating every directory with the new code would leave the old branch untested.
     patches, kinds = _patches_and_record_kinds(TEXTS[path])
+    if path.parent.name == NEWEST:
+        _assert_every_patch_applied_under_one(path, patches, kinds)
+        return
+    assert PATCH_CONSOLIDATED not in patches
     if path.parent.name == "v1-record-activity":
         assert PATCH_RECORD_LOCAL not in patches and kinds == {"task"}
     elif path.stem == "retail-credit-scorecard@3.3.0" and path.parent.name == "v2-record-local-activity":
@@ -105,20 +114,20 @@ def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
                                                              "v5-read-side-guidance", "v5-findings", V6} | SINCE_V7)
     # Asked at the first check run: the registration that fails (3.3.0, only in v1-v4 and v10) runs none.
     checked = path.stem != "retail-credit-scorecard@3.3.0"
-    assert (PATCH_LEAN in patches) == (path.parent.name in {V8_LEAN, V9, NEWEST} and checked)
+    assert (PATCH_LEAN in patches) == (path.parent.name in {V8_LEAN, V9, V10} and checked)
     # How check runs travelled: the whole state before the patch, a CheckSubject since (the branch each takes).
     runs = _check_inputs(TEXTS[path])
-    if path.parent.name in {V8_LEAN, V9, NEWEST} and checked:
+    if path.parent.name in {V8_LEAN, V9, V10} and checked:
         assert runs and all(r["state"] is None and r["subject"]["evidence"] for r in runs)
     else:
         assert all(r["state"] is not None and r.get("subject") is None for r in runs)
     # Asked only when a monitoring result is retried: the monitoring journey (the only one in v8-timers and v9).
-    assert (PATCH_MONITORING_RETRY in patches) == (path.parent.name in {V8_TIMERS, V9, NEWEST}
+    assert (PATCH_MONITORING_RETRY in patches) == (path.parent.name in {V8_TIMERS, V9, V10}
                                                    and path.stem == "retail-credit-scorecard@3.5.0")
-    assert (PATCH_LEAN_RESULTS in patches) == (path.parent.name == NEWEST)
+    assert (PATCH_LEAN_RESULTS in patches) == (path.parent.name == V10)
     # How Updates answered: the whole state before lean-update-results, seq/status/stage since (the branch each takes).
     answers = _update_results(TEXTS[path])
-    if path.parent.name == NEWEST:
+    if path.parent.name == V10:
         assert all(a.get("state") is None and a["seq"] >= 0 for _, a, _ in answers)
         assert all(size < 1024 for _, _, size in answers), [(n, s) for n, _, s in answers]
     else:
@@ -129,6 +138,38 @@ def test_each_generation_exercises_its_branch_of_the_patch(path: Path) -> None:
     assert (PATCH_JSON_PAYLOAD in patches) == (path.parent.name in {"v5-read-side-guidance", V6} | SINCE_V7)
     assert (PATCH_FINDINGS in patches) == (path.parent.name in {"v5-findings", V6} | SINCE_V7)
     assert (PATCH_MONITORING in patches) == (path.parent.name in SINCE_V7)
+
+
+def _assert_every_patch_applied_under_one(path: Path, patches: set[str], kinds: set[str]) -> None:
+    """A run started with ``every-patch-of-2026`` records that patch alone (one marker and one
+    ``TemporalChangeVersion`` upsert per run) and takes the branch of every patch it stands for."""
+    text = TEXTS[path]
+    assert patches == {PATCH_CONSOLIDATED}
+    assert _change_versions(text) == [[PATCH_CONSOLIDATED]]
+    failed = path.stem == "retail-credit-scorecard@3.3.0"
+    assert kinds == (set() if failed else {"local"})  # record-as-local-activity (registration failed: no record)
+    if failed:  # record-failure: the failure recorded before the workflow failed
+        assert _activities(text) == ["register_progression", "record_failure"]
+    else:  # lean-payloads: every check run carries a subject, not the state
+        runs = _check_inputs(text)
+        assert runs and all(r["state"] is None and r["subject"]["evidence"] for r in runs)
+    answers = _update_results(text)  # lean-update-results
+    assert all(a.get("state") is None and int(str(a["seq"])) >= 0 and size < 1024 for _, a, size in answers), path
+    assert CONSOLIDATED_PATCHES >= {PATCH_BASIS, PATCH_GUIDANCE, PATCH_JSON_PAYLOAD, PATCH_FINDINGS, PATCH_MONITORING,
+                                    PATCH_MONITORING_RETRY, PATCH_LEAN, PATCH_LEAN_RESULTS, PATCH_RECORD_LOCAL,
+                                    PATCH_RECORD_FAILURE}
+
+
+def _change_versions(text: str) -> list[list[str]]:
+    """The ``TemporalChangeVersion`` values a history upserted (the SDK's core adds one per patch asked)."""
+    out: list[list[str]] = []
+    for e in json.loads(text)["events"]:
+        if e["eventType"] != "EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES":
+            continue
+        fields = e["upsertWorkflowSearchAttributesEventAttributes"]["searchAttributes"]["indexedFields"]
+        if "TemporalChangeVersion" in fields:
+            out.append(json.loads(_b64(fields["TemporalChangeVersion"]["data"])))
+    return out
 
 
 def _update_results(text: str) -> list[tuple[str, dict[str, object], int]]:
@@ -148,8 +189,9 @@ def _update_results(text: str) -> list[tuple[str, dict[str, object], int]]:
     return out
 
 
-def test_the_newest_generation_answers_every_kind_of_update_without_the_state() -> None:
-    kinds = {name for path in FILES if path.parent.name == NEWEST for name, _, _ in _update_results(TEXTS[path])}
+@pytest.mark.parametrize("generation", [V10, NEWEST])
+def test_the_lean_generations_answer_every_kind_of_update_without_the_state(generation: str) -> None:
+    kinds = {name for path in FILES if path.parent.name == generation for name, _, _ in _update_results(TEXTS[path])}
     assert kinds == {"decide", "submit_evidence", "withdraw", "request_retirement", "record_monitoring"}
 
 
@@ -160,7 +202,7 @@ def _check_inputs(text: str) -> list[dict[str, object]]:
             and e["activityTaskScheduledEventAttributes"]["activityType"]["name"] == "evaluate_checks"]
 
 
-@pytest.mark.parametrize("generation", ["v5-findings", V6, V8_LEAN, NEWEST])
+@pytest.mark.parametrize("generation", ["v5-findings", V6, V8_LEAN, V10, NEWEST])
 def test_the_findings_generation_raises_conditions_and_waives_a_check(generation: str) -> None:
     text = TEXTS[HISTORIES / generation / "retail-credit-scorecard@3.4.0.json"]
     events = json.loads(text)["events"]
@@ -181,7 +223,7 @@ def _activities(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("generation", "deliveries"), [(V7, 3), (V8_LEAN, 3), (V8_TIMERS, 4), (V9, 4),
-                                                               (NEWEST, 4)])
+                                                               (V10, 4), (NEWEST, 4)])
 def test_the_monitoring_generation_triggers_revalidation_and_undeploys(generation: str, deliveries: int) -> None:
     text = TEXTS[HISTORIES / generation / "retail-credit-scorecard@3.5.0.json"]
     events = json.loads(text)["events"]
@@ -212,13 +254,19 @@ def _payload_data(node: object) -> list[str]:
 
 
 def test_histories_were_recorded_without_heartbeat_timeouts() -> None:
-    """Every committed history scheduled its activities with no heartbeat timeout; the workflow now sets 30 s
-    (``activities.contract.HEARTBEAT_TIMEOUT``) without a patch. That these histories still replay (test_replay)
-    is the proof that replay compares a scheduled activity's type and id, not its options."""
-    scheduled = [e["activityTaskScheduledEventAttributes"] for text in TEXTS.values()
-                 for e in json.loads(text)["events"] if "activityTaskScheduledEventAttributes" in e]
-    assert {a["activityType"]["name"] for a in scheduled} >= {"deploy", "evaluate_checks", "register_progression"}
-    assert {a.get("heartbeatTimeout", "0s") for a in scheduled} == {"0s"}
+    """Every history up to v10 scheduled its activities with no heartbeat timeout; the workflow now sets 30 s
+    (``activities.contract.HEARTBEAT_TIMEOUT``) without a patch, as v11's show. That the older ones still replay
+    (test_replay) is the proof that replay compares a scheduled activity's type and id, not its options."""
+    def scheduled(newest: bool) -> list[dict[str, Any]]:
+        return [e["activityTaskScheduledEventAttributes"] for p, text in TEXTS.items()
+                if (p.parent.name == NEWEST) == newest
+                for e in json.loads(text)["events"] if "activityTaskScheduledEventAttributes" in e]
+
+    before = scheduled(newest=False)
+    assert {a["activityType"]["name"] for a in before} >= {"deploy", "evaluate_checks", "register_progression"}
+    assert {a.get("heartbeatTimeout", "0s") for a in before} == {"0s"}
+    newest = scheduled(newest=True)
+    assert {a["heartbeatTimeout"] for a in newest if a["activityType"]["name"] != "evaluate_monitoring"} == {"30s"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.name}/{p.stem}" for p in FILES])
