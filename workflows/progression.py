@@ -214,6 +214,11 @@ PATCH_LEAN_RESULTS = "lean-update-results"
 # patch above as applied; a run started before it (no marker) asks each patch where it always did, so every
 # committed history replays unchanged (tests/workflow/test_replay.py). A new patch is asked on its own
 # (``workflow.patched``), not through ``_patched``, until it is consolidated in turn.
+# Such a run also upserts the stage and status search attributes once the workflow waits (every coroutine blocked:
+# ``_sync_search_attributes``), with the values it then has, instead of at every change: no one outside sees a
+# workflow between two of its waits, so the transient values (checks running, then the gate open, in one
+# activation, or across the ``record`` local activities of one workflow task) were visibility writes nobody could
+# read.
 PATCH_CONSOLIDATED = "every-patch-of-2026"
 CONSOLIDATED_PATCHES = frozenset({
     PATCH_RECORD_LOCAL, PATCH_RECORD_FAILURE, PATCH_BASIS, PATCH_GUIDANCE, PATCH_JSON_PAYLOAD, PATCH_MEMORY,
@@ -256,6 +261,7 @@ class ProgressionWorkflow:
         self._gate_epoch = 0  # bumps when a gate (re)opens, so the SLA wait recomputes its deadline
         self._sa_last: tuple[str | None, str] | None = None
         self._consolidated: bool | None = None  # PATCH_CONSOLIDATED, asked by whatever asks a patch first
+        self._records_in_flight = 0  # record local activities running (the workflow task goes on meanwhile)
         self._binding = False  # set in run: PATCH_BASIS
         self._guidance_in_state = False  # set in run: PATCH_GUIDANCE
         self._one_normaliser = False  # set in run: PATCH_JSON_PAYLOAD
@@ -360,6 +366,8 @@ class ProgressionWorkflow:
         self._monitored = self._patched(PATCH_MONITORING)
         self._lean_answers()
         self._upsert_search_attributes(everything=True)
+        if self._consolidated:
+            asyncio.create_task(self._sync_search_attributes())  # noqa: RUF006 (lives as long as the run)
         if not self._registered:
             await self._register()
         route = self._route_defs()
@@ -903,6 +911,7 @@ class ProgressionWorkflow:
     async def _finish(self) -> ProgressionState:
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._flush()
+        self._upsert_search_attributes()  # the final values, before the run completes
         return guided(self._state)
 
     async def _continue_as_new(self) -> None:
@@ -910,6 +919,7 @@ class ProgressionWorkflow:
         carried: dict[str, Any] = {"resume_state": self._snapshot()}
         if self._patched(PATCH_MEMORY):  # runs continued before the patch forgot their evidence request ids
             carried["resume_memory"] = WorkflowMemory(evidence_requests=sorted(self._evidence_requests))
+        self._upsert_search_attributes()  # the values this run ends with (a no-op for runs that upsert every change)
         workflow.continue_as_new(self._input.model_copy(update=carried))
 
     # ---- stage steps ----------------------------------------------------------------------
@@ -1469,9 +1479,12 @@ class ProgressionWorkflow:
         """``workflow.patched`` for a patch of ``CONSOLIDATED_PATCHES``: true at once in a run started with
         ``PATCH_CONSOLIDATED``; asked on its own, where it always was, in a run started before it."""
         assert patch_id in CONSOLIDATED_PATCHES, patch_id
+        return self._is_consolidated() or workflow.patched(patch_id)
+
+    def _is_consolidated(self) -> bool:
         if self._consolidated is None:
             self._consolidated = workflow.patched(PATCH_CONSOLIDATED)
-        return self._consolidated or workflow.patched(patch_id)
+        return self._consolidated
 
     def _lean_answers(self) -> bool:
         """Patch ``lean-update-results``, asked by ``run`` and by any handler that answers first (an Update may run
@@ -1520,8 +1533,13 @@ class ProgressionWorkflow:
         record = RecordInput(state=self._state, events=events, decision=decision, evidence=evidence or [],
                              notifications=notes)
         if self._patched(PATCH_RECORD_LOCAL):
-            await workflow.execute_local_activity(
-                RECORD, record, result_type=RecordResult, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY)
+            self._records_in_flight += 1
+            try:
+                await workflow.execute_local_activity(
+                    RECORD, record, result_type=RecordResult, start_to_close_timeout=DB_TIMEOUT,
+                    retry_policy=DB_RETRY)
+            finally:
+                self._records_in_flight -= 1
         else:  # progressions started before the patch keep their recorded commands
             await workflow.execute_activity(
                 RECORD, record, result_type=RecordResult, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY,
@@ -1550,7 +1568,27 @@ class ProgressionWorkflow:
         if self._guidance_in_state:  # progressions started before PATCH_GUIDANCE keep it in their state
             for name, value in guidance(state).items():
                 setattr(state, name, value)
-        self._upsert_search_attributes()
+        if not self._is_consolidated():  # runs started before PATCH_CONSOLIDATED upsert at every change
+            self._upsert_search_attributes()
+
+    def _search_attributes_due(self) -> bool:
+        return self._records_in_flight == 0 and (self._state.current_stage, self._state.status.value) != self._sa_last
+
+    async def _sync_search_attributes(self) -> None:
+        """Runs started with ``PATCH_CONSOLIDATED``: upsert the stage and status the workflow waits in, once per
+        change of them. A wait condition is checked only when no coroutine of the workflow can run on; the ones
+        woken in the same pass run after it, so this waits passes until one leaves the state as it was, then
+        upserts what the workflow now waits in. Not while a ``record`` runs: a local activity resolves within the
+        same workflow task, so what the workflow waits in is known only after it. Before the run ends
+        (``_finish``, continue-as-new) the last values are upserted directly."""
+        while True:
+            await workflow.wait_condition(self._search_attributes_due)
+            seq = -1
+            while seq != self._state.seq:
+                seq = self._state.seq
+                await workflow.wait_condition(lambda: True)
+            if self._search_attributes_due():
+                self._upsert_search_attributes()
 
     def _upsert_search_attributes(self, *, everything: bool = False) -> None:
         state = self._state
