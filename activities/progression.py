@@ -249,6 +249,14 @@ class ProgressionActivities:
         """Upsert model and version, create the read-model row, link evidence, append progression.started."""
         state, spec = inp.state, inp.spec
         async with self.sessionmaker() as session, session.begin():
+            # The API refuses this before a workflow exists; checked here too for a start that got past it (a race,
+            # a client of Temporal itself): the same artifact or commit under a weaker intent than it had before.
+            earlier = await lineage.prior_outcomes(session, progression_id=state.progression_id,
+                                                   artifact=spec.version.artifact, source=spec.version.source)
+            if (stricter := lineage.stricter_prior(earlier, model_id=spec.model.id, risk_tier=state.risk_tier)):
+                raise ApplicationError(lineage.downgrade_message(stricter, intent=spec.model.business_intent,
+                                                                 risk_tier=state.risk_tier),
+                                       type="intent_downgrade", non_retryable=True)
             # Insert-or-ignore: the first concurrent starts of a new model must not collide on the key.
             inserted = await session.execute(insert_ignore(
                 session, CatalogModel, ["id"], id=spec.model.id, name=spec.model.name, team=spec.model.team,

@@ -60,6 +60,7 @@ class EventType(StrEnum):
     model_intent_change_proposed = "model.intent_change_proposed"
     model_intent_change_rejected = "model.intent_change_rejected"
     model_intent_changed = "model.intent_changed"
+    model_intent_downgrade_refused = "model.intent_downgrade_refused"
     policy_published = "policy.published"
     finding_raised = "finding.raised"
     finding_remediation_submitted = "finding.remediation_submitted"
@@ -200,6 +201,7 @@ class PriorOutcome(Model):
     business_intent: str
     status: str
     match: list[str] = Field(default_factory=list)  # "artifact", "source_commit"
+    risk_tier: int | None = None  # the tier it was governed by (None in results recorded before it was read)
 
 
 class ApprovalProgress(Model):

@@ -10,6 +10,7 @@ the same thing under a new version or model id; the API shows the whole lineage 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -36,7 +37,7 @@ async def prior_outcomes(session: AsyncSession, *, progression_id: str, artifact
         conds.append(ModelVersion.source.like(f"%@{commit}"))
     rows = (await session.execute(
         select(ProgressionRow.id, ProgressionRow.model_id, ProgressionRow.version_id, ProgressionRow.business_intent,
-               ProgressionRow.status, ModelVersion.artifact, ModelVersion.source)
+               ProgressionRow.status, ProgressionRow.risk_tier, ModelVersion.artifact, ModelVersion.source)
         .join(ModelVersion, (ModelVersion.model_id == ProgressionRow.model_id)
               & (ModelVersion.version_id == ProgressionRow.version_id))
         .where(or_(*conds), ProgressionRow.id != progression_id)
@@ -50,8 +51,31 @@ async def prior_outcomes(session: AsyncSession, *, progression_id: str, artifact
             match.append("source_commit")
         if match:
             out.append(PriorOutcome(progression_id=row.id, model_id=row.model_id, version_id=row.version_id,
-                                    business_intent=row.business_intent, status=row.status, match=match))
+                                    business_intent=row.business_intent, status=row.status, match=match,
+                                    risk_tier=row.risk_tier))
     return out
+
+
+def stricter_prior(prior: Sequence[PriorOutcome], *, model_id: str, risk_tier: int) -> PriorOutcome | None:
+    """The first earlier progression of the same artifact or source commit, under another model id, that was
+    governed by a stricter policy (a lower risk tier; 1 is the strictest) than ``risk_tier``.
+
+    Submitting the same thing again under a new model id with a weaker intent would move it to a weaker policy
+    (fewer gates, no risk officer) without the two model risk officers a change of intent needs; a rejected or
+    withdrawn submission counts as much as an approved one. A registration that failed was never governed, and
+    the same model's own versions are held to its intent by ``model_mismatch`` and its intent changes."""
+    for p in prior:
+        if p.model_id != model_id and p.status != "failed" and p.risk_tier is not None and p.risk_tier < risk_tier:
+            return p
+    return None
+
+
+def downgrade_message(prior: PriorOutcome, *, intent: str, risk_tier: int) -> str:
+    what = " and ".join(m.replace("_", " ") for m in prior.match) or "this version"
+    return (f"the same {what} was submitted as {prior.business_intent!r} (risk tier {prior.risk_tier}) in "
+            f"{prior.progression_id} ({prior.status}); as {intent!r} (risk tier {risk_tier}) it would pass a weaker "
+            f"policy. Submit it as model {prior.model_id!r}: changing that model's intent is two model risk officers' "
+            f"decision (POST /api/v1/models/{prior.model_id}/intent)")
 
 
 async def model_versions(session: AsyncSession, *, model_id: str, progression_id: str) -> list[PriorOutcome]:

@@ -62,6 +62,7 @@ from engine.lifecycle import (
     EventType,
     EvidenceRef,
     Lineage,
+    PriorOutcome,
     ProgressionDetail,
     ProgressionState,
     Refusal,
@@ -456,7 +457,28 @@ def restricted_intents(tags: list[str]) -> set[str]:
     return {t.split(":", 1)[1] for t in tags if t.startswith("restricted:")}
 
 
-async def _restricted_features_refusal(session: AsyncSession, spec: Any, pid: str) -> None:
+async def _intent_downgrade_refusal(session: AsyncSession, app: AppState, principal: Principal, spec: Any,
+                                    risk_tier: int, prior: list[PriorOutcome]) -> None:
+    """The same artifact or source commit, submitted before under a stricter policy, is not taken under a new
+    model id with a weaker intent (``engine.lineage.stricter_prior``); the register activity re-checks it. The
+    attempt is audited (``model.intent_downgrade_refused``): nothing else is stored."""
+    if (stricter := lineage.stricter_prior(prior, model_id=spec.model.id, risk_tier=risk_tier)) is None:
+        return
+    details = {"earlier": stricter.model_dump(mode="json"), "declared_intent": spec.model.business_intent,
+               "declared_risk_tier": risk_tier}
+    await audit.append_event(
+        session, event_id=f"intent-downgrade-{uuid.uuid4()}",
+        event_type=EventType.model_intent_downgrade_refused.value,
+        occurred_at=_utcnow(), actor_id=principal.id, model_id=stricter.model_id,
+        payload={**details, "model_id": spec.model.id, "version_id": spec.version.id,
+                 "artifact": spec.version.artifact, "source": spec.version.source, "by": principal.username,
+                 "credential_id": principal.credential_id}, chain=app.settings.audit_chain)
+    await session.commit()
+    raise ApiError(409, "intent_downgrade", lineage.downgrade_message(
+        stricter, intent=spec.model.business_intent, risk_tier=risk_tier), details)
+
+
+async def _restricted_features_refusal(session: AsyncSession, spec: Any, prior: list[PriorOutcome]) -> None:
     """Features the catalog restricts in an intent are refused there, whatever the spec calls the intent:
     the declared intent, the model's established intent and the intents under which the same artifact or
     source commit was submitted before all count."""
@@ -464,8 +486,6 @@ async def _restricted_features_refusal(session: AsyncSession, spec: Any, pid: st
     model = await session.get(CatalogModel, spec.model.id)
     if model is not None:
         intents.add(model.business_intent)
-    prior = await lineage.prior_outcomes(session, progression_id=pid, artifact=spec.version.artifact,
-                                         source=spec.version.source)
     intents |= {p.business_intent for p in prior}
     if not spec.features:
         return
@@ -503,7 +523,10 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
     # Nothing answers 201 for a start that can only fail: ownership, intent and restricted features
     # are checked before any workflow exists (the register activity re-checks ownership and intent).
     await _ownership_refusal(session, principal, spec)
-    await _restricted_features_refusal(session, spec, pid)
+    prior = await lineage.prior_outcomes(session, progression_id=pid, artifact=spec.version.artifact,
+                                         source=spec.version.source)
+    await _intent_downgrade_refusal(session, app, principal, spec, loaded.policy.risk_tier, prior)
+    await _restricted_features_refusal(session, spec, prior)
     existing = await _read_model(session, pid)
     retry_failed = existing is not None and existing.status == Status.failed.value
     if not retry_failed and (existing is not None or await _workflow_exists(app, pid)):

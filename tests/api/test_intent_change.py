@@ -18,10 +18,14 @@ import httpx
 from sqlalchemy import select
 
 from engine.audit import verify_chain
-from engine.db import AuditEvent, CatalogModel, IntentChange, User
-from engine.identity import issue_token
-from testing.api import ApiEnv, started_at_gate, unique_version
+from engine.db import AuditEvent, CatalogModel, IntentChange, ProgressionRow, User
+from engine.identity import actor_for, issue_token
+from engine.lifecycle import EvidenceRef
+from engine.loading import load_spec
+from testing.api import ApiEnv, audit_events, spec_text, started_at_gate, unique_version, wait_read_model
 from testing.api import start as start_version
+from testing.workflow import registry
+from workflows.contract import WORKFLOW_NAME, ProgressionInput
 
 MODEL = "retail-credit-scorecard"
 WEAKER = "marketing-propensity"
@@ -158,3 +162,67 @@ async def test_bad_intent_changes_are_refused_with_a_code_and_change_nothing(env
                                     headers=env.auth("rita"))
     assert no_reason.status_code == 422, no_reason.text
     assert await intent_of(env) == "credit-underwriting" and await intent_events(env) == []
+
+
+# ---- intent shopping: the same model under a new model id and a weaker intent ----------------------------------
+
+
+async def test_attack_the_same_artifact_under_a_new_model_id_and_a_weaker_intent_is_refused(env: ApiEnv) -> None:
+    """Dana's credit scorecard is under validation as credit-underwriting (tier 1). She submits the very same
+    artifact as a new model, ``retail-scorecard-lite``, declared marketing-propensity (tier 3: no risk officer).
+    Before: 201, and the model walked the light policy. Now: 409 ``intent_downgrade``, nothing started, the attempt
+    audited; the same under another team's developer, or with only the source commit in common."""
+    first, _ = await started_at_gate(env, "dana")
+    lite = {"id": "retail-scorecard-lite", "business_intent": WEAKER}
+    pid, refused = await start_version(env, "dana", model=lite)
+    assert refused.status_code == 409 and code(refused) == "intent_downgrade", refused.text
+    details = refused.json()["details"]
+    assert details["earlier"]["progression_id"] == first and details["earlier"]["risk_tier"] == 1
+    assert details["earlier"]["match"] == ["artifact", "source_commit"] and details["declared_risk_tier"] == 3
+    assert f"POST /api/v1/models/{MODEL}/intent" in refused.json()["message"]
+    assert not await _exists(env, pid)
+    async with env.sessionmaker() as session:
+        assert await session.get(CatalogModel, "retail-scorecard-lite") is None
+        audited = (await session.scalars(select(AuditEvent).where(
+            AuditEvent.event_type == "model.intent_downgrade_refused"))).all()
+    assert [(e.model_id, e.payload["model_id"], e.payload["by"]) for e in audited] == [
+        (MODEL, "retail-scorecard-lite", "dana")]
+    # The artifact copied elsewhere, the source commit the same: refused too.
+    moved_spec = spec_text(version={"id": unique_version(), "artifact": "s3://elsewhere/lite/1.0/"}, model=lite)
+    _, moved = await start_version(env, "dana", text=moved_spec)
+    assert moved.status_code == 409 and code(moved) == "intent_downgrade", moved.text
+    assert moved.json()["details"]["earlier"]["match"] == ["source_commit"]
+    # Under its own model id it stays credit (intent_mismatch), as before.
+    _, same_model = await start_version(env, "dana", model={"business_intent": WEAKER})
+    assert same_model.status_code == 409 and code(same_model) == "intent_mismatch", same_model.text
+    # Under an equally strict intent a new model id is no downgrade.
+    twin, equal = await start_version(env, "dana", model={"id": "retail-scorecard-twin"})
+    assert equal.status_code == 201, equal.text
+
+
+async def test_attack_a_start_past_the_api_under_a_weaker_intent_fails_at_registration(env: ApiEnv) -> None:
+    """The register activity holds the same line for a start that never went through the API (a race, a client
+    of Temporal itself): the workflow records ``intent_downgrade`` and fails before any check runs."""
+    first, state = await started_at_gate(env, "dana")
+    text = spec_text(version={"id": unique_version()}, model={"id": "retail-scorecard-lite",
+                                                              "business_intent": WEAKER})
+    spec = load_spec(text.encode(), filename="progression.yaml", registry=registry())
+    loaded = registry().get(WEAKER)
+    assert loaded is not None
+    async with env.sessionmaker() as session:
+        dana = await session.get(User, env.user_ids["dana"])
+        assert dana is not None
+    inp = ProgressionInput(spec=spec, spec_yaml=text, policy=loaded.policy, policy_hash=loaded.hash,
+                           evidence={k: EvidenceRef.model_validate(v) for k, v in state["evidence"].items()},
+                           submitted_by=actor_for(dana))
+    handle = await env.temporal.start_workflow(WORKFLOW_NAME, inp, id=spec.progression_id, task_queue=env.task_queue)
+    row = await wait_read_model(env, handle.id, lambda r: r.status == "failed")
+    assert "intent_downgrade" in row.state["failure"] and first in row.state["failure"]
+    assert await audit_events(env, handle.id, "check.evaluated") == []
+    failed = await audit_events(env, handle.id, "progression.failed")
+    assert [e.payload["code"] for e in failed] == ["intent_downgrade"]
+
+
+async def _exists(env: ApiEnv, pid: str) -> bool:
+    async with env.sessionmaker() as session:
+        return await session.get(ProgressionRow, pid) is not None
