@@ -373,19 +373,19 @@ async def test_attack6_a_rejection_follows_the_artifact(env: ApiEnv) -> None:
                      f"{rejected} was rejected for calibration; the out-of-time analysis now holds")
     assert r.status_code == 200, r.text
 
-    # Under a new model id declaring marketing (a weaker policy): the credit restrictions follow the
-    # artifact, so `age` is refused; without it, the earlier rejection still has to be acknowledged.
+    # Under a new model id declaring marketing (a weaker policy): refused before anything starts. (Before the
+    # intent_downgrade control: 422 for the credit-restricted `age`, then 201 without it: a tier-3 walk for the
+    # rejected scorecard, held only by the acknowledgement; tests/api/test_intent_change.py has the whole attack.)
     marketing = {"model": {"id": "rebadged-scorecard", "team": "retail-risk"},
                  "version": {"id": unique_version(), "source": "git+https://git.example/retail/scorecard@4f2a9c1",
                              "artifact": "s3://models/retail-credit-scorecard/3.2.0/"}}
-    pid, files = upload(MARKETING, text=spec_text(MARKETING, **marketing))
-    resp = await env.http.post("/api/v1/progressions", files=files, headers=env.auth("dana"))
-    assert resp.status_code == 422 and resp.json()["code"] == "feature_restricted", resp.text  # old: 201
-    assert "age" in resp.json()["details"]["features"]
     features = ["tenure_months", "product_count", "digital_engagement_score"]
     _, files = upload(MARKETING, text=spec_text(MARKETING, features=features, **marketing))
-    pid = f"rebadged-scorecard@{marketing['version']['id']}"
     resp = await env.http.post("/api/v1/progressions", files=files, headers=env.auth("dana"))
+    assert resp.status_code == 409 and resp.json()["code"] == "intent_downgrade", resp.text
+    assert resp.json()["details"]["earlier"]["business_intent"] == "credit-underwriting"
+    # Under a new model id and the same policy: it starts, and the earlier rejection still has to be acknowledged.
+    pid, resp = await start(env, "dana", model={"id": "rebadged-scorecard"})
     assert resp.status_code == 201, resp.text
     state = await wait_for(env, pid, at_gate("validation"))
     assert rejected in [p["progression_id"] for p in state["prior_rejections"]]
