@@ -252,7 +252,8 @@ class ProgressionActivities:
             # The API refuses this before a workflow exists; checked here too for a start that got past it (a race,
             # a client of Temporal itself): the same artifact or commit under a weaker intent than it had before.
             earlier = await lineage.prior_outcomes(session, progression_id=state.progression_id,
-                                                   artifact=spec.version.artifact, source=spec.version.source)
+                                                   artifact=spec.version.artifact, source=spec.version.source,
+                                                   digest=spec.version.artifact_digest)
             if (stricter := lineage.stricter_prior(earlier, model_id=spec.model.id, risk_tier=state.risk_tier)):
                 raise ApplicationError(lineage.downgrade_message(stricter, intent=spec.model.business_intent,
                                                                  risk_tier=state.risk_tier),
@@ -277,7 +278,7 @@ class ProgressionActivities:
             await session.execute(insert_ignore(
                 session, ModelVersion, ["model_id", "version_id"], model_id=spec.model.id,
                 version_id=spec.version.id, source=spec.version.source, artifact=spec.version.artifact,
-                features=list(spec.features), spec_yaml=inp.spec_yaml))
+                artifact_digest=spec.version.artifact_digest, features=list(spec.features), spec_yaml=inp.spec_yaml))
             row = await session.get(ProgressionRow, state.progression_id)
             created = row is None
             # The catalog version its checks will resolve features against, pinned like the policy.
@@ -302,7 +303,8 @@ class ProgressionActivities:
                                       state.submitted_by, state.started_at)
             await self._append(session, state, inp.events)
             prior = await lineage.prior_outcomes(session, progression_id=state.progression_id,
-                                                 artifact=spec.version.artifact, source=spec.version.source)
+                                                 artifact=spec.version.artifact, source=spec.version.source,
+                                                 digest=spec.version.artifact_digest)
             governance = await governance_snapshot(session, state.model_id)
         return RegisterResult(created=created, prior_rejections=[p for p in prior if p.status == "rejected"],
                               governance=governance)

@@ -216,6 +216,8 @@ class ModelVersion(Base):
     version_id: Mapped[str] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(1000))
     artifact: Mapped[str] = mapped_column(String(1000))
+    # sha256 of the artifact, when the spec declares it: the same bytes under another URI are the same model.
+    artifact_digest: Mapped[str | None] = mapped_column(String(71), nullable=True, index=True)
     features: Mapped[list[str]] = mapped_column(JSON, default=list)
     spec_yaml: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

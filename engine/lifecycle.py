@@ -200,7 +200,7 @@ class PriorOutcome(Model):
     version_id: str
     business_intent: str
     status: str
-    match: list[str] = Field(default_factory=list)  # "artifact", "source_commit"
+    match: list[str] = Field(default_factory=list)  # "artifact", "source_commit", "artifact_digest"
     risk_tier: int | None = None  # the tier it was governed by (None in results recorded before it was read)
 
 

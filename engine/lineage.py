@@ -29,15 +29,19 @@ def source_commit(source: str | None) -> str | None:
 
 
 async def prior_outcomes(session: AsyncSession, *, progression_id: str, artifact: str, source: str,
-                         ) -> list[PriorOutcome]:
-    """Other progressions whose version has the same artifact URI or source commit, oldest first."""
+                         digest: str | None = None) -> list[PriorOutcome]:
+    """Other progressions whose version has the same artifact URI, source commit or artifact digest, oldest
+    first."""
     commit = source_commit(source)
     conds: list[Any] = [ModelVersion.artifact == artifact]
     if commit:
         conds.append(ModelVersion.source.like(f"%@{commit}"))
+    if digest:
+        conds.append(ModelVersion.artifact_digest == digest)
     rows = (await session.execute(
         select(ProgressionRow.id, ProgressionRow.model_id, ProgressionRow.version_id, ProgressionRow.business_intent,
-               ProgressionRow.status, ProgressionRow.risk_tier, ModelVersion.artifact, ModelVersion.source)
+               ProgressionRow.status, ProgressionRow.risk_tier, ModelVersion.artifact, ModelVersion.source,
+               ModelVersion.artifact_digest)
         .join(ModelVersion, (ModelVersion.model_id == ProgressionRow.model_id)
               & (ModelVersion.version_id == ProgressionRow.version_id))
         .where(or_(*conds), ProgressionRow.id != progression_id)
@@ -49,6 +53,8 @@ async def prior_outcomes(session: AsyncSession, *, progression_id: str, artifact
             match.append("artifact")
         if commit and source_commit(row.source) == commit:
             match.append("source_commit")
+        if digest and row.artifact_digest == digest:
+            match.append("artifact_digest")
         if match:
             out.append(PriorOutcome(progression_id=row.id, model_id=row.model_id, version_id=row.version_id,
                                     business_intent=row.business_intent, status=row.status, match=match,

@@ -187,13 +187,14 @@ async def get_progression(*, session: AsyncSession, app: AppState, principal: Pr
 
 async def get_progression_detail(*, session: AsyncSession, app: AppState, principal: Principal,
                                  progression_id: str) -> ProgressionDetail:
-    """The progression with its lineage (other versions of the model; same artifact or commit anywhere)."""
+    """The progression with its lineage (other versions of the model; same artifact, commit or digest anywhere)."""
 
     state = await get_progression(session=session, app=app, principal=principal, progression_id=progression_id)
     version = (await session.execute(select(ModelVersion).where(
         ModelVersion.model_id == state.model_id, ModelVersion.version_id == state.version_id))).scalar_one_or_none()
     same = [] if version is None else await lineage.prior_outcomes(
-        session, progression_id=progression_id, artifact=version.artifact, source=version.source)
+        session, progression_id=progression_id, artifact=version.artifact, source=version.source,
+        digest=version.artifact_digest)
     versions = await lineage.model_versions(session, model_id=state.model_id, progression_id=progression_id)
     if not principal.reads_all_teams:  # other teams' progressions stay hidden from developers (404 rule)
         same = [p for p in same if p.model_id == state.model_id]
@@ -524,7 +525,7 @@ async def start_progression(*, session: AsyncSession, app: AppState, principal: 
     # are checked before any workflow exists (the register activity re-checks ownership and intent).
     await _ownership_refusal(session, principal, spec)
     prior = await lineage.prior_outcomes(session, progression_id=pid, artifact=spec.version.artifact,
-                                         source=spec.version.source)
+                                         source=spec.version.source, digest=spec.version.artifact_digest)
     await _intent_downgrade_refusal(session, app, principal, spec, loaded.policy.risk_tier, prior)
     await _restricted_features_refusal(session, spec, prior)
     existing = await _read_model(session, pid)

@@ -365,7 +365,7 @@ async def test_attack6_a_rejection_follows_the_artifact(env: ApiEnv) -> None:
     assert [p["progression_id"] for p in state["prior_rejections"]] == [rejected]
     lineage = state["lineage"]
     assert [(p["progression_id"], p["status"]) for p in lineage["model_versions"]] == [(rejected, "rejected")]
-    assert lineage["same_artifact_or_commit"][0]["match"] == ["artifact", "source_commit"]
+    assert lineage["same_artifact_or_commit"][0]["match"] == ["artifact", "source_commit", "artifact_digest"]
     assert rejected in await _page_as(env, "vera", f"/ui/progressions/{again}")  # shown to the decider in the UI
     r = await decide(env, "vera", again, "validation", "approve", "looks sound")  # old: 200, no link at all
     assert r.status_code == 409 and r.json()["code"] == "prior_rejection_unacknowledged", r.text

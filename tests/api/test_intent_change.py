@@ -178,7 +178,8 @@ async def test_attack_the_same_artifact_under_a_new_model_id_and_a_weaker_intent
     assert refused.status_code == 409 and code(refused) == "intent_downgrade", refused.text
     details = refused.json()["details"]
     assert details["earlier"]["progression_id"] == first and details["earlier"]["risk_tier"] == 1
-    assert details["earlier"]["match"] == ["artifact", "source_commit"] and details["declared_risk_tier"] == 3
+    assert details["earlier"]["match"] == ["artifact", "source_commit", "artifact_digest"]
+    assert details["declared_risk_tier"] == 3
     assert f"POST /api/v1/models/{MODEL}/intent" in refused.json()["message"]
     assert not await _exists(env, pid)
     async with env.sessionmaker() as session:
@@ -191,7 +192,13 @@ async def test_attack_the_same_artifact_under_a_new_model_id_and_a_weaker_intent
     moved_spec = spec_text(version={"id": unique_version(), "artifact": "s3://elsewhere/lite/1.0/"}, model=lite)
     _, moved = await start_version(env, "dana", text=moved_spec)
     assert moved.status_code == 409 and code(moved) == "intent_downgrade", moved.text
-    assert moved.json()["details"]["earlier"]["match"] == ["source_commit"]
+    assert moved.json()["details"]["earlier"]["match"] == ["source_commit", "artifact_digest"]
+    # The same bytes under a new URI and a new commit: the artifact's digest still tells.
+    copied = spec_text(version={"id": unique_version(), "artifact": "s3://elsewhere/lite/2.0/",
+                                "source": "git+https://git.example/retail/lite@0badc0de"}, model=lite)
+    _, copy = await start_version(env, "dana", text=copied)
+    assert copy.status_code == 409 and code(copy) == "intent_downgrade", copy.text
+    assert copy.json()["details"]["earlier"]["match"] == ["artifact_digest"]
     # Under its own model id it stays credit (intent_mismatch), as before.
     _, same_model = await start_version(env, "dana", model={"business_intent": WEAKER})
     assert same_model.status_code == 409 and code(same_model) == "intent_mismatch", same_model.text
