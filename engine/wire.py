@@ -107,7 +107,8 @@ class InboxItem(BaseModel):
 class TodoItem(BaseModel):
     """One thing waiting on the caller (``GET /api/v1/todo``)."""
 
-    kind: Literal["gate", "evidence", "changes_requested", "finding_remediation", "finding_verification"]
+    kind: Literal["gate", "evidence", "changes_requested", "finding_remediation", "finding_verification",
+                  "intent_change"]
     title: str  # in words, for a person
     model_id: str
     progression_id: str | None = None

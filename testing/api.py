@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import re
 import shutil
 import tempfile
 import uuid
@@ -299,3 +300,17 @@ async def serve_http(app: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+async def page_as(env: ApiEnv, who: str, path: str) -> str:
+    """A web UI page through a real sign-in (CSRF token from the login form)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app), base_url="http://api.test") as browser:
+        login = await browser.get("/ui/login")
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+        assert csrf, login.text[:200]
+        signed = await browser.post("/ui/login", data={"token": env.tokens[who], "next": path,
+                                                       "csrf_token": csrf.group(1)})
+        assert signed.status_code == 303, signed.text[:200]
+        page = await browser.get(path)
+        assert page.status_code == 200
+        return page.text

@@ -3,7 +3,8 @@
 Built from the same rules the actions themselves answer with: the inbox (gates the caller may decide), the
 progressions of the caller's team blocked on evidence or a change request (``engine.actions`` decides whether the
 caller may add that evidence), and the findings the caller may remediate or verify
-(``engine.findings.remediation_refusal`` / ``verification_refusal``).
+(``engine.findings.remediation_refusal`` / ``verification_refusal``), and for a model risk officer the proposed
+changes of a model's intent that wait on a second officer (any but the proposer, independent of the model's team).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from api.authz import Action, Principal, allowed, require
 from api.deps import AppState
 from api.services.inbox import inbox
 from api.services.progressions import actions_for
-from engine.db import FindingRow, ProgressionRow, utcnow
+from engine.db import CatalogModel, FindingRow, IntentChange, ProgressionRow, utcnow
 from engine.findings import FindingRecord, FindingStatus, remediation_refusal, verification_refusal
 from engine.lifecycle import ProgressionState, Status
 from engine.wire import Todo, TodoItem
@@ -93,5 +94,17 @@ async def todo(*, session: AsyncSession, app: AppState, principal: Principal) ->
                     since=frow.updated_at, due_at=frow.due_at, overdue=frow.overdue,
                     command=f"progression findings close {fid} -m 'why it is resolved'",
                     url=f"{UI}/findings/{finding.finding_id}"))
+    if allowed(principal, Action.change_intent) and principal.team is not None:
+        proposals = (await session.execute(
+            select(IntentChange, CatalogModel.name).join(CatalogModel, CatalogModel.id == IntentChange.model_id)
+            .where(IntentChange.status == "pending", IntentChange.proposed_by != principal.id,
+                   CatalogModel.team != principal.team)
+            .order_by(IntentChange.proposed_at).limit(LIMIT))).all()
+        for change, model_name in proposals:
+            items.append(TodoItem(
+                kind="intent_change", model_id=change.model_id,
+                title=f"Approve or reject the change of {model_name}'s intent from {change.from_intent} to "
+                      f"{change.to_intent}, proposed by {change.proposed_by_username}: {change.reason}",
+                since=change.proposed_at, url=f"{UI}/models/{change.model_id}"))
     items.sort(key=lambda i: _urgency(i, now))
     return Todo(items=items, total=len(items))

@@ -6,7 +6,6 @@ before the issue (the old answer is named in each test) and passes now.
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -39,6 +38,7 @@ from testing.api import (
     audit_events,
     decide,
     get_state,
+    page_as,
     registry,
     serve_http,
     spec_text,
@@ -333,20 +333,6 @@ async def _workflow_exists(env: ApiEnv, pid: str) -> bool:
         return False
 
 
-async def _page_as(env: ApiEnv, who: str, path: str) -> str:
-    """A web UI page through a real sign-in (CSRF token from the login form)."""
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app), base_url="http://api.test") as browser:
-        login = await browser.get("/ui/login")
-        csrf = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
-        assert csrf, login.text[:200]
-        signed = await browser.post("/ui/login", data={"token": env.tokens[who], "next": path,
-                                                       "csrf_token": csrf.group(1)})
-        assert signed.status_code == 303, signed.text[:200]
-        page = await browser.get(path)
-        assert page.status_code == 200
-        return page.text
-
-
 # ---- attack 6: re-rolling a rejection --------------------------------------------------------------------------
 
 
@@ -366,7 +352,7 @@ async def test_attack6_a_rejection_follows_the_artifact(env: ApiEnv) -> None:
     lineage = state["lineage"]
     assert [(p["progression_id"], p["status"]) for p in lineage["model_versions"]] == [(rejected, "rejected")]
     assert lineage["same_artifact_or_commit"][0]["match"] == ["artifact", "source_commit", "artifact_digest"]
-    assert rejected in await _page_as(env, "vera", f"/ui/progressions/{again}")  # shown to the decider in the UI
+    assert rejected in await page_as(env, "vera", f"/ui/progressions/{again}")  # shown to the decider in the UI
     r = await decide(env, "vera", again, "validation", "approve", "looks sound")  # old: 200, no link at all
     assert r.status_code == 409 and r.json()["code"] == "prior_rejection_unacknowledged", r.text
     r = await decide(env, "vera", again, "validation", "approve",

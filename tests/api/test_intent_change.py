@@ -22,7 +22,15 @@ from engine.db import AuditEvent, CatalogModel, IntentChange, ProgressionRow, Us
 from engine.identity import actor_for, issue_token
 from engine.lifecycle import EvidenceRef
 from engine.loading import load_spec
-from testing.api import ApiEnv, audit_events, spec_text, started_at_gate, unique_version, wait_read_model
+from testing.api import (
+    ApiEnv,
+    audit_events,
+    page_as,
+    spec_text,
+    started_at_gate,
+    unique_version,
+    wait_read_model,
+)
 from testing.api import start as start_version
 from testing.workflow import registry
 from workflows.contract import WORKFLOW_NAME, ProgressionInput
@@ -81,6 +89,14 @@ async def test_attack_one_risk_officer_alone_cannot_move_a_model_to_a_weaker_pol
     assert detail["business_intent"] == "credit-underwriting"
     assert detail["pending_intent_change"]["id"] == change["id"]
 
+    # It waits on a second officer: in Rob's to-do list (not in the proposer's, the owning team's officer's or the
+    # admin's), and on the model's page.
+    for who, listed in [("rob", True), ("rita", False), ("rory", False), ("adam", False)]:
+        todo = (await env.http.get("/api/v1/todo", headers=env.auth(who))).json()["items"]
+        assert [i["model_id"] for i in todo if i["kind"] == "intent_change"] == ([MODEL] if listed else []), who
+    page = await page_as(env, "rob", f"/ui/models/{MODEL}")
+    assert 'id="pending-intent-change"' in page and f"intent-changes/{change['id']}/approve" in page
+
     # The proposer cannot approve it, not even with a second credential of their own.
     own = await decide(env, "rita", change["id"])
     assert own.status_code == 403 and code(own) == "own_proposal", own.text
@@ -107,6 +123,8 @@ async def test_attack_one_risk_officer_alone_cannot_move_a_model_to_a_weaker_pol
     assert [t for t, _ in events] == ["model.intent_change_proposed", "model.intent_changed"]
     changed = events[-1][1]
     assert (changed["proposed_by"], changed["approved_by"], changed["change_id"]) == ("rita", "rob", change["id"])
+    todo = (await env.http.get("/api/v1/todo", headers=env.auth("rob"))).json()["items"]
+    assert [i for i in todo if i["kind"] == "intent_change"] == []
     # The next version is judged under the marketing policy now (its evidence contract asks for marketing's lift).
     _, started = await start_version(env, "dana", version=unique_version(), model={"business_intent": WEAKER})
     assert started.status_code == 422 and code(started) == "evidence_contract", started.text
