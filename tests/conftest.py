@@ -14,7 +14,13 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from testing.databases import create_pg_database, drop_pg_database, pg_url
+from testing.interrupt import tear_down_on_sigterm
 from testing.temporal import dev_server, time_skipping_server
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A terminated run still stops the servers its fixtures started (``testing.interrupt``)."""
+    tear_down_on_sigterm()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
