@@ -558,9 +558,10 @@ def test_retire_override_is_a_risk_officers_and_refusals_say_why(cli: CLI, tmp_p
     independent risk officer records it once a production model depends on the model, and the owner's
     `retire` then reaches the retirement gate."""
     base, dependent = f"cli-base-{uuid.uuid4().hex[:6]}", f"cli-dependent-{uuid.uuid4().hex[:6]}"
-    def own(model_id: str, **edit: Any) -> dict[str, Any]:  # its own artifact and source: no earlier rejection
+    def own(model_id: str, **edit: Any) -> dict[str, Any]:  # its own artifact, digest and source: no earlier rejection
         return {"model.id": model_id, "version.source": f"git+https://git.example/{model_id}@{uuid.uuid4().hex[:12]}",
-                "version.artifact": f"s3://models/{model_id}/1.0.0/", **edit}
+                "version.artifact": f"s3://models/{model_id}/1.0.0/",
+                "version.artifact_digest": f"sha256:{uuid.uuid4().hex}{uuid.uuid4().hex}", **edit}
 
     base_pid = _to_production(cli, make_repo(tmp_path, version="1.0.0", edit=own(base)))
     assert cli.run("rita", "retire-override", base, "-m", "   ").exit_code == 2  # a reason is required

@@ -154,11 +154,14 @@ async def live(sqlite_url: str, tmp_path: Path, temporal_client: Client,
         proposal = await env.http.post("/api/v1/features/proposals", headers=env.auth("dana"), json={
             "feature": "zip_code", "tags": ["pii", "geographic"], "comment": "fuzz"})
         assert proposal.status_code == 201, proposal.text
+        change = await env.http.post(f"/api/v1/models/{model_id}/intent", headers=env.auth("rita"), json={
+            "business_intent": "fraud-detection", "reason": "fuzz"})
+        assert change.status_code == 202, change.text
         pinned = {"progression_id": pid, "model_id": model_id, "intent": "credit-underwriting",
                   "name": "income_to_debt", "user_id": env.user_ids["sam"], "token_id": token.json()["id"],
                   "grant_id": grant.json()["id"], "finding_id": finding.json()["finding_id"],
                   "exception_id": exception.json()["exception_id"], "version": 1,
-                  "proposal_id": proposal.json()["id"]}
+                  "proposal_id": proposal.json()["id"], "change_id": change.json()["id"]}
         async with serve_http(env.app) as base_url:
             yield env, base_url, pinned
 
