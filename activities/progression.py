@@ -249,8 +249,9 @@ class ProgressionActivities:
         """Upsert model and version, create the read-model row, link evidence, append progression.started."""
         state, spec = inp.state, inp.spec
         async with self.sessionmaker() as session, session.begin():
-            # The API refuses this before a workflow exists; checked here too for a start that got past it (a race,
-            # a client of Temporal itself): the same artifact or commit under a weaker intent than it had before.
+            # Earlier progressions of the same artifact, commit or digest (this one excluded): read once, for the
+            # downgrade check and for the prior rejections a decider must acknowledge. The API refuses a downgrade
+            # before a workflow exists; checked here too for a start that got past it (a race, a Temporal client).
             earlier = await lineage.prior_outcomes(session, progression_id=state.progression_id,
                                                    artifact=spec.version.artifact, source=spec.version.source,
                                                    digest=spec.version.artifact_digest)
@@ -302,11 +303,8 @@ class ProgressionActivities:
             await self._link_evidence(session, state.progression_id, list(state.evidence.values()),
                                       state.submitted_by, state.started_at)
             await self._append(session, state, inp.events)
-            prior = await lineage.prior_outcomes(session, progression_id=state.progression_id,
-                                                 artifact=spec.version.artifact, source=spec.version.source,
-                                                 digest=spec.version.artifact_digest)
             governance = await governance_snapshot(session, state.model_id)
-        return RegisterResult(created=created, prior_rejections=[p for p in prior if p.status == "rejected"],
+        return RegisterResult(created=created, prior_rejections=[p for p in earlier if p.status == "rejected"],
                               governance=governance)
 
     @activity.defn(name=RECORD_FAILURE)

@@ -86,11 +86,7 @@ async def inventory_funnel(*, session: AsyncSession, principal: Principal,
 
 
 async def get_model(*, session: AsyncSession, principal: Principal, model_id: str) -> ModelDetail:
-    require(principal, Action.read_catalog)
-    model = await session.get(CatalogModel, model_id)
-    if model is None:
-        raise ApiError(404, "not_found", f"model {model_id} not found")
-    require_visible(principal, model.team, f"model {model_id}")
+    model = await _visible_model(session, principal, model_id)
     versions = (await session.execute(select(ModelVersion).where(ModelVersion.model_id == model_id)
                                       .order_by(ModelVersion.created_at, ModelVersion.id))).scalars().all()
     progs = (await _progressions_by_model(session, [model_id]))[model_id]
@@ -118,14 +114,20 @@ def intent_change_out(change: IntentChange) -> IntentChangeOut:
                            decision_reason=change.decision_reason)
 
 
-async def _model_for_intent_change(session: AsyncSession, principal: Principal, model_id: str) -> CatalogModel:
-    """The model, if ``principal`` may act on a change of its intent: a model risk officer (the role acting, not
-    held) independent of the owning team. A model another team's developer cannot see stays hidden (404)."""
+async def _visible_model(session: AsyncSession, principal: Principal, model_id: str) -> CatalogModel:
+    """The model, if the caller reads the catalog and may see its team (another team's model answers 404)."""
     require(principal, Action.read_catalog)
     model = await session.get(CatalogModel, model_id)
     if model is None:
         raise ApiError(404, "not_found", f"model {model_id} not found")
     require_visible(principal, model.team, f"model {model_id}")
+    return model
+
+
+async def _model_for_intent_change(session: AsyncSession, principal: Principal, model_id: str) -> CatalogModel:
+    """The model, if ``principal`` may act on a change of its intent: a model risk officer (the role acting, not
+    held) independent of the owning team. A model another team's developer cannot see stays hidden (404)."""
+    model = await _visible_model(session, principal, model_id)
     require(principal, Action.change_intent)
     if principal.team is None or principal.team == model.team:
         raise ApiError(403, "own_team" if principal.team else "no_team",
@@ -133,10 +135,14 @@ async def _model_for_intent_change(session: AsyncSession, principal: Principal, 
     return model
 
 
-async def _intent_change(session: AsyncSession, model_id: str, change_id: str) -> IntentChange:
+async def _open_change(session: AsyncSession, model_id: str, change_id: str) -> IntentChange:
+    """The proposal ``change_id`` of that model, still waiting for a decision."""
     change = await session.get(IntentChange, change_id)
     if change is None or change.model_id != model_id:
         raise ApiError(404, "not_found", f"intent change {change_id} of model {model_id} not found")
+    if change.status != "pending":
+        raise ApiError(409, "intent_change_not_pending", f"intent change {change_id} is {change.status}",
+                       {"status": change.status})
     return change
 
 
@@ -182,10 +188,7 @@ async def approve_intent_change(*, session: AsyncSession, app: AppState, princip
     """The second model risk officer applies the very proposal they name (its id binds the approval to what
     they read: a proposal withdrawn and replaced meanwhile is not approved by it). Never its proposer."""
     model = await _model_for_intent_change(session, principal, model_id)
-    change = await _intent_change(session, model_id, change_id)
-    if change.status != "pending":
-        raise ApiError(409, "intent_change_not_pending", f"intent change {change_id} is {change.status}",
-                       {"status": change.status})
+    change = await _open_change(session, model_id, change_id)
     if principal.id == change.proposed_by or principal.username == change.proposed_by_username:
         raise ApiError(403, "own_proposal", "the model risk officer who proposed a change of intent cannot approve "
                                             "it: a second one must (maker-checker)",
@@ -214,10 +217,7 @@ async def reject_intent_change(*, session: AsyncSession, app: AppState, principa
                                change_id: str, reason: str) -> IntentChangeOut:
     """Another model risk officer rejects a proposal, or its proposer withdraws it; the intent stays."""
     await _model_for_intent_change(session, principal, model_id)
-    change = await _intent_change(session, model_id, change_id)
-    if change.status != "pending":
-        raise ApiError(409, "intent_change_not_pending", f"intent change {change_id} is {change.status}",
-                       {"status": change.status})
+    change = await _open_change(session, model_id, change_id)
     await _decide(session, change, principal, "rejected", reason)
     await _audit_intent(session, app, principal, EventType.model_intent_change_rejected, change)
     await session.commit()
@@ -226,11 +226,7 @@ async def reject_intent_change(*, session: AsyncSession, app: AppState, principa
 
 async def list_intent_changes(*, session: AsyncSession, principal: Principal, model_id: str
                               ) -> list[IntentChangeOut]:
-    require(principal, Action.read_catalog)
-    model = await session.get(CatalogModel, model_id)
-    if model is None:
-        raise ApiError(404, "not_found", f"model {model_id} not found")
-    require_visible(principal, model.team, f"model {model_id}")
+    await _visible_model(session, principal, model_id)
     changes = (await session.execute(select(IntentChange).where(IntentChange.model_id == model_id)
                                      .order_by(IntentChange.proposed_at, IntentChange.id))).scalars().all()
     return [intent_change_out(c) for c in changes]
