@@ -25,15 +25,18 @@ import yaml
 from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
 from activities.notify import LogNotifier
 from activities.progression import ProgressionActivities
 from activities.promotion import RecordingPromotionTarget
 from api.app import app_lifespan, create_app
 from engine.database import sqlite_file
-from engine.db import AuditEvent, ProgressionRow, make_engine, make_sessionmaker
+from engine.db import AuditEvent, ProgressionRow, User, make_engine, make_sessionmaker
 from engine.evidence import EvidenceStore
+from engine.identity import actor_for
+from engine.lifecycle import EvidenceRef
+from engine.loading import load_spec
 from engine.settings import Settings
 from launch.worker import build_worker
 from testing.databases import prepare_database_with_people
@@ -44,6 +47,7 @@ from testing.temporal import tolerate_slow_activations
 
 # The example repositories and the cached policy registry are shared with the workflow tests.
 from testing.workflow import CREDIT, EXAMPLES, MARKETING, POLICIES, registry  # noqa: F401 - re-exported
+from workflows.contract import WORKFLOW_NAME, ProgressionInput
 
 # username -> (roles, team). Four different people walk the credit journey; the rest probe refusals.
 PEOPLE: dict[str, tuple[list[str], str | None]] = {
@@ -314,3 +318,21 @@ async def page_as(env: ApiEnv, who: str, path: str) -> str:
         page = await browser.get(path)
         assert page.status_code == 200
         return page.text
+
+
+async def start_past_the_api(env: ApiEnv, text: str, who: str, evidence: dict[str, Any], **start: Any
+                             ) -> WorkflowHandle[Any, Any]:
+    """Start a progression of spec ``text`` straight on Temporal as ``who``, as a race between two starts or a
+    client of Temporal itself would: none of the API's refusals apply, only the workflow's and its activities'.
+    ``evidence`` is a state's ``evidence`` (refs of blobs already stored); ``start`` goes to ``start_workflow``."""
+    spec = load_spec(text.encode(), filename="progression.yaml", registry=registry())
+    loaded = registry().get(spec.model.business_intent)
+    assert loaded is not None, spec.model.business_intent
+    async with env.sessionmaker() as session:
+        user = await session.get(User, env.user_ids[who])
+        assert user is not None
+    inp = ProgressionInput(spec=spec, spec_yaml=text, policy=loaded.policy, policy_hash=loaded.hash,
+                           evidence={k: EvidenceRef.model_validate(v) for k, v in evidence.items()},
+                           submitted_by=actor_for(user))
+    return await env.temporal.start_workflow(WORKFLOW_NAME, inp, id=spec.progression_id, task_queue=env.task_queue,
+                                             **start)

@@ -27,8 +27,7 @@ from temporalio.service import RPCError
 from api import idempotency
 from engine.db import ApiToken, AuditEvent, DecisionRow, ProgressionRow, User
 from engine.identity import InvalidIdentity, actor_for, create_user
-from engine.lifecycle import DecisionKind, EvidenceRef
-from engine.loading import load_spec
+from engine.lifecycle import DecisionKind
 from testing.api import (
     CREDIT,
     MARKETING,
@@ -39,10 +38,10 @@ from testing.api import (
     decide,
     get_state,
     page_as,
-    registry,
     serve_http,
     spec_text,
     start,
+    start_past_the_api,
     started_at_gate,
     unique_version,
     upload,
@@ -55,9 +54,7 @@ from tests.api.test_api_identity import SSO_ISSUER, make_jwks, sso_settings, sso
 from workflows.contract import (
     UPDATE_DECIDE,
     UPDATE_WITHDRAW,
-    WORKFLOW_NAME,
     DecideInput,
-    ProgressionInput,
     WithdrawInput,
 )
 
@@ -289,18 +286,8 @@ async def test_attack5_a_failed_workflow_is_visible_and_its_version_can_start_ag
     state = await get_state(env, first)
     version = unique_version()
     text = spec_text(CREDIT, version={"id": version}, model={"team": "payments"})
-    spec = load_spec(text.encode(), filename="progression.yaml", registry=registry())
-    loaded = registry().get("credit-underwriting")
-    assert loaded is not None
-    async with env.sessionmaker() as session:
-        sam = await session.get(User, env.user_ids["sam"])
-        assert sam is not None
-
-    inp = ProgressionInput(spec=spec, spec_yaml=text, policy=loaded.policy, policy_hash=loaded.hash,
-                           evidence={k: EvidenceRef.model_validate(v) for k, v in state["evidence"].items()},
-                           submitted_by=actor_for(sam))
-    handle = await env.temporal.start_workflow(WORKFLOW_NAME, inp, id=spec.progression_id, task_queue=env.task_queue,
-                                               id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY)
+    handle = await start_past_the_api(env, text, "sam", state["evidence"],
+                                      id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY)
     pid = handle.id
     # Old: no row, no event, the version burned. Now: status failed with the reason, and an audit event.
     row = await wait_read_model(env, pid, lambda r: r.status == "failed")

@@ -19,21 +19,18 @@ from sqlalchemy import select
 
 from engine.audit import verify_chain
 from engine.db import AuditEvent, CatalogModel, IntentChange, ProgressionRow, User
-from engine.identity import actor_for, issue_token
-from engine.lifecycle import EvidenceRef
-from engine.loading import load_spec
+from engine.identity import issue_token
 from testing.api import (
     ApiEnv,
     audit_events,
     page_as,
     spec_text,
+    start_past_the_api,
     started_at_gate,
     unique_version,
     wait_read_model,
 )
 from testing.api import start as start_version
-from testing.workflow import registry
-from workflows.contract import WORKFLOW_NAME, ProgressionInput
 
 MODEL = "retail-credit-scorecard"
 WEAKER = "marketing-propensity"
@@ -231,16 +228,7 @@ async def test_attack_a_start_past_the_api_under_a_weaker_intent_fails_at_regist
     first, state = await started_at_gate(env, "dana")
     text = spec_text(version={"id": unique_version()}, model={"id": "retail-scorecard-lite",
                                                               "business_intent": WEAKER})
-    spec = load_spec(text.encode(), filename="progression.yaml", registry=registry())
-    loaded = registry().get(WEAKER)
-    assert loaded is not None
-    async with env.sessionmaker() as session:
-        dana = await session.get(User, env.user_ids["dana"])
-        assert dana is not None
-    inp = ProgressionInput(spec=spec, spec_yaml=text, policy=loaded.policy, policy_hash=loaded.hash,
-                           evidence={k: EvidenceRef.model_validate(v) for k, v in state["evidence"].items()},
-                           submitted_by=actor_for(dana))
-    handle = await env.temporal.start_workflow(WORKFLOW_NAME, inp, id=spec.progression_id, task_queue=env.task_queue)
+    handle = await start_past_the_api(env, text, "dana", state["evidence"])
     row = await wait_read_model(env, handle.id, lambda r: r.status == "failed")
     assert "intent_downgrade" in row.state["failure"] and first in row.state["failure"]
     assert await audit_events(env, handle.id, "check.evaluated") == []
